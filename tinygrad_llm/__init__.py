@@ -1,0 +1,34 @@
+"""tinygrad_llm: a large-language-model library written from scratch over NumPy / CuPy.
+
+Public surface (PyTorch-shaped): Tensor and its autograd, no_grad, manual_seed, gradcheck,
+cat / stack / where, constructors (zeros, ones, randn, ...), the kernel switch use_kernels.
+Layers live in tinygrad_llm.nn (functional API: tinygrad_llm.nn.functional).
+"""
+from .backend import manual_seed
+from .factory import arange, full, ones, ones_like, rand, randn, tensor, zeros, zeros_like
+from .gradcheck import GradcheckError, gradcheck
+from .kernels import kernels_enabled, use_kernels
+from .ops import CatOp, StackOp, split
+from .tensor import Tensor, enable_grad, is_grad_enabled, no_grad, unbroadcast
+from . import nn
+
+__version__ = "0.1.0"
+__all__ = ["Tensor", "no_grad", "enable_grad", "is_grad_enabled", "manual_seed", "gradcheck",
+           "GradcheckError", "cat", "stack", "split", "where", "use_kernels", "kernels_enabled",
+           "tensor", "zeros", "ones", "full", "arange", "randn", "rand", "zeros_like", "ones_like",
+           "unbroadcast", "nn"]
+
+
+def cat(tensors, axis=0):
+    """Join tensors along an existing axis (shapes must match in every other axis)."""
+    return CatOp.apply(*tensors, axis=axis)
+
+
+def stack(tensors, axis=0):
+    """Join same-shaped tensors along a new axis."""
+    return StackOp.apply(*tensors, axis=axis)
+
+
+def where(cond, a, b):
+    """Elementwise cond ? a : b (differentiable in a and b)."""
+    return nn.functional.where(cond, a, b)

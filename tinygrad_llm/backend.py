@@ -1,0 +1,124 @@
+"""Devices and array modules: the one place that knows about NumPy versus CuPy.
+
+Reading order: device names -> array_module (which `xp` an op uses) -> transfers -> random
+generators. Every other module asks this one; only this file imports cupy (lazily, so that a
+machine without a GPU never pays for it or fails on it).
+"""
+import os
+
+import numpy as np
+
+__all__ = ["DEVICES", "default_device", "check_device", "array_module", "device_of", "xp_for",
+           "to_device", "to_numpy", "scatter_add", "rng", "manual_seed", "get_rng_state", "set_rng_state"]
+
+DEVICES = ("cpu", "cuda")
+_CUDA_HINT = ("install CuPy with the extra that matches your CUDA toolkit: "
+              "pip install 'tinygrad_llm[cuda12]' or 'tinygrad_llm[cuda13]'")
+_cupy = None          # the cupy module once a "cuda" tensor has been asked for
+
+
+def _load_cupy():
+    """Import CuPy on first use and check that a GPU answers; raise a clear error otherwise."""
+    global _cupy
+    if _cupy is None:
+        try:
+            import cupy
+        except ImportError as e:
+            raise RuntimeError(f"device 'cuda' needs CuPy, which is not installed: {_CUDA_HINT}") from e
+        try:
+            n = cupy.cuda.runtime.getDeviceCount()
+        except Exception as e:      # CUDA driver missing or broken: say so, don't crash later
+            raise RuntimeError(f"device 'cuda' asked for, but CuPy finds no usable GPU ({e})") from e
+        if n == 0:
+            raise RuntimeError("device 'cuda' asked for, but CuPy finds no GPU on this machine")
+        _cupy = cupy
+    return _cupy
+
+
+def default_device():
+    """The device new tensors go to: $TINYGRAD_LLM_DEVICE, else "cpu"."""
+    return check_device(os.environ.get("TINYGRAD_LLM_DEVICE", "cpu"))
+
+
+def check_device(device):
+    """Normalise a device name ("cpu", "cuda", "cuda:0") and make sure it can be used."""
+    if device is None:
+        return default_device()
+    name = str(device).split(":")[0]
+    if name not in DEVICES:
+        raise ValueError(f"device: expected one of {DEVICES}, got {device!r}")
+    if name == "cuda":
+        _load_cupy()
+    return name
+
+
+def xp_for(device):
+    """The array module (numpy or cupy) that holds arrays on `device`."""
+    return np if device == "cpu" else _load_cupy()
+
+
+def array_module(x):
+    """numpy for a NumPy array (or scalar), cupy for a CuPy array: the `xp` an op computes with."""
+    if isinstance(x, (np.ndarray, np.generic)) or _cupy is None:
+        return np
+    return _cupy.get_array_module(x)
+
+
+def device_of(x):
+    """"cpu" or "cuda" for an array."""
+    return "cpu" if isinstance(x, (np.ndarray, np.generic)) or _cupy is None else "cuda"
+
+
+def to_device(x, device):
+    """Move array `x` to `device` (a no-op when it is already there)."""
+    if device_of(x) == device:
+        return x
+    if device == "cpu":
+        return _cupy.asnumpy(x)
+    return _load_cupy().asarray(x)
+
+
+def to_numpy(x):
+    """A NumPy array with the contents of `x`, wherever `x` lives."""
+    return to_device(x, "cpu")
+
+
+# ---- random numbers: one seeded generator per device (resume and CPU/GPU parity rely on it) ----
+_rngs = {}
+_seed = 0
+
+
+def rng(device="cpu"):
+    """The seeded generator of `device` (numpy.random.Generator or cupy.random.Generator)."""
+    g = _rngs.get(device)
+    if g is None:
+        g = _rngs[device] = xp_for(device).random.default_rng(_seed)
+    return g
+
+
+def manual_seed(seed):
+    """Reseed every device's generator, as torch.manual_seed does."""
+    global _seed
+    if not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise ValueError(f"seed: expected a non-negative int, got {seed!r}")
+    _seed = int(seed)
+    _rngs.clear()
+
+
+def get_rng_state():
+    """The CPU generator's state as a JSON-able dict (for checkpoints)."""
+    return rng("cpu").bit_generator.state
+
+
+def set_rng_state(state):
+    """Restore the CPU generator from get_rng_state()'s dict."""
+    rng("cpu").bit_generator.state = state
+
+
+def scatter_add(out, index, values):
+    """out[index] += values, adding repeated indices once each (np.add.at / cupyx.scatter_add)."""
+    if device_of(out) == "cpu":
+        np.add.at(out, index, values)
+    else:
+        import cupyx
+        cupyx.scatter_add(out, index, values)

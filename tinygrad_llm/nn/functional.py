@@ -1,0 +1,151 @@
+"""The functional API, with PyTorch's names: thin wrappers that validate arguments and apply ops.
+
+Composites that are not hot (linear, masked_fill) stay compositions here and autograd derives
+their gradients; hot ones (cross_entropy, the norms, gelu, attention) are single ops with kernels.
+"""
+import numpy as np
+
+from .. import backend
+from ..ops import (AttentionOp, CrossEntropyOp, DropoutOp, EmbeddingOp, GeluOp, LayerNormOp,
+                   LogSoftmaxOp, RMSNormOp, SoftmaxOp, WhereOp)
+from ..ops.embedding import check_ids
+from ..ops.softmax import REDUCTIONS
+from ..tensor import Tensor
+
+__all__ = ["relu", "gelu", "silu", "sigmoid", "tanh", "softmax", "log_softmax", "cross_entropy",
+           "layer_norm", "rms_norm", "embedding", "dropout", "scaled_dot_product_attention",
+           "linear", "where", "masked_fill"]
+
+
+def _ids(ids, device, name):
+    """Integer ids as an array on `device` (accepts a Tensor, an array or a list)."""
+    a = ids.data if isinstance(ids, Tensor) else ids
+    if not hasattr(a, "dtype"):
+        a = np.asarray(a)
+    if a.dtype.kind not in "iu":
+        raise TypeError(f"{name}: expected integer ids, got dtype {a.dtype}")
+    return backend.to_device(a, device)
+
+
+def _mask(mask, device):
+    a = mask.data if isinstance(mask, Tensor) else mask
+    return None if a is None else backend.to_device(backend.xp_for(device).asarray(a), device)
+
+
+def relu(x):
+    return x.relu()
+
+
+def gelu(x, approximate="none"):
+    """x * Phi(x); approximate="tanh" uses the tanh form (GPT-2's "gelu_new")."""
+    return GeluOp.apply(x, approximate=approximate)
+
+
+def silu(x):
+    return x.silu()
+
+
+def sigmoid(x):
+    return x.sigmoid()
+
+
+def tanh(x):
+    return x.tanh()
+
+
+def softmax(x, axis=-1):
+    return SoftmaxOp.apply(x, axis=axis)
+
+
+def log_softmax(x, axis=-1):
+    return LogSoftmaxOp.apply(x, axis=axis)
+
+
+def cross_entropy(logits, targets, ignore_index=-100, reduction="mean", label_smoothing=0.0):
+    """Mean negative log-likelihood of `targets` under softmax(`logits`).
+
+    logits: (..., V) float; targets: (...) int (any leading shape matching the logits').
+    Rows whose target equals `ignore_index` are skipped (and not counted by "mean").
+    reduction: "mean" | "sum" | "none" (then the loss has the targets' shape).
+    """
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"cross_entropy: reduction must be one of {REDUCTIONS}, got {reduction!r}")
+    if not 0.0 <= label_smoothing <= 1.0:
+        raise ValueError(f"cross_entropy: label_smoothing must be in [0, 1], got {label_smoothing}")
+    t = _ids(targets, logits.device, "cross_entropy targets")
+    if t.shape != logits.shape[:-1]:
+        raise ValueError(f"cross_entropy: targets of shape {t.shape} do not match logits of "
+                         f"shape {logits.shape} (expected targets {logits.shape[:-1]})")
+    v = logits.shape[-1]
+    bad = (t != ignore_index) & ((t < 0) | (t >= v))
+    if bad.any():
+        raise ValueError(f"cross_entropy: target {int(t[bad].reshape(-1)[0])} is out of range "
+                         f"[0, {v}) (and is not ignore_index={ignore_index})")
+    loss = CrossEntropyOp.apply(logits.reshape(-1, v), t.reshape(-1), ignore_index=ignore_index,
+                                reduction=reduction, label_smoothing=label_smoothing)
+    return loss.reshape(t.shape) if reduction == "none" else loss
+
+
+def layer_norm(x, weight=None, bias=None, eps=1e-5):
+    """LayerNorm over the last axis; weight/bias: (C,) Tensors or None (no affine part)."""
+    if weight is None:
+        weight = Tensor._wrap(backend.xp_for(x.device).ones(x.shape[-1], dtype=x.dtype))
+    return LayerNormOp.apply(x, weight, bias, eps=eps)
+
+
+def rms_norm(x, weight=None, eps=1e-6):
+    """RMSNorm over the last axis; weight: (C,) Tensor or None."""
+    if weight is None:
+        weight = Tensor._wrap(backend.xp_for(x.device).ones(x.shape[-1], dtype=x.dtype))
+    return RMSNormOp.apply(x, weight, eps=eps)
+
+
+def embedding(ids, weight):
+    """Rows of `weight` (V, C) picked by integer `ids` (...) -> (..., C)."""
+    ids = _ids(ids, weight.device, "embedding")
+    check_ids("embedding", ids, weight.shape[0])
+    return EmbeddingOp.apply(weight, ids)
+
+
+def dropout(x, p=0.5, training=True, seed=None):
+    """Zero each element with probability p and scale the rest by 1/(1-p); identity when not
+    training or p == 0. `seed` gives a reproducible mask; otherwise the device's generator is used
+    (seeded by tl.manual_seed)."""
+    if not 0.0 <= p <= 1.0:
+        raise ValueError(f"dropout: p must be in [0, 1], got {p}")
+    if not training or p == 0.0:
+        return x
+    if p == 1.0:
+        return x * 0.0
+    gen = backend.rng(x.device) if seed is None else backend.xp_for(x.device).random.default_rng(seed)
+    return DropoutOp.apply(x, p=p, generator=gen)
+
+
+def scaled_dot_product_attention(q, k, v, attn_mask=None, is_causal=False, scale=None):
+    """softmax(q k^T * scale + mask) v, per head.
+
+    q: (B, H, Tq, D); k, v: (B, Hkv, Tk, D) with H a multiple of Hkv (GQA / MQA).
+    attn_mask: bool (True = attend) or additive float, broadcastable to (B, H, Tq, Tk).
+    is_causal: query i sees keys j <= i + Tk - Tq. scale: defaults to 1/sqrt(D).
+    """
+    return AttentionOp.apply(q, k, v, _mask(attn_mask, q.device), causal=bool(is_causal),
+                             scale=scale)
+
+
+def linear(x, weight, bias=None):
+    """x @ weight^T + bias, with weight (out_features, in_features) as in PyTorch."""
+    y = x @ weight.T
+    return y if bias is None else y + bias
+
+
+def where(cond, a, b):
+    """Elementwise cond ? a : b; `a` or `b` may be numbers."""
+    c = cond.data if isinstance(cond, Tensor) else cond
+    like = a if isinstance(a, Tensor) else b
+    from ..tensor import _lift
+    return WhereOp.apply(backend.to_device(backend.xp_for(like.device).asarray(c), like.device)
+                         if not hasattr(c, "dtype") else c, _lift(a, like), _lift(b, like))
+
+
+def masked_fill(x, mask, value):
+    return x.masked_fill(mask, value)

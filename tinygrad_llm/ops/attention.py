@@ -1,0 +1,115 @@
+"""Scaled dot-product attention (Vaswani et al., 2017) with grouped K/V heads (GQA, Ainslie et
+al., 2023; MQA, Shazeer, 2019 when there is one K/V head).
+
+  q: (B, H, Tq, D)   k, v: (B, Hkv, Tk, D)   H = Hkv * G: query heads h*G .. h*G+G-1 share K/V head h
+  forward:  S = q k^T * scale (+ mask),  P = softmax(S) row-wise,  o = P v
+            lse = logsumexp of each row of S, kept so backward can recompute P = e^(S - lse)
+  backward: dv = P^T do                 dP = do v^T
+            dS = P * (dP - delta),      delta = rowsum(do * o)     (= rowsum(P * dP))
+            dq = dS k * scale           dk = dS^T q * scale        (dk, dv summed over the G heads)
+
+Causal masking is aligned to the end: query i (of Tq) sees keys j <= i + Tk - Tq, which is the
+usual lower triangle when Tq == Tk and the right thing for a query block appended to a KV cache.
+`attn_mask` is a boolean (True = attend) or additive float array broadcastable to (B, H, Tq, Tk).
+A row with every key masked attends to nothing: its output and gradients are 0, not NaN.
+
+The reference below materialises the (B, H, Tq, Tk) scores; the Numba kernel (kernels/cpu/
+attention.py) is tiled with an online softmax (Milakov & Gimelshein, 2018; Dao et al., 2022) and
+never does.
+"""
+import numpy as np
+
+from ..backend import array_module
+from ..kernels import kernel
+from ..tensor import Function
+
+__all__ = ["AttentionOp", "attention_forward", "attention_backward"]
+
+
+def _scores(q, k, mask, causal, scale):
+    """Masked scores S as (B, Hkv, G, Tq, Tk), with q grouped by its K/V head."""
+    xp = array_module(q)
+    b, h, tq, d = q.shape
+    hkv, tk = k.shape[1], k.shape[2]
+    qg = q.reshape(b, hkv, h // hkv, tq, d)
+    s = (qg @ k[:, :, None].swapaxes(-1, -2)) * q.dtype.type(scale)
+    if causal:
+        allowed = xp.arange(tk)[None, :] <= xp.arange(tq)[:, None] + (tk - tq)
+        s = xp.where(allowed, s, -xp.inf)
+    if mask is not None:
+        m = xp.broadcast_to(mask, (b, h, tq, tk)).reshape(b, hkv, h // hkv, tq, tk)
+        s = xp.where(m, s, -xp.inf) if m.dtype == bool else s + m.astype(s.dtype)
+    return s
+
+
+def _probabilities(s, lse):
+    xp = array_module(s)
+    return xp.exp(s - lse[..., None])
+
+
+@kernel("attention_forward")         # fast version: kernels/cpu/attention.py
+def attention_forward(q, k, v, mask, causal, scale):
+    """q: (B, H, Tq, D), k, v: (B, Hkv, Tk, D) -> o (B, H, Tq, D), lse (B, H, Tq)."""
+    xp = array_module(q)
+    b, h, tq, d = q.shape
+    s = _scores(q, k, mask, causal, scale)                      # (B, Hkv, G, Tq, Tk)
+    m = s.max(axis=-1)
+    m = xp.where(xp.isfinite(m), m, 0)                         # fully masked rows: no NaN
+    total = xp.exp(s - m[..., None]).sum(axis=-1)
+    lse = m + xp.log(xp.where(total > 0, total, 1))
+    o = _probabilities(s, lse) @ v[:, :, None]                  # (B, Hkv, G, Tq, D)
+    return o.reshape(b, h, tq, d), lse.reshape(b, h, tq)
+
+
+@kernel("attention_backward")
+def attention_backward(do, q, k, v, o, lse, mask, causal, scale):
+    """do, o: (B, H, Tq, D), lse: (B, H, Tq) -> dq (B, H, Tq, D), dk, dv (B, Hkv, Tk, D)."""
+    b, h, tq, d = q.shape
+    hkv = k.shape[1]
+    g = h // hkv
+    s = _scores(q, k, mask, causal, scale)
+    p = _probabilities(s, lse.reshape(b, hkv, g, tq))           # (B, Hkv, G, Tq, Tk)
+    dog = do.reshape(b, hkv, g, tq, d)
+    dv = (p.swapaxes(-1, -2) @ dog).sum(axis=2)
+    dp = dog @ v[:, :, None].swapaxes(-1, -2)
+    delta = (dog * o.reshape(b, hkv, g, tq, d)).sum(axis=-1, keepdims=True)
+    ds = p * (dp - delta) * q.dtype.type(scale)
+    dq = (ds @ k[:, :, None]).reshape(b, h, tq, d)
+    dk = (ds.swapaxes(-1, -2) @ q.reshape(b, hkv, g, tq, d)).sum(axis=2)
+    return dq, dk, dv
+
+
+def _check(q, k, v, mask):
+    if q.ndim != 4 or k.ndim != 4 or v.ndim != 4:
+        raise ValueError(f"scaled_dot_product_attention: expected q (B, H, Tq, D) and k, v "
+                         f"(B, Hkv, Tk, D), got {q.shape}, {k.shape}, {v.shape}")
+    if k.shape != v.shape or k.shape[0] != q.shape[0] or k.shape[3] != q.shape[3]:
+        raise ValueError(f"scaled_dot_product_attention: k {k.shape} and v {v.shape} must match "
+                         f"each other and q {q.shape} in B and D")
+    if q.shape[1] % k.shape[1]:
+        raise ValueError(f"scaled_dot_product_attention: {q.shape[1]} query heads are not a "
+                         f"multiple of {k.shape[1]} key/value heads")
+    if mask is not None:
+        try:
+            np.broadcast_shapes(  # shape arithmetic only
+                mask.shape, q.shape[:3] + (k.shape[2],))
+        except ValueError:
+            raise ValueError(f"scaled_dot_product_attention: attn_mask of shape {mask.shape} "
+                             f"does not broadcast to (B, H, Tq, Tk) = "
+                             f"{q.shape[:3] + (k.shape[2],)}") from None
+
+
+class AttentionOp(Function):
+    @staticmethod
+    def forward(ctx, q, k, v, mask=None, causal=False, scale=None):
+        _check(q, k, v, mask)
+        scale = q.shape[-1] ** -0.5 if scale is None else scale
+        o, lse = attention_forward(q, k, v, mask, causal, scale)
+        ctx.save(q, k, v, o, lse)
+        ctx.mask, ctx.causal, ctx.scale = mask, causal, scale
+        return o
+
+    @staticmethod
+    def backward(ctx, do):
+        q, k, v, o, lse = ctx.saved
+        return attention_backward(do, q, k, v, o, lse, ctx.mask, ctx.causal, ctx.scale) + (None,)

@@ -1,0 +1,67 @@
+"""Matrix product with NumPy's matmul semantics (1-D promotion, batched, broadcasting).
+
+Speed: BLAS does the work, and it is fastest on one large 2-D GEMM. So `(..., K) @ (K, N)` (the
+shape of every Linear layer) is computed as one `(M, K) @ (K, N)` product with M the flattened
+leading dims, and its weight gradient as one `x2d.T @ dy2d`, never as a stack of small products.
+"""
+from ..tensor import Function
+
+__all__ = ["MatMulOp"]
+
+#   y = a @ b      da = dy @ b^T      db = a^T @ dy   (summed over broadcast batch dims)
+
+
+def _swap(x):
+    return x.swapaxes(-1, -2)
+
+
+class MatMulOp(Function):
+    @staticmethod
+    def forward(ctx, a, b):
+        if a.ndim == 0 or b.ndim == 0:
+            raise ValueError(f"matmul: both operands need at least 1 dim, got shapes "
+                             f"{a.shape} and {b.shape}")
+        ctx.a_shape, ctx.b_shape = a.shape, b.shape
+        a2 = a.reshape(1, -1) if a.ndim == 1 else a             # 1-D promotion, as NumPy
+        b2 = b.reshape(-1, 1) if b.ndim == 1 else b
+        if a2.shape[-1] != b2.shape[-2]:
+            raise ValueError(f"matmul: shapes {a.shape} and {b.shape} don't align: "
+                             f"{a2.shape[-1]} (last dim of a) != {b2.shape[-2]} (dim -2 of b)")
+        ctx.save(a2, b2)
+        if b2.ndim == 2 and a2.ndim > 2:                        # (..., K) @ (K, N): one GEMM
+            y = (a2.reshape(-1, a2.shape[-1]) @ b2).reshape(a2.shape[:-1] + (b2.shape[1],))
+        else:
+            try:
+                y = a2 @ b2
+            except ValueError:
+                raise ValueError(f"matmul: batch dims of shapes {a.shape} and {b.shape} "
+                                 "do not broadcast") from None
+        ctx.y_shape = y.shape
+        if a.ndim == 1:
+            y = y.reshape(y.shape[:-2] + y.shape[-1:])
+        if b.ndim == 1:
+            y = y.reshape(y.shape[:-1])
+        return y
+
+    @staticmethod
+    def backward(ctx, dy):
+        a, b = ctx.saved
+        dy = dy.reshape(ctx.y_shape)
+        da = db = None
+        if b.ndim == 2 and a.ndim > 2:
+            dy2 = dy.reshape(-1, dy.shape[-1])                  # (M, N)
+            if ctx.needs_grad[0]:
+                da = (dy2 @ b.T).reshape(a.shape)
+            if ctx.needs_grad[1]:
+                db = a.reshape(-1, a.shape[-1]).T @ dy2        # (K, M) @ (M, N)
+        else:
+            if ctx.needs_grad[0]:
+                da = dy @ _swap(b)
+            if ctx.needs_grad[1]:
+                db = _swap(a) @ dy
+        # undo 1-D promotion; batch broadcasting is summed away by the backward walk
+        if da is not None and len(ctx.a_shape) == 1:
+            da = da.reshape(da.shape[:-2] + ctx.a_shape) if da.ndim > 2 else da.reshape(ctx.a_shape)
+        if db is not None and len(ctx.b_shape) == 1:
+            db = db.reshape(db.shape[:-2] + ctx.b_shape) if db.ndim > 2 else db.reshape(ctx.b_shape)
+        return da, db
