@@ -1,0 +1,82 @@
+"""Shared pieces of the Numba kernels: the jit decorators and the `supports` predicates.
+
+Every loop is compiled with `cache=True` (the first call's compile is paid once per machine) and
+fastmath limited to {'contract', 'reassoc'}: fused multiply-adds and reassociated reductions let
+LLVM vectorise, while inf/NaN semantics stay exact (causal masks rely on -inf). error_model="numpy"
+gives IEEE division (x/0 is inf, as in NumPy) instead of Python's ZeroDivisionError check, whose
+branch on every division stops vectorisation.
+"""
+import math
+
+import numpy as np
+from numba import njit, types
+from numba.extending import overload
+
+FASTMATH = {"contract", "reassoc"}
+FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
+N_CHUNKS = 8   # row chunks for column reductions (dw, db): fixed so results don't depend on threads
+
+
+def jit(fn):
+    """A serial Numba loop."""
+    return njit(cache=True, fastmath=FASTMATH, error_model="numpy")(fn)
+
+
+def jit_parallel(fn):
+    """A Numba loop with `prange` over an axis that owns its writes."""
+    return njit(cache=True, fastmath=FASTMATH, error_model="numpy", parallel=True)(fn)
+
+
+def floats(*arrays):
+    """True when every array is float32, or every one float64 (what the loops are written for)."""
+    dtype = arrays[0].dtype
+    return dtype in FLOATS and all(a.dtype == dtype for a in arrays)
+
+
+def chunk_bounds(n):
+    """Row boundaries of N_CHUNKS near-equal chunks of n rows: chunk k is [b[k], b[k+1])."""
+    return np.arange(N_CHUNKS + 1) * n // N_CHUNKS
+
+
+# ---- a vectorisable exp for softmax-shaped loops ------------------------------------------------
+# libm's expf is a scalar call (about 2 ns) that keeps LLVM from vectorising the loop around it.
+# For float32, exp(z) = 2^n * e^f with n = round(z / ln 2) and f = z - n ln 2 (Cody & Waite, 1980:
+# ln 2 split in a short exact part and a correction, so f keeps full precision), e^f from its Taylor
+# polynomial to degree 7 (|f| <= 0.35), and 2^n written straight into a float's exponent bits
+# through an int32 view of a scratch row. Relative error 6e-8 for z >= -87; e^z below that
+# (float32's denormals) is 0. float64 uses libm's exp: gradcheck needs it exact.
+def exp_shifted(x, shift, out, bits, width):
+    """out[j] = exp(x[j] - shift) for j < width, where x[j] - shift <= 0 (a softmax row).
+    bits: an int32 scratch row of at least `width` entries (used for float32 only)."""
+    raise NotImplementedError("exp_shifted is called from jitted code only")
+
+
+def _exp_shifted_f32(x, shift, out, bits, width):
+    scale = bits.view(np.float32)
+    for j in range(width):
+        z = x[j] - shift
+        zc = max(z, np.float32(-87.0))
+        n = math.floor(zc * np.float32(1.4426950408889634) + np.float32(0.5))
+        f = (zc - n * np.float32(0.693359375)) + n * np.float32(2.12194440e-4)
+        p = np.float32(1.0 / 5040)
+        p = p * f + np.float32(1.0 / 720)
+        p = p * f + np.float32(1.0 / 120)
+        p = p * f + np.float32(1.0 / 24)
+        p = p * f + np.float32(1.0 / 6)
+        p = p * f + np.float32(0.5)
+        p = p * f + np.float32(1.0)
+        p = p * f + np.float32(1.0)
+        out[j] = p if z >= np.float32(-87.0) else np.float32(0.0)
+        bits[j] = (np.int32(n) + np.int32(127)) << np.int32(23)
+    for j in range(width):
+        out[j] *= scale[j]
+
+
+def _exp_shifted_f64(x, shift, out, bits, width):
+    for j in range(width):
+        out[j] = math.exp(x[j] - shift)
+
+
+@overload(exp_shifted, jit_options={"fastmath": FASTMATH, "error_model": "numpy"})
+def _exp_shifted_typed(x, shift, out, bits, width):
+    return _exp_shifted_f32 if x.dtype == types.float32 else _exp_shifted_f64

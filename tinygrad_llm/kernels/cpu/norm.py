@@ -1,0 +1,135 @@
+"""LayerNorm and RMSNorm in one pass per row (llm.c's layernorm_forward/backward in Numba).
+
+References: ops/norm.py (same arguments, same results; the math is written there).
+Forward: per row, mean and variance accumulated in float64, then y written in the same loop nest.
+Backward: rows are split into N_CHUNKS fixed chunks; each chunk writes dx for its rows and its own
+row of partial dw/db sums (float64), summed after the loop. One pass over x and dy.
+"""
+import math
+
+import numpy as np
+from numba import prange
+
+from .. import implements
+from ._common import N_CHUNKS, chunk_bounds, floats, jit_parallel
+
+
+def _supported(x, w, *rest, **kwargs):
+    return x.ndim == 2 and floats(x, w)
+
+
+# ---- LayerNorm ----------------------------------------------------------------------------------
+@jit_parallel
+def _layer_norm_forward_loop(x, w, b, eps, y, mu, r):
+    # x, y: (N, C)  w, b: (C,)  mu, r: (N,)
+    n_rows, c = x.shape
+    for n in prange(n_rows):
+        s = 0.0                                     # float64 accumulators
+        for j in range(c):
+            s += x[n, j]
+        m = s / c
+        v = 0.0
+        for j in range(c):
+            d = x[n, j] - m
+            v += d * d
+        rs = 1.0 / math.sqrt(v / c + eps)
+        for j in range(c):
+            y[n, j] = (x[n, j] - m) * rs * w[j] + b[j]
+        mu[n] = m
+        r[n] = rs
+
+
+@jit_parallel
+def _layer_norm_backward_loop(dy, x, w, mu, r, bounds, dx, dw_part, db_part):
+    # dy, x, dx: (N, C)  w: (C,)  mu, r: (N,)  dw_part, db_part: (N_CHUNKS, C) float64
+    c = x.shape[1]
+    for k in prange(len(bounds) - 1):
+        for n in range(bounds[k], bounds[k + 1]):
+            m, rs = mu[n], r[n]
+            g_mean = 0.0
+            gx_mean = 0.0
+            for j in range(c):
+                xh = (x[n, j] - m) * rs
+                g = dy[n, j] * w[j]
+                g_mean += g
+                gx_mean += g * xh
+                dw_part[k, j] += dy[n, j] * xh
+                db_part[k, j] += dy[n, j]
+            g_mean /= c
+            gx_mean /= c
+            for j in range(c):
+                xh = (x[n, j] - m) * rs
+                dx[n, j] = rs * (dy[n, j] * w[j] - g_mean - xh * gx_mean)
+
+
+@implements("layer_norm_forward", device="cpu", supports=_supported)
+def layer_norm_forward_cpu(x, w, b, eps):
+    x = np.ascontiguousarray(x)
+    n = x.shape[0]
+    y = np.empty_like(x)
+    mu, r = np.empty(n, x.dtype), np.empty(n, x.dtype)
+    bias = np.zeros_like(w) if b is None else np.ascontiguousarray(b)
+    _layer_norm_forward_loop(x, np.ascontiguousarray(w), bias, eps, y, mu, r)
+    return y, mu, r
+
+
+@implements("layer_norm_backward", device="cpu", supports=_supported)
+def layer_norm_backward_cpu(dy, x, w, mu, r, has_bias):
+    dy, x = np.ascontiguousarray(dy), np.ascontiguousarray(x)
+    dx = np.empty_like(x)
+    dw_part = np.zeros((N_CHUNKS, x.shape[1]))
+    db_part = np.zeros((N_CHUNKS, x.shape[1]))
+    bounds = chunk_bounds(x.shape[0])
+    _layer_norm_backward_loop(dy, x, np.ascontiguousarray(w), mu, r, bounds, dx, dw_part, db_part)
+    db = db_part.sum(axis=0).astype(x.dtype) if has_bias else None
+    return dx, dw_part.sum(axis=0).astype(x.dtype), db
+
+
+# ---- RMSNorm ------------------------------------------------------------------------------------
+@jit_parallel
+def _rms_norm_forward_loop(x, w, eps, y, r):
+    # x, y: (N, C)  w: (C,)  r: (N,)
+    n_rows, c = x.shape
+    for n in prange(n_rows):
+        ss = 0.0
+        for j in range(c):
+            ss += x[n, j] * x[n, j]
+        rs = 1.0 / math.sqrt(ss / c + eps)
+        for j in range(c):
+            y[n, j] = x[n, j] * rs * w[j]
+        r[n] = rs
+
+
+@jit_parallel
+def _rms_norm_backward_loop(dy, x, w, r, bounds, dx, dw_part):
+    # dy, x, dx: (N, C)  w: (C,)  r: (N,)  dw_part: (N_CHUNKS, C) float64
+    c = x.shape[1]
+    for k in prange(len(bounds) - 1):
+        for n in range(bounds[k], bounds[k + 1]):
+            rs = r[n]
+            gx_mean = 0.0
+            for j in range(c):
+                xh = x[n, j] * rs
+                gx_mean += dy[n, j] * w[j] * xh
+                dw_part[k, j] += dy[n, j] * xh
+            gx_mean /= c
+            for j in range(c):
+                dx[n, j] = rs * (dy[n, j] * w[j] - x[n, j] * rs * gx_mean)
+
+
+@implements("rms_norm_forward", device="cpu", supports=_supported)
+def rms_norm_forward_cpu(x, w, eps):
+    x = np.ascontiguousarray(x)
+    y, r = np.empty_like(x), np.empty(x.shape[0], x.dtype)
+    _rms_norm_forward_loop(x, np.ascontiguousarray(w), eps, y, r)
+    return y, r
+
+
+@implements("rms_norm_backward", device="cpu", supports=_supported)
+def rms_norm_backward_cpu(dy, x, w, r):
+    dy, x = np.ascontiguousarray(dy), np.ascontiguousarray(x)
+    dx = np.empty_like(x)
+    dw_part = np.zeros((N_CHUNKS, x.shape[1]))
+    bounds = chunk_bounds(x.shape[0])
+    _rms_norm_backward_loop(dy, x, np.ascontiguousarray(w), r, bounds, dx, dw_part)
+    return dx, dw_part.sum(axis=0).astype(x.dtype)
