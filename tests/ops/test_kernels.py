@@ -1,0 +1,224 @@
+"""Every registered kernel against its readable reference.
+
+The table below maps each kernel name to a maker of argument tuples; a test asserts that the
+table's names equal the registry's, so no kernel lands untested. Cases cover sizes 1, 3, 17, 65
+and the main job's shapes, and large magnitudes (1e4 logits and activations). float64 must agree
+to rounding; float32 to a few ulps of the values' scale.
+"""
+import numpy as np
+import pytest
+
+import tinygrad_llm as tl
+import tinygrad_llm.nn.functional as F
+from tinygrad_llm import kernels
+from tinygrad_llm.ops.attention import attention_forward
+
+SIZES = [1, 3, 17, 65]
+
+
+def _x(rng, shape, dtype, scale=1.0):
+    return (rng.standard_normal(shape) * scale).astype(dtype)
+
+
+def _cross_entropy_forward(rng, dtype):
+    for n, v in [(1, 1), (3, 3), (17, 65), (65, 17), (768, 65)]:
+        for scale, smoothing in [(1.0, 0.0), (1e4, 0.0), (1.0, 0.1)]:
+            targets = rng.integers(0, v, n)
+            targets[::5] = -100
+            yield _x(rng, (n, v), dtype, scale), targets, -100, smoothing
+
+
+def _cross_entropy_backward(rng, dtype):
+    for logits, targets, ignore, smoothing in _cross_entropy_forward(rng, dtype):
+        lse = kernels.reference("cross_entropy_forward")(logits, targets, ignore, smoothing)[1]
+        yield rng.random(len(targets)).astype(dtype), logits, targets, lse, ignore, smoothing
+
+
+def _rows(rng, dtype):
+    for n in SIZES + [768]:
+        for c in SIZES + [128]:
+            for scale in (1.0, 1e4):
+                yield _x(rng, (n, c), dtype, scale), _x(rng, (c,), dtype)
+
+
+def _layer_norm_forward(rng, dtype):
+    for x, w in _rows(rng, dtype):
+        yield x, w, _x(rng, w.shape, dtype), 1e-5
+        yield x, w, None, 1e-5
+
+
+def _layer_norm_backward(rng, dtype):
+    for x, w, b, eps in _layer_norm_forward(rng, dtype):
+        _, mu, r = kernels.reference("layer_norm_forward")(x, w, b, eps)
+        yield _x(rng, x.shape, dtype), x, w, mu, r, b is not None
+
+
+def _rms_norm_forward(rng, dtype):
+    for x, w in _rows(rng, dtype):
+        yield x, w, 1e-6
+
+
+def _rms_norm_backward(rng, dtype):
+    for x, w, eps in _rms_norm_forward(rng, dtype):
+        _, r = kernels.reference("rms_norm_forward")(x, w, eps)
+        yield _x(rng, x.shape, dtype), x, w, r
+
+
+def _gelu_forward(rng, dtype):
+    for shape in [(1,), (3,), (17, 65), (12, 64, 512)]:
+        for scale in (1.0, 4.0, 1e4):
+            for approximate in ("none", "tanh"):
+                yield _x(rng, shape, dtype, scale), approximate
+
+
+def _gelu_backward(rng, dtype):
+    for x, approximate in _gelu_forward(rng, dtype):
+        yield _x(rng, x.shape, dtype), x, approximate
+
+
+def _embedding_backward(rng, dtype):
+    for n, c, v in [(1, 1, 1), (3, 3, 2), (17, 65, 5), (768, 128, 65), (65, 17, 1000)]:
+        yield _x(rng, (n, c), dtype), rng.integers(0, v, n), v
+
+
+ATTENTION_SHAPES = [  # (B, H, Hkv, Tq, Tk, D, causal)
+    (1, 1, 1, 1, 1, 1, True), (2, 3, 3, 3, 3, 5, True), (1, 4, 2, 17, 17, 8, True),
+    (2, 4, 1, 65, 65, 16, True), (1, 2, 2, 3, 17, 4, True), (1, 2, 2, 1, 70, 8, True),
+    (2, 2, 1, 17, 17, 3, False), (1, 2, 2, 5, 9, 4, False), (12, 4, 4, 64, 64, 32, True),
+]
+
+
+def _attention_forward(rng, dtype):
+    for b, h, hkv, tq, tk, d, causal in ATTENTION_SHAPES:
+        for scale in (1.0, 30.0):              # 30: scores in the hundreds, softmax saturates
+            yield (_x(rng, (b, h, tq, d), dtype, scale), _x(rng, (b, hkv, tk, d), dtype, scale),
+                   _x(rng, (b, hkv, tk, d), dtype), None, causal, d ** -0.5)
+
+
+def _attention_backward(rng, dtype):
+    for q, k, v, mask, causal, scale in _attention_forward(rng, dtype):
+        o, lse = kernels.reference("attention_forward")(q, k, v, mask, causal, scale)
+        yield _x(rng, q.shape, dtype), q, k, v, o, lse, mask, causal, scale
+
+
+CASES = {
+    "cross_entropy_forward": _cross_entropy_forward,
+    "cross_entropy_backward": _cross_entropy_backward,
+    "layer_norm_forward": _layer_norm_forward,
+    "layer_norm_backward": _layer_norm_backward,
+    "rms_norm_forward": _rms_norm_forward,
+    "rms_norm_backward": _rms_norm_backward,
+    "gelu_forward": _gelu_forward,
+    "gelu_backward": _gelu_backward,
+    "embedding_backward": _embedding_backward,
+    "attention_forward": _attention_forward,
+    "attention_backward": _attention_backward,
+}
+TOLERANCE = {np.float64: 1e-10, np.float32: 2e-5}
+
+
+def _score_magnitude(q, k, scale):
+    """Attention outputs go through e^(s - lse): an absolute rounding error in a score of size
+    |s| moves them by about |s| ulps, in any float32 implementation."""
+    group = q.shape[1] // k.shape[1]
+    s = np.einsum("bhqd,bhkd->bhqk", q.astype(np.float64), np.repeat(k, group, axis=1))
+    return max(1.0, float(np.abs(s).max()) * scale)
+
+
+CONDITION = {  # float32 error grows with these; both implementations round differently
+    "attention_forward": lambda q, k, v, mask, causal, scale: _score_magnitude(q, k, scale),
+    "attention_backward": lambda do, q, k, v, o, lse, mask, causal, scale:
+        _score_magnitude(q, k, scale),
+}
+
+
+def test_every_registered_kernel_has_parity_cases():
+    assert set(CASES) == set(kernels.registered("cpu"))
+
+
+def _assert_close(name, got, want, dtype, args):
+    condition = CONDITION.get(name, lambda *a: 1.0)(*args) if dtype == np.float32 else 1.0
+    if want is None:
+        assert got is None
+        return
+    assert got.dtype == want.dtype, f"{name}: dtype {got.dtype}, reference {want.dtype}"
+    assert got.shape == want.shape
+    scale = max(float(np.abs(want).max()), 1.0) if want.size else 1.0
+    tol = TOLERANCE[dtype] * scale * condition
+    err = float(np.abs(got.astype(np.float64) - want).max()) if want.size else 0.0
+    shapes = [getattr(a, "shape", a) for a in args]
+    assert err <= tol, f"{name} {shapes}: max error {err:.3g} > {tol:.3g}"
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["float32", "float64"])
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_kernel_matches_reference(name, dtype):
+    rng = np.random.default_rng(0)
+    fast = getattr(_dispatchers(), name)
+    reference = kernels.reference(name)
+    n = 0
+    for args in CASES[name](rng, dtype):
+        want = reference(*args)
+        with tl.use_kernels(True):
+            got = fast(*args)
+        assert kernels.ran(name) == "cpu", f"{name} did not take the fast path for this case"
+        for g, w in zip(got if isinstance(got, tuple) else (got,),
+                        want if isinstance(want, tuple) else (want,)):
+            _assert_close(name, g, w, dtype, args)
+        n += 1
+    assert n >= 5
+
+
+def _dispatchers():
+    """The dispatching functions, by kernel name (what the ops call)."""
+    from tinygrad_llm.ops import activation, attention, embedding, norm, softmax
+
+    class Table:
+        pass
+    table = Table()
+    for module in (activation, attention, embedding, norm, softmax):
+        for value in vars(module).values():
+            if hasattr(value, "kernel_name"):
+                setattr(table, value.kernel_name, value)
+    return table
+
+
+def test_use_kernels_false_forces_the_reference():
+    x = np.ones((3, 4), np.float32)
+    with tl.use_kernels(False):
+        attention_forward(x[None, None], x[None, None], x[None, None], None, True, 0.5)
+    assert kernels.ran("attention_forward") == "reference"
+    with tl.use_kernels(True):
+        attention_forward(x[None, None], x[None, None], x[None, None], None, True, 0.5)
+    assert kernels.ran("attention_forward") == "cpu"
+
+
+def test_explicit_mask_runs_the_reference():
+    q = np.ones((1, 1, 3, 4), np.float32)
+    with tl.use_kernels(True):
+        attention_forward(q, q, q, np.ones((3, 3), bool), False, 0.5)
+    assert kernels.ran("attention_forward") == "reference"
+
+
+def test_training_step_shapes_take_the_fast_path():
+    """A float32 step through every fused family (the main job's shapes) runs no reference."""
+    rng = np.random.default_rng(0)
+    b, t, c, h, v = 12, 64, 128, 4, 65
+    ids = rng.integers(0, v, (b, t))
+    wte = tl.Tensor(_x(rng, (v, c), np.float32), requires_grad=True)
+    ln_w = tl.Tensor(np.ones(c, np.float32), requires_grad=True)
+    ln_b = tl.Tensor(np.zeros(c, np.float32), requires_grad=True)
+    rms_w = tl.Tensor(np.ones(c, np.float32), requires_grad=True)
+    with tl.use_kernels(True), kernels.trace() as log:
+        x = F.embedding(ids, wte)                                        # (B, T, C)
+        x = F.layer_norm(x, ln_w, ln_b)
+        qkv = x.reshape(b, t, h, c // h).transpose(0, 2, 1, 3)          # (B, H, T, D)
+        y = F.scaled_dot_product_attention(qkv, qkv, qkv, is_causal=True)
+        y = F.rms_norm(F.gelu(y.transpose(0, 2, 1, 3).reshape(b, t, c)), rms_w)
+        loss = F.cross_entropy(y @ wte.T, ids)
+        loss.backward()
+    assert loss.dtype == np.float32 and wte.grad.dtype == np.float32
+    ran = {name for name, _ in log}
+    assert ran == set(CASES), f"families not exercised: {set(CASES) - ran}"
+    slow = [(name, impl) for name, impl in log if impl != "cpu"]
+    assert not slow, f"fell back to the reference: {slow}"
