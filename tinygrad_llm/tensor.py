@@ -600,7 +600,9 @@ def _check_versions(node, out):
 def _accumulate(t, g):
     if g.dtype != t.data.dtype:
         g = g.astype(t.data.dtype)
-    g = backend.array_module(g).ascontiguousarray(g)      # kernels and optimizers read it flat
+    # kernels and optimizers read it flat; asarray(order="C"), unlike ascontiguousarray, keeps
+    # a 0-d gradient 0-d
+    g = backend.array_module(g).asarray(g, order="C")
     if t.grad is None:
         t.grad = Tensor._wrap(g)
     else:

@@ -12,11 +12,21 @@ __all__ = ["AddOp", "SubOp", "MulOp", "DivOp", "NegOp", "PowOp", "PowScalarOp", 
            "MaskedFillOp", "CastOp", "ToDeviceOp", "sigmoid"]
 
 
+def _raise_not_broadcastable(name, a, b):
+    """The error of a binary op whose operands don't broadcast, naming both shapes (NumPy's
+    message does not say which op failed). Called only on the error path."""
+    raise ValueError(f"{name}: operands of shapes {tuple(a.shape)} and {tuple(b.shape)} do not "
+                     "broadcast together") from None
+
+
 class AddOp(Function):
     # y = a + b   da = dy   db = dy
     @staticmethod
     def forward(ctx, a, b):
-        return a + b
+        try:
+            return a + b
+        except ValueError:
+            _raise_not_broadcastable("add", a, b)
 
     @staticmethod
     def backward(ctx, dy):
@@ -27,7 +37,10 @@ class SubOp(Function):
     # y = a - b   da = dy   db = -dy
     @staticmethod
     def forward(ctx, a, b):
-        return a - b
+        try:
+            return a - b
+        except ValueError:
+            _raise_not_broadcastable("sub", a, b)
 
     @staticmethod
     def backward(ctx, dy):
@@ -39,7 +52,10 @@ class MulOp(Function):
     @staticmethod
     def forward(ctx, a, b):
         ctx.save(a, b)
-        return a * b
+        try:
+            return a * b
+        except ValueError:
+            _raise_not_broadcastable("mul", a, b)
 
     @staticmethod
     def backward(ctx, dy):
@@ -51,7 +67,10 @@ class DivOp(Function):
     # y = a / b   da = dy / b   db = -dy * a / b^2 = -da * y
     @staticmethod
     def forward(ctx, a, b):
-        y = a / b
+        try:
+            y = a / b
+        except ValueError:
+            _raise_not_broadcastable("div", a, b)
         ctx.save(b, y)
         return y
 
@@ -94,7 +113,10 @@ class PowOp(Function):
     # y = a^b   da = dy * b * a^(b-1)   db = dy * y * log(a)   (a > 0 where db is wanted)
     @staticmethod
     def forward(ctx, a, b):
-        y = a ** b
+        try:
+            y = a ** b
+        except ValueError:
+            _raise_not_broadcastable("pow", a, b)
         ctx.save(a, b, y)
         return y
 

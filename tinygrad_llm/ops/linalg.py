@@ -15,6 +15,11 @@ def _swap(x):
     return x.swapaxes(-1, -2)
 
 
+def _promote(a, b):
+    """1-D operands as NumPy promotes them: a (K,) -> (1, K), b (K,) -> (K, 1)."""
+    return (a.reshape(1, -1) if a.ndim == 1 else a), (b.reshape(-1, 1) if b.ndim == 1 else b)
+
+
 class MatMulOp(Function):
     @staticmethod
     def forward(ctx, a, b):
@@ -22,12 +27,11 @@ class MatMulOp(Function):
             raise ValueError(f"matmul: both operands need at least 1 dim, got shapes "
                              f"{a.shape} and {b.shape}")
         ctx.a_shape, ctx.b_shape = a.shape, b.shape
-        a2 = a.reshape(1, -1) if a.ndim == 1 else a             # 1-D promotion, as NumPy
-        b2 = b.reshape(-1, 1) if b.ndim == 1 else b
+        a2, b2 = _promote(a, b)
         if a2.shape[-1] != b2.shape[-2]:
             raise ValueError(f"matmul: shapes {a.shape} and {b.shape} don't align: "
                              f"{a2.shape[-1]} (last dim of a) != {b2.shape[-2]} (dim -2 of b)")
-        ctx.save(a2, b2)
+        ctx.save(a, b)          # the inputs themselves, not views, so in-place edits are caught
         if b2.ndim == 2 and a2.ndim > 2:                        # (..., K) @ (K, N): one GEMM
             y = (a2.reshape(-1, a2.shape[-1]) @ b2).reshape(a2.shape[:-1] + (b2.shape[1],))
         else:
@@ -45,7 +49,7 @@ class MatMulOp(Function):
 
     @staticmethod
     def backward(ctx, dy):
-        a, b = ctx.saved
+        a, b = _promote(*ctx.saved)
         dy = dy.reshape(ctx.y_shape)
         da = db = None
         if b.ndim == 2 and a.ndim > 2:

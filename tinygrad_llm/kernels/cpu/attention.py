@@ -83,40 +83,76 @@ def _attention_forward_loop(q, k, v, causal, scale, zero, o, lse, scratch, bits,
 def _attention_backward_loop(do, q, k, v, lse, delta, causal, scale, zero, dq, dk, dv, scratch,
                              bits):
     # do, q, dq: (B, H, Tq, D)  k, v, dk, dv: (B, Hkv, Tk, D)  lse, delta: (B, H, Tq)
-    # scratch: (B*Hkv, 3, _TILE), bits: (B*Hkv, _TILE) int32: one row per task
+    # scratch: (B*Hkv, 3, 4, _TILE), bits: (B*Hkv, _TILE) int32: one block per task
+    # Query rows go in blocks of 4, so each dk_j, dv_j row is loaded and stored once per block
+    # instead of once per query; rows past the end of a block get p = ds = 0.
     n_b, n_h, tq, d = q.shape
     n_hkv, tk = k.shape[1], k.shape[2]
     group = n_h // n_hkv
     offset = tk - tq
     for task in prange(n_b * n_hkv):
         b, hk = task // n_hkv, task % n_hkv
-        s, dp, p = scratch[task, 0], scratch[task, 1], scratch[task, 2]
+        s, p, ds = scratch[task, 0], scratch[task, 1], scratch[task, 2]      # (4, _TILE) each
         keys, values, dkeys, dvalues = k[b, hk], v[b, hk], dk[b, hk], dv[b, hk]
         for h in range(hk * group, (hk + 1) * group):
-            for i in range(tq):
-                qi, doi, dqi = q[b, h, i], do[b, h, i], dq[b, h, i]
-                end = min(tk, i + offset + 1) if causal else tk
-                row_delta = delta[b, h, i]
-                for j0 in range(0, max(end, 0), _TILE):
-                    width = min(_TILE, end - j0)
-                    for jj in range(width):           # s = q_i . k_j * scale,  dp = do_i . v_j
-                        kj, vj = keys[j0 + jj], values[j0 + jj]
-                        dot_qk = zero
-                        dot_dv = zero
-                        for c in range(d):
-                            dot_qk += qi[c] * kj[c]
-                            dot_dv += doi[c] * vj[c]
-                        s[jj] = dot_qk * scale
-                        dp[jj] = dot_dv
-                    exp_shifted(s, lse[b, h, i], p, bits[task], width)    # P, recomputed
+            for i0 in range(0, tq, 4):
+                rows = min(4, tq - i0)
+                last = i0 + rows - 1
+                i1, i2, i3 = min(i0 + 1, last), min(i0 + 2, last), min(i0 + 3, last)
+                q0, q1, q2, q3 = q[b, h, i0], q[b, h, i1], q[b, h, i2], q[b, h, i3]
+                g0, g1, g2, g3 = do[b, h, i0], do[b, h, i1], do[b, h, i2], do[b, h, i3]
+                dq0, dq1, dq2, dq3 = dq[b, h, i0], dq[b, h, i1], dq[b, h, i2], dq[b, h, i3]
+                block_end = min(tk, last + offset + 1) if causal else tk
+                for j0 in range(0, max(block_end, 0), _TILE):
+                    width = min(_TILE, block_end - j0)
+                    for jj in range(width):       # s = q_r . k_j * scale,  dp = do_r . v_j
+                        j = j0 + jj
+                        kj, vj = keys[j], values[j]
+                        a0 = a1 = a2 = a3 = zero
+                        b0 = b1 = b2 = b3 = zero
+                        for c in range(d):        # 8 independent sums share each k, v load
+                            kc, vc = kj[c], vj[c]
+                            a0 += q0[c] * kc
+                            a1 += q1[c] * kc
+                            a2 += q2[c] * kc
+                            a3 += q3[c] * kc
+                            b0 += g0[c] * vc
+                            b1 += g1[c] * vc
+                            b2 += g2[c] * vc
+                            b3 += g3[c] * vc
+                        s[0, jj], s[1, jj], s[2, jj], s[3, jj] = a0, a1, a2, a3
+                        ds[0, jj], ds[1, jj], ds[2, jj], ds[3, jj] = b0, b1, b2, b3
+                    for r in range(4):
+                        if r >= rows:             # padding rows: no contribution
+                            p[r, :width] = zero
+                            ds[r, :width] = zero
+                            continue
+                        i = i0 + r
+                        end = min(tk, i + offset + 1) if causal else tk
+                        for jj in range(width):
+                            s[r, jj] = s[r, jj] * scale if j0 + jj < end else -np.inf
+                        exp_shifted(s[r], lse[b, h, i], p[r], bits[task], width)   # P, recomputed
+                        row_delta = delta[b, h, i]
+                        for jj in range(width):   # dS = P * (dP - delta) * scale
+                            ds[r, jj] = p[r, jj] * (ds[r, jj] - row_delta) * scale
                     for jj in range(width):
                         j = j0 + jj
-                        ds = p[jj] * (dp[jj] - row_delta) * scale
                         kj, dkj, dvj = keys[j], dkeys[j], dvalues[j]
+                        p0, p1, p2, p3 = p[0, jj], p[1, jj], p[2, jj], p[3, jj]
+                        s0, s1, s2, s3 = ds[0, jj], ds[1, jj], ds[2, jj], ds[3, jj]
+                        # one output row per loop: simple enough for LLVM's alias checks
                         for c in range(d):
-                            dvj[c] += p[jj] * doi[c]
-                            dqi[c] += ds * kj[c]
-                            dkj[c] += ds * qi[c]
+                            dvj[c] += p0 * g0[c] + p1 * g1[c] + p2 * g2[c] + p3 * g3[c]
+                        for c in range(d):
+                            dkj[c] += s0 * q0[c] + s1 * q1[c] + s2 * q2[c] + s3 * q3[c]
+                        for c in range(d):
+                            dq0[c] += s0 * kj[c]
+                        for c in range(d):
+                            dq1[c] += s1 * kj[c]
+                        for c in range(d):
+                            dq2[c] += s2 * kj[c]
+                        for c in range(d):
+                            dq3[c] += s3 * kj[c]
 
 
 @implements("attention_forward", device="cpu", supports=_supported)
@@ -141,7 +177,7 @@ def attention_backward_cpu(do, q, k, v, o, lse, mask, causal, scale):
     delta = (do * o).sum(axis=-1)                           # (B, H, Tq): rowsum(dO * O)
     dq, dk, dv = np.zeros_like(q), np.zeros_like(k), np.zeros_like(v)
     tasks = k.shape[0] * k.shape[1]
-    scratch = np.empty((tasks, 3, _TILE), dtype=q.dtype)
+    scratch = np.empty((tasks, 3, 4, _TILE), dtype=q.dtype)
     bits = np.empty((tasks, _TILE), dtype=np.int32)
     _attention_backward_loop(do, q, k, v, np.ascontiguousarray(lse), delta, causal,
                              q.dtype.type(scale), q.dtype.type(0), dq, dk, dv, scratch, bits)

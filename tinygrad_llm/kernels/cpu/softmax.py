@@ -1,7 +1,8 @@
 """Fused softmax + cross-entropy, forward and backward, one row at a time (reference:
 ops/softmax.py). Forward reads each row twice (max, then sum of exponentials) and writes two
 numbers per row; backward writes each dlogit once, recomputing the softmax from the saved
-logsumexp. Accumulation in float64.
+logsumexp. Accumulation in float64; the exponentials go through the vectorised exp_shifted. Rows
+are split into N_CHUNKS fixed chunks, each with its own scratch row.
 """
 import math
 
@@ -9,7 +10,7 @@ import numpy as np
 from numba import prange
 
 from .. import implements
-from ._common import floats, jit_parallel
+from ._common import N_CHUNKS, chunk_bounds, exp_shifted, floats, jit_parallel
 
 
 def _supported(logits, targets, *rest, **kwargs):
@@ -17,51 +18,62 @@ def _supported(logits, targets, *rest, **kwargs):
 
 
 @jit_parallel
-def _cross_entropy_forward_loop(logits, targets, ignore_index, smoothing, loss, lse):
-    # logits: (N, V)  targets, loss, lse: (N,)
+def _cross_entropy_forward_loop(logits, targets, ignore_index, smoothing, bounds, scratch, bits,
+                                loss, lse):
+    # logits: (N, V)  targets, loss, lse: (N,)  scratch: (N_CHUNKS, V), bits: (N_CHUNKS, V) int32
     n_rows, v = logits.shape
-    for n in prange(n_rows):
-        m = -np.inf
-        for j in range(v):
-            m = max(m, logits[n, j])
-        s = 0.0
-        total = 0.0
-        for j in range(v):
-            s += math.exp(logits[n, j] - m)
-            total += logits[n, j]
-        row_lse = m + math.log(s)
-        lse[n] = row_lse
-        t = targets[n]
-        if t == ignore_index:
-            loss[n] = 0.0
-        else:
-            loss[n] = (1.0 - smoothing) * (row_lse - logits[n, t]) + smoothing * (row_lse - total / v)
+    for k in prange(len(bounds) - 1):
+        e = scratch[k]
+        for n in range(bounds[k], bounds[k + 1]):
+            row = logits[n]
+            m = -np.inf
+            total = 0.0                               # float64 accumulators
+            for j in range(v):
+                m = max(m, row[j])
+                total += row[j]
+            exp_shifted(row, m, e, bits[k], v)        # e = exp(x - max)
+            s = 0.0
+            for j in range(v):
+                s += e[j]
+            row_lse = m + math.log(s)
+            lse[n] = row_lse
+            t = targets[n]
+            if t == ignore_index:
+                loss[n] = 0.0
+            else:
+                loss[n] = ((1.0 - smoothing) * (row_lse - row[t])
+                           + smoothing * (row_lse - total / v))
 
 
 @jit_parallel
-def _cross_entropy_backward_loop(dloss, logits, targets, lse, ignore_index, smoothing, dlogits):
-    # dloss, targets, lse: (N,)  logits, dlogits: (N, V)
+def _cross_entropy_backward_loop(dloss, logits, targets, lse, ignore_index, smoothing, bounds,
+                                 bits, dlogits):
+    # dloss, targets, lse: (N,)  logits, dlogits: (N, V)  bits: (N_CHUNKS, V) int32
     n_rows, v = logits.shape
-    for n in prange(n_rows):
-        t = targets[n]
-        if t == ignore_index:
+    for k in prange(len(bounds) - 1):
+        for n in range(bounds[k], bounds[k + 1]):
+            out = dlogits[n]
+            t = targets[n]
+            if t == ignore_index:
+                out[:] = 0.0
+                continue
+            g = dloss[n]
+            off = smoothing / v
+            exp_shifted(logits[n], lse[n], out, bits[k], v)        # softmax, recomputed
             for j in range(v):
-                dlogits[n, j] = 0.0
-            continue
-        g = dloss[n]
-        row_lse = lse[n]
-        off = smoothing / v
-        for j in range(v):
-            dlogits[n, j] = g * (math.exp(logits[n, j] - row_lse) - off)
-        dlogits[n, t] -= g * (1.0 - smoothing)
+                out[j] = g * (out[j] - off)
+            out[t] -= g * (1.0 - smoothing)
 
 
 @implements("cross_entropy_forward", device="cpu", supports=_supported)
 def cross_entropy_forward_cpu(logits, targets, ignore_index, label_smoothing):
     logits, targets = np.ascontiguousarray(logits), np.ascontiguousarray(targets)
-    n = logits.shape[0]
+    n, v = logits.shape
     loss, lse = np.empty(n, logits.dtype), np.empty(n, logits.dtype)
-    _cross_entropy_forward_loop(logits, targets, ignore_index, float(label_smoothing), loss, lse)
+    scratch = np.empty((N_CHUNKS, v), logits.dtype)
+    bits = np.empty((N_CHUNKS, v), np.int32)
+    _cross_entropy_forward_loop(logits, targets, ignore_index, float(label_smoothing),
+                                chunk_bounds(n), scratch, bits, loss, lse)
     return loss, lse
 
 
@@ -72,5 +84,6 @@ def cross_entropy_backward_cpu(dloss, logits, targets, lse, ignore_index, label_
     dlogits = np.empty_like(logits)
     _cross_entropy_backward_loop(np.ascontiguousarray(dloss, dtype=logits.dtype), logits,
                                  np.ascontiguousarray(targets), lse, ignore_index,
-                                 float(label_smoothing), dlogits)
+                                 float(label_smoothing), chunk_bounds(logits.shape[0]),
+                                 np.empty((N_CHUNKS, logits.shape[1]), np.int32), dlogits)
     return dlogits
