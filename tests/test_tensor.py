@@ -142,6 +142,28 @@ def test_inplace_change_of_any_saved_input_is_detected(fn, a_shape, w_shape):
         y.backward(np.ones(y.shape))
 
 
+@pytest.mark.parametrize("make_view", [
+    lambda t: t.reshape(-1), lambda t: t.T, lambda t: t[1:], lambda t: t.detach(),
+], ids=["reshape", "transpose", "slice", "detach"])
+def test_inplace_change_through_a_view_is_detected(make_view):
+    x = leaf(np.linspace(0.5, 1.5, 6).reshape(2, 3))
+    y = x.exp()                      # saves y; a view of y shares its version counter
+    with tl.no_grad():
+        make_view(y).mul_(2)
+    with pytest.raises(RuntimeError, match="modified in place"):
+        y.sum().backward()
+
+
+def test_inplace_change_of_the_base_of_a_saved_view_is_detected():
+    x = leaf(np.linspace(-1, 1, 6).reshape(2, 3))
+    logits = x * 1.0
+    loss = F.cross_entropy(logits, np.array([0, 2]))    # saves a reshaped view of logits
+    with tl.no_grad():
+        logits.mul_(2)
+    with pytest.raises(RuntimeError, match="modified in place"):
+        loss.backward()
+
+
 def test_inplace_change_of_an_unsaved_tensor_is_fine():
     a = Tensor(np.array([1.0, 2.0]))
     w = leaf([3.0, 4.0])

@@ -59,6 +59,8 @@ class Function:
     `ctx.save(...)` keeps arrays for backward, `ctx.needs_grad[i]` says which gradients are wanted.
     """
 
+    makes_view = False      # True for ops whose output may be a view of input 0 (reshape, ...)
+
     def save(self, *arrays):
         self.saved = arrays
 
@@ -85,20 +87,24 @@ class Function:
         out = cls.forward(ctx, *arrays, **params)
         if isinstance(out, np.generic):       # NumPy reductions to 0-d give scalars: keep arrays
             out = np.asarray(out)
+        version = None                        # a view shares its base's version counter
+        if cls.makes_view and backend.array_module(out).may_share_memory(out, arrays[0]):
+            version = inputs[0]._version
         if not needs:
-            return Tensor._wrap(out)
+            return Tensor._wrap(out, version=version)
         ctx.parents = inputs
         ctx.freed = False
+        result = Tensor._wrap(out, True, ctx, version)
         # remember the version of every tensor whose array was saved, to catch in-place edits
         versions = []
         for s in ctx.saved:
             for i, x in enumerate(inputs):
                 if isinstance(x, Tensor) and s is x.data:
-                    versions.append((i, x._version))
+                    versions.append((i, x._version[0]))
             if s is out:
-                versions.append((-1, 0))
+                versions.append((-1, result._version[0]))
         ctx.saved_versions = versions
-        return Tensor._wrap(out, True, ctx)
+        return result
 
     def __repr__(self):
         return f"<{type(self).__name__}>"
@@ -165,17 +171,18 @@ class Tensor:
         self.data = _as_array(data, dtype, device)
         self.grad = None
         self._node = None
-        self._version = 0
+        self._version = [0]         # in-place edit counter, one list shared with views
         self._retains_grad = False
         self.requires_grad = False
         if requires_grad:
             self.requires_grad_(True)
 
     @classmethod
-    def _wrap(cls, array, requires_grad=False, node=None):
+    def _wrap(cls, array, requires_grad=False, node=None, version=None):
         """Make a Tensor around an array an op produced (no copies, no checks)."""
         t = object.__new__(cls)
-        t.data, t.grad, t._node, t._version = array, None, node, 0
+        t.data, t.grad, t._node = array, None, node
+        t._version = [0] if version is None else version
         t.requires_grad, t._retains_grad = requires_grad, False
         return t
 
@@ -244,8 +251,8 @@ class Tensor:
         return self.to(dtype=dtype)
 
     def detach(self):
-        """The same array, cut from the graph."""
-        return Tensor._wrap(self.data)
+        """The same array, cut from the graph (in-place edits to either are seen by both)."""
+        return Tensor._wrap(self.data, version=self._version)
 
     def __repr__(self):
         grad = ", requires_grad=True" if self.requires_grad else ""
@@ -269,7 +276,7 @@ class Tensor:
         if _grad_enabled and self.requires_grad:
             raise RuntimeError(f"{what}: in-place change of a tensor that requires grad while "
                                "recording a graph; wrap it in `with no_grad():`")
-        self._version += 1
+        self._version[0] += 1
 
     def _operand(self, other):
         return other.data if isinstance(other, Tensor) else other
@@ -591,10 +598,10 @@ def _topological_order(root):
 def _check_versions(node, out):
     for i, version in node.saved_versions:
         t = out if i == -1 else node.parents[i]
-        if t._version != version:
+        if t._version[0] != version:
             raise RuntimeError(f"backward: a tensor saved by {type(node).__name__} (input {i}, "
                                f"shape {t.shape}) was modified in place after it was saved "
-                               f"(version {version} -> {t._version})")
+                               f"(version {version} -> {t._version[0]})")
 
 
 def _accumulate(t, g):
@@ -607,7 +614,7 @@ def _accumulate(t, g):
         t.grad = Tensor._wrap(g)
     else:
         t.grad.data += g
-        t.grad._version += 1
+        t.grad._version[0] += 1
 
 
 from . import ops as _ops  # noqa: E402  (ops import Function from this module)

@@ -11,6 +11,8 @@ __all__ = ["ReshapeOp", "PermuteOp", "ExpandOp", "GetItemOp", "CatOp", "StackOp"
 
 
 class ReshapeOp(Function):
+    makes_view = True
+
     # y = x viewed as `shape`   dx = dy viewed as x's shape
     @staticmethod
     def forward(ctx, x, shape):
@@ -27,6 +29,8 @@ class ReshapeOp(Function):
 
 
 class PermuteOp(Function):
+    makes_view = True
+
     # y = x with axes permuted   dx = dy with the inverse permutation
     @staticmethod
     def forward(ctx, x, axes=None):
@@ -42,6 +46,8 @@ class PermuteOp(Function):
 
 
 class ExpandOp(Function):
+    makes_view = True
+
     # y = x broadcast to `shape` (a view)   dx = dy, summed back to x's shape by the backward walk
     @staticmethod
     def forward(ctx, x, shape):
@@ -75,6 +81,8 @@ def _has_int_array(index):
 
 
 class GetItemOp(Function):
+    makes_view = True
+
     # y = x[index]   dx = zeros like x, then dx[index] += dy (scatter-add: repeated indices add up)
     @staticmethod
     def forward(ctx, x, index):
