@@ -14,10 +14,9 @@ import os
 import sys
 import time
 
-import numpy as np
-
-import tinygrad_llm as tl
+import tinygrad_llm as tl  # before NumPy: it sets OpenBLAS's thread timeout (see its docstring)
 import tinygrad_llm.nn.functional as F
+import numpy as np
 
 BUILT_IN = """To be, or not to be, that is the question:
 Whether 'tis nobler in the mind to suffer

@@ -4,7 +4,17 @@ Public surface (PyTorch-shaped): Tensor and its autograd, no_grad, manual_seed, 
 cat / stack / where, constructors (zeros, ones, randn, ...), the kernel switch use_kernels.
 Layers live in tinygrad_llm.nn (functional API: tinygrad_llm.nn.functional).
 """
-from .backend import manual_seed
+import os
+
+# NumPy's OpenBLAS workers spin for ~0.1 s after every GEMM by default; on a 2-core machine they
+# then steal the core that the next Numba kernel's worker needs (see kernels/cpu/__init__.py).
+# A short timeout lets them sleep at once: a 4-layer training-shaped sequence of GEMMs and kernels
+# measured 17.3 ms with it against 20.5 ms without. OpenBLAS reads this when NumPy is first
+# imported, so it only takes effect when tinygrad_llm is imported before NumPy; otherwise set
+# OPENBLAS_THREAD_TIMEOUT=4 in the environment.
+os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
+
+from .backend import manual_seed  # noqa: E402
 from .factory import arange, full, ones, ones_like, rand, randn, tensor, zeros, zeros_like
 from .gradcheck import GradcheckError, gradcheck
 from .kernels import kernels_enabled, use_kernels

@@ -10,7 +10,7 @@ import numpy as np
 from numba import prange
 
 from .. import implements
-from ._common import N_CHUNKS, chunk_bounds, exp_shifted, floats, jit_parallel
+from ._common import N_CHUNKS, chunk_bounds, exp_shifted, floats, jit_parallel, row_max
 
 
 def _supported(logits, targets, *rest, **kwargs):
@@ -26,15 +26,15 @@ def _cross_entropy_forward_loop(logits, targets, ignore_index, smoothing, bounds
         e = scratch[k]
         for n in range(bounds[k], bounds[k + 1]):
             row = logits[n]
-            m = -np.inf
-            total = 0.0                               # float64 accumulators
-            for j in range(v):
-                m = max(m, row[j])
-                total += row[j]
+            m = row_max(row, v)
             exp_shifted(row, m, e, bits[k], v)        # e = exp(x - max)
-            s = 0.0
+            s = 0.0                                   # float64 accumulators
             for j in range(v):
                 s += e[j]
+            total = 0.0
+            if smoothing != 0.0:
+                for j in range(v):
+                    total += row[j]
             row_lse = m + math.log(s)
             lse[n] = row_lse
             t = targets[n]
