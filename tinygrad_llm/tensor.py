@@ -75,7 +75,7 @@ class Function:
                 data = x.data
                 if kind is None:
                     kind = type(data)
-                elif type(data) is not kind:
+                elif type(data) is not kind and _devices_differ(inputs):
                     _raise_mixed_devices(cls, inputs)
                 needs = needs or x.requires_grad
                 arrays.append(data)
@@ -110,6 +110,11 @@ class Function:
         return f"<{type(self).__name__}>"
 
 
+def _devices_differ(inputs):
+    """Array types differ (e.g. ndarray and memmap): are the devices different too?"""
+    return len({x.device for x in inputs if isinstance(x, Tensor)}) > 1
+
+
 def _raise_mixed_devices(op, inputs):
     found = [x.device for x in inputs if isinstance(x, Tensor)]
     raise ValueError(f"{op.__name__}: all tensors of one op must be on one device, got {found}; "
@@ -138,19 +143,15 @@ _FLOAT_DEFAULT = np.float32
 
 
 def _as_array(data, dtype, device):
-    xp = backend.xp_for(device)
+    """`data` as an array on `device`: arrays keep their dtype (and are not copied when nothing
+    changes), Python floats become float32, `dtype` converts."""
     if isinstance(data, Tensor):
         data = data.data
-    if dtype is not None:
-        return xp.asarray(backend.to_device(data, device) if hasattr(data, "shape") else data,
-                          dtype=dtype)
-    if hasattr(data, "dtype") and hasattr(data, "shape"):       # an array: keep its dtype
-        return backend.to_device(xp.asarray(data) if backend.device_of(data) == device else data,
-                                 device)
-    a = np.asarray(data)                                          # Python numbers and lists
-    if a.dtype.kind == "f":
-        a = a.astype(_FLOAT_DEFAULT)
-    return backend.to_device(a, device)
+    if not (hasattr(data, "dtype") and hasattr(data, "shape")):      # numbers and (nested) lists
+        data = np.asarray(data)
+        if dtype is None and data.dtype.kind == "f":
+            dtype = _FLOAT_DEFAULT
+    return backend.xp_for(device).asarray(backend.to_device(data, device), dtype=dtype)
 
 
 class Tensor:
