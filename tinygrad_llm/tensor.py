@@ -569,7 +569,7 @@ def _lift(x, like):
     xp = backend.array_module(like.data)
     if isinstance(x, (int, float)) and like.data.dtype.kind == "f":
         return Tensor._wrap(xp.asarray(x, dtype=like.data.dtype))
-    if backend.device_of(x) != like.device if hasattr(x, "shape") else False:
+    if hasattr(x, "shape") and backend.device_of(x) != like.device:
         raise ValueError(f"operand on device {backend.device_of(x)} mixed with a tensor on "
                          f"{like.device}; move it with .to() first")
     return Tensor._wrap(xp.asarray(x))

@@ -10,7 +10,7 @@ from ..ops import (AttentionOp, CrossEntropyOp, DropoutOp, EmbeddingOp, GeluOp, 
                    LogSoftmaxOp, RMSNormOp, SoftmaxOp, WhereOp)
 from ..ops.embedding import check_ids
 from ..ops.softmax import REDUCTIONS
-from ..tensor import Tensor
+from ..tensor import Tensor, _lift
 
 __all__ = ["relu", "gelu", "silu", "sigmoid", "tanh", "softmax", "log_softmax", "cross_entropy",
            "layer_norm", "rms_norm", "embedding", "dropout", "scaled_dot_product_attention",
@@ -27,9 +27,12 @@ def _ids(ids, device, name):
     return backend.to_device(a, device)
 
 
-def _mask(mask, device):
-    a = mask.data if isinstance(mask, Tensor) else mask
-    return None if a is None else backend.to_device(backend.xp_for(device).asarray(a), device)
+def _array(x, device):
+    """A mask or condition (Tensor, array, list or None) as an array on `device`."""
+    a = x.data if isinstance(x, Tensor) else x
+    if a is None:
+        return None
+    return backend.to_device(a if hasattr(a, "dtype") else np.asarray(a), device)
 
 
 def relu(x):
@@ -128,7 +131,7 @@ def scaled_dot_product_attention(q, k, v, attn_mask=None, is_causal=False, scale
     attn_mask: bool (True = attend) or additive float, broadcastable to (B, H, Tq, Tk).
     is_causal: query i sees keys j <= i + Tk - Tq. scale: defaults to 1/sqrt(D).
     """
-    return AttentionOp.apply(q, k, v, _mask(attn_mask, q.device), causal=bool(is_causal),
+    return AttentionOp.apply(q, k, v, _array(attn_mask, q.device), causal=bool(is_causal),
                              scale=scale)
 
 
@@ -140,11 +143,8 @@ def linear(x, weight, bias=None):
 
 def where(cond, a, b):
     """Elementwise cond ? a : b; `a` or `b` may be numbers."""
-    c = cond.data if isinstance(cond, Tensor) else cond
     like = a if isinstance(a, Tensor) else b
-    from ..tensor import _lift
-    return WhereOp.apply(backend.to_device(backend.xp_for(like.device).asarray(c), like.device)
-                         if not hasattr(c, "dtype") else c, _lift(a, like), _lift(b, like))
+    return WhereOp.apply(_array(cond, like.device), _lift(a, like), _lift(b, like))
 
 
 def masked_fill(x, mask, value):
