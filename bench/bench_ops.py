@@ -134,7 +134,8 @@ def main(argv):
                 def run_fast():
                     with tl.use_kernels(True):
                         call(funcs)
-                kernel_ms, reference_ms = best_ms_pair(run_fast, lambda: call(refs), opts["repeats"])
+                kernel_ms, reference_ms = best_ms_pair(run_fast, lambda: call(refs),
+                                                       opts["repeats"])
                 with tl.use_kernels(True):
                     call(funcs)
                 assert kernels.ran(fast.kernel_name) == "cpu", f"{family} {phase}: no fast path"
@@ -143,7 +144,8 @@ def main(argv):
                                 "speedup": round(reference_ms / kernel_ms, 2)}
             results[label][family] = entry
             print(f"{label:5s} {family:20s} " + "  ".join(
-                f"{p}: {e['kernel_ms']:8.3f} ms vs {e['reference_ms']:8.3f} ms ({e['speedup']:5.1f}x)"
+                f"{p}: {e['kernel_ms']:8.3f} ms vs {e['reference_ms']:8.3f} ms "
+                f"({e['speedup']:5.1f}x)"
                 for p, e in entry.items()), file=sys.stderr)
 
     machine = {"cpu": _cpu_name(), "numba_threads": numba.get_num_threads(),

@@ -9,7 +9,8 @@ import os
 import numpy as np
 
 __all__ = ["DEVICES", "default_device", "check_device", "array_module", "device_of", "xp_for",
-           "to_device", "to_numpy", "scatter_add", "rng", "manual_seed", "get_rng_state", "set_rng_state"]
+           "to_device", "to_numpy", "scatter_add", "rng", "manual_seed", "get_rng_state",
+           "set_rng_state"]
 
 DEVICES = ("cpu", "cuda")
 _CUDA_HINT = ("install CuPy with the extra that matches your CUDA toolkit: "
@@ -24,11 +25,13 @@ def _load_cupy():
         try:
             import cupy
         except ImportError as e:
-            raise RuntimeError(f"device 'cuda' needs CuPy, which is not installed: {_CUDA_HINT}") from e
+            raise RuntimeError(
+                f"device 'cuda' needs CuPy, which is not installed: {_CUDA_HINT}") from e
         try:
             n = cupy.cuda.runtime.getDeviceCount()
         except Exception as e:      # CUDA driver missing or broken: say so, don't crash later
-            raise RuntimeError(f"device 'cuda' asked for, but CuPy finds no usable GPU ({e})") from e
+            raise RuntimeError(
+                f"device 'cuda' asked for, but CuPy finds no usable GPU ({e})") from e
         if n == 0:
             raise RuntimeError("device 'cuda' asked for, but CuPy finds no GPU on this machine")
         _cupy = cupy

@@ -6,9 +6,9 @@ thin method wrappers over the ops in `ops/`).
 
 A Tensor wraps one array (NumPy or CuPy) and remembers the node that made it. `backward()` sorts
 the graph once, iteratively (no recursion: deep chains are fine), walks it in reverse topological
-order, accumulates gradients as plain arrays, undoes broadcasting in one place, and frees each node's
-saved arrays as soon as it is used unless `retain_graph=True`. A version counter on every tensor
-catches in-place changes to arrays that an op saved for its backward.
+order, accumulates gradients as plain arrays, undoes broadcasting in one place, and frees each
+node's saved arrays as soon as it is used unless `retain_graph=True`. A version counter on every
+tensor (shared with its views) catches in-place changes to arrays an op saved for its backward.
 """
 import contextlib
 
@@ -213,7 +213,7 @@ class Tensor:
         return len(self.data)
 
     def numpy(self):
-        """A NumPy array (copied from the GPU if needed); call .detach() first if you need a graph-free copy."""
+        """The data as a NumPy array (copied from the GPU if needed; shared on the CPU)."""
         return backend.to_numpy(self.data)
 
     def item(self):
@@ -517,7 +517,8 @@ class Tensor:
         return self.reshape(s[:start_axis] + (-1,) + s[end + 1:])
 
     def transpose(self, *axes):
-        """transpose() reverses the axes; transpose(a, b) swaps two; transpose(p0, p1, ...) permutes."""
+        """transpose() reverses the axes, transpose(a, b) swaps two, transpose(p0, p1, ...)
+        permutes them."""
         axes = axes[0] if len(axes) == 1 and isinstance(axes[0], (tuple, list)) else axes
         if len(axes) == 2 and self.ndim != 2:
             perm = list(range(self.ndim))
@@ -563,7 +564,8 @@ class Tensor:
 
 
 def _lift(x, like):
-    """A constant operand (number or array) as a Tensor on `like`'s device, in `like`'s float dtype."""
+    """A constant operand (number or array) as a Tensor on `like`'s device, numbers in `like`'s
+    float dtype."""
     if isinstance(x, Tensor):
         return x
     xp = backend.array_module(like.data)
@@ -576,7 +578,8 @@ def _lift(x, like):
 
 
 def _topological_order(root):
-    """Tensors reachable from `root` that need grad, each after all of its inputs (explicit stack)."""
+    """Tensors reachable from `root` that need grad, each after all of its inputs (an explicit
+    stack, no recursion)."""
     order, visited = [], set()
     stack = [(root, False)]
     while stack:

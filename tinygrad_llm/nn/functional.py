@@ -117,7 +117,8 @@ def dropout(x, p=0.5, training=True, seed=None):
         return x
     if p == 1.0:
         return x * 0.0
-    gen = backend.rng(x.device) if seed is None else backend.xp_for(x.device).random.default_rng(seed)
+    xp = backend.xp_for(x.device)
+    gen = backend.rng(x.device) if seed is None else xp.random.default_rng(seed)
     return DropoutOp.apply(x, p=p, generator=gen)
 
 

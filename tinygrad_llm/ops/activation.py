@@ -29,7 +29,7 @@ def erf(x):
     """erf elementwise, to float64 rounding (about 1e-15), on NumPy or CuPy arrays."""
     xp = array_module(x)
     ax = xp.abs(x)
-    # |x| < 2.5: erf x = 2/sqrt(pi) e^{-x^2} sum_n 2^n x^{2n+1} / (1*3*...*(2n+1)); terms all positive
+    # |x| < 2.5: erf x = 2/sqrt(pi) e^{-x^2} sum_n 2^n x^{2n+1} / (1*3*...*(2n+1)), all terms > 0
     xs = xp.minimum(ax, _SPLIT)
     x2 = xs * xs
     term, total = xs, xs

@@ -1,7 +1,7 @@
 """Scaled dot-product attention (Vaswani et al., 2017) with grouped K/V heads (GQA, Ainslie et
 al., 2023; MQA, Shazeer, 2019 when there is one K/V head).
 
-  q: (B, H, Tq, D)   k, v: (B, Hkv, Tk, D)   H = Hkv * G: query heads h*G .. h*G+G-1 share K/V head h
+  q: (B, H, Tq, D)   k, v: (B, Hkv, Tk, D)   H = Hkv * G: query heads hG .. hG+G-1 share K/V head h
   forward:  S = q k^T * scale (+ mask),  P = softmax(S) row-wise,  o = P v
             lse = logsumexp of each row of S, kept so backward can recompute P = e^(S - lse)
   backward: dv = P^T do                 dP = do v^T

@@ -12,7 +12,8 @@ __all__ = ["DropoutOp"]
 class DropoutOp(Function):
     @staticmethod
     def forward(ctx, x, p, generator):
-        keep = generator.random(x.shape, dtype="float64" if x.dtype.itemsize == 8 else "float32") >= p
+        uniform = "float64" if x.dtype.itemsize == 8 else "float32"    # Generator's two dtypes
+        keep = generator.random(x.shape, dtype=uniform) >= p
         ctx.save(keep)
         ctx.scale = 1.0 / (1.0 - p)
         return x * keep * x.dtype.type(ctx.scale)

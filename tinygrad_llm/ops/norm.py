@@ -39,7 +39,8 @@ def layer_norm_backward(dy, x, w, mu, r, has_bias):
     """dy, x: (N, C) -> dx (N, C), dw (C,), db (C,) or None."""
     xh = (x - mu[:, None]) * r[:, None]
     g = dy * w
-    dx = r[:, None] * (g - g.mean(axis=1, keepdims=True) - xh * (g * xh).mean(axis=1, keepdims=True))
+    dx = r[:, None] * (g - g.mean(axis=1, keepdims=True)
+                       - xh * (g * xh).mean(axis=1, keepdims=True))
     return dx, (dy * xh).sum(axis=0), (dy.sum(axis=0) if has_bias else None)
 
 

@@ -90,7 +90,8 @@ class CrossEntropyOp(Function):
         xp = array_module(logits)
         loss, lse = cross_entropy_forward(logits, targets, ignore_index, label_smoothing)
         ctx.save(logits, targets, lse)
-        ctx.ignore_index, ctx.reduction, ctx.label_smoothing = ignore_index, reduction, label_smoothing
+        ctx.ignore_index, ctx.reduction = ignore_index, reduction
+        ctx.label_smoothing = label_smoothing
         if reduction == "none":
             return loss
         if reduction == "sum":

@@ -103,7 +103,7 @@ def _gelu_erf_backward_f32(dy, x, dx):
         dx[i] = dy[i] * (cdf + v * rp * math.exp(-h * v * v))
 
 
-# ---- float64 loops (libm, exact) ------------------------------------------------------------------
+# ---- float64 loops (libm, exact) ----------------------------------------------------------------
 @jit_parallel
 def _gelu_forward_f64(x, y, tanh_form):
     for i in prange(x.size):

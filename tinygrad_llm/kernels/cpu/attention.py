@@ -5,12 +5,14 @@ Never builds the (B, H, Tq, Tk) score matrix: each query row walks the keys it m
 _TILE; a tile's scores live in a small scratch row. Forward keeps a running max m, running sum l and
 running output acc, rescaling them when the max grows, and saves lse = m + log l per row. Backward
 recomputes each probability as e^(s - lse) (FlashAttention-2's trick) and accumulates dq, dk, dv
-in the same sweep.
+in the same sweep, four query rows at a time.
 
 Speed: every inner loop runs over d on contiguous (D,) row views (q_i, k_j, v_j), as dot products
 (reassociated, so they vectorise) or axpy updates; accumulators start from a zero of the input's
-dtype so float32 stays float32 (a float64 accumulator halves the vector width). The parallel axis is (batch, query head) in forward and (batch, K/V head) in backward, where the G query
-heads that share a K/V head are handled by one task: each task owns everything it writes.
+dtype so float32 stays float32 (a float64 accumulator halves the vector width). The exponentials
+of a tile go through the vectorised exp_shifted. The parallel axis is (batch, query head) in
+forward and (batch, K/V head) in backward, where the G query heads that share a K/V head are
+handled by one task: each task owns everything it writes.
 """
 import math
 
