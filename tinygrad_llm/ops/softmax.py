@@ -109,6 +109,6 @@ class CrossEntropyOp(Function):
             dloss = xp.broadcast_to(dy, targets.shape)
         else:
             dloss = xp.broadcast_to(dy / max(ctx.count, 1), targets.shape)
-        dlogits = cross_entropy_backward(xp.ascontiguousarray(dloss, dtype=logits.dtype), logits,
-                                         targets, lse, ctx.ignore_index, ctx.label_smoothing)
+        dlogits = cross_entropy_backward(dloss, logits, targets, lse, ctx.ignore_index,
+                                         ctx.label_smoothing)
         return dlogits, None
