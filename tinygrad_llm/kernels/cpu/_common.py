@@ -45,42 +45,51 @@ def chunk_bounds(n):
 # For float32, exp(z) = 2^n * e^f with n = round(z / ln 2) and f = z - n ln 2 (Cody & Waite, 1980:
 # ln 2 split in a short exact part and a correction, so f keeps full precision), e^f from its Taylor
 # polynomial to degree 7 (|f| <= 0.35), and 2^n written straight into a float's exponent bits
-# through an int32 view of a scratch row. Relative error 6e-8 for z >= -87; e^z below that
-# (float32's denormals) is 0. float64 uses libm's exp: gradcheck needs it exact.
-def exp_shifted(x, shift, out, bits, width):
+# through an int32 scratch row that the caller also hands over as float32 (`powers`, the same
+# memory: numba's .view costs ~40 ns per call, more than a 64-wide row's exponentials). n stays a
+# float32 (np.floor, not math.floor, whose int64 result would turn the arithmetic into float64).
+# Relative error 7e-8 for z >= -87; e^z below that (float32's denormals) is 0. float64 uses libm's
+# exp: gradcheck needs it exact.
+def exp_shifted(x, shift, out, bits, powers, width):
     """out[j] = exp(x[j] - shift) for j < width, where x[j] - shift <= 0 (a softmax row).
-    bits: an int32 scratch row of at least `width` entries (used for float32 only)."""
+    bits, powers: one row (>= width entries) of each array from exp_scratch."""
     raise NotImplementedError("exp_shifted is called from jitted code only")
 
 
-def _exp_shifted_f32(x, shift, out, bits, width):
-    scale = bits.view(np.float32)
+def exp_scratch(rows, width):
+    """Per-task scratch for exp_shifted: an int32 (rows, width) array and its float32 view."""
+    bits = np.empty((rows, width), np.int32)
+    return bits, bits.view(np.float32)
+
+
+def _exp_shifted_f32(x, shift, out, bits, powers, width):
+    f32 = np.float32
     for j in range(width):
         z = x[j] - shift
-        zc = max(z, np.float32(-87.0))
-        n = math.floor(zc * np.float32(1.4426950408889634) + np.float32(0.5))
-        f = (zc - n * np.float32(0.693359375)) + n * np.float32(2.12194440e-4)
-        p = np.float32(1.0 / 5040)
-        p = p * f + np.float32(1.0 / 720)
-        p = p * f + np.float32(1.0 / 120)
-        p = p * f + np.float32(1.0 / 24)
-        p = p * f + np.float32(1.0 / 6)
-        p = p * f + np.float32(0.5)
-        p = p * f + np.float32(1.0)
-        p = p * f + np.float32(1.0)
-        out[j] = p if z >= np.float32(-87.0) else np.float32(0.0)
+        zc = max(z, f32(-87.0))
+        n = np.floor(zc * f32(1.4426950408889634) + f32(0.5))
+        f = (zc - n * f32(0.693359375)) + n * f32(2.12194440e-4)
+        p = f32(1.0 / 5040)
+        p = p * f + f32(1.0 / 720)
+        p = p * f + f32(1.0 / 120)
+        p = p * f + f32(1.0 / 24)
+        p = p * f + f32(1.0 / 6)
+        p = p * f + f32(0.5)
+        p = p * f + f32(1.0)
+        p = p * f + f32(1.0)
+        out[j] = p if z >= f32(-87.0) else f32(0.0)
         bits[j] = (np.int32(n) + np.int32(127)) << np.int32(23)
     for j in range(width):
-        out[j] *= scale[j]
+        out[j] *= powers[j]
 
 
-def _exp_shifted_f64(x, shift, out, bits, width):
+def _exp_shifted_f64(x, shift, out, bits, powers, width):
     for j in range(width):
         out[j] = math.exp(x[j] - shift)
 
 
 @overload(exp_shifted, jit_options={"fastmath": FASTMATH, "error_model": "numpy"})
-def _exp_shifted_typed(x, shift, out, bits, width):
+def _exp_shifted_typed(x, shift, out, bits, powers, width):
     return _exp_shifted_f32 if x.dtype == types.float32 else _exp_shifted_f64
 
 

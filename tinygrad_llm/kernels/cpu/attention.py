@@ -20,7 +20,7 @@ import numpy as np
 from numba import prange
 
 from .. import implements
-from ._common import exp_shifted, floats, jit_parallel
+from ._common import exp_scratch, exp_shifted, floats, jit_parallel
 
 _TILE = 64
 
@@ -30,9 +30,9 @@ def _supported(q, k, v, mask, *rest, **kwargs):
 
 
 @jit_parallel
-def _attention_forward_loop(q, k, v, causal, scale, zero, o, lse, scratch, bits, acc):
+def _attention_forward_loop(q, k, v, causal, scale, zero, o, lse, scratch, bits, powers, acc):
     # q, o: (B, H, Tq, D)  k, v: (B, Hkv, Tk, D)  lse: (B, H, Tq)
-    # scratch: (B*H, 2, _TILE), bits: (B*H, _TILE) int32, acc: (B*H, D): one row per task
+    # scratch: (B*H, 2, _TILE), bits, powers: (B*H, _TILE), acc: (B*H, D): one row per task
     n_b, n_h, tq, d = q.shape
     n_hkv, tk = v.shape[1], v.shape[2]
     group = n_h // n_hkv
@@ -63,7 +63,7 @@ def _attention_forward_loop(q, k, v, causal, scale, zero, o, lse, scratch, bits,
                 total *= rescale
                 for c in range(d):
                     a[c] *= rescale
-                exp_shifted(s, new_m, p, bits[task], width)
+                exp_shifted(s, new_m, p, bits[task], powers[task], width)
                 for jj in range(width):               # acc += e^(s - m) v_j
                     total += p[jj]
                     vj = values[j0 + jj]
@@ -83,9 +83,9 @@ def _attention_forward_loop(q, k, v, causal, scale, zero, o, lse, scratch, bits,
 
 @jit_parallel
 def _attention_backward_loop(do, q, k, v, lse, delta, causal, scale, zero, dq, dk, dv, scratch,
-                             bits):
+                             bits, powers):
     # do, q, dq: (B, H, Tq, D)  k, v, dk, dv: (B, Hkv, Tk, D)  lse, delta: (B, H, Tq)
-    # scratch: (B*Hkv, 3, 4, _TILE), bits: (B*Hkv, _TILE) int32: one block per task
+    # scratch: (B*Hkv, 3, 4, _TILE), bits, powers: (B*Hkv, _TILE): one block per task
     # Query rows go in blocks of 4, so each dk_j, dv_j row is loaded and stored once per block
     # instead of once per query; rows past the end of a block get p = ds = 0.
     n_b, n_h, tq, d = q.shape
@@ -133,7 +133,8 @@ def _attention_backward_loop(do, q, k, v, lse, delta, causal, scale, zero, dq, d
                         end = min(tk, i + offset + 1) if causal else tk
                         for jj in range(width):
                             s[r, jj] = s[r, jj] * scale if j0 + jj < end else -np.inf
-                        exp_shifted(s[r], lse[b, h, i], p[r], bits[task], width)   # P, recomputed
+                        # P, recomputed
+                        exp_shifted(s[r], lse[b, h, i], p[r], bits[task], powers[task], width)
                         row_delta = delta[b, h, i]
                         for jj in range(width):   # dS = P * (dP - delta) * scale
                             ds[r, jj] = p[r, jj] * (ds[r, jj] - row_delta) * scale
@@ -164,10 +165,9 @@ def attention_forward_cpu(q, k, v, mask, causal, scale):
     o = np.empty_like(q)
     lse = np.empty((b, h, tq), dtype=q.dtype)
     scratch = np.empty((b * h, 2, _TILE), dtype=q.dtype)
-    bits = np.empty((b * h, _TILE), dtype=np.int32)
     acc = np.empty((b * h, d), dtype=q.dtype)
     _attention_forward_loop(q, k, v, causal, q.dtype.type(scale), q.dtype.type(0), o, lse,
-                            scratch, bits, acc)
+                            scratch, *exp_scratch(b * h, _TILE), acc)
     return o, lse
 
 
@@ -180,7 +180,7 @@ def attention_backward_cpu(do, q, k, v, o, lse, mask, causal, scale):
     dq, dk, dv = np.zeros_like(q), np.zeros_like(k), np.zeros_like(v)
     tasks = k.shape[0] * k.shape[1]
     scratch = np.empty((tasks, 3, 4, _TILE), dtype=q.dtype)
-    bits = np.empty((tasks, _TILE), dtype=np.int32)
     _attention_backward_loop(do, q, k, v, np.ascontiguousarray(lse), delta, causal,
-                             q.dtype.type(scale), q.dtype.type(0), dq, dk, dv, scratch, bits)
+                             q.dtype.type(scale), q.dtype.type(0), dq, dk, dv, scratch,
+                             *exp_scratch(tasks, _TILE))
     return dq, dk, dv

@@ -10,7 +10,8 @@ import numpy as np
 from numba import prange
 
 from .. import implements
-from ._common import N_CHUNKS, chunk_bounds, exp_shifted, floats, jit_parallel, row_max
+from ._common import (N_CHUNKS, chunk_bounds, exp_scratch, exp_shifted, floats, jit_parallel,
+                      row_max)
 
 
 def _supported(logits, targets, *rest, **kwargs):
@@ -19,15 +20,15 @@ def _supported(logits, targets, *rest, **kwargs):
 
 @jit_parallel
 def _cross_entropy_forward_loop(logits, targets, ignore_index, smoothing, bounds, scratch, bits,
-                                loss, lse):
-    # logits: (N, V)  targets, loss, lse: (N,)  scratch: (N_CHUNKS, V), bits: (N_CHUNKS, V) int32
+                                powers, loss, lse):
+    # logits: (N, V)  targets, loss, lse: (N,)  scratch, bits, powers: (N_CHUNKS, V)
     n_rows, v = logits.shape
     for k in prange(len(bounds) - 1):
         e = scratch[k]
         for n in range(bounds[k], bounds[k + 1]):
             row = logits[n]
             m = row_max(row, v)
-            exp_shifted(row, m, e, bits[k], v)        # e = exp(x - max)
+            exp_shifted(row, m, e, bits[k], powers[k], v)        # e = exp(x - max)
             s = 0.0                                   # float64 accumulators
             for j in range(v):
                 s += e[j]
@@ -47,8 +48,8 @@ def _cross_entropy_forward_loop(logits, targets, ignore_index, smoothing, bounds
 
 @jit_parallel
 def _cross_entropy_backward_loop(dloss, logits, targets, lse, ignore_index, smoothing, bounds,
-                                 bits, dlogits):
-    # dloss, targets, lse: (N,)  logits, dlogits: (N, V)  bits: (N_CHUNKS, V) int32
+                                 bits, powers, dlogits):
+    # dloss, targets, lse: (N,)  logits, dlogits: (N, V)  bits, powers: (N_CHUNKS, V)
     n_rows, v = logits.shape
     for k in prange(len(bounds) - 1):
         for n in range(bounds[k], bounds[k + 1]):
@@ -59,7 +60,7 @@ def _cross_entropy_backward_loop(dloss, logits, targets, lse, ignore_index, smoo
                 continue
             g = dloss[n]
             off = smoothing / v
-            exp_shifted(logits[n], lse[n], out, bits[k], v)        # softmax, recomputed
+            exp_shifted(logits[n], lse[n], out, bits[k], powers[k], v)        # softmax, recomputed
             for j in range(v):
                 out[j] = g * (out[j] - off)
             out[t] -= g * (1.0 - smoothing)
@@ -71,9 +72,8 @@ def cross_entropy_forward_cpu(logits, targets, ignore_index, label_smoothing):
     n, v = logits.shape
     loss, lse = np.empty(n, logits.dtype), np.empty(n, logits.dtype)
     scratch = np.empty((N_CHUNKS, v), logits.dtype)
-    bits = np.empty((N_CHUNKS, v), np.int32)
     _cross_entropy_forward_loop(logits, targets, ignore_index, float(label_smoothing),
-                                chunk_bounds(n), scratch, bits, loss, lse)
+                                chunk_bounds(n), scratch, *exp_scratch(N_CHUNKS, v), loss, lse)
     return loss, lse
 
 
@@ -85,5 +85,5 @@ def cross_entropy_backward_cpu(dloss, logits, targets, lse, ignore_index, label_
     _cross_entropy_backward_loop(np.ascontiguousarray(dloss, dtype=logits.dtype), logits,
                                  np.ascontiguousarray(targets), lse, ignore_index,
                                  float(label_smoothing), chunk_bounds(logits.shape[0]),
-                                 np.empty((N_CHUNKS, logits.shape[1]), np.int32), dlogits)
+                                 *exp_scratch(N_CHUNKS, logits.shape[1]), dlogits)
     return dlogits
