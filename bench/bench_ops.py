@@ -73,7 +73,7 @@ def cases(size, vocabs, rng):
     hidden, dhidden = randn(b, t, 4 * c), randn(b, t, 4 * c)
     q, k, v, do = (randn(b, h, t, c // h) for _ in range(4))
     scale = (c // h) ** -0.5
-    o, alse = attention_forward.__wrapped__(q, k, v, None, True, scale)
+    o, alse = attention_forward.__wrapped__(q, k, v, None, True, scale, 0)
     ids = rng.integers(0, vocab, n)
     table = {}
     for n_vocab in vocabs:
@@ -94,8 +94,8 @@ def cases(size, vocabs, rng):
         "gelu_erf": (lambda f: f[0](hidden, "none"), lambda f: f[1](dhidden, hidden, "none"),
                      (gelu_forward, gelu_backward)),
         "embedding": (None, lambda f: f[1](dy, ids, vocab), (None, embedding_backward)),
-        "attention": (lambda f: f[0](q, k, v, None, True, scale),
-                      lambda f: f[1](do, q, k, v, o, alse, None, True, scale),
+        "attention": (lambda f: f[0](q, k, v, None, True, scale, 0),
+                      lambda f: f[1](do, q, k, v, o, alse, None, True, scale, 0),
                       (attention_forward, attention_backward)),
     }
 

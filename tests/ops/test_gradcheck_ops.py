@@ -269,6 +269,14 @@ CASES = [
     case("sdpa_causal_tq_gt_tk", sdpa(is_causal=True), N(1, 2, 4, 2), N(1, 2, 2, 2),
          N(1, 2, 2, 2)),
     case("sdpa_noncausal_tq_ne_tk_gqa", sdpa(), N(1, 2, 2, 3), N(1, 1, 4, 3), N(1, 1, 4, 3)),
+    case("sdpa_sliding_window", sdpa(is_causal=True, window=2), N(1, 2, 5, 2), N(1, 1, 5, 2),
+         N(1, 1, 5, 2)),
+    case("sdpa_window_tq_lt_tk", sdpa(is_causal=True, window=3), N(1, 2, 2, 3), N(1, 2, 6, 3),
+         N(1, 2, 6, 3)),
+    # a learned additive bias (T5 / ALiBi-like) broadcast over the batch gets its own gradient
+    case("sdpa_learned_bias", lambda q, k, v, bias: F.scaled_dot_product_attention(
+        q, k, v, attn_mask=bias, is_causal=True), N(2, 2, 3, 2), N(2, 2, 3, 2), N(2, 2, 3, 2),
+        N(1, 2, 3, 3)),
     # strided (non-contiguous) inputs and incoming gradients, as a model produces them
     case("sdpa_from_B_T_H_D", lambda q, k, v: F.scaled_dot_product_attention(
         q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), is_causal=True).transpose(1, 2),
@@ -299,6 +307,8 @@ LARGE = [
     case("sdpa_causal_T33_D16", sdpa(is_causal=True), N(1, 2, 33, 16), N(1, 2, 33, 16),
          N(1, 2, 33, 16)),
     case("sdpa_gqa_T33_D16", sdpa(), N(1, 4, 33, 16), N(1, 1, 33, 16), N(1, 1, 33, 16)),
+    case("sdpa_window_T70_D8", sdpa(is_causal=True, window=9), N(1, 2, 70, 8), N(1, 1, 70, 8),
+         N(1, 1, 70, 8)),
     case("ce_smooth_V257", lambda x: F.cross_entropy(x, np.arange(24).reshape(4, 6) * 10 % 257,
                                                      label_smoothing=0.1), N(4, 6, 257)),
     case("layer_norm_C192", lambda x, w, b: F.layer_norm(x, w, b), N(2, 17, 192), N(192), N(192)),

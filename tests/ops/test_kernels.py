@@ -86,19 +86,24 @@ ATTENTION_SHAPES = [  # (B, H, Hkv, Tq, Tk, D, causal)
     (2, 4, 1, 65, 65, 16, True), (1, 2, 2, 3, 17, 4, True), (1, 2, 2, 1, 70, 8, True),
     (2, 2, 1, 17, 17, 3, False), (1, 2, 2, 5, 9, 4, False), (12, 4, 4, 64, 64, 32, True),
 ]
+WINDOWS = {(1, 4, 2, 17, 17, 8, True): 5, (2, 4, 1, 65, 65, 16, True): 1,   # sliding window
+           (1, 2, 2, 3, 17, 4, True): 7, (12, 4, 4, 64, 64, 32, True): 16}
 
 
 def _attention_forward(rng, dtype):
-    for b, h, hkv, tq, tk, d, causal in ATTENTION_SHAPES:
+    for shape in ATTENTION_SHAPES:
+        b, h, hkv, tq, tk, d, causal = shape
         for scale in (1.0, 30.0):              # 30: scores in the hundreds, softmax saturates
-            yield (_x(rng, (b, h, tq, d), dtype, scale), _x(rng, (b, hkv, tk, d), dtype, scale),
-                   _x(rng, (b, hkv, tk, d), dtype), None, causal, d ** -0.5)
+            for window in {0, WINDOWS.get(shape, 0)}:
+                yield (_x(rng, (b, h, tq, d), dtype, scale),
+                       _x(rng, (b, hkv, tk, d), dtype, scale), _x(rng, (b, hkv, tk, d), dtype),
+                       None, causal, d ** -0.5, window)
 
 
 def _attention_backward(rng, dtype):
-    for q, k, v, mask, causal, scale in _attention_forward(rng, dtype):
-        o, lse = kernels.reference("attention_forward")(q, k, v, mask, causal, scale)
-        yield _x(rng, q.shape, dtype), q, k, v, o, lse, mask, causal, scale
+    for q, k, v, mask, causal, scale, window in _attention_forward(rng, dtype):
+        o, lse = kernels.reference("attention_forward")(q, k, v, mask, causal, scale, window)
+        yield _x(rng, q.shape, dtype), q, k, v, o, lse, mask, causal, scale, window
 
 
 CASES = {
@@ -126,8 +131,9 @@ def _score_magnitude(q, k, scale):
 
 
 CONDITION = {  # float32 error grows with these; both implementations round differently
-    "attention_forward": lambda q, k, v, mask, causal, scale: _score_magnitude(q, k, scale),
-    "attention_backward": lambda do, q, k, v, o, lse, mask, causal, scale:
+    "attention_forward": lambda q, k, v, mask, causal, scale, window:
+        _score_magnitude(q, k, scale),
+    "attention_backward": lambda do, q, k, v, o, lse, mask, causal, scale, window:
         _score_magnitude(q, k, scale),
 }
 
@@ -186,17 +192,17 @@ def _dispatchers():
 def test_use_kernels_false_forces_the_reference():
     x = np.ones((3, 4), np.float32)
     with tl.use_kernels(False):
-        attention_forward(x[None, None], x[None, None], x[None, None], None, True, 0.5)
+        attention_forward(x[None, None], x[None, None], x[None, None], None, True, 0.5, 0)
     assert kernels.ran("attention_forward") == "reference"
     with tl.use_kernels(True):
-        attention_forward(x[None, None], x[None, None], x[None, None], None, True, 0.5)
+        attention_forward(x[None, None], x[None, None], x[None, None], None, True, 0.5, 0)
     assert kernels.ran("attention_forward") == "cpu"
 
 
 def test_explicit_mask_runs_the_reference():
     q = np.ones((1, 1, 3, 4), np.float32)
     with tl.use_kernels(True):
-        attention_forward(q, q, q, np.ones((3, 3), bool), False, 0.5)
+        attention_forward(q, q, q, np.ones((3, 3), bool), False, 0.5, 0)
     assert kernels.ran("attention_forward") == "reference"
 
 

@@ -122,15 +122,21 @@ def dropout(x, p=0.5, training=True, seed=None):
     return DropoutOp.apply(x, p=p, generator=gen)
 
 
-def scaled_dot_product_attention(q, k, v, attn_mask=None, is_causal=False, scale=None):
+def scaled_dot_product_attention(q, k, v, attn_mask=None, is_causal=False, scale=None, window=None):
     """softmax(q k^T * scale + mask) v, per head.
 
     q: (B, H, Tq, D); k, v: (B, Hkv, Tk, D) with H a multiple of Hkv (GQA / MQA).
-    attn_mask: bool (True = attend) or additive float, broadcastable to (B, H, Tq, Tk).
-    is_causal: query i sees keys j <= i + Tk - Tq. scale: defaults to 1/sqrt(D).
+    attn_mask: bool (True = attend) or additive float, broadcastable to (B, H, Tq, Tk); a float
+        Tensor that requires grad (a learned bias) receives its gradient.
+    is_causal: query i sees keys j <= i + Tk - Tq. window: each query also sees only its `window`
+        most recent keys (sliding-window attention). scale: defaults to 1/sqrt(D).
     """
-    return AttentionOp.apply(q, k, v, _array(attn_mask, q.device), causal=bool(is_causal),
-                             scale=scale)
+    if window is not None and window < 1:
+        raise ValueError(f"scaled_dot_product_attention: window must be >= 1 or None, got {window}")
+    mask = attn_mask if isinstance(attn_mask, Tensor) and attn_mask.requires_grad else \
+        _array(attn_mask, q.device)
+    return AttentionOp.apply(q, k, v, mask, causal=bool(is_causal), scale=scale,
+                             window=int(window or 0))
 
 
 def linear(x, weight, bias=None):

@@ -10,8 +10,12 @@ al., 2023; MQA, Shazeer, 2019 when there is one K/V head).
 
 Causal masking is aligned to the end: query i (of Tq) sees keys j <= i + Tk - Tq, which is the
 usual lower triangle when Tq == Tk and the right thing for a query block appended to a KV cache.
-`attn_mask` is a boolean (True = attend) or additive float array broadcastable to (B, H, Tq, Tk).
-A row with every key masked attends to nothing: its output and gradients are 0, not NaN.
+A sliding window W (local attention, as in Longformer, Beltagy et al., 2020, and Mistral) also
+hides keys j <= i + Tk - Tq - W: each query sees its last W positions. `mask` is a boolean
+(True = attend) or additive float array broadcastable to (B, H, Tq, Tk); an additive mask passed
+as a Tensor that requires grad (a learned position bias, e.g. T5's) gets the gradient of the
+scores, dS / scale, summed to its shape. A row with every key masked attends to nothing: its
+output and gradients are 0, not NaN.
 
 The reference below materialises the (B, H, Tq, Tk) scores; the Numba kernel (kernels/cpu/
 attention.py) is tiled with an online softmax (Milakov & Gimelshein, 2018; Dao et al., 2022) and
@@ -23,19 +27,21 @@ from ..backend import array_module
 from ..kernels import kernel
 from ..tensor import Function
 
-__all__ = ["AttentionOp", "attention_forward", "attention_backward"]
+__all__ = ["AttentionOp", "attention_forward", "attention_backward", "attention_score_grad"]
 
 
-def _scores(q, k, mask, causal, scale):
+def _scores(q, k, mask, causal, scale, window):
     """Masked scores S as (B, Hkv, G, Tq, Tk), with q grouped by its K/V head."""
     xp = array_module(q)
     b, h, tq, d = q.shape
     hkv, tk = k.shape[1], k.shape[2]
     qg = q.reshape(b, hkv, h // hkv, tq, d)
     s = (qg @ k[:, :, None].swapaxes(-1, -2)) * q.dtype.type(scale)
+    position = xp.arange(tq)[:, None] + (tk - tq)          # each query's place among the keys
     if causal:
-        allowed = xp.arange(tk)[None, :] <= xp.arange(tq)[:, None] + (tk - tq)
-        s = xp.where(allowed, s, -xp.inf)
+        s = xp.where(xp.arange(tk)[None, :] <= position, s, -xp.inf)
+    if window:
+        s = xp.where(xp.arange(tk)[None, :] > position - window, s, -xp.inf)
     if mask is not None:
         m = xp.broadcast_to(mask, (b, h, tq, tk)).reshape(b, hkv, h // hkv, tq, tk)
         s = xp.where(m, s, -xp.inf) if m.dtype == bool else s + m.astype(s.dtype)
@@ -48,11 +54,12 @@ def _probabilities(s, lse):
 
 
 @kernel("attention_forward")         # fast version: kernels/cpu/attention.py
-def attention_forward(q, k, v, mask, causal, scale):
-    """q: (B, H, Tq, D), k, v: (B, Hkv, Tk, D) -> o (B, H, Tq, D), lse (B, H, Tq)."""
+def attention_forward(q, k, v, mask, causal, scale, window):
+    """q: (B, H, Tq, D), k, v: (B, Hkv, Tk, D) -> o (B, H, Tq, D), lse (B, H, Tq).
+    window: 0, or the number of most recent positions each query sees."""
     xp = array_module(q)
     b, h, tq, d = q.shape
-    s = _scores(q, k, mask, causal, scale)                      # (B, Hkv, G, Tq, Tk)
+    s = _scores(q, k, mask, causal, scale, window)                      # (B, Hkv, G, Tq, Tk)
     m = s.max(axis=-1)
     m = xp.where(xp.isfinite(m), m, 0)                         # fully masked rows: no NaN
     total = xp.exp(s - m[..., None]).sum(axis=-1)
@@ -62,12 +69,12 @@ def attention_forward(q, k, v, mask, causal, scale):
 
 
 @kernel("attention_backward")
-def attention_backward(do, q, k, v, o, lse, mask, causal, scale):
+def attention_backward(do, q, k, v, o, lse, mask, causal, scale, window):
     """do, o: (B, H, Tq, D), lse: (B, H, Tq) -> dq (B, H, Tq, D), dk, dv (B, Hkv, Tk, D)."""
     b, h, tq, d = q.shape
     hkv = k.shape[1]
     g = h // hkv
-    s = _scores(q, k, mask, causal, scale)
+    s = _scores(q, k, mask, causal, scale, window)
     p = _probabilities(s, lse.reshape(b, hkv, g, tq))           # (B, Hkv, G, Tq, Tk)
     dog = do.reshape(b, hkv, g, tq, d)
     dv = (p.swapaxes(-1, -2) @ dog).sum(axis=2)
@@ -77,6 +84,18 @@ def attention_backward(do, q, k, v, o, lse, mask, causal, scale):
     dq = (ds @ k[:, :, None]).reshape(b, h, tq, d)
     dk = (ds.swapaxes(-1, -2) @ q.reshape(b, hkv, g, tq, d)).sum(axis=2)
     return dq, dk, dv
+
+
+def attention_score_grad(do, q, k, v, o, lse, mask, causal, scale, window):
+    """dS / scale = P * (dP - delta) as (B, H, Tq, Tk): the gradient of an additive mask."""
+    b, h, tq, d = q.shape
+    hkv, tk = k.shape[1], k.shape[2]
+    s = _scores(q, k, mask, causal, scale, window)
+    p = _probabilities(s, lse.reshape(b, hkv, h // hkv, tq))
+    dog = do.reshape(b, hkv, h // hkv, tq, d)
+    dp = dog @ v[:, :, None].swapaxes(-1, -2)
+    delta = (dog * o.reshape(b, hkv, h // hkv, tq, d)).sum(axis=-1, keepdims=True)
+    return (p * (dp - delta)).reshape(b, h, tq, tk)
 
 
 def _check(q, k, v, mask):
@@ -101,15 +120,19 @@ def _check(q, k, v, mask):
 
 class AttentionOp(Function):
     @staticmethod
-    def forward(ctx, q, k, v, mask=None, causal=False, scale=None):
+    def forward(ctx, q, k, v, mask=None, causal=False, scale=None, window=0):
         _check(q, k, v, mask)
         scale = q.shape[-1] ** -0.5 if scale is None else scale
-        o, lse = attention_forward(q, k, v, mask, causal, scale)
+        o, lse = attention_forward(q, k, v, mask, causal, scale, window)
         ctx.save(q, k, v, o, lse)
-        ctx.mask, ctx.causal, ctx.scale = mask, causal, scale
+        ctx.args = (mask, causal, scale, window)
         return o
 
     @staticmethod
     def backward(ctx, do):
         q, k, v, o, lse = ctx.saved
-        return attention_backward(do, q, k, v, o, lse, ctx.mask, ctx.causal, ctx.scale) + (None,)
+        dq, dk, dv = attention_backward(do, q, k, v, o, lse, *ctx.args)
+        dmask = None
+        if ctx.needs_grad[3]:                 # a learned additive bias
+            dmask = attention_score_grad(do, q, k, v, o, lse, *ctx.args)
+        return dq, dk, dv, dmask

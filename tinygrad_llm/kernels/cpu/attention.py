@@ -1,8 +1,8 @@
 """Causal (or unmasked) attention, forward and backward, tiled with an online softmax
 (reference: ops/attention.py; Milakov & Gimelshein, 2018; Dao et al., 2022 and 2023).
 
-Never builds the (B, H, Tq, Tk) score matrix: each query row walks the keys it may see in tiles of
-_TILE; a tile's scores live in a small scratch row. Forward keeps a running max m, running sum l and
+Never builds the (B, H, Tq, Tk) score matrix: each query row walks the keys it may see (the causal
+prefix, or the last `window` of it) in tiles of _TILE; a tile's scores live in a small scratch row. Forward keeps a running max m, running sum l and
 running output acc, rescaling them when the max grows, and saves lse = m + log l per row. Backward
 recomputes each probability as e^(s - lse) (FlashAttention-2's trick) and accumulates dq, dk, dv
 in the same sweep, four query rows at a time.
@@ -30,7 +30,8 @@ def _supported(q, k, v, mask, *rest, **kwargs):
 
 
 @jit_parallel
-def _attention_forward_loop(q, k, v, causal, scale, zero, o, lse, scratch, bits, powers, acc):
+def _attention_forward_loop(q, k, v, causal, window, scale, zero, o, lse, scratch, bits, powers,
+                            acc):
     # q, o: (B, H, Tq, D)  k, v: (B, Hkv, Tk, D)  lse: (B, H, Tq)
     # scratch: (B*H, 2, _TILE), bits, powers: (B*H, _TILE), acc: (B*H, D): one row per task
     n_b, n_h, tq, d = q.shape
@@ -45,10 +46,11 @@ def _attention_forward_loop(q, k, v, causal, scale, zero, o, lse, scratch, bits,
         for i in range(tq):
             qi = q[b, h, i]
             end = min(tk, i + offset + 1) if causal else tk
+            start = max(0, i + offset - window + 1) if window > 0 else 0
             m = -np.inf
             total = 0.0
             a[:] = zero
-            for j0 in range(0, max(end, 0), _TILE):
+            for j0 in range(start, max(end, start), _TILE):
                 width = min(_TILE, end - j0)
                 tile_max = -np.inf
                 for jj in range(width):               # s = q_i . k_j * scale
@@ -82,8 +84,8 @@ def _attention_forward_loop(q, k, v, causal, scale, zero, o, lse, scratch, bits,
 
 
 @jit_parallel
-def _attention_backward_loop(do, q, k, v, lse, delta, causal, scale, zero, dq, dk, dv, scratch,
-                             bits, powers):
+def _attention_backward_loop(do, q, k, v, lse, delta, causal, window, scale, zero, dq, dk, dv,
+                             scratch, bits, powers):
     # do, q, dq: (B, H, Tq, D)  k, v, dk, dv: (B, Hkv, Tk, D)  lse, delta: (B, H, Tq)
     # scratch: (B*Hkv, 3, 4, _TILE), bits, powers: (B*Hkv, _TILE): one block per task
     # Query rows go in blocks of 4, so each dk_j, dv_j row is loaded and stored once per block
@@ -105,7 +107,8 @@ def _attention_backward_loop(do, q, k, v, lse, delta, causal, scale, zero, dq, d
                 g0, g1, g2, g3 = do[b, h, i0], do[b, h, i1], do[b, h, i2], do[b, h, i3]
                 dq0, dq1, dq2, dq3 = dq[b, h, i0], dq[b, h, i1], dq[b, h, i2], dq[b, h, i3]
                 block_end = min(tk, last + offset + 1) if causal else tk
-                for j0 in range(0, max(block_end, 0), _TILE):
+                block_start = max(0, i0 + offset - window + 1) if window > 0 else 0
+                for j0 in range(block_start, max(block_end, block_start), _TILE):
                     width = min(_TILE, block_end - j0)
                     for jj in range(width):       # s = q_r . k_j * scale,  dp = do_r . v_j
                         j = j0 + jj
@@ -131,8 +134,10 @@ def _attention_backward_loop(do, q, k, v, lse, delta, causal, scale, zero, dq, d
                             continue
                         i = i0 + r
                         end = min(tk, i + offset + 1) if causal else tk
+                        start = max(0, i + offset - window + 1) if window > 0 else 0
                         for jj in range(width):
-                            s[r, jj] = s[r, jj] * scale if j0 + jj < end else -np.inf
+                            visible = start <= j0 + jj < end
+                            s[r, jj] = s[r, jj] * scale if visible else -np.inf
                         # P, recomputed
                         exp_shifted(s[r], lse[b, h, i], p[r], bits[task], powers[task], width)
                         row_delta = delta[b, h, i]
@@ -159,28 +164,28 @@ def _attention_backward_loop(do, q, k, v, lse, delta, causal, scale, zero, dq, d
 
 
 @implements("attention_forward", device="cpu", supports=_supported)
-def attention_forward_cpu(q, k, v, mask, causal, scale):
+def attention_forward_cpu(q, k, v, mask, causal, scale, window):
     q, k, v = np.ascontiguousarray(q), np.ascontiguousarray(k), np.ascontiguousarray(v)
     b, h, tq, d = q.shape
     o = np.empty_like(q)
     lse = np.empty((b, h, tq), dtype=q.dtype)
     scratch = np.empty((b * h, 2, _TILE), dtype=q.dtype)
     acc = np.empty((b * h, d), dtype=q.dtype)
-    _attention_forward_loop(q, k, v, causal, q.dtype.type(scale), q.dtype.type(0), o, lse,
-                            scratch, *exp_scratch(b * h, _TILE), acc)
+    _attention_forward_loop(q, k, v, causal, int(window), q.dtype.type(scale), q.dtype.type(0),
+                            o, lse, scratch, *exp_scratch(b * h, _TILE), acc)
     return o, lse
 
 
 @implements("attention_backward", device="cpu",
             supports=lambda do, q, k, v, o, lse, mask, *a: _supported(q, k, v, mask))
-def attention_backward_cpu(do, q, k, v, o, lse, mask, causal, scale):
+def attention_backward_cpu(do, q, k, v, o, lse, mask, causal, scale, window):
     do, q = np.ascontiguousarray(do), np.ascontiguousarray(q)
     k, v = np.ascontiguousarray(k), np.ascontiguousarray(v)
     delta = (do * o).sum(axis=-1)                           # (B, H, Tq): rowsum(dO * O)
     dq, dk, dv = np.zeros_like(q), np.zeros_like(k), np.zeros_like(v)
     tasks = k.shape[0] * k.shape[1]
     scratch = np.empty((tasks, 3, 4, _TILE), dtype=q.dtype)
-    _attention_backward_loop(do, q, k, v, np.ascontiguousarray(lse), delta, causal,
+    _attention_backward_loop(do, q, k, v, np.ascontiguousarray(lse), delta, causal, int(window),
                              q.dtype.type(scale), q.dtype.type(0), dq, dk, dv, scratch,
                              *exp_scratch(tasks, _TILE))
     return dq, dk, dv
