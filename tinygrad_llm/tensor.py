@@ -16,7 +16,8 @@ import numpy as np
 
 from . import backend
 
-__all__ = ["Tensor", "Function", "no_grad", "enable_grad", "is_grad_enabled", "unbroadcast"]
+__all__ = ["Tensor", "Function", "IndexedGrad", "no_grad", "enable_grad", "is_grad_enabled",
+           "unbroadcast"]
 
 # ---- grad mode ------------------------------------------------------------------------------
 _grad_enabled = True
@@ -356,10 +357,12 @@ class Tensor:
                 raise ValueError(f"backward: grad has shape {g.shape}, expected {self.shape}")
             shared.add(id(g))
         grads = {id(self): g}
+        owned = set()           # ids of buffers the walk allocated and nothing else references
         for t in reversed(_topological_order(self)):
             g = grads.pop(id(t), None)
             if g is None:
                 continue
+            owned.discard(id(g))    # handed to backward now: it may pass it on to its inputs
             node = t._node
             if node is None or t._retains_grad:
                 _accumulate(t, g.copy() if id(g) in shared or node is not None else g)
@@ -377,6 +380,9 @@ class Tensor:
             for p, need, dx in zip(node.parents, node.needs_grad, dxs):
                 if not need or dx is None:
                     continue
+                if isinstance(dx, IndexedGrad):   # add into one buffer per parent, in place
+                    grads[id(p)] = _add_indexed(grads.get(id(p)), dx, p, owned)
+                    continue
                 if dx.shape != p.data.shape:
                     try:
                         dx = unbroadcast(dx, p.data.shape)
@@ -386,7 +392,12 @@ class Tensor:
                     shared.add(id(dx))
                 given.add(id(dx))
                 prev = grads.get(id(p))
-                grads[id(p)] = dx if prev is None else prev + dx
+                if prev is None:
+                    grads[id(p)] = dx
+                elif id(prev) in owned:
+                    prev += dx
+                else:
+                    grads[id(p)] = prev + dx
             if not retain_graph:
                 node.saved, node.parents, node.freed = None, (), True
 
@@ -606,6 +617,32 @@ def _check_versions(node, out):
             raise RuntimeError(f"backward: a tensor saved by {type(node).__name__} (input {i}, "
                                f"shape {t.shape}) was modified in place after it was saved "
                                f"(version {version} -> {t._version[0]})")
+
+
+class IndexedGrad:
+    """A gradient that is zero except at x[index], where it is `values`: what slicing returns
+    from backward. The walk adds it into one buffer per input, so k slices of one tensor (q, k, v
+    from a fused projection; an LSTM's time steps) cost one zero-filled array, not k."""
+    __slots__ = ("index", "values", "scatter")
+
+    def __init__(self, index, values, scatter=False):
+        self.index, self.values, self.scatter = index, values, scatter   # scatter: repeats add
+
+
+def _add_indexed(buf, dx, parent, owned):
+    """buf (the parent's gradient so far, or None) plus dx, reusing buf when the walk owns it."""
+    if buf is None or id(buf) not in owned:
+        xp = backend.array_module(dx.values)
+        new = xp.zeros(parent.data.shape, dtype=dx.values.dtype)
+        if buf is not None:
+            new += buf
+        buf = new
+        owned.add(id(buf))
+    if dx.scatter:
+        backend.scatter_add(buf, dx.index, dx.values)
+    else:
+        buf[dx.index] += dx.values
+    return buf
 
 
 def _accumulate(t, g):

@@ -8,12 +8,13 @@ import numpy as np
 from .. import backend
 from ..ops import (AttentionOp, CrossEntropyOp, DropoutOp, EmbeddingOp, GeluOp, LayerNormOp,
                    LogSoftmaxOp, RMSNormOp, SoftmaxOp, WhereOp)
+from ..ops.linear_attention import linear_attention
 from ..ops.softmax import REDUCTIONS
 from ..tensor import Tensor, _lift
 
 __all__ = ["relu", "gelu", "silu", "sigmoid", "tanh", "softmax", "log_softmax", "cross_entropy",
            "layer_norm", "rms_norm", "embedding", "dropout", "scaled_dot_product_attention",
-           "linear", "where", "masked_fill"]
+           "linear", "where", "masked_fill", "linear_attention"]
 
 
 def _ids(ids, device, name):

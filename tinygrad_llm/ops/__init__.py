@@ -1,7 +1,7 @@
 """Differentiable ops, one class each, grouped by family (see each file's docstring for the math).
 
 Reading order: elementwise -> reduce -> shape -> linalg -> softmax (and cross-entropy) -> norm ->
-activation (GELU) -> embedding -> dropout -> attention.
+activation (GELU) -> embedding -> dropout -> attention -> rope -> linear_attention -> lstm.
 """
 from .elementwise import (AddOp, SubOp, MulOp, DivOp, NegOp, PowOp, PowScalarOp, ExpOp, LogOp,
                           SqrtOp, TanhOp, SigmoidOp, ReluOp, SiluOp, AbsOp, ClampOp, WhereOp,
@@ -15,3 +15,6 @@ from .activation import GeluOp
 from .embedding import EmbeddingOp
 from .dropout import DropoutOp
 from .attention import AttentionOp
+from .rope import RopeOp
+from .linear_attention import LinearAttentionOp
+from .lstm import LSTMCellOp

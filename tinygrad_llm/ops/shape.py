@@ -3,8 +3,8 @@
 Their gradients only move numbers around: reshape and permute undo themselves, indexing scatters
 the gradient back (adding where an integer index repeats), cat splits it, stack unstacks it.
 """
-from ..backend import array_module, scatter_add
-from ..tensor import Function, Tensor
+from ..backend import array_module
+from ..tensor import Function, IndexedGrad, Tensor
 
 __all__ = ["ReshapeOp", "PermuteOp", "ExpandOp", "GetItemOp", "CatOp", "StackOp", "index_data",
            "split"]
@@ -95,13 +95,8 @@ class GetItemOp(Function):
 
     @staticmethod
     def backward(ctx, dy):
-        xp = array_module(dy)
-        dx = xp.zeros(ctx.shape, dtype=dy.dtype)
-        if _has_int_array(ctx.index):
-            scatter_add(dx, ctx.index, dy)
-        else:                        # slices, ints and boolean masks select each element once
-            dx[ctx.index] = dy
-        return dx
+        # slices, ints and boolean masks select each element once; integer arrays may repeat
+        return IndexedGrad(ctx.index, dy, scatter=_has_int_array(ctx.index))
 
 
 def _check_same_shapes(name, arrays, axis, skip_axis):

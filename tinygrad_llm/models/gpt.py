@@ -1,0 +1,278 @@
+"""GPT: the decoder-only transformer language model, as GPT-2 (Radford et al., 2019) or Llama
+(Touvron et al., 2023) from one configuration.
+
+Reading order: GPTConfig (the fields and the two presets), the small factories that turn a field
+into a layer, then GPT: embeddings -> blocks -> final norm -> head.
+
+    idx (B, T) -> tok_emb (+ pos_emb) -> [block] x n_layer -> norm -> head -> logits (B, T, V)
+
+Variants are chosen once, in __init__, by the factories (norm, feed-forward, positions, attention
+kind); forward has no `if` ladder over them.
+"""
+import dataclasses
+import math
+
+import numpy as np
+
+from .. import backend
+from ..nn import functional as F
+from ..nn.attention import ATTENTION_KINDS, MultiHeadAttention
+from ..nn.block import TransformerBlock
+from ..nn.layers import MLP, Embedding, LayerNorm, Linear, RMSNorm, SwiGLU
+from ..nn.module import Module, ModuleList
+from ..nn.moe import MoE
+from ..nn.positions import (ALiBi, LearnedPositions, RotaryEmbedding, SinusoidalPositions,
+                            T5RelativeBias)
+from ..tensor import no_grad
+
+__all__ = ["GPTConfig", "GPT", "PRESETS", "init_gpt2_weights"]
+
+NORMS = ("layernorm", "rmsnorm")
+MLPS = ("gelu", "gelu_tanh", "relu", "swiglu")
+POSITIONS = ("learned", "sinusoidal", "rope", "alibi", "t5", "none")
+
+
+@dataclasses.dataclass
+class GPTConfig:
+    """Every architectural choice of the model. Use GPTConfig.preset("gpt2" | "llama", **overrides).
+
+    head_dim defaults to n_embd // n_head; ffn_hidden to 4 n_embd (MLP) or Llama's 8/3 n_embd
+    rounded up to a multiple of 32 (SwiGLU has three matrices: 8/3 keeps the parameter count).
+    window: sliding-window attention in every layer (None: full). kv_share: layers in groups of
+    kv_share, each layer reusing the K/V of its group's first layer (1: no sharing).
+    n_expert > 0 replaces the feed-forward with a mixture of experts.
+    """
+    vocab_size: int = 50257
+    block_size: int = 1024
+    n_layer: int = 12
+    n_head: int = 12
+    n_kv_head: int = None
+    n_embd: int = 768
+    head_dim: int = None
+    ffn_hidden: int = None
+    dropout: float = 0.0
+    bias: bool = True
+    norm: str = "layernorm"
+    norm_eps: float = 1e-5
+    mlp: str = "gelu_tanh"
+    pos: str = "learned"
+    rope_theta: float = 10000.0
+    rope_scaling: dict = None
+    tie_embeddings: bool = True
+    prenorm: bool = True
+    attention: str = "softmax"
+    window: int = None
+    kv_share: int = 1
+    n_expert: int = 0
+    n_expert_per_token: int = 2
+    moe_aux_loss_coef: float = 0.01
+    moe_z_loss_coef: float = 0.0
+    t5_num_buckets: int = 32
+    t5_max_distance: int = 128
+
+    def __post_init__(self):
+        if self.n_kv_head is None:
+            self.n_kv_head = self.n_head
+        if self.head_dim is None:
+            if self.n_embd % self.n_head:
+                raise ValueError(f"GPTConfig: n_embd={self.n_embd} is not divisible by "
+                                 f"n_head={self.n_head}")
+            self.head_dim = self.n_embd // self.n_head
+        if self.n_kv_head < 1 or self.n_head % self.n_kv_head:
+            raise ValueError(f"GPTConfig: n_head={self.n_head} is not divisible by "
+                             f"n_kv_head={self.n_kv_head}")
+        if self.ffn_hidden is None:
+            self.ffn_hidden = (32 * math.ceil(8 * self.n_embd / 3 / 32) if self.mlp == "swiglu"
+                               else 4 * self.n_embd)
+        for field, allowed in (("norm", NORMS), ("mlp", MLPS), ("pos", POSITIONS),
+                               ("attention", ATTENTION_KINDS)):
+            if getattr(self, field) not in allowed:
+                raise ValueError(f"GPTConfig: {field}={getattr(self, field)!r} is not one of "
+                                 f"{allowed}")
+        if self.kv_share < 1:
+            raise ValueError(f"GPTConfig: kv_share must be >= 1, got {self.kv_share}")
+        if self.pos == "rope" and self.head_dim % 2:
+            raise ValueError(f"GPTConfig: RoPE needs an even head_dim, got {self.head_dim}")
+
+    @classmethod
+    def preset(cls, name, **overrides):
+        """A named configuration with any field overridden: preset("llama", n_layer=4)."""
+        if name not in PRESETS:
+            raise ValueError(f"GPTConfig.preset: unknown preset {name!r}; valid presets: "
+                             f"{sorted(PRESETS)}")
+        unknown = set(overrides) - {f.name for f in dataclasses.fields(cls)}
+        if unknown:
+            raise ValueError(f"GPTConfig.preset: unknown fields {sorted(unknown)}")
+        return cls(**{**PRESETS[name], **overrides})
+
+    @property
+    def max_positions(self):
+        """The longest sequence the positions allow (RoPE scaling extends block_size)."""
+        if self.pos == "rope" and self.rope_scaling:
+            return int(self.block_size * self.rope_scaling["factor"])
+        return self.block_size
+
+    def to_dict(self):
+        return dataclasses.asdict(self)
+
+
+PRESETS = {
+    # GPT-2 small: learned positions, LayerNorm, GELU (tanh form), MHA, biases, tied embeddings
+    "gpt2": dict(vocab_size=50257, block_size=1024, n_layer=12, n_head=12, n_embd=768,
+                 bias=True, norm="layernorm", norm_eps=1e-5, mlp="gelu_tanh", pos="learned",
+                 tie_embeddings=True),
+    # Llama: RoPE, RMSNorm, SwiGLU, grouped-query attention, no biases, separate head
+    "llama": dict(vocab_size=32000, block_size=2048, n_layer=16, n_head=16, n_kv_head=4,
+                  n_embd=1024, bias=False, norm="rmsnorm", norm_eps=1e-5, mlp="swiglu",
+                  pos="rope", rope_theta=10000.0, tie_embeddings=False),
+}
+
+
+# ---- factories: one config field -> one layer ---------------------------------------------
+def make_norm(config):
+    if config.norm == "rmsnorm":
+        return RMSNorm(config.n_embd, config.norm_eps)
+    return LayerNorm(config.n_embd, config.norm_eps, bias=config.bias)
+
+
+def make_ffn(config):
+    c, hidden = config.n_embd, config.ffn_hidden
+    if config.n_expert:
+        kind = "swiglu" if config.mlp == "swiglu" else "mlp"
+        return MoE(c, hidden, config.n_expert, config.n_expert_per_token, expert=kind,
+                   activation=config.mlp if kind == "mlp" else "gelu", bias=config.bias,
+                   aux_loss_coef=config.moe_aux_loss_coef, z_loss_coef=config.moe_z_loss_coef)
+    if config.mlp == "swiglu":
+        return SwiGLU(c, hidden, config.bias, config.dropout)
+    return MLP(c, hidden, config.mlp, config.bias, config.dropout)
+
+
+def make_attention(config, layer, rotary):
+    return MultiHeadAttention(
+        config.n_embd, config.n_head, config.n_kv_head, config.head_dim, config.bias,
+        config.dropout, causal=True, window=config.window, rotary=rotary, kind=config.attention,
+        shares_kv=layer % config.kv_share != 0)
+
+
+def make_positions(config, bidirectional=False):
+    """(added to embeddings or None, rotary or None, attention-bias maker or None)."""
+    c = config
+    if c.pos == "learned":
+        return LearnedPositions(c.block_size, c.n_embd), None, None
+    if c.pos == "sinusoidal":
+        return SinusoidalPositions(c.block_size, c.n_embd), None, None
+    if c.pos == "rope":
+        return None, RotaryEmbedding(c.head_dim, c.block_size, c.rope_theta, c.rope_scaling), None
+    if c.pos == "alibi":
+        return None, None, ALiBi(c.n_head)
+    if c.pos == "t5":
+        return None, None, T5RelativeBias(c.n_head, c.t5_num_buckets, c.t5_max_distance,
+                                          bidirectional)
+    return None, None, None
+
+
+def init_gpt2_weights(model, n_layer):
+    """GPT-2's initialisation: N(0, 0.02) for matrices and embeddings, zero biases, and the
+    projections that write into the residual stream scaled by 1/sqrt(2 n_layer), so the stream's
+    variance does not grow with depth. Norm weights keep their ones; T5 bias tables their init."""
+    std = 0.02
+    residual_std = std / math.sqrt(2 * n_layer)
+    rng = backend.rng("cpu")
+    with no_grad():
+        for name, p in model.named_parameters():
+            if p.ndim == 1:
+                if name.endswith("bias"):
+                    p.data[...] = 0
+                continue
+            if name.startswith("pos_bias"):
+                continue
+            residual = name.endswith(("attn.proj.weight", "down.weight"))
+            values = rng.standard_normal(p.shape) * (residual_std if residual else std)
+            p.data[...] = backend.to_device(values.astype(p.dtype), p.device)
+
+
+# ---- the model ----------------------------------------------------------------------------
+class GPT(Module):
+    """Decoder-only language model. model(idx) -> logits (B, T, V);
+    model(idx, targets) -> (logits, loss), the loss including any MoE auxiliary losses."""
+
+    def __init__(self, config):
+        super().__init__()
+        self.config = config
+        self.tok_emb = Embedding(config.vocab_size, config.n_embd)
+        self.pos_emb, self.rotary, self.pos_bias = make_positions(config)
+        self.blocks = ModuleList(
+            TransformerBlock(make_attention(config, layer, self.rotary), make_ffn(config),
+                             make_norm(config), make_norm(config), config.prenorm)
+            for layer in range(config.n_layer))
+        self.norm = make_norm(config) if config.prenorm else None
+        self.head = Linear(config.n_embd, config.vocab_size, bias=False)
+        if config.tie_embeddings:
+            self.head.weight = self.tok_emb.weight        # one Parameter, two names
+        self._init_weights()
+
+    def _init_weights(self):
+        init_gpt2_weights(self, self.config.n_layer)
+
+    def _check_ids(self, idx, offset):
+        idx = np.asarray(idx) if not hasattr(idx, "shape") else idx
+        if idx.ndim != 2:
+            raise ValueError(f"GPT: idx must be (B, T) integer ids, got shape {idx.shape}")
+        t = idx.shape[1]
+        if offset + t > self.config.max_positions:
+            raise ValueError(f"GPT: sequence of {offset + t} positions exceeds block_size="
+                             f"{self.config.block_size}" + (
+                                 f" (max_positions={self.config.max_positions} with RoPE "
+                                 "scaling)" if self.config.max_positions != self.config.block_size
+                                 else ""))
+        return idx
+
+    def forward(self, idx, targets=None, padding_mask=None, caches=None, offset=0):
+        """idx: (B, T) int ids -> logits (B, T, V), or (logits, loss) when targets (B, T) are
+        given (ignore_index -100). caches: one KV cache per layer (the decoder's), offset: the
+        position of idx's first token."""
+        idx = self._check_ids(getattr(idx, "data", idx), offset)
+        b, t = idx.shape
+        x = self.tok_emb(idx)                                       # (B, T, C)
+        if self.pos_emb is not None:
+            x = x + self.pos_emb(t, offset)
+        bias = self._attention_bias(t, offset, x)
+        shared = None
+        for layer, block in enumerate(self.blocks):
+            cache = caches[layer] if caches is not None else None
+            x, kv = block(x, bias=bias, padding_mask=padding_mask, offset=offset,
+                          shared_kv=shared, cache=cache)
+            if layer % self.config.kv_share == 0:
+                shared = kv
+        if self.norm is not None:
+            x = self.norm(x)
+        logits = self.head(x)                                       # (B, T, V)
+        if targets is None:
+            return logits
+        loss = F.cross_entropy(logits, targets)
+        return logits, loss + self.auxiliary_loss() if self.config.n_expert else loss
+
+    def _attention_bias(self, t, offset, x):
+        if self.pos_bias is None:
+            return None
+        tk = t + offset
+        if isinstance(self.pos_bias, ALiBi):
+            return self.pos_bias(t, tk, x.device, x.dtype)
+        return self.pos_bias(t, tk)
+
+    def auxiliary_loss(self):
+        """Sum of the MoE load-balancing and router z-losses of the last forward."""
+        total = 0.0
+        for block in self.blocks:
+            total = total + block.ffn.aux_loss + block.ffn.z_loss
+        return total
+
+    def num_parameters(self, non_embedding=False):
+        """Parameter count; non_embedding=True leaves out the token and position tables (as
+        GPT-2's paper counts). A tied head is counted once."""
+        n = super().num_parameters()
+        if non_embedding:
+            n -= self.tok_emb.weight.numel()
+            if isinstance(self.pos_emb, LearnedPositions):
+                n -= self.pos_emb.weight.numel()
+        return n

@@ -1,0 +1,70 @@
+"""Rotary position embedding (RoPE; Su et al., 2021) in the half-split layout of Hugging Face
+Llama, so that its q_proj / k_proj weights load without permuting rows.
+
+---- RoPE, half-split layout ------------------------------------------------------------------
+  x: (..., T, D)   cos, sin: (T, D)   D even, halves x = [x1, x2] each (..., T, D/2)
+  Dims i and i + D/2 form a pair, rotated by the angle a_i(p) = p * theta^(-2i/D) at position p;
+  the tables hold cos(a), sin(a) repeated over both halves.
+  forward:  rotate_half(x) = [-x2, x1]
+            y = x * cos + rotate_half(x) * sin
+            (pair i: y1 = x1 cos - x2 sin,  y2 = x2 cos + x1 sin: the complex product
+             (x1 + i x2) e^{i a})
+  backward: rotate_half is linear with transpose rotate_half^T(g) = [g2, -g1], so
+            dx = dy * cos + rotate_half^T(dy * sin)
+
+Interleaved RoPE (Meta's original checkpoints, GPT-J) pairs dims 2i and 2i + 1 instead; both are
+the same rotation up to a fixed permutation of the q/k projection rows. The tables are constants:
+they get no gradient. Only cos and sin are saved for backward; x is not needed.
+"""
+from ..backend import array_module
+from ..tensor import Function
+
+__all__ = ["RopeOp", "rotate_half", "rotate_half_transpose"]
+
+
+def rotate_half(x):
+    """[x1, x2] -> [-x2, x1] over the last axis (x: (..., D), D even)."""
+    xp = array_module(x)
+    half = x.shape[-1] // 2
+    return xp.concatenate((-x[..., half:], x[..., :half]), axis=-1)
+
+
+def rotate_half_transpose(g):
+    """The transpose of rotate_half: [g1, g2] -> [g2, -g1]."""
+    xp = array_module(g)
+    half = g.shape[-1] // 2
+    return xp.concatenate((g[..., half:], -g[..., :half]), axis=-1)
+
+
+def _check_tables(x, cos, sin):
+    if x.ndim < 2:
+        raise ValueError(f"rope: x must be (..., T, D), got shape {x.shape}")
+    if x.shape[-1] % 2:
+        raise ValueError(f"rope: head dim D must be even (dims i and i + D/2 form a pair), "
+                         f"got x of shape {x.shape}")
+    want = tuple(x.shape[-2:])
+    for name, table in (("cos", cos), ("sin", sin)):
+        if not hasattr(table, "shape"):
+            raise TypeError(f"rope: {name} must be an array of shape {want}, "
+                            f"got {type(table).__name__}")
+        if tuple(table.shape) != want:
+            raise ValueError(f"rope: {name} has shape {tuple(table.shape)}, expected (T, D) = "
+                             f"{want} to match x of shape {x.shape}")
+
+
+class RopeOp(Function):
+    """RopeOp.apply(x, cos=..., sin=...): x (..., T, D) rotated by the (T, D) tables, which are
+    already sliced to the positions of x. The tables are cast to x's dtype."""
+
+    @staticmethod
+    def forward(ctx, x, cos=None, sin=None):
+        _check_tables(x, cos, sin)
+        cos, sin = cos.astype(x.dtype, copy=False), sin.astype(x.dtype, copy=False)
+        ctx.save(cos, sin)
+        return x * cos + rotate_half(x) * sin
+
+    # dx = dy * cos + rotate_half^T(dy * sin)
+    @staticmethod
+    def backward(ctx, dy):
+        cos, sin = ctx.saved
+        return dy * cos + rotate_half_transpose(dy * sin)
