@@ -14,6 +14,8 @@ import pytest
 import tinygrad_llm as tl
 import tinygrad_llm.nn.functional as F
 from tinygrad_llm.kernels import trace
+from tinygrad_llm.ops.attention import PackedAttentionOp
+from tinygrad_llm.ops.rope import PackedRopeOp
 
 
 # ---- input specs: (kind, shape) --------------------------------------------------------------
@@ -71,6 +73,7 @@ IDS = np.array([[0, 2, 2], [4, 0, 1]])                                          
 CAUSAL_LIKE = np.array([[True, False, True], [True, True, False], [False, True, True]])
 DEAD_ROW = np.array([[True, True, False], [False, False, False], [True, False, True]])
 ADDITIVE = np.array([[[[0.3, -0.7, 0.0], [-np.inf, 0.5, 1.2], [0.1, 0.0, -2.0]]]])  # (1,1,3,3)
+ANGLES = np.array([[0.3, -1.1, 0.3, -1.1], [0.7, 2.0, 0.7, 2.0], [-0.4, 0.9, -0.4, 0.9]])  # (T, D)
 HEAD_MASK = np.array([True, False, True, True])[None, :, None, None] & CAUSAL_LIKE  # (1,4,3,3)
 
 
@@ -126,6 +129,9 @@ CASES = [
     case("matmul_broadcast_batch", lambda a, b: a @ b, N(1, 3, 4), N(2, 4, 2)),
     case("matmul_4d_broadcast", lambda a, b: a @ b, N(2, 1, 2, 3), N(1, 2, 3, 2)),
     case("linear", lambda x, w, b: F.linear(x, w, b), N(2, 3, 4), N(5, 4), N(5)),
+    case("linear_no_bias", lambda x, w: F.linear(x, w), N(2, 3, 4), N(5, 4)),
+    case("linear_1d_input", lambda x, w, b: F.linear(x, w, b), N(4), N(5, 4), N(5)),
+    case("linear_strided", lambda x, w: F.linear(x.transpose(1, 0, 2), w.T), N(3, 2, 4), N(4, 5)),
     # reductions
     case("sum_all", lambda a: a.sum(), N(2, 3, 4)),
     case("sum_axis", lambda a: a.sum(axis=1), N(2, 3, 4)),
@@ -273,6 +279,15 @@ CASES = [
          N(1, 1, 5, 2)),
     case("sdpa_window_tq_lt_tk", sdpa(is_causal=True, window=3), N(1, 2, 2, 3), N(1, 2, 6, 3),
          N(1, 2, 6, 3)),
+    # attention straight from a packed projection qkv (B, T, H + 2 Hkv, D)
+    case("packed_attention_mha", lambda qkv: PackedAttentionOp.apply(qkv, n_head=2, n_kv_head=2),
+         N(2, 3, 6, 2)),
+    case("packed_attention_gqa_window", lambda qkv: PackedAttentionOp.apply(
+        qkv, n_head=4, n_kv_head=2, window=2), N(1, 5, 8, 2)),
+    case("packed_attention_mqa_bidirectional", lambda qkv: PackedAttentionOp.apply(
+        qkv, n_head=2, n_kv_head=1, causal=False), N(2, 3, 4, 3)),
+    case("packed_rope", lambda qkv: PackedRopeOp.apply(qkv, cos=np.cos(ANGLES), sin=np.sin(ANGLES),
+                                                      n_rotated=3), N(2, 3, 4, 4)),
     # a learned additive bias (T5 / ALiBi-like) broadcast over the batch gets its own gradient
     case("sdpa_learned_bias", lambda q, k, v, bias: F.scaled_dot_product_attention(
         q, k, v, attn_mask=bias, is_causal=True), N(2, 2, 3, 2), N(2, 2, 3, 2), N(2, 2, 3, 2),

@@ -11,7 +11,7 @@ import pytest
 import tinygrad_llm as tl
 import tinygrad_llm.nn.functional as F
 from tinygrad_llm import kernels
-from tinygrad_llm.ops.attention import attention_forward
+from tinygrad_llm.ops.attention import PackedAttentionOp, attention_forward
 
 SIZES = [1, 3, 17, 65]
 
@@ -106,6 +106,29 @@ def _attention_backward(rng, dtype):
         yield _x(rng, q.shape, dtype), q, k, v, o, lse, mask, causal, scale, window
 
 
+def _packed_attention_forward(rng, dtype):
+    for shape in ATTENTION_SHAPES:
+        b, h, hkv, tq, tk, d, causal = shape
+        if tq != tk:                           # one qkv array: queries and keys share T
+            continue
+        for scale in (1.0, 30.0):
+            for window in {0, WINDOWS.get(shape, 0)}:
+                qkv = _x(rng, (b, tq, h + 2 * hkv, d), dtype, scale)
+                qkv[:, :, h + hkv:] /= scale       # values at unit scale, as above
+                yield qkv, h, hkv, causal, d ** -0.5, window
+
+
+def _packed_attention_backward(rng, dtype):
+    for qkv, h, hkv, causal, scale, window in _packed_attention_forward(rng, dtype):
+        o, lse = kernels.reference("packed_attention_forward")(qkv, h, hkv, causal, scale, window)
+        yield _x(rng, o.shape, dtype), qkv, o, lse, h, hkv, causal, scale, window
+
+
+def _packed_magnitude(qkv, h, hkv, scale):
+    return _score_magnitude(qkv[:, :, :h].transpose(0, 2, 1, 3),
+                            qkv[:, :, h:h + hkv].transpose(0, 2, 1, 3), scale)
+
+
 CASES = {
     "cross_entropy_forward": _cross_entropy_forward,
     "cross_entropy_backward": _cross_entropy_backward,
@@ -118,6 +141,8 @@ CASES = {
     "embedding_backward": _embedding_backward,
     "attention_forward": _attention_forward,
     "attention_backward": _attention_backward,
+    "packed_attention_forward": _packed_attention_forward,
+    "packed_attention_backward": _packed_attention_backward,
 }
 TOLERANCE = {np.float64: 1e-10, np.float32: 2e-5}
 
@@ -135,6 +160,10 @@ CONDITION = {  # float32 error grows with these; both implementations round diff
         _score_magnitude(q, k, scale),
     "attention_backward": lambda do, q, k, v, o, lse, mask, causal, scale, window:
         _score_magnitude(q, k, scale),
+    "packed_attention_forward": lambda qkv, h, hkv, causal, scale, window:
+        _packed_magnitude(qkv, h, hkv, scale),
+    "packed_attention_backward": lambda do, qkv, o, lse, h, hkv, causal, scale, window:
+        _packed_magnitude(qkv, h, hkv, scale),
 }
 
 
@@ -221,7 +250,8 @@ def test_training_step_shapes_take_the_fast_path():
         qkv = x.reshape(b, t, h, c // h).transpose(0, 2, 1, 3)          # (B, H, T, D)
         y = F.scaled_dot_product_attention(qkv, qkv, qkv, is_causal=True)
         y = F.rms_norm(F.gelu(y.transpose(0, 2, 1, 3).reshape(b, t, c)), rms_w)
-        loss = F.cross_entropy(y @ wte.T, ids)
+        packed = PackedAttentionOp.apply(x.reshape(b, t, 4, c // 4), n_head=2, n_kv_head=1)
+        loss = F.cross_entropy(y @ wte.T, ids) + (packed * packed).mean()
         loss.backward()
     assert loss.dtype == np.float32 and wte.grad.dtype == np.float32
     ran = {name for name, _ in log}

@@ -103,7 +103,13 @@ class GPTConfig:
         unknown = set(overrides) - {f.name for f in dataclasses.fields(cls)}
         if unknown:
             raise ValueError(f"GPTConfig.preset: unknown fields {sorted(unknown)}")
-        return cls(**{**PRESETS[name], **overrides})
+        fields = {**PRESETS[name], **overrides}
+        base = PRESETS[name]
+        if "n_head" in overrides and "n_kv_head" not in overrides and "n_kv_head" in base:
+            # keep the preset's grouping ratio: the largest divisor of n_head within it
+            want = max(1, overrides["n_head"] * base["n_kv_head"] // base["n_head"])
+            fields["n_kv_head"] = max(g for g in range(1, want + 1) if overrides["n_head"] % g == 0)
+        return cls(**fields)
 
     @property
     def max_positions(self):
@@ -148,10 +154,12 @@ def make_ffn(config):
 
 
 def make_attention(config, layer, rotary):
-    return MultiHeadAttention(
+    attn = MultiHeadAttention(
         config.n_embd, config.n_head, config.n_kv_head, config.head_dim, config.bias,
         config.dropout, causal=True, window=config.window, rotary=rotary, kind=config.attention,
         shares_kv=layer % config.kv_share != 0)
+    attn.provides_kv = config.kv_share > 1 and layer % config.kv_share == 0
+    return attn
 
 
 def make_positions(config, bidirectional=False):
@@ -266,6 +274,18 @@ class GPT(Module):
         for block in self.blocks:
             total = total + block.ffn.aux_loss + block.ffn.z_loss
         return total
+
+    @classmethod
+    def from_pretrained(cls, path, dtype=np.float32, device=None):
+        """A GPT loaded from a Hugging Face GPT-2 / Llama / Mistral directory (or one written by
+        save_pretrained); see models/hf.py."""
+        from .hf import from_pretrained          # hf.py builds on this module
+        return from_pretrained(path, dtype=dtype, device=device)
+
+    def save_pretrained(self, path):
+        """Write config.json + model.safetensors in Hugging Face's layout where it applies."""
+        from .hf import save_pretrained
+        save_pretrained(self, path)
 
     def num_parameters(self, non_embedding=False):
         """Parameter count; non_embedding=True leaves out the token and position tables (as

@@ -6,9 +6,10 @@ array changes). GPT-2 stores its projections as Conv1D weights (in, out), the tr
 Linear's (out, in). Llama stores q, k and v separately; ours is one fused `qkv` (rows q, then k,
 then v), so they are concatenated on load and split on save. Hugging Face's Llama already uses the
 half-split rotary layout (pairs i, i + D/2) that ops/rope.py implements, so q and k rows need no
-permutation. A config this library can express but neither format can (ALiBi, MoE, ...) is
-saved in the native layout: our state_dict names and our GPTConfig, under model_type
-"tinygrad_llm".
+permutation. Mistral's `sliding_window` W lets query i see keys i-W+1..i, as GPTConfig.window
+does (checked against transformers 5.23, eager and SDPA), so it is copied unchanged. A config
+this library can express but neither format can (ALiBi, MoE, static NTK RoPE, ...) is saved in
+the native layout: our state_dict names and our GPTConfig, under model_type "tinygrad_llm".
 
 Writes are atomic (a temporary file, fsync, rename), so an interrupted save leaves the old file.
 """
@@ -27,39 +28,48 @@ CONFIG, WEIGHTS, INDEX = "config.json", "model.safetensors", "model.safetensors.
 
 
 # ---- reading the files --------------------------------------------------------------------
-def _bf16_file(path):
-    """A safetensors file holding bfloat16 tensors (NumPy has no bfloat16): read the header
-    (8-byte little-endian length, then JSON) and widen each bf16 value to float32 by placing its
-    16 bits in the high half of a float32."""
-    out = {}
+def _header(path):
+    """The JSON header of a safetensors file: an 8-byte little-endian length, then the JSON."""
     with open(path, "rb") as f:
         n = int.from_bytes(f.read(8), "little")
-        header = json.loads(f.read(n))
+        return n, json.loads(f.read(n))
+
+
+def _bf16_file(path):
+    """A safetensors file holding bfloat16 tensors (NumPy has no bfloat16): read the header and
+    widen each bf16 value to float32 by placing its 16 bits in the high half of a float32 (bf16 is
+    float32 with the low 16 mantissa bits dropped, so this is exact)."""
+    out = {}
+    n, header = _header(path)
+    with open(path, "rb") as f:
+        f.seek(8 + n)
         data = f.read()
-    dtypes = {"F32": np.float32, "F16": np.float16, "F64": np.float64, "I64": np.int64,
-              "I32": np.int32, "U8": np.uint8, "BOOL": np.bool_}
+    dtypes = {"F32": "<f4", "F16": "<f2", "F64": "<f8", "I64": "<i8", "I32": "<i4", "U8": "u1",
+              "BOOL": np.bool_}
     for name, meta in header.items():
         if name == "__metadata__":
             continue
         start, end = meta["data_offsets"]
         raw = data[start:end]
         if meta["dtype"] == "BF16":
-            bits = np.frombuffer(raw, np.uint16).astype(np.uint32) << 16
+            bits = np.frombuffer(raw, "<u2").astype(np.uint32) << 16
             out[name] = bits.view(np.float32).reshape(meta["shape"])
         elif meta["dtype"] in dtypes:
-            out[name] = np.frombuffer(raw, dtypes[meta["dtype"]]).reshape(meta["shape"]).copy()
+            values = np.frombuffer(raw, dtypes[meta["dtype"]]).reshape(meta["shape"])
+            out[name] = values.astype(values.dtype.newbyteorder("="))
         else:
             raise ValueError(f"{path}: tensor {name} has unsupported dtype {meta['dtype']}")
     return out
 
 
 def _load_file(path):
-    try:
-        return load_file(path)
-    except (TypeError, ValueError) as err:           # bfloat16 is not a NumPy dtype
-        if "bf16" in str(err).lower() or "bfloat16" in str(err).lower():
-            return _bf16_file(path)
-        raise
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"from_pretrained: weights file {path!r} does not exist")
+    # the header says whether bfloat16 is inside; safetensors.numpy cannot read it (no NumPy dtype)
+    _, header = _header(path)
+    if any(meta.get("dtype") == "BF16" for name, meta in header.items() if name != "__metadata__"):
+        return _bf16_file(path)
+    return load_file(path)
 
 
 def load_safetensors_dir(path):
@@ -78,6 +88,8 @@ def load_safetensors_dir(path):
 
 
 def _read_config(path):
+    if not os.path.isdir(path):
+        raise FileNotFoundError(f"from_pretrained: model directory {path!r} does not exist")
     file = os.path.join(path, CONFIG)
     if not os.path.exists(file):
         raise FileNotFoundError(f"from_pretrained: no {CONFIG} in {path!r} (expected a Hugging "
@@ -93,12 +105,47 @@ def _read_config(path):
 
 
 # ---- config translation -------------------------------------------------------------------
+def _rope_from_hf(hf):
+    """(rope_theta, our rope_scaling, block_size) from a Llama/Mistral config.
+
+    transformers 5 writes `rope_parameters` ({"rope_type", "rope_theta", "factor", ...});
+    4.x wrote `rope_theta` and `rope_scaling` ({"rope_type" or "type", "factor"}). Linear maps to
+    our position interpolation (HF divides inv_freq by the factor: the same angles). HF's
+    "dynamic" NTK recomputes the base only once a sequence outgrows the original context, so
+    within it the angles are plain RoPE's: it loads as unscaled RoPE with block_size at that
+    context, and longer inputs are refused rather than silently differing. Our static "ntk"
+    has no Hugging Face counterpart (it is saved in the native layout)."""
+    params = hf.get("rope_parameters") or {}
+    theta = params.get("rope_theta", hf.get("rope_theta", 10000.0))
+    block_size = hf.get("max_position_embeddings", 2048)
+    scaling = hf.get("rope_scaling")
+    if params.get("rope_type", "default") != "default":
+        scaling = params
+    if not scaling or scaling.get("rope_type", scaling.get("type", "default")) == "default":
+        return theta, None, block_size
+    kind = scaling.get("rope_type", scaling.get("type"))
+    if kind == "linear":
+        return theta, {"type": "linear", "factor": float(scaling["factor"])}, block_size
+    if kind == "dynamic":
+        original = scaling.get("original_max_position_embeddings") or block_size
+        return theta, None, min(block_size, original)
+    raise ValueError(f"from_pretrained: rope scaling type {kind!r} is not supported (expected "
+                     "'linear' or 'dynamic')")
+
+
 def _config_from_hf(hf):
     kind = hf["model_type"]
     if kind == "tinygrad_llm":
         return GPTConfig(**hf["config"])
     if kind == "gpt2":
+        # attention variants GPT2LMHeadModel can switch on and our attention cannot express
+        if not hf.get("scale_attn_weights", True) or hf.get("scale_attn_by_inverse_layer_idx"):
+            raise ValueError("from_pretrained: GPT-2 checkpoints with scale_attn_weights=False or "
+                             "scale_attn_by_inverse_layer_idx=True are not supported")
         act = hf.get("activation_function", "gelu_new")
+        if act not in ("gelu_new", "gelu_pytorch_tanh", "gelu", "relu"):
+            raise ValueError(f"from_pretrained: GPT-2 activation_function {act!r} is not "
+                             "supported (gelu_new, gelu_pytorch_tanh, gelu or relu)")
         return GPTConfig.preset(
             "gpt2", vocab_size=hf["vocab_size"], block_size=hf["n_positions"],
             n_layer=hf["n_layer"], n_head=hf["n_head"], n_embd=hf["n_embd"],
@@ -107,24 +154,20 @@ def _config_from_hf(hf):
             mlp={"gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "gelu": "gelu",
                  "relu": "relu"}[act],
             tie_embeddings=hf.get("tie_word_embeddings", True))
-    scaling = hf.get("rope_scaling")
-    if scaling is not None:
-        kind_ = scaling.get("rope_type", scaling.get("type"))
-        if kind_ not in ("linear", "dynamic", "ntk"):
-            raise ValueError(f"from_pretrained: rope_scaling type {kind_!r} is not supported "
-                             "(linear or NTK only)")
-        scaling = {"type": "linear" if kind_ == "linear" else "ntk",
-                   "factor": scaling["factor"]}
+    theta, scaling, block_size = _rope_from_hf(hf)
     if hf.get("attention_bias") or hf.get("mlp_bias"):
         raise ValueError("from_pretrained: Llama checkpoints with attention_bias/mlp_bias are "
                          "not supported")
+    if hf.get("hidden_act", "silu") != "silu":
+        raise ValueError(f"from_pretrained: hidden_act={hf['hidden_act']!r} is not supported "
+                         "(our SwiGLU gates with silu)")
     return GPTConfig.preset(
-        "llama", vocab_size=hf["vocab_size"], block_size=hf.get("max_position_embeddings", 2048),
+        "llama", vocab_size=hf["vocab_size"], block_size=block_size,
         n_layer=hf["num_hidden_layers"], n_head=hf["num_attention_heads"],
         n_kv_head=hf.get("num_key_value_heads") or hf["num_attention_heads"],
         n_embd=hf["hidden_size"], head_dim=hf.get("head_dim"),
         ffn_hidden=hf["intermediate_size"], norm_eps=hf.get("rms_norm_eps", 1e-6),
-        rope_theta=hf.get("rope_theta", 10000.0), rope_scaling=scaling,
+        rope_theta=theta, rope_scaling=scaling,
         window=hf.get("sliding_window") if kind == "mistral" else None,
         tie_embeddings=hf.get("tie_word_embeddings", False))
 
@@ -136,13 +179,15 @@ def _is_gpt2(c):
 
 
 def _is_llama(c):
+    # static NTK scaling has no Hugging Face rope_type ("dynamic" differs below the context)
+    linear = not c.rope_scaling or c.rope_scaling["type"] == "linear"
     return (c.pos == "rope" and c.norm == "rmsnorm" and c.mlp == "swiglu" and not c.bias
-            and _plain(c))
+            and linear and _plain(c))
 
 
 def _plain(c):
-    return (c.prenorm and c.attention == "softmax" and c.kv_share == 1 and not c.n_expert
-            and c.dropout == 0.0 or c.dropout)
+    """No architectural extra that neither format has (dropout is a training setting: ignored)."""
+    return c.prenorm and c.attention == "softmax" and c.kv_share == 1 and not c.n_expert
 
 
 def _hf_config(c):
@@ -165,9 +210,8 @@ def _hf_config(c):
                "rms_norm_eps": c.norm_eps, "rope_theta": c.rope_theta,
                "tie_word_embeddings": c.tie_embeddings, "attention_bias": False,
                "mlp_bias": False, "hidden_act": "silu"}
-        if c.rope_scaling:
-            kind = "linear" if c.rope_scaling["type"] == "linear" else "dynamic"
-            out["rope_scaling"] = {"rope_type": kind, "factor": c.rope_scaling["factor"]}
+        if c.rope_scaling:        # the 4.x key; transformers 5 converts it on load
+            out["rope_scaling"] = {"rope_type": "linear", "factor": c.rope_scaling["factor"]}
         if c.window:
             out["sliding_window"] = c.window
         return out
@@ -223,6 +267,13 @@ def _qkv_split(c):
 
 
 # ---- load and save --------------------------------------------------------------------------
+def _tensor(tensors, theirs, ours):
+    if theirs not in tensors:
+        raise ValueError(f"from_pretrained: checkpoint has no tensor {theirs!r} (needed for "
+                         f"{ours})")
+    return tensors[theirs]
+
+
 def _ours_from_hf(kind, c, tensors):
     if kind == "tinygrad_llm":
         return tensors
@@ -234,16 +285,13 @@ def _ours_from_hf(kind, c, tensors):
         names = _llama_names(c)
     state = {}
     for ours, theirs, how in names:
-        if theirs not in tensors:
-            raise ValueError(f"from_pretrained: checkpoint has no tensor {theirs!r} (needed for "
-                             f"{ours})")
-        state[ours] = tensors[theirs].T if how == T else tensors[theirs]
+        value = _tensor(tensors, theirs, ours)
+        state[ours] = value.T if how == T else value
     if kind in ("llama", "mistral"):
         for i in range(c.n_layer):
-            p = f"model.layers.{i}.self_attn."
-            state[f"blocks.{i}.attn.qkv.weight"] = np.concatenate(
-                [tensors[p + "q_proj.weight"], tensors[p + "k_proj.weight"],
-                 tensors[p + "v_proj.weight"]], axis=0)
+            p, ours = f"model.layers.{i}.self_attn.", f"blocks.{i}.attn.qkv.weight"
+            state[ours] = np.concatenate(
+                [_tensor(tensors, p + f"{x}_proj.weight", ours) for x in "qkv"], axis=0)
     return state
 
 
@@ -278,10 +326,14 @@ def from_pretrained(path, dtype=np.float32, device=None):
 
 def _atomic_write(path, write):
     tmp = path + ".tmp"
-    write(tmp)
-    with open(tmp, "rb+") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        write(tmp)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:                      # a failed write leaves no half-written temporary behind
+        if os.path.exists(tmp):
+            os.remove(tmp)
 
 
 def save_pretrained(model, path):

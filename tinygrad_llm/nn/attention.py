@@ -22,6 +22,7 @@
 import numpy as np
 
 from .. import backend
+from ..ops.attention import PackedAttentionOp
 from ..tensor import Tensor
 from . import functional as F
 from .layers import Dropout, Linear
@@ -73,6 +74,7 @@ class MultiHeadAttention(Module):
         self.n_head, self.n_kv_head, self.head_dim = n_head, n_kv_head, head_dim
         self.causal, self.window, self.kind, self.shares_kv = causal, window, kind, shares_kv
         self.rotary = rotary
+        self.provides_kv = False          # set by a model whose later layers reuse this K/V
         width = (n_head if shares_kv else n_head + 2 * n_kv_head) * head_dim
         if shares_kv:
             self.q = Linear(dim, width, bias, device, dtype)
@@ -101,13 +103,28 @@ class MultiHeadAttention(Module):
             q, k = self.rotary(q, offset), self.rotary(k, offset)
         return q, k, v
 
+    def _packed(self, x, offset):
+        """The fast path: rotate and attend on the packed (B, T, H + 2 Hkv, D) projection."""
+        b, t, _ = x.shape
+        h, hkv, d = self.n_head, self.n_kv_head, self.head_dim
+        qkv = self.qkv(x).reshape(b, t, h + 2 * hkv, d)
+        if self.rotary is not None:
+            qkv = self.rotary.rotate_packed(qkv, h + hkv, offset)
+        o = PackedAttentionOp.apply(qkv, n_head=h, n_kv_head=hkv, causal=self.causal,
+                                    window=self.window or 0)          # (B, T, H, D)
+        return self.dropout(self.proj(o.reshape(b, t, h * d))), None
+
     def forward(self, x, bias=None, padding_mask=None, offset=0, shared_kv=None, cache=None):
-        """x: (B, T, C) -> (y (B, T, C), (k, v)), the K/V this layer attended over (for sharing).
+        """x: (B, T, C) -> (y (B, T, C), (k, v)), the K/V this layer attended over (for sharing;
+        None on the packed fast path, taken when nothing needs them separately).
 
         bias: additive (1 or B, H, Tq, Tk) array or Tensor (ALiBi, T5). padding_mask: (B, Tk) bool.
         offset: position of x's first token (RoPE, after a cache). cache: an object with
         `update(k, v) -> (k_all, v_all)` that appends this step's K/V (the decoder's KV cache).
         """
+        if (self.kind == "softmax" and not self.shares_kv and not self.provides_kv
+                and bias is None and padding_mask is None and cache is None):
+            return self._packed(x, offset)
         b, t, _ = x.shape
         q, k, v = self._project(x, offset, shared_kv)
         if cache is not None and not self.shares_kv:

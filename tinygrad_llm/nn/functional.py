@@ -7,7 +7,7 @@ import numpy as np
 
 from .. import backend
 from ..ops import (AttentionOp, CrossEntropyOp, DropoutOp, EmbeddingOp, GeluOp, LayerNormOp,
-                   LogSoftmaxOp, RMSNormOp, SoftmaxOp, WhereOp)
+                   LinearOp, LogSoftmaxOp, RMSNormOp, SoftmaxOp, WhereOp)
 from ..ops.linear_attention import linear_attention
 from ..ops.softmax import REDUCTIONS
 from ..tensor import Tensor, _lift
@@ -141,9 +141,8 @@ def scaled_dot_product_attention(q, k, v, attn_mask=None, is_causal=False, scale
 
 
 def linear(x, weight, bias=None):
-    """x @ weight^T + bias, with weight (out_features, in_features) as in PyTorch."""
-    y = x @ weight.T
-    return y if bias is None else y + bias
+    """x @ weight^T + bias, with weight (out_features, in_features) as in PyTorch; one op."""
+    return LinearOp.apply(x, weight, bias) if bias is not None else LinearOp.apply(x, weight)
 
 
 def where(cond, a, b):

@@ -20,7 +20,7 @@ import math
 import numpy as np
 
 from .. import backend
-from ..ops.rope import RopeOp
+from ..ops.rope import PackedRopeOp, RopeOp
 from ..tensor import Tensor
 from .layers import init_parameter
 from .module import Module
@@ -181,6 +181,15 @@ class RotaryEmbedding(Module):
             raise ValueError(f"RotaryEmbedding: tables are on {backend.device_of(cos)}, x is on "
                              f"{x.device}; move the module with .to({x.device!r})")
         return RopeOp.apply(x, cos=cos[offset:offset + T], sin=sin[offset:offset + T])
+
+    def rotate_packed(self, qkv, n_rotated, offset=0):
+        """qkv: (B, T, S, D), a packed projection: rotate its first n_rotated slots (the query
+        and key heads), pass the rest through."""
+        T = qkv.shape[1]
+        _check_span("RotaryEmbedding", T, offset, self.max_positions, "max_positions")
+        cos, sin = self.cos, self.sin
+        return PackedRopeOp.apply(qkv, cos=cos[offset:offset + T], sin=sin[offset:offset + T],
+                                  n_rotated=n_rotated)
 
     def extra_repr(self):
         scaling = "" if self.scaling_type is None else \

@@ -8,7 +8,7 @@ from .elementwise import (AddOp, SubOp, MulOp, DivOp, NegOp, PowOp, PowScalarOp,
                           MaskedFillOp, CastOp, ToDeviceOp)
 from .reduce import SumOp, MeanOp, MaxOp, VarOp
 from .shape import ReshapeOp, PermuteOp, ExpandOp, GetItemOp, CatOp, StackOp, index_data, split
-from .linalg import MatMulOp
+from .linalg import LinearOp, MatMulOp
 from .softmax import SoftmaxOp, LogSoftmaxOp, CrossEntropyOp
 from .norm import LayerNormOp, RMSNormOp
 from .activation import GeluOp

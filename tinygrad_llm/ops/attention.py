@@ -24,10 +24,11 @@ never does.
 import numpy as np
 
 from ..backend import array_module
-from ..kernels import kernel
+from ..kernels import kernel, reference
 from ..tensor import Function
 
-__all__ = ["AttentionOp", "attention_forward", "attention_backward", "attention_score_grad"]
+__all__ = ["AttentionOp", "PackedAttentionOp", "attention_forward", "attention_backward",
+           "attention_score_grad", "packed_attention_forward", "packed_attention_backward"]
 
 
 def _scores(q, k, mask, causal, scale, window):
@@ -136,3 +137,58 @@ class AttentionOp(Function):
         if ctx.needs_grad[3]:                 # a learned additive bias
             dmask = attention_score_grad(do, q, k, v, o, lse, *ctx.args)
         return dq, dk, dv, dmask
+
+
+# ---- attention straight from a fused projection ----------------------------------------------
+#   qkv: (B, T, H + 2 Hkv, D), the output of one (C -> (H + 2 Hkv) D) projection reshaped:
+#   slots [0, H) are the query heads, [H, H + Hkv) the keys, [H + Hkv, H + 2 Hkv) the values.
+#   o: (B, T, H, D), which reshapes to (B, T, H D) for the output projection without a copy.
+# The same math as AttentionOp; the layout is the point: the kernel reads q, k, v rows in place and
+# writes dq, dk, dv into one gradient of qkv's shape, so no slicing, transposing or copying of
+# heads happens on either side of it.
+def _unpack(qkv, n_head, n_kv_head):
+    """(B, T, H + 2 Hkv, D) -> q (B, H, T, D), k, v (B, Hkv, T, D) views."""
+    h, g = n_head, n_kv_head
+    return (qkv[:, :, :h].transpose(0, 2, 1, 3), qkv[:, :, h:h + g].transpose(0, 2, 1, 3),
+            qkv[:, :, h + g:].transpose(0, 2, 1, 3))
+
+
+@kernel("packed_attention_forward")   # fast version: kernels/cpu/attention.py
+def packed_attention_forward(qkv, n_head, n_kv_head, causal, scale, window):
+    """qkv: (B, T, H + 2 Hkv, D) -> o (B, T, H, D), lse (B, H, T)."""
+    q, k, v = _unpack(qkv, n_head, n_kv_head)
+    o, lse = reference("attention_forward")(q, k, v, None, causal, scale, window)
+    return o.transpose(0, 2, 1, 3), lse
+
+
+@kernel("packed_attention_backward")
+def packed_attention_backward(do, qkv, o, lse, n_head, n_kv_head, causal, scale, window):
+    """do, o: (B, T, H, D) -> dqkv (B, T, H + 2 Hkv, D)."""
+    xp = array_module(qkv)
+    q, k, v = _unpack(qkv, n_head, n_kv_head)
+    dq, dk, dv = reference("attention_backward")(
+        do.transpose(0, 2, 1, 3), q, k, v, o.transpose(0, 2, 1, 3), lse, None, causal, scale,
+        window)
+    return xp.concatenate([dq.transpose(0, 2, 1, 3), dk.transpose(0, 2, 1, 3),
+                           dv.transpose(0, 2, 1, 3)], axis=2)
+
+
+class PackedAttentionOp(Function):
+    """PackedAttentionOp.apply(qkv, n_head=H, n_kv_head=Hkv, causal=..., scale=None, window=0)."""
+
+    @staticmethod
+    def forward(ctx, qkv, n_head, n_kv_head, causal=True, scale=None, window=0):
+        if qkv.ndim != 4 or qkv.shape[2] != n_head + 2 * n_kv_head or n_head % n_kv_head:
+            raise ValueError(f"packed attention: expected qkv (B, T, H + 2 Hkv, D) with "
+                             f"H={n_head}, Hkv={n_kv_head} (H a multiple of Hkv), got shape "
+                             f"{qkv.shape}")
+        scale = qkv.shape[-1] ** -0.5 if scale is None else scale
+        o, lse = packed_attention_forward(qkv, n_head, n_kv_head, causal, scale, window)
+        ctx.save(qkv, o, lse)
+        ctx.args = (n_head, n_kv_head, causal, scale, window)
+        return o
+
+    @staticmethod
+    def backward(ctx, do):
+        qkv, o, lse = ctx.saved
+        return packed_attention_backward(do, qkv, o, lse, *ctx.args)

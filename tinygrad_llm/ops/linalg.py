@@ -6,7 +6,7 @@ leading dims, and its weight gradient as one `x2d.T @ dy2d`, never as a stack of
 """
 from ..tensor import Function
 
-__all__ = ["MatMulOp"]
+__all__ = ["MatMulOp", "LinearOp"]
 
 #   y = a @ b      da = dy @ b^T      db = a^T @ dy   (summed over broadcast batch dims)
 
@@ -69,3 +69,31 @@ class MatMulOp(Function):
         if db is not None and len(ctx.b_shape) == 1:
             db = db.reshape(db.shape[:-2] + ctx.b_shape) if db.ndim > 2 else db.reshape(ctx.b_shape)
         return da, db
+
+
+# ---- Linear: y = x W^T + b, one op ------------------------------------------------------------
+#   x: (..., K)  W: (N, K) (PyTorch's layout)  b: (N,)  y: (..., N);  with x2 = x as (M, K):
+#   dx = dy W        dW = dy2^T x2  (N, K), already in W's layout    db = sum over M of dy2
+# As three ops (transpose, matmul, add) this would copy W^T's gradient back into W's layout and
+# allocate the sum y + b; as one it is one GEMM each way and an in-place bias add.
+class LinearOp(Function):
+    @staticmethod
+    def forward(ctx, x, w, b=None):
+        if x.ndim < 1 or x.shape[-1] != w.shape[1]:
+            raise ValueError(f"linear: input of shape {x.shape} does not match weight of shape "
+                             f"{w.shape} (expected last dim {w.shape[1]})")
+        ctx.save(x, w)
+        x2 = x.reshape(-1, x.shape[-1])
+        y = x2 @ w.T
+        if b is not None:
+            y += b
+        return y.reshape(x.shape[:-1] + (w.shape[0],))
+
+    @staticmethod
+    def backward(ctx, dy):
+        x, w = ctx.saved
+        dy2 = dy.reshape(-1, dy.shape[-1])
+        dx = (dy2 @ w).reshape(x.shape) if ctx.needs_grad[0] else None
+        dw = dy2.T @ x.reshape(-1, x.shape[-1]) if ctx.needs_grad[1] else None
+        db = dy2.sum(axis=0) if len(ctx.needs_grad) > 2 and ctx.needs_grad[2] else None
+        return dx, dw, db

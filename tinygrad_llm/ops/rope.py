@@ -19,7 +19,7 @@ they get no gradient. Only cos and sin are saved for backward; x is not needed.
 from ..backend import array_module
 from ..tensor import Function
 
-__all__ = ["RopeOp", "rotate_half", "rotate_half_transpose"]
+__all__ = ["RopeOp", "PackedRopeOp", "rotate_half", "rotate_half_transpose"]
 
 
 def rotate_half(x):
@@ -68,3 +68,32 @@ class RopeOp(Function):
     def backward(ctx, dy):
         cos, sin = ctx.saved
         return dy * cos + rotate_half_transpose(dy * sin)
+
+
+# ---- RoPE on a packed projection -------------------------------------------------------------
+#   qkv: (B, T, S, D) with the first n_rotated slots (query and key heads) rotated and the rest
+#   (value heads) passed through; cos, sin: (T, D), broadcast over the slots. Same math as above.
+class PackedRopeOp(Function):
+    @staticmethod
+    def forward(ctx, qkv, cos=None, sin=None, n_rotated=0):
+        if qkv.ndim != 4 or not 0 < n_rotated <= qkv.shape[2]:
+            raise ValueError(f"rope: expected qkv (B, T, S, D) and 0 < n_rotated <= S, got shape "
+                             f"{qkv.shape} and n_rotated={n_rotated}")
+        _check_tables(qkv[:, :, 0], cos, sin)
+        cos = cos.astype(qkv.dtype, copy=False)[:, None]          # (T, 1, D)
+        sin = sin.astype(qkv.dtype, copy=False)[:, None]
+        ctx.save(cos, sin)
+        ctx.n_rotated = n_rotated
+        y = qkv.copy()
+        x = qkv[:, :, :n_rotated]
+        y[:, :, :n_rotated] = x * cos + rotate_half(x) * sin
+        return y
+
+    @staticmethod
+    def backward(ctx, dy):
+        cos, sin = ctx.saved
+        n = ctx.n_rotated
+        dx = dy.copy()
+        g = dy[:, :, :n]
+        dx[:, :, :n] = g * cos + rotate_half_transpose(g * sin)
+        return dx
