@@ -277,6 +277,8 @@ CASES = [
     case("sdpa_noncausal_tq_ne_tk_gqa", sdpa(), N(1, 2, 2, 3), N(1, 1, 4, 3), N(1, 1, 4, 3)),
     case("sdpa_sliding_window", sdpa(is_causal=True, window=2), N(1, 2, 5, 2), N(1, 1, 5, 2),
          N(1, 1, 5, 2)),
+    case("sdpa_window_bidirectional", sdpa(window=2), N(1, 2, 5, 2), N(1, 1, 5, 2),
+         N(1, 1, 5, 2)),
     case("sdpa_window_tq_lt_tk", sdpa(is_causal=True, window=3), N(1, 2, 2, 3), N(1, 2, 6, 3),
          N(1, 2, 6, 3)),
     # attention straight from a packed projection qkv (B, T, H + 2 Hkv, D)

@@ -87,7 +87,8 @@ ATTENTION_SHAPES = [  # (B, H, Hkv, Tq, Tk, D, causal)
     (2, 2, 1, 17, 17, 3, False), (1, 2, 2, 5, 9, 4, False), (12, 4, 4, 64, 64, 32, True),
 ]
 WINDOWS = {(1, 4, 2, 17, 17, 8, True): 5, (2, 4, 1, 65, 65, 16, True): 1,   # sliding window
-           (1, 2, 2, 3, 17, 4, True): 7, (12, 4, 4, 64, 64, 32, True): 16}
+           (1, 2, 2, 3, 17, 4, True): 7, (12, 4, 4, 64, 64, 32, True): 16,
+           (2, 2, 1, 17, 17, 3, False): 4, (1, 2, 2, 5, 9, 4, False): 2}
 
 
 def _attention_forward(rng, dtype):

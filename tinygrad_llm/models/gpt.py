@@ -172,7 +172,7 @@ def make_positions(config, bidirectional=False):
     if c.pos == "rope":
         return None, RotaryEmbedding(c.head_dim, c.block_size, c.rope_theta, c.rope_scaling), None
     if c.pos == "alibi":
-        return None, None, ALiBi(c.n_head)
+        return None, None, ALiBi(c.n_head, bidirectional)
     if c.pos == "t5":
         return None, None, T5RelativeBias(c.n_head, c.t5_num_buckets, c.t5_max_distance,
                                           bidirectional)

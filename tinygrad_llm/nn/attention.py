@@ -132,6 +132,11 @@ class MultiHeadAttention(Module):
         if self.kind == "linear":
             if bias is not None or padding_mask is not None or self.window is not None:
                 raise ValueError("linear attention takes no bias, padding mask or window")
+            g = self.n_head // self.n_kv_head
+            if g > 1:     # linear attention keeps a state per query head: expand K/V heads
+                b_, hkv, tk, d = k.shape
+                k = k.reshape(b_, hkv, 1, tk, d).expand(b_, hkv, g, tk, d).reshape(b_, -1, tk, d)
+                v = v.reshape(b_, hkv, 1, tk, d).expand(b_, hkv, g, tk, d).reshape(b_, -1, tk, d)
             o = F.linear_attention(q, k, v, causal=self.causal)
         else:
             mask = bias

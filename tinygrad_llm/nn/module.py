@@ -208,6 +208,9 @@ class Module:
         bad_shapes = []
         for key, value in state.items():
             if key in targets:
+                if not hasattr(getattr(value, "data", value), "shape"):
+                    raise TypeError(f"load_state_dict: {key} must be a Tensor or an array, got "
+                                    f"{type(value).__name__}")
                 m, name, p = targets[key]
                 have = p.shape if p is not None else m._buffers[name].shape
                 got = tuple(value.shape)

@@ -225,11 +225,12 @@ class ALiBi(Module):
 
     forward(tq, tk, device=None, dtype=float32) -> array (1, H, Tq, Tk) on `device`:
     -slope_h * (i + tk - tq - j) for j <= i + tk - tq, and 0 for later keys (the causal mask
-    removes them)."""
+    removes them); bidirectional=True (encoders) uses the distance |i + tk - tq - j| both ways."""
 
-    def __init__(self, n_head):
+    def __init__(self, n_head, bidirectional=False):
         super().__init__()
         self.n_head = _positive_int("n_head", n_head)
+        self.bidirectional = bool(bidirectional)
         self.register_buffer("slopes", alibi_slopes(self.n_head), persistent=False)
 
     def forward(self, tq, tk, device=None, dtype=np.float32):
@@ -238,7 +239,8 @@ class ALiBi(Module):
         xp = backend.xp_for(device)
         query_pos = xp.arange(tq)[:, None] + (tk - tq)                # (Tq, 1), end-aligned
         distance = query_pos - xp.arange(tk)[None, :]                   # (Tq, Tk)
-        distance = xp.maximum(distance, 0).astype(dtype)               # later keys: 0
+        distance = (xp.abs(distance) if self.bidirectional else xp.maximum(distance, 0)) \
+            .astype(dtype)                                              # causal: later keys 0
         slopes = xp.asarray(backend.to_device(self.slopes, device), dtype=dtype)
         return (-slopes[:, None, None] * distance)[None]                # (1, H, Tq, Tk)
 

@@ -10,8 +10,9 @@ al., 2023; MQA, Shazeer, 2019 when there is one K/V head).
 
 Causal masking is aligned to the end: query i (of Tq) sees keys j <= i + Tk - Tq, which is the
 usual lower triangle when Tq == Tk and the right thing for a query block appended to a KV cache.
-A sliding window W (local attention, as in Longformer, Beltagy et al., 2020, and Mistral) also
-hides keys j <= i + Tk - Tq - W: each query sees its last W positions. `mask` is a boolean
+A sliding window W (local attention, as in Longformer, Beltagy et al., 2020, and Mistral) hides
+keys farther than W - 1 positions from the query: causal, each query sees its last W positions;
+bidirectional, the W - 1 on each side as well. `mask` is a boolean
 (True = attend) or additive float array broadcastable to (B, H, Tq, Tk); an additive mask passed
 as a Tensor that requires grad (a learned position bias, e.g. T5's) gets the gradient of the
 scores, dS / scale, summed to its shape. A row with every key masked attends to nothing: its
@@ -41,8 +42,9 @@ def _scores(q, k, mask, causal, scale, window):
     position = xp.arange(tq)[:, None] + (tk - tq)          # each query's place among the keys
     if causal:
         s = xp.where(xp.arange(tk)[None, :] <= position, s, -xp.inf)
-    if window:
-        s = xp.where(xp.arange(tk)[None, :] > position - window, s, -xp.inf)
+    if window:                      # |j - position| < window (only the past side when causal)
+        near = xp.abs(xp.arange(tk)[None, :] - position) < window
+        s = xp.where(near, s, -xp.inf)
     if mask is not None:
         m = xp.broadcast_to(mask, (b, h, tq, tk)).reshape(b, hkv, h // hkv, tq, tk)
         s = xp.where(m, s, -xp.inf) if m.dtype == bool else s + m.astype(s.dtype)

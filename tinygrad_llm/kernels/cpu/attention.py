@@ -20,13 +20,22 @@ import numpy as np
 from numba import prange
 
 from .. import implements
-from ._common import exp_scratch, exp_shifted, floats, jit_parallel
+from ._common import exp_scratch, exp_shifted, floats, jit, jit_parallel
 
 _TILE = 64
 
 
 def _supported(q, k, v, mask, *rest, **kwargs):
     return mask is None and floats(q, k, v)
+
+
+@jit
+def _visible_end(position, tk, causal, window):
+    """One past the last key a query at `position` sees: itself when causal, else window - 1
+    later (a symmetric window) or the end."""
+    if causal:
+        return min(tk, position + 1)
+    return min(tk, position + window) if window > 0 else tk
 
 
 @jit_parallel
@@ -45,7 +54,7 @@ def _attention_forward_loop(q, q0, k, k0, v, v0, n_h, n_hkv, causal, window, sca
         s, p, a = scratch[task, 0], scratch[task, 1], acc[task]
         for i in range(tq):
             qi = q[b, i, q0 + h]                      # (D,) rows, contiguous
-            end = min(tk, i + offset + 1) if causal else tk
+            end = _visible_end(i + offset, tk, causal, window)
             start = max(0, i + offset - window + 1) if window > 0 else 0
             m = -np.inf
             total = 0.0
@@ -107,7 +116,7 @@ def _attention_backward_loop(do, q, q0, k, k0, v, v0, n_h, n_hkv, lse, delta, ca
                 r0, r1, r2, r3 = q[b, i0, qh], q[b, i1, qh], q[b, i2, qh], q[b, i3, qh]
                 g0, g1, g2, g3 = do[b, i0, h], do[b, i1, h], do[b, i2, h], do[b, i3, h]
                 dq0, dq1, dq2, dq3 = dq[b, i0, qh], dq[b, i1, qh], dq[b, i2, qh], dq[b, i3, qh]
-                block_end = min(tk, last + offset + 1) if causal else tk
+                block_end = _visible_end(last + offset, tk, causal, window)
                 block_start = max(0, i0 + offset - window + 1) if window > 0 else 0
                 for j0 in range(block_start, max(block_end, block_start), _TILE):
                     width = min(_TILE, block_end - j0)
@@ -134,7 +143,7 @@ def _attention_backward_loop(do, q, q0, k, k0, v, v0, n_h, n_hkv, lse, delta, ca
                             ds[r, :width] = zero
                             continue
                         i = i0 + r
-                        end = min(tk, i + offset + 1) if causal else tk
+                        end = _visible_end(i + offset, tk, causal, window)
                         start = max(0, i + offset - window + 1) if window > 0 else 0
                         for jj in range(width):
                             visible = start <= j0 + jj < end
