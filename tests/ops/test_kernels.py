@@ -12,6 +12,7 @@ import tinygrad_llm as tl
 import tinygrad_llm.nn.functional as F
 from tinygrad_llm import kernels
 from tinygrad_llm.ops.attention import PackedAttentionOp, attention_forward
+from tinygrad_llm.optim import SGD, AdamW, Lion
 
 SIZES = [1, 3, 17, 65]
 
@@ -130,6 +131,35 @@ def _packed_magnitude(qkv, h, hkv, scale):
                             qkv[:, :, h:h + hkv].transpose(0, 2, 1, 3), scale)
 
 
+def _optimizer_state(rng, dtype):
+    """Parameters, gradients and mid-training state, zero gradient/momentum in every 4th entry
+    (unused embedding rows; Lion's sign(0)). 100_003 crosses the kernels' parallel threshold."""
+    for shape in [(1,), (3,), (17,), (65,), (17, 65), (100_003,)]:
+        p, g, m = (_x(rng, shape, dtype) for _ in range(3))
+        g.reshape(-1)[::4] = m.reshape(-1)[::4] = 0
+        yield p, g, m, (rng.random(shape) + 0.01).astype(dtype)
+
+
+def _adam_update(rng, dtype):
+    for p, g, m, v in _optimizer_state(rng, dtype):
+        for decoupled, weight_decay in [(True, 0.1), (False, 0.1), (True, 0.0)]:
+            yield (p, g, m, v, 1e-3, 0.9, 0.999, 1e-8, weight_decay, decoupled, 1 - 0.9 ** 3,
+                   1 - 0.999 ** 3)
+
+
+def _sgd_update(rng, dtype):
+    for p, g, m, _ in _optimizer_state(rng, dtype):
+        for momentum, dampening, weight_decay, nesterov in [
+                (0.0, 0.0, 0.0, False), (0.9, 0.0, 0.01, True), (0.9, 0.1, 0.0, False)]:
+            yield p, g, m if momentum else None, 0.1, momentum, dampening, weight_decay, nesterov
+
+
+def _lion_update(rng, dtype):
+    for p, g, m, _ in _optimizer_state(rng, dtype):
+        for weight_decay in (0.0, 0.3):
+            yield p, g, m, 1e-3, 0.9, 0.99, weight_decay
+
+
 CASES = {
     "cross_entropy_forward": _cross_entropy_forward,
     "cross_entropy_backward": _cross_entropy_backward,
@@ -144,6 +174,9 @@ CASES = {
     "attention_backward": _attention_backward,
     "packed_attention_forward": _packed_attention_forward,
     "packed_attention_backward": _packed_attention_backward,
+    "adam_update": _adam_update,
+    "sgd_update": _sgd_update,
+    "lion_update": _lion_update,
 }
 TOLERANCE = {np.float64: 1e-10, np.float32: 2e-5}
 
@@ -194,9 +227,9 @@ def test_kernel_matches_reference(name, dtype):
     reference = kernels.reference(name)
     n = 0
     for args in CASES[name](rng, dtype):
-        want = reference(*args)
+        want = reference(*_fresh(args))
         with tl.use_kernels(True):
-            got = fast(*args)
+            got = fast(*_fresh(args))
         assert kernels.ran(name) == "cpu", f"{name} did not take the fast path for this case"
         for g, w in zip(got if isinstance(got, tuple) else (got,),
                         want if isinstance(want, tuple) else (want,)):
@@ -205,14 +238,20 @@ def test_kernel_matches_reference(name, dtype):
     assert n >= 5
 
 
+def _fresh(args):
+    """Copies of the array arguments: the optimizer updates write theirs in place."""
+    return tuple(a.copy() if isinstance(a, np.ndarray) else a for a in args)
+
+
 def _dispatchers():
     """The dispatching functions, by kernel name (what the ops call)."""
     from tinygrad_llm.ops import activation, attention, embedding, norm, softmax
+    from tinygrad_llm.optim import adam, lion, sgd
 
     class Table:
         pass
     table = Table()
-    for module in (activation, attention, embedding, norm, softmax):
+    for module in (activation, attention, embedding, norm, softmax, adam, lion, sgd):
         for value in vars(module).values():
             if hasattr(value, "kernel_name"):
                 setattr(table, value.kernel_name, value)
@@ -254,6 +293,9 @@ def test_training_step_shapes_take_the_fast_path():
         packed = PackedAttentionOp.apply(x.reshape(b, t, 4, c // 4), n_head=2, n_kv_head=1)
         loss = F.cross_entropy(y @ wte.T, ids) + (packed * packed).mean()
         loss.backward()
+        params = [wte, ln_w, ln_b, rms_w]
+        for opt in (AdamW(params), SGD(params, lr=0.1, momentum=0.9), Lion(params)):
+            opt.step()
     assert loss.dtype == np.float32 and wte.grad.dtype == np.float32
     ran = {name for name, _ in log}
     assert ran == set(CASES), f"families not exercised: {set(CASES) - ran}"

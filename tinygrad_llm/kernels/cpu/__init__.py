@@ -2,7 +2,7 @@
 kernel registry does so on the first dispatch to a CPU array, so `import tinygrad_llm` stays cheap.
 
 One file per fused family, named as in ops/: softmax (cross-entropy), norm, activation (GELU),
-embedding, attention.
+embedding, attention, and optim (the SGD, Adam/AdamW and Lion updates).
 
 Threads: NumPy's OpenBLAS and Numba's prange each keep a pool of worker threads, and both pools
 spin-wait after their work by default. On a 2-core machine a spinning pool steals the core the
@@ -19,4 +19,4 @@ import numba  # noqa: E402
 
 numba.config.THREADING_LAYER_PRIORITY = ["omp", "tbb", "workqueue"]
 
-from . import activation, attention, embedding, norm, softmax  # noqa: E402,F401
+from . import activation, attention, embedding, norm, optim, softmax  # noqa: E402,F401
