@@ -1,0 +1,76 @@
+"""`--key=value` overrides for dataclass configurations (nanoGPT's habit, without its exec).
+
+Each override names a field of one of the given dataclasses; its value is converted to the field's
+type (int, float, bool, str, or None for optional fields) and checked. Unknown keys and values
+that don't convert raise ValueError listing what is valid.
+"""
+import dataclasses
+import typing
+
+__all__ = ["parse_overrides", "split_overrides"]
+
+_TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
+
+
+def _field_type(cls, field):
+    hints = typing.get_type_hints(cls)
+    return hints.get(field.name, type(field.default))
+
+
+def _convert(key, text, kind, default):
+    if text.lower() == "none":
+        return None
+    if kind is bool or isinstance(default, bool):
+        if text.lower() in _TRUE:
+            return True
+        if text.lower() in _FALSE:
+            return False
+        raise ValueError(f"--{key}: expected a boolean (true/false), got {text!r}")
+    if kind is int or (isinstance(default, int) and kind not in (float, str, dict)):
+        try:
+            return int(text)
+        except ValueError:
+            raise ValueError(f"--{key}: expected an integer, got {text!r}") from None
+    if kind is float:
+        try:
+            return float(text)
+        except ValueError:
+            raise ValueError(f"--{key}: expected a number, got {text!r}") from None
+    if kind is dict:
+        import json
+        try:
+            return json.loads(text)
+        except ValueError:
+            raise ValueError(f"--{key}: expected a JSON object, got {text!r}") from None
+    return text
+
+
+def parse_overrides(argv):
+    """['--a=1', '--flag'] -> {'a': '1', 'flag': 'true'} (strings; apply_overrides converts)."""
+    out = {}
+    for arg in argv:
+        if not arg.startswith("--"):
+            raise ValueError(f"expected --key=value arguments, got {arg!r}")
+        key, eq, value = arg[2:].partition("=")
+        out[key.replace("-", "_")] = value if eq else "true"
+    return out
+
+
+def split_overrides(overrides, *classes):
+    """Convert each override to its field's type and sort them by dataclass: one dict of keyword
+    arguments per class (a key goes to the first class that has it). Build the configs from these
+    dicts, so derived fields (head_dim from n_embd) are computed from the final values.
+    Raises ValueError naming unknown keys and listing the valid ones."""
+    fields = {}
+    for i, cls in enumerate(classes):
+        for f in dataclasses.fields(cls):
+            fields.setdefault(f.name, (i, cls, f))
+    unknown = sorted(set(overrides) - set(fields))
+    if unknown:
+        raise ValueError(f"unknown options {['--' + k for k in unknown]}; valid options: "
+                         f"{sorted('--' + k for k in fields)}")
+    out = [{} for _ in classes]
+    for key, text in overrides.items():
+        i, cls, f = fields[key]
+        out[i][key] = _convert(key, text, _field_type(cls, f), f.default)
+    return out
