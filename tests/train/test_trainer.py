@@ -1,0 +1,211 @@
+"""The training loop: bit-identical resume, atomic and verified checkpoints, Ctrl-C, NaN policy,
+the --key=value parser, and the main example end to end at a tiny size."""
+import json
+import os
+import signal
+import sys
+
+import numpy as np
+import pytest
+
+import tinygrad_llm as tl
+from tinygrad_llm.models import GPT, GPTConfig
+from tinygrad_llm.optim import AdamW, param_groups_for_weight_decay
+from tinygrad_llm.train import (CheckpointError, TrainConfig, Trainer, load_checkpoint,
+                                parse_overrides, save_checkpoint, split_overrides)
+from tinygrad_llm.train import checkpoint as checkpoint_module
+
+VOCAB = 11
+DATA = (np.arange(3000) * 7 % VOCAB).astype(np.int64)       # a learnable periodic stream
+
+
+def _trainer(tmp_path, seed=0, dropout=0.1, **overrides):
+    tl.manual_seed(seed)
+    config = GPTConfig.preset("gpt2", n_layer=1, n_head=2, n_embd=16, block_size=8,
+                              vocab_size=VOCAB, dropout=dropout)
+    model = GPT(config)
+    opt = AdamW(param_groups_for_weight_decay(model, 0.1), lr=1e-2)
+    train = dict(batch_size=4, block_size=8, max_iters=6, eval_interval=100, eval_iters=2,
+                 warmup_iters=2, learning_rate=1e-2, seed=5, out_dir=str(tmp_path),
+                 progress=False)
+    train.update(overrides)
+    return Trainer(model, opt, DATA[:2500], DATA[2500:], TrainConfig(**train),
+                   record={"model_config": config.to_dict()}, log=lambda s: None)
+
+
+def _params(model):
+    return {k: v.numpy().copy() for k, v in model.state_dict().items()}
+
+
+def test_resume_is_bit_identical(tmp_path):
+    straight = _trainer(tmp_path / "a")
+    losses_straight = [straight.train_step() for _ in range(6)]
+
+    first = _trainer(tmp_path / "b")
+    losses = [first.train_step() for _ in range(3)]
+    path = str(tmp_path / "b" / "mid.safetensors")
+    first.save(path)
+    tl.manual_seed(123)                    # a different library RNG state before resuming
+    resumed = _trainer(tmp_path / "c", seed=99)   # different initial weights, restored below
+    resumed.load(path)
+    assert resumed.step == 3
+    losses += [resumed.train_step() for _ in range(3)]
+
+    assert losses == losses_straight       # exact equality, dropout included
+    a, b = _params(straight.model), _params(resumed.model)
+    assert all(np.array_equal(a[k], b[k]) for k in a)
+
+
+def test_fit_writes_log_checkpoint_and_evaluates(tmp_path):
+    t = _trainer(tmp_path, max_iters=4, eval_interval=2)
+    last = t.fit()
+    assert last["step"] == 4 and np.isfinite(last["val_loss"])
+    lines = [json.loads(x) for x in open(tmp_path / "log.jsonl")]
+    assert [e["step"] for e in lines] == [2, 4]
+    _, _, record = load_checkpoint(str(tmp_path / "ckpt.safetensors"))
+    assert record["step"] == 4 and record["model_config"]["n_embd"] == 16
+
+
+def test_evaluation_does_not_move_the_training_stream(tmp_path):
+    # no dropout: the two trainers would otherwise share the library's generator
+    a, b = _trainer(tmp_path / "a", dropout=0.0), _trainer(tmp_path / "b", dropout=0.0)
+    a.train_step()
+    b.train_step()
+    b.evaluate()
+    assert a.train_step() == b.train_step()
+
+
+def test_interrupted_save_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
+    t = _trainer(tmp_path)
+    t.train_step()
+    path = str(tmp_path / "ckpt.safetensors")
+    t.save(path)
+    before = open(path, "rb").read()
+
+    def crash(tensors, filename, metadata=None):
+        with open(filename, "wb") as f:
+            f.write(b"partial")
+        raise OSError("disk full")
+    monkeypatch.setattr(checkpoint_module, "save_file", crash)
+    t.train_step()
+    with pytest.raises(OSError):
+        t.save(path)
+    assert open(path, "rb").read() == before
+    load_checkpoint(path)                   # still loads
+
+
+@pytest.mark.parametrize("damage", ["truncate", "flip"])
+def test_damaged_checkpoint_raises_clearly(tmp_path, damage):
+    t = _trainer(tmp_path)
+    path = str(tmp_path / "ckpt.safetensors")
+    t.save(path)
+    data = bytearray(open(path, "rb").read())
+    if damage == "truncate":
+        data = data[: len(data) - 100]
+    else:
+        data[-50] ^= 0xFF                   # a byte inside the last tensor
+    open(path, "wb").write(bytes(data))
+    with pytest.raises(CheckpointError, match="corrupt|truncated"):
+        load_checkpoint(path)
+
+
+def test_missing_checkpoint_raises(tmp_path):
+    with pytest.raises(CheckpointError, match="does not exist"):
+        load_checkpoint(str(tmp_path / "nope.safetensors"))
+
+
+def test_checkpoint_keeps_tied_weights_once(tmp_path):
+    model = _trainer(tmp_path).model
+    path = str(tmp_path / "m.safetensors")
+    save_checkpoint(path, model)
+    state, _, record = load_checkpoint(path)
+    assert record["aliases"] == {"head.weight": "tok_emb.weight"}
+    assert np.array_equal(state["head.weight"], state["tok_emb.weight"])
+
+
+def test_nan_loss_stops_naming_the_step(tmp_path):
+    t = _trainer(tmp_path)
+    t.train_step()
+    t.model.tok_emb.weight.data[...] = np.nan
+    with pytest.raises(FloatingPointError, match="at step 1"):
+        t.train_step()
+
+
+def test_nan_loss_can_skip_the_step(tmp_path):
+    t = _trainer(tmp_path, on_nan="skip")
+    w = t.model.tok_emb.weight
+    w.data[0, 0] = np.inf
+    before = _params(t.model)
+    t.train_step()
+    after = _params(t.model)
+    assert t.skipped == 1 and t.step == 1
+    assert all(np.array_equal(before[k], after[k]) for k in before if k != "tok_emb.weight")
+
+
+def test_ctrl_c_saves_and_returns(tmp_path):
+    t = _trainer(tmp_path, max_iters=50, eval_interval=1000)
+    original = t.train_step
+
+    def step_then_interrupt():
+        loss = original()
+        if t.step == 3:
+            os.kill(os.getpid(), signal.SIGINT)
+        return loss
+    t.train_step = step_then_interrupt
+    t.fit()                                 # returns instead of raising KeyboardInterrupt
+    assert t.step == 3
+    _, _, record = load_checkpoint(str(tmp_path / "ckpt.safetensors"))
+    assert record["step"] == 3
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_data_shorter_than_block_raises(tmp_path):
+    tl.manual_seed(0)
+    config = GPTConfig.preset("gpt2", n_layer=1, n_head=2, n_embd=16, block_size=8,
+                              vocab_size=VOCAB)
+    model = GPT(config)
+    with pytest.raises(ValueError, match="val_data has 8 tokens.*block_size=8"):
+        Trainer(model, AdamW(model.parameters()), DATA, DATA[:8],
+                TrainConfig(block_size=8, progress=False))
+
+
+# ---- --key=value overrides ----------------------------------------------------------------
+def test_overrides_convert_types_and_reject_unknown_keys():
+    kw_train, kw_model = split_overrides(
+        parse_overrides(["--max_iters=7", "--learning_rate=3e-4", "--bias=false",
+                         "--n_kv_head=none", "--pos=rope"]), TrainConfig, GPTConfig)
+    assert kw_train == {"max_iters": 7, "learning_rate": 3e-4}
+    assert kw_model == {"bias": False, "n_kv_head": None, "pos": "rope"}
+    with pytest.raises(ValueError, match=r"unknown options \['--n_layers'\].*--n_layer"):
+        split_overrides(parse_overrides(["--n_layers=3"]), TrainConfig, GPTConfig)
+    with pytest.raises(ValueError, match="--max_iters: expected an integer"):
+        split_overrides(parse_overrides(["--max_iters=many"]), TrainConfig)
+    with pytest.raises(ValueError, match="expected --key=value"):
+        parse_overrides(["max_iters=3"])
+
+
+# ---- the main example, tiny ---------------------------------------------------------------
+def _example():
+    sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "examples"))
+    import train_shakespeare
+    return train_shakespeare
+
+
+TINY = ["--n_layer=1", "--n_head=2", "--n_embd=16", "--block_size=16", "--batch_size=4",
+        "--eval_iters=2", "--eval_interval=3", "--sample_tokens=20", "--progress=false"]
+
+
+def test_train_shakespeare_runs_and_resumes(tmp_path, capsys):
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("To be, or not to be: that is the question.\n" * 40)
+    example = _example()
+    args = TINY + [f"--data={corpus}", f"--out_dir={tmp_path / 'out'}"]
+    result = example.main(args + ["--max_iters=3"])
+    assert result["steps"] == 3 and np.isfinite(result["val_loss"])
+    last_line = capsys.readouterr().out.strip().splitlines()[-1]
+    assert json.loads(last_line)["steps"] == 3
+    resumed = example.main(args + ["--max_iters=5", "--resume"])
+    assert resumed["steps"] == 5
+    with pytest.raises(ValueError, match="n_embd"):
+        example.main([a for a in args if not a.startswith("--n_embd")]
+                     + ["--n_embd=32", "--max_iters=6", "--resume"])
