@@ -206,6 +206,10 @@ def test_train_shakespeare_runs_and_resumes(tmp_path, capsys):
     assert json.loads(last_line)["steps"] == 3
     resumed = example.main(args + ["--max_iters=5", "--resume"])
     assert resumed["steps"] == 5
+    import sample
+    text = sample.main([f"--ckpt={resumed['checkpoint']}", "--prompt=To be", "--max_new_tokens=12",
+                        "--seed=3"])
+    assert text.startswith("To be") and len(text) == 5 + 12
     with pytest.raises(ValueError, match="n_embd"):
         example.main([a for a in args if not a.startswith("--n_embd")]
                      + ["--n_embd=32", "--max_iters=6", "--resume"])

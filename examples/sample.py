@@ -1,0 +1,54 @@
+"""Generate text from a checkpoint written by train_shakespeare.py.
+
+    python examples/sample.py --ckpt=out-shakespeare/ckpt.safetensors --prompt="ROMEO:" \\
+        --max_new_tokens=300 --temperature=0.8 --top_k=40 --seed=1
+
+Rebuilds the model from the config stored in the checkpoint, loads its weights and tokenizer,
+and prints the prompt with its continuation, then one JSON line with the settings used.
+"""
+import dataclasses
+import json
+import sys
+
+import tinygrad_llm as tl  # noqa: F401  (first: it tunes the thread pools before NumPy loads)
+from tinygrad_llm.generate import generate
+from tinygrad_llm.models import GPT, GPTConfig
+from tinygrad_llm.tokenizers import CharTokenizer
+from tinygrad_llm.train import load_checkpoint, parse_overrides, split_overrides
+
+
+@dataclasses.dataclass
+class SampleArgs:
+    ckpt: str = "out-shakespeare/ckpt.safetensors"
+    prompt: str = "\n"
+    max_new_tokens: int = 500
+    temperature: float = 0.8
+    top_k: int = 40
+    seed: int = 0
+    device: str = "cpu"
+
+
+def main(argv):
+    (kw,) = split_overrides(parse_overrides(argv), SampleArgs)
+    args = SampleArgs(**kw)
+    model_state, _, record = load_checkpoint(args.ckpt)
+    if "model_config" not in record or "tokenizer" not in record:
+        raise ValueError(f"{args.ckpt}: not a train_shakespeare checkpoint (no model config or "
+                         "tokenizer in its record)")
+    model = GPT(GPTConfig(**record["model_config"]))
+    model.load_state_dict(model_state)
+    model.to(args.device).eval()
+    tokenizer = CharTokenizer.from_dict(record["tokenizer"])
+    prompt = tokenizer.encode(args.prompt)[None]
+    out = generate(model, prompt, args.max_new_tokens, temperature=args.temperature,
+                   top_k=args.top_k, seed=args.seed)
+    text = tokenizer.decode(out[0].tolist())
+    print(text)
+    print(json.dumps({"checkpoint": args.ckpt, "step": record.get("step"),
+                      "new_tokens": args.max_new_tokens, "temperature": args.temperature,
+                      "top_k": args.top_k, "seed": args.seed}))
+    return text
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
