@@ -20,8 +20,12 @@ SIZES = {"small": dict(n_layer=4, n_head=4, n_embd=128, block_size=64, batch=12)
          "large": dict(n_layer=6, n_head=6, n_embd=384, block_size=256, batch=64)}
 
 
-def parse(argv):
-    opts = {"sizes": "small,large", "presets": "gpt2,llama", "repeats": 10, "torch": True}
+DEFAULTS = {"sizes": "small,large", "presets": "gpt2,llama", "repeats": 10, "torch": True}
+
+
+def parse(argv, defaults=DEFAULTS):
+    """--key=value options over `defaults`, each converted to its default's type."""
+    opts = dict(defaults)
     for arg in argv:
         key, _, value = arg.lstrip("-").partition("=")
         if key not in opts:

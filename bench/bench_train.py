@@ -20,21 +20,13 @@ import tinygrad_llm as tl  # first: it sets OpenBLAS's thread timeout before Num
 import numpy as np  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(__file__))
-from bench_model import SIZES, build, measure  # noqa: E402
+from bench_model import SIZES, build, measure, parse  # noqa: E402
 
 CONFIGS = {"a": "small", "b": "large"}
 
 
-def parse(argv):
-    opts = {"configs": "a,b", "preset": "gpt2", "repeats": 10, "torch": True, "only": "",
+DEFAULTS = {"configs": "a,b", "preset": "gpt2", "repeats": 10, "torch": True, "only": "",
             "rounds": 2}
-    for arg in argv:
-        key, _, value = arg.lstrip("-").partition("=")
-        if key not in opts:
-            raise SystemExit(f"unknown option --{key}; valid: {sorted(opts)}")
-        opts[key] = type(opts[key])(value) if not isinstance(opts[key], bool) else \
-            value.lower() in ("1", "true", "yes")
-    return opts
 
 
 def flops_per_token(c):
@@ -94,7 +86,7 @@ def run_one(framework, name, preset, repeats):
 
 
 def main(argv):
-    opts = parse(argv)
+    opts = parse(argv, DEFAULTS)
     if opts["only"]:                          # a child process: one framework, one config
         sec, _, _ = run_one(opts["only"], opts["configs"], opts["preset"], opts["repeats"])
         print(json.dumps({"seconds": sec}))

@@ -38,7 +38,7 @@ class RunArgs:
 # The default model: a small GPT-2 over characters. Sized so that a 2-core CPU reaches
 # validation loss <= 1.70 within 10 minutes.
 MODEL_DEFAULTS = dict(n_layer=4, n_head=4, n_embd=192, block_size=128, dropout=0.0, bias=False)
-TRAIN_DEFAULTS = dict(batch_size=16, block_size=128, max_iters=3000, eval_interval=500,
+TRAIN_DEFAULTS = dict(batch_size=16, block_size=128, max_iters=2000, eval_interval=500,
                       eval_iters=20, learning_rate=2e-3, min_lr=2e-4, warmup_iters=100,
                       weight_decay=0.1, beta2=0.99, grad_clip=1.0, out_dir="out-shakespeare")
 
