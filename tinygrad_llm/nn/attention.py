@@ -1,6 +1,6 @@
 """Multi-head attention: one class for MHA, GQA and MQA, with the attention variants of the models.
 
-    x: (B, T, C)  ->  q: (B, H, T, D),  k, v: (B, Hkv, T, D)  ->  o = attention(q, k, v)  ->  (B, T, C)
+    x: (B, T, C) -> q: (B, H, T, D), k, v: (B, Hkv, T, D) -> o = attention(q, k, v) -> (B, T, C)
 
 - n_kv_head = n_head is multi-head attention (Vaswani et al., 2017); 1 < n_kv_head < n_head is
   grouped-query attention (Ainslie et al., 2023): each K/V head serves n_head / n_kv_head query
@@ -13,9 +13,9 @@
   arrive as an additive `bias` (1, H, Tq, Tk); learned/sinusoidal positions are added to the token
   embeddings by the model, not here.
 - Variants: causal or bidirectional; a sliding window of W keys (local attention); linear attention
-  (Katharopoulos et al., 2020) with a feature map instead of softmax; cross-layer KV sharing (Brandon
-  et al., 2024: a layer built with `shares_kv=True` projects only q and reuses the K/V that an
-  earlier layer returned).
+  (Katharopoulos et al., 2020) with a feature map instead of softmax; cross-layer KV sharing
+  (Brandon et al., 2024: a layer built with `shares_kv=True` projects only q and reuses the K/V
+  that an earlier layer returned).
 - `padding_mask` (B, Tk) bool, True for real tokens, hides padded keys (left-padded prompts, or the
   padding of a classification batch).
 """

@@ -13,7 +13,8 @@ __all__ = ["TransformerBlock"]
 
 
 class TransformerBlock(Module):
-    """attn: a MultiHeadAttention; ffn: an MLP, SwiGLU or MoE; norm1, norm2: LayerNorm or RMSNorm."""
+    """attn: a MultiHeadAttention; ffn: an MLP, SwiGLU or MoE; norm1, norm2: LayerNorm or
+    RMSNorm."""
 
     def __init__(self, attn, ffn, norm1, norm2, prenorm=True):
         super().__init__()

@@ -28,7 +28,7 @@ def init_parameter(shape, device=None, dtype=np.float32, std=None, bound=None, v
 
 
 class Linear(Module):
-    """y = x W^T + b, with W (out_features, in_features) as in PyTorch. x: (..., in) -> (..., out)."""
+    """y = x W^T + b, with W (out_features, in_features) as in PyTorch: (..., in) -> (..., out)."""
 
     def __init__(self, in_features, out_features, bias=True, device=None, dtype=np.float32):
         super().__init__()

@@ -20,8 +20,9 @@ import numpy as np
 from safetensors import SafetensorError
 from safetensors.numpy import load_file, save_file
 
-__all__ = ["save_checkpoint", "load_checkpoint", "CheckpointError", "model_arrays",
-           "optimizer_state_split", "optimizer_state_join"]
+from ..optim import flatten_state_dict
+
+__all__ = ["save_checkpoint", "load_checkpoint", "CheckpointError", "model_arrays"]
 
 
 class CheckpointError(ValueError):
@@ -64,58 +65,13 @@ def _fsync_dir(path):
         os.close(fd)
 
 
-# ---- optimizer state: arrays to tensors, everything else to JSON ----------------------------
-def optimizer_state_split(state, prefix=""):
-    """Flatten a nested optimizer state_dict into (name -> array, JSON-able skeleton) where each
-    array's place in the skeleton holds {"__array__": name}."""
-    arrays = {}
-
-    def walk(x, path):
-        if isinstance(x, np.ndarray) or (hasattr(x, "shape") and hasattr(x, "dtype")
-                                         and not np.isscalar(x)):
-            name = path or "value"
-            arrays[name] = np.ascontiguousarray(np.asarray(x.get() if hasattr(x, "get") else x))
-            return {"__array__": name}
-        if isinstance(x, dict):
-            return {"__dict__": [[_key(k), walk(v, f"{path}.{k}" if path else str(k))]
-                                 for k, v in x.items()]}
-        if isinstance(x, (list, tuple)):
-            return {"__list__": [walk(v, f"{path}.{i}" if path else str(i))
-                                 for i, v in enumerate(x)], "tuple": isinstance(x, tuple)}
-        if isinstance(x, np.generic):
-            return x.item()
-        return x
-
-    return arrays, walk(state, prefix)
-
-
-def _key(k):
-    return {"int": k} if isinstance(k, int) else k
-
-
-def optimizer_state_join(arrays, skeleton):
-    """Inverse of optimizer_state_split."""
-    def build(x):
-        if isinstance(x, dict):
-            if "__array__" in x:
-                return arrays[x["__array__"]]
-            if "__dict__" in x:
-                return {(k["int"] if isinstance(k, dict) else k): build(v)
-                        for k, v in x["__dict__"]}
-            if "__list__" in x:
-                items = [build(v) for v in x["__list__"]]
-                return tuple(items) if x.get("tuple") else items
-        return x
-    return build(skeleton)
-
-
 def save_checkpoint(path, model, optimizer=None, record=None):
     """Write model (+ optimizer) + `record` (a JSON-able dict) to `path` atomically."""
     arrays, aliases = model_arrays(model)
     tensors = {f"model/{k}": v for k, v in arrays.items()}
     record = dict(record or {})
     if optimizer is not None:
-        opt_arrays, opt_scalars = optimizer_state_split(optimizer.state_dict())
+        opt_arrays, opt_scalars = flatten_state_dict(optimizer.state_dict())
         tensors.update({f"optim/{k}": v for k, v in opt_arrays.items()})
         record["optimizer"] = opt_scalars
     record["aliases"] = aliases
@@ -130,7 +86,9 @@ def save_checkpoint(path, model, optimizer=None, record=None):
 
 
 def load_checkpoint(path):
-    """(model_state, optimizer_arrays, record) from `path`; CheckpointError if it is damaged."""
+    """(model_state, optimizer_arrays, record) from `path`; CheckpointError if it is damaged.
+    The optimizer's state_dict is
+    optim.unflatten_state_dict(optimizer_arrays, record["optimizer"])."""
     if not os.path.exists(path):
         raise CheckpointError(f"checkpoint {path!r} does not exist")
     try:

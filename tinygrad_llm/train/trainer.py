@@ -24,9 +24,9 @@ import numpy as np
 from .. import backend
 from ..data import get_batch
 from ..nn import functional as F
-from ..optim import clip_grad_norm_, warmup_cosine
+from ..optim import clip_grad_norm_, unflatten_state_dict, warmup_cosine
 from ..tensor import no_grad
-from .checkpoint import load_checkpoint, optimizer_state_join, save_checkpoint
+from .checkpoint import load_checkpoint, save_checkpoint
 
 __all__ = ["TrainConfig", "Trainer"]
 
@@ -217,7 +217,7 @@ class Trainer:
         """Restore model, optimizer, step and RNG states from `path` (to resume training)."""
         model_state, opt_arrays, record = load_checkpoint(path)
         self.model.load_state_dict(model_state)
-        self.optimizer.load_state_dict(optimizer_state_join(opt_arrays, record["optimizer"]))
+        self.optimizer.load_state_dict(unflatten_state_dict(opt_arrays, record["optimizer"]))
         self.step = record["step"]
         self.data_rng.bit_generator.state = record["data_rng"]
         backend.set_rng_state(_from_jsonable(record["library_rng"]))

@@ -2,10 +2,14 @@
 (reference: ops/attention.py; Milakov & Gimelshein, 2018; Dao et al., 2022 and 2023).
 
 Never builds the (B, H, Tq, Tk) score matrix: each query row walks the keys it may see (the causal
-prefix, or the last `window` of it) in tiles of _TILE; a tile's scores live in a small scratch row. Forward keeps a running max m, running sum l and
-running output acc, rescaling them when the max grows, and saves lse = m + log l per row. Backward
-recomputes each probability as e^(s - lse) (FlashAttention-2's trick) and accumulates dq, dk, dv
-in the same sweep, four query rows at a time.
+prefix, or the last `window` of it) in tiles of _TILE; a tile's scores live in a small scratch
+row. Forward keeps a running max m, running sum l and running output acc, rescaling them when the
+max grows, and saves lse = m + log l per row. Backward recomputes each probability as e^(s - lse)
+(FlashAttention-2's trick) and accumulates dq, dk, dv in the same sweep, four query rows at a time.
+
+Layout: token-major, q (B, T, Sq, D) with head h in slot q0 + h, and k, v likewise, so one packed
+qkv projection (B, T, H + 2 Hkv, D) is read in place (PackedAttentionOp); the (B, H, T, D) API
+copies its inputs into this layout.
 
 Speed: every inner loop runs over d on contiguous (D,) row views (q_i, k_j, v_j), as dot products
 (reassociated, so they vectorise) or axpy updates; accumulators start from a zero of the input's
