@@ -18,8 +18,8 @@ from ..nn import functional as F
 from ..nn.block import TransformerBlock
 from ..nn.layers import Embedding, LayerNorm, Linear
 from ..nn.module import Module, ModuleList
-from ..nn.positions import ALiBi, T5RelativeBias
-from .gpt import init_gpt2_weights, make_attention, make_ffn, make_norm, make_positions
+from .gpt import (init_gpt2_weights, make_attention, make_ffn, make_norm, make_positions,
+                  position_bias)
 
 __all__ = ["Encoder", "mask_tokens"]
 
@@ -89,11 +89,7 @@ class Encoder(Module):
         x = self.tok_emb(idx)
         if self.pos_emb is not None:
             x = x + self.pos_emb(t, 0)
-        bias = None
-        if isinstance(self.pos_bias, ALiBi):
-            bias = self.pos_bias(t, t, x.device, x.dtype)
-        elif isinstance(self.pos_bias, T5RelativeBias):
-            bias = self.pos_bias(t, t)
+        bias = position_bias(self.pos_bias, t, t, x)
         shared = None
         for layer, block in enumerate(self.blocks):
             x, kv = block(x, bias=bias, padding_mask=padding_mask, shared_kv=shared)

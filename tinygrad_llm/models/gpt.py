@@ -25,7 +25,7 @@ from ..nn.positions import (ALiBi, LearnedPositions, RotaryEmbedding, Sinusoidal
                             T5RelativeBias)
 from ..tensor import no_grad
 
-__all__ = ["GPTConfig", "GPT", "PRESETS", "init_gpt2_weights"]
+__all__ = ["GPTConfig", "GPT", "PRESETS", "init_gpt2_weights", "position_bias"]
 
 NORMS = ("layernorm", "rmsnorm")
 MLPS = ("gelu", "gelu_tanh", "relu", "swiglu")
@@ -199,6 +199,16 @@ def init_gpt2_weights(model, n_layer):
             p.data[...] = backend.to_device(values.astype(p.dtype), p.device)
 
 
+def position_bias(pos_bias, tq, tk, like):
+    """The additive attention bias (1, H, Tq, Tk) of an ALiBi or T5 module (None for neither),
+    on `like`'s device and dtype."""
+    if pos_bias is None:
+        return None
+    if isinstance(pos_bias, ALiBi):
+        return pos_bias(tq, tk, like.device, like.dtype)
+    return pos_bias(tq, tk)
+
+
 # ---- the model ----------------------------------------------------------------------------
 class GPT(Module):
     """Decoder-only language model. model(idx) -> logits (B, T, V);
@@ -217,10 +227,7 @@ class GPT(Module):
         self.head = Linear(config.n_embd, config.vocab_size, bias=False)
         if config.tie_embeddings:
             self.head.weight = self.tok_emb.weight        # one Parameter, two names
-        self._init_weights()
-
-    def _init_weights(self):
-        init_gpt2_weights(self, self.config.n_layer)
+        init_gpt2_weights(self, config.n_layer)
 
     def _check_ids(self, idx, offset):
         idx = np.asarray(idx) if not hasattr(idx, "shape") else idx
@@ -244,7 +251,7 @@ class GPT(Module):
         x = self.tok_emb(idx)                                       # (B, T, C)
         if self.pos_emb is not None:
             x = x + self.pos_emb(t, offset)
-        bias = self._attention_bias(t, offset, x)
+        bias = position_bias(self.pos_bias, t, t + offset, x)
         shared = None
         for layer, block in enumerate(self.blocks):
             cache = caches[layer] if caches is not None else None
@@ -259,14 +266,6 @@ class GPT(Module):
             return logits
         loss = F.cross_entropy(logits, targets)
         return logits, loss + self.auxiliary_loss() if self.config.n_expert else loss
-
-    def _attention_bias(self, t, offset, x):
-        if self.pos_bias is None:
-            return None
-        tk = t + offset
-        if isinstance(self.pos_bias, ALiBi):
-            return self.pos_bias(t, tk, x.device, x.dtype)
-        return self.pos_bias(t, tk)
 
     def auxiliary_loss(self):
         """Sum of the MoE load-balancing and router z-losses of the last forward."""

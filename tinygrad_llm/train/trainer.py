@@ -22,7 +22,7 @@ import time
 import numpy as np
 
 from .. import backend
-from ..data import get_batch
+from ..data import get_batch, get_rng_state, set_rng_state
 from ..nn import functional as F
 from ..optim import clip_grad_norm_, unflatten_state_dict, warmup_cosine
 from ..tensor import no_grad
@@ -208,8 +208,8 @@ class Trainer:
     def save(self, path):
         record = dict(self.record)
         record.update(step=self.step, train_config=dataclasses.asdict(self.config),
-                      data_rng=self.data_rng.bit_generator.state,
-                      library_rng=_jsonable(backend.get_rng_state()),
+                      data_rng=get_rng_state(self.data_rng),
+                      library_rng=backend.get_rng_state(),
                       history=self.history, skipped=self.skipped)
         save_checkpoint(path, self.model, self.optimizer, record)
 
@@ -219,8 +219,8 @@ class Trainer:
         self.model.load_state_dict(model_state)
         self.optimizer.load_state_dict(unflatten_state_dict(opt_arrays, record["optimizer"]))
         self.step = record["step"]
-        self.data_rng.bit_generator.state = record["data_rng"]
-        backend.set_rng_state(_from_jsonable(record["library_rng"]))
+        set_rng_state(self.data_rng, record["data_rng"])
+        backend.set_rng_state(record["library_rng"])
         self.history = record.get("history", [])
         self.skipped = record.get("skipped", 0)
         return record
@@ -253,26 +253,3 @@ def _progress(config, initial):
         return None
     from tqdm import tqdm
     return tqdm(total=config.max_iters, initial=initial, unit="it", dynamic_ncols=True)
-
-
-def _jsonable(x):
-    """RNG states hold NumPy integers and arrays: make them JSON (tagged arrays)."""
-    if isinstance(x, dict):
-        return {k: _jsonable(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_jsonable(v) for v in x]
-    if isinstance(x, np.ndarray):
-        return {"__ndarray__": x.tolist(), "dtype": str(x.dtype)}
-    if isinstance(x, np.generic):
-        return x.item()
-    return x
-
-
-def _from_jsonable(x):
-    if isinstance(x, dict):
-        if "__ndarray__" in x:
-            return np.asarray(x["__ndarray__"], dtype=x["dtype"])
-        return {k: _from_jsonable(v) for k, v in x.items()}
-    if isinstance(x, list):
-        return [_from_jsonable(v) for v in x]
-    return x

@@ -42,6 +42,12 @@ def _visible_end(position, tk, causal, window):
     return min(tk, position + window) if window > 0 else tk
 
 
+@jit
+def _visible_start(position, window):
+    """The first key a query at `position` sees: window - 1 earlier, or 0."""
+    return max(0, position - window + 1) if window > 0 else 0
+
+
 @jit_parallel
 def _attention_forward_loop(q, q0, k, k0, v, v0, n_h, n_hkv, causal, window, scale, zero, o, lse,
                             scratch, bits, powers, acc):
@@ -59,7 +65,7 @@ def _attention_forward_loop(q, q0, k, k0, v, v0, n_h, n_hkv, causal, window, sca
         for i in range(tq):
             qi = q[b, i, q0 + h]                      # (D,) rows, contiguous
             end = _visible_end(i + offset, tk, causal, window)
-            start = max(0, i + offset - window + 1) if window > 0 else 0
+            start = _visible_start(i + offset, window)
             m = -np.inf
             total = 0.0
             a[:] = zero
@@ -121,7 +127,7 @@ def _attention_backward_loop(do, q, q0, k, k0, v, v0, n_h, n_hkv, lse, delta, ca
                 g0, g1, g2, g3 = do[b, i0, h], do[b, i1, h], do[b, i2, h], do[b, i3, h]
                 dq0, dq1, dq2, dq3 = dq[b, i0, qh], dq[b, i1, qh], dq[b, i2, qh], dq[b, i3, qh]
                 block_end = _visible_end(last + offset, tk, causal, window)
-                block_start = max(0, i0 + offset - window + 1) if window > 0 else 0
+                block_start = _visible_start(i0 + offset, window)
                 for j0 in range(block_start, max(block_end, block_start), _TILE):
                     width = min(_TILE, block_end - j0)
                     for jj in range(width):       # s = q_r . k_j * scale,  dp = do_r . v_j
@@ -148,7 +154,7 @@ def _attention_backward_loop(do, q, q0, k, k0, v, v0, n_h, n_hkv, lse, delta, ca
                             continue
                         i = i0 + r
                         end = _visible_end(i + offset, tk, causal, window)
-                        start = max(0, i + offset - window + 1) if window > 0 else 0
+                        start = _visible_start(i + offset, window)
                         for jj in range(width):
                             visible = start <= j0 + jj < end
                             s[r, jj] = s[r, jj] * scale if visible else -np.inf
