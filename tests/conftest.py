@@ -35,3 +35,14 @@ def impl(request):
 @pytest.fixture(autouse=True)
 def _seed():
     tl.manual_seed(0)
+
+
+@pytest.fixture(scope="session")
+def shakespeare_text():
+    """The tiny Shakespeare text from TINYGRAD_LLM_DATA (.ci/run sets it); skips when unset."""
+    import os
+    from pathlib import Path
+    path = os.environ.get("TINYGRAD_LLM_DATA")
+    if not path or not Path(path).is_file():
+        pytest.skip("TINYGRAD_LLM_DATA does not name the tiny Shakespeare file")
+    return Path(path).read_text(encoding="utf-8")
