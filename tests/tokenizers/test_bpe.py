@@ -252,3 +252,15 @@ def test_decode_bad_ids(small_tok):
         small_tok.decode([[1]])
     with pytest.raises(TypeError, match="integers"):
         small_tok.decode(np.array([1.5]))
+
+
+def test_cached_training_reuses_the_file(tmp_path, monkeypatch):
+    text = "to be or not to be, that is the question " * 20
+    first = BPETokenizer.cached(text, 300, cache_dir=tmp_path)
+    files = sorted(p.name for p in (tmp_path / "tokenizers").iterdir())
+    assert len(files) == 2                                     # .json and .tiktoken
+    monkeypatch.setattr(BPETokenizer, "train", None)           # a second call must not train
+    assert BPETokenizer.cached(text, 300, cache_dir=tmp_path) == first
+    monkeypatch.undo()
+    other = BPETokenizer.cached(text, 270, cache_dir=tmp_path)  # other settings: a new file
+    assert other.vocab_size == 270 and len(list((tmp_path / "tokenizers").iterdir())) == 4

@@ -27,6 +27,7 @@ pre-tokenisation.
 """
 import base64
 import collections
+import hashlib
 import json
 from pathlib import Path
 
@@ -34,6 +35,7 @@ import numpy as np
 import regex
 import tiktoken
 
+from ..data.corpus import default_cache_dir
 from ..data.files import atomic_write
 from ..kernels import kernel
 from .patterns import GPT2_PATTERN
@@ -233,6 +235,23 @@ class BPETokenizer:
                                "report this corpus")
         specials = {s: len(spelled) + i for i, s in enumerate(special_tokens)}
         return cls(ranks, pattern, specials, name=name)
+
+    @classmethod
+    def cached(cls, text, vocab_size, pattern=GPT2_PATTERN, special_tokens=(ENDOFTEXT,),
+               min_frequency=2, cache_dir=None):
+        """`train`, remembered on disk: the same text and settings load the saved tokenizer.
+
+        The file is <cache_dir or default_cache_dir()>/tokenizers/bpe-<sha256 of the text and
+        settings>.json (with its .tiktoken beside it)."""
+        settings = json.dumps([_VERSION, vocab_size, pattern, list(special_tokens),
+                               min_frequency])
+        key = hashlib.sha256(settings.encode() + b"\0" + _as_text(text).encode()).hexdigest()
+        path = Path(cache_dir or default_cache_dir()) / "tokenizers" / f"bpe-{key[:24]}.json"
+        if path.is_file():
+            return cls.load(path)
+        tok = cls.train(text, vocab_size, pattern, special_tokens, min_frequency)
+        tok.save(path)
+        return tok
 
     # ---- encoding -------------------------------------------------------------------------
     @property
