@@ -13,7 +13,7 @@ import sys
 import tinygrad_llm as tl  # noqa: F401  (first: it tunes the thread pools before NumPy loads)
 from tinygrad_llm.generate import generate
 from tinygrad_llm.models import GPT, GPTConfig
-from tinygrad_llm.tokenizers import CharTokenizer
+from tinygrad_llm.tokenizers import tokenizer_from_dict
 from tinygrad_llm.train import load_checkpoint, parse_overrides, split_overrides
 
 
@@ -38,7 +38,7 @@ def main(argv):
     model = GPT(GPTConfig(**record["model_config"]))
     model.load_state_dict(model_state)
     model.to(args.device).eval()
-    tokenizer = CharTokenizer.from_dict(record["tokenizer"])
+    tokenizer = tokenizer_from_dict(record["tokenizer"])
     prompt = tokenizer.encode(args.prompt)[None]
     out = generate(model, prompt, args.max_new_tokens, temperature=args.temperature,
                    top_k=args.top_k, seed=args.seed)

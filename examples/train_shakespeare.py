@@ -3,6 +3,7 @@
     python examples/train_shakespeare.py                     # the default: a few minutes on a CPU
     python examples/train_shakespeare.py --preset=llama --n_layer=6 --max_iters=3000
     python examples/train_shakespeare.py --resume            # continue from out_dir's checkpoint
+    python examples/train_shakespeare.py --tokenizer=bpe --vocab_size=1024   # byte-level BPE
 
 Follows nanoGPT's train.py order: configuration, data, model, optimizer, loop (with evaluation
 and checkpoints), sample, and a final JSON line with the headline numbers. Every field of
@@ -10,6 +11,7 @@ ModelArgs, TrainConfig and RunArgs can be overridden with --key=value.
 """
 import dataclasses
 import json
+import math
 import os
 import sys
 import time
@@ -19,7 +21,7 @@ from tinygrad_llm.data import shakespeare, split
 from tinygrad_llm.generate import generate
 from tinygrad_llm.models import GPT, GPTConfig
 from tinygrad_llm.optim import AdamW, param_groups_for_weight_decay
-from tinygrad_llm.tokenizers import CharTokenizer
+from tinygrad_llm.tokenizers import BPETokenizer, CharTokenizer
 from tinygrad_llm.train import (TrainConfig, Trainer, load_checkpoint, parse_overrides,
                                 split_overrides)
 
@@ -30,6 +32,8 @@ class RunArgs:
     device: str = "cpu"
     data: str = None             # path to the text (default: tiny Shakespeare)
     resume: bool = False
+    tokenizer: str = "char"      # "char", or "bpe" (trained on the text, cached on disk)
+    vocab_size: int = 1024       # the BPE vocabulary (bytes + merges + <|endoftext|>)
     sample_tokens: int = 500
     temperature: float = 0.8
     top_k: int = 40
@@ -50,10 +54,17 @@ def main(argv):
     train_config = TrainConfig(**{**TRAIN_DEFAULTS, **train_kw})
     tl.manual_seed(train_config.seed)
 
-    # data: characters of tiny Shakespeare, 90% train / 10% val
+    # data: tiny Shakespeare as characters or BPE tokens, 90% train / 10% val
     text = shakespeare(run.data)
-    tokenizer = CharTokenizer.from_text(text)
+    if run.tokenizer == "char":
+        tokenizer = CharTokenizer.from_text(text)
+    elif run.tokenizer == "bpe":
+        tokenizer = BPETokenizer.cached(text, run.vocab_size)
+    else:
+        raise ValueError(f"--tokenizer must be 'char' or 'bpe', got {run.tokenizer!r}")
     train_ids, val_ids = split(tokenizer.encode(text), 0.1)
+    # loss per token -> bits per character, so char and BPE runs compare
+    bits_per_nat_token = len(val_ids) / len(tokenizer.decode(val_ids)) / math.log(2)
 
     # model
     model_kw = {**MODEL_DEFAULTS, "block_size": train_config.block_size, **model_kw}
@@ -90,6 +101,8 @@ def main(argv):
     print(tokenizer.decode(out[0].tolist()))
     print("-" * 40)
     result = {"val_loss": round(last["val_loss"], 4) if last else None,
+              "val_bpc": round(last["val_loss"] * bits_per_nat_token, 4) if last else None,
+              "tokenizer": run.tokenizer, "vocab_size": tokenizer.vocab_size,
               "train_loss": round(last["train_loss"], 4) if last else None,
               "steps": trainer.step, "wall_s": round(wall, 1),
               "parameters": model.num_parameters(),

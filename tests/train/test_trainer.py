@@ -213,3 +213,25 @@ def test_train_shakespeare_runs_and_resumes(tmp_path, capsys):
     with pytest.raises(ValueError, match="n_embd"):
         example.main([a for a in args if not a.startswith("--n_embd")]
                      + ["--n_embd=32", "--max_iters=6", "--resume"])
+
+
+def test_train_shakespeare_with_bpe(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("TINYGRAD_LLM_CACHE", str(tmp_path / "cache"))
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("To be, or not to be: that is the question.\n" * 40)
+    example = _example()
+    args = TINY + [f"--data={corpus}", f"--out_dir={tmp_path / 'out'}", "--tokenizer=bpe",
+                   "--vocab_size=280", "--max_iters=2"]
+    result = example.main(args)
+    assert result["tokenizer"] == "bpe" and result["vocab_size"] == 280
+    # bits per character = nats per token x tokens per character / ln 2 (< nats: BPE tokens
+    # hold several characters)
+    assert 0 < result["val_bpc"] < result["val_loss"]
+    cached = list((tmp_path / "cache" / "tokenizers").glob("bpe-*.json"))
+    assert len(cached) == 1                           # trained once, remembered
+    import sample
+    text = sample.main([f"--ckpt={result['checkpoint']}", "--prompt=To be",
+                        "--max_new_tokens=5"])
+    assert text.startswith("To be")
+    with pytest.raises(ValueError, match="--tokenizer must be 'char' or 'bpe', got 'wp'"):
+        example.main(args + ["--tokenizer=wp"])
