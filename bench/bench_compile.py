@@ -48,6 +48,10 @@ for dtype in (np.float32, np.float64):
         y = step()
         y.backward(np.ones(y.shape, dtype))
         out[f"{family}_{name}"] = time.perf_counter() - t
+from tinygrad_llm.tokenizers import BPETokenizer
+t = time.perf_counter()
+BPETokenizer.train("to be or not to be " * 3, vocab_size=260)
+out["bpe_train"] = time.perf_counter() - t
 print(json.dumps({"import_s": import_s, "first_call_s": out}))
 """
 
