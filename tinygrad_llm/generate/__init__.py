@@ -1,5 +1,9 @@
-"""Text generation. generate.py: sampling by recomputing the context each step (the cached
-decoder, beam search and speculative decoding arrive with the decoder issue)."""
-from .generate import generate
+"""Text generation: the KV-cached decoder (generate.py, kv_cache.py), token selection
+(sampling.py), beam search and speculative decoding."""
+from .generate import generate, prepare_prompts, stream
+from .kv_cache import KVCache, LinearAttentionState, cache_nbytes, make_caches
+from .sampling import SamplingConfig, apply_penalties, filter_logits, next_tokens, probabilities
 
-__all__ = ["generate"]
+__all__ = ["generate", "stream", "prepare_prompts", "KVCache", "LinearAttentionState",
+           "make_caches", "cache_nbytes", "SamplingConfig", "apply_penalties", "filter_logits",
+           "next_tokens", "probabilities"]

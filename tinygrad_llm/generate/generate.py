@@ -1,48 +1,190 @@
-"""Autoregressive sampling: feed the last block_size tokens, take the last position's logits,
-pick the next token (greedy, or temperature + top-k sampling), append, repeat.
+"""Autoregressive generation: run the prompt, pick a token from the last position's logits,
+append it, repeat.
 
-This version recomputes the whole context each step: simple and always correct, and the
-reference that the KV-cached decoder is tested against.
+With `use_cache=True` (the default) the prompt is run once ("prefill") into per-layer KV caches
+(kv_cache.py) and each later step feeds only the newest token: O(T) attention work per token
+instead of re-running all T positions. `use_cache=False` recomputes the whole context every step:
+slow, plainly correct, and the reference the cached decoder is tested against.
+
+Batched prompts of different lengths are left-padded into one (B, T) array with a padding mask,
+so every row's next token sits in the last column. Relative positions (RoPE, ALiBi, T5) need
+nothing more; learned or sinusoidal tables get each row's own positions (its first real token is
+position 0), so a row decodes exactly as it would alone.
+
+When a cached sequence reaches the model's position limit, the context shifts: the caches are
+rebuilt from the most recent half of the window, and decoding continues (as llama.cpp does).
+
+Token selection is sampling.py's: penalties, then temperature / top-k / top-p / min-p, then a
+draw from a seeded generator; temperature 0 is greedy.
 """
 import numpy as np
 
 from .. import backend
 from ..tensor import no_grad
+from .kv_cache import make_caches
+from .sampling import SamplingConfig, next_tokens
 
-__all__ = ["generate"]
-
-
-def _sample(logits, temperature, top_k, rng):
-    """logits: (B, V) float64 -> (B,) ids."""
-    if temperature == 0:
-        return logits.argmax(axis=-1)
-    logits = logits / temperature
-    if top_k is not None and top_k < logits.shape[-1]:
-        kth = np.partition(logits, -top_k, axis=-1)[:, -top_k][:, None]
-        logits = np.where(logits < kth, -np.inf, logits)
-    p = np.exp(logits - logits.max(axis=-1, keepdims=True))
-    p /= p.sum(axis=-1, keepdims=True)
-    u = rng.random((p.shape[0], 1))
-    return np.minimum((p.cumsum(axis=-1) < u).sum(axis=-1), p.shape[-1] - 1)
+__all__ = ["generate", "stream", "prepare_prompts"]
 
 
-def generate(model, idx, max_new_tokens, temperature=1.0, top_k=None, seed=0):
-    """idx: (B, T) int array -> (B, T + max_new_tokens). temperature=0 is greedy."""
-    if temperature < 0:
-        raise ValueError(f"generate: temperature must be >= 0, got {temperature}")
-    idx = np.asarray(backend.to_numpy(getattr(idx, "data", idx)), dtype=np.int64)
-    if idx.ndim == 1:
-        idx = idx[None]
+def prepare_prompts(idx):
+    """A (B, T) / (T,) int array, or a list of 1-D id sequences of any lengths -> list of 1-D
+    int64 arrays, and whether the input was a rectangular array."""
+    if hasattr(idx, "data") and not isinstance(idx, (np.ndarray, list, tuple)):
+        idx = idx.data                                      # a Tensor
+    if isinstance(idx, (list, tuple)) and idx and not np.isscalar(idx[0]):
+        prompts = [np.asarray(backend.to_numpy(np.asarray(p)), dtype=np.int64).reshape(-1)
+                   for p in idx]
+        rectangular = False
+    else:
+        a = np.asarray(backend.to_numpy(idx))
+        if a.ndim == 1:
+            a = a[None]
+        if a.ndim != 2 or (a.size and a.dtype.kind not in "iu"):
+            raise ValueError(f"generate: idx must be (B, T) or (T,) integer ids or a list of id "
+                             f"sequences, got shape {a.shape} dtype {a.dtype}")
+        prompts, rectangular = [row.astype(np.int64) for row in a], True
+    for i, p in enumerate(prompts):
+        if len(p) == 0:
+            raise ValueError(f"generate: prompt {i} is empty; give at least one token (e.g. "
+                             f"<|endoftext|> or a newline)")
+    return prompts, rectangular
+
+
+class _Context:
+    """The rows being decoded: left-padded tokens, their padding mask, and (with a cache) the
+    caches and how many columns they hold."""
+
+    def __init__(self, model, prompts, max_new_tokens, use_cache):
+        self.model, self.use_cache = model, use_cache
+        self.limit = model.config.max_positions
+        self.absolute = model.pos_emb is not None
+        width = max(len(p) for p in prompts)
+        self.tokens = np.zeros((len(prompts), width), dtype=np.int64)
+        self.mask = np.zeros((len(prompts), width), dtype=bool)
+        for i, p in enumerate(prompts):
+            self.tokens[i, width - len(p):] = p
+            self.mask[i, width - len(p):] = True
+        self.max_len = min(self.limit, width + max_new_tokens)
+        self.window_start = 0            # the first column the model sees
+        self.cached = 0                  # columns from window_start held by the caches
+        self.caches = None
+
+    def _forward(self, start, stop, offset):
+        """Logits of the last column for columns start..stop-1, the caches (if any) holding
+        columns start - offset .. start - 1 of the current window."""
+        tokens, mask = self.tokens[:, start:stop], self.mask[:, self.window_start:stop]
+        positions = None
+        if self.absolute:
+            positions = (np.cumsum(mask, axis=1) - 1).clip(0)[:, -tokens.shape[1]:]
+        padded = not mask.all()
+        logits = self.model(backend.to_device(tokens, self.model.device),
+                            padding_mask=mask if padded else None, caches=self.caches,
+                            offset=offset, positions=positions)
+        return backend.to_numpy(logits.data[:, -1]).astype(np.float64)
+
+    def logits(self):
+        """The next-token logits of every row, given all columns so far."""
+        width = self.tokens.shape[1]
+        if not self.use_cache:
+            self.window_start = max(0, width - self.limit)
+            return self._forward(self.window_start, width, 0)
+        if self.caches is None or width - self.window_start > self.max_len:
+            # prefill, or a context shift: rebuild from the most recent half of the window
+            keep = min(width, self.limit) if self.caches is None else max(1, self.limit // 2)
+            self.window_start = width - keep
+            self.caches = make_caches(self.model, len(self.tokens), self.max_len)
+            self.cached = keep
+            return self._forward(self.window_start, width, 0)
+        held = self.window_start + self.cached           # the first column not yet cached
+        offset, self.cached = self.cached, width - self.window_start
+        return self._forward(held, width, offset)
+
+    def append(self, ids):
+        self.tokens = np.concatenate([self.tokens, ids[:, None]], axis=1)
+        self.mask = np.concatenate([self.mask, np.ones((len(ids), 1), dtype=bool)], axis=1)
+
+
+def _stop_ids(stop_ids):
+    if stop_ids is None:
+        return set()
+    if np.isscalar(stop_ids):
+        return {int(stop_ids)}
+    return {int(s) for s in stop_ids}
+
+
+def stream(model, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None, min_p=None,
+           repetition_penalty=1.0, frequency_penalty=0.0, presence_penalty=0.0, stop_ids=None,
+           stop_strings=None, tokenizer=None, seed=0, use_cache=True):
+    """Yield the new tokens as they are made: a (B,) int64 array per step, -1 in rows that have
+    already stopped. Stops after max_new_tokens steps or when every row has stopped (it emitted
+    one of stop_ids, or its decoded output ends a stop string; stop_strings need `tokenizer`).
+    The arguments are generate's."""
+    config = SamplingConfig(temperature, top_k, top_p, min_p, repetition_penalty,
+                            frequency_penalty, presence_penalty)
+    if isinstance(max_new_tokens, bool) or int(max_new_tokens) != max_new_tokens \
+            or max_new_tokens < 0:
+        raise ValueError(f"generate: max_new_tokens must be a non-negative int, got "
+                         f"{max_new_tokens!r}")
+    if stop_strings and tokenizer is None:
+        raise ValueError("generate: stop_strings need a tokenizer to decode the output")
+    stop_strings = [stop_strings] if isinstance(stop_strings, str) else list(stop_strings or [])
+    stops = _stop_ids(stop_ids)
+    prompts, _ = prepare_prompts(idx)
     rng = np.random.default_rng(seed)
-    block = model.config.block_size
+    ctx = _Context(model, prompts, max_new_tokens, use_cache)
+    vocab = model.config.vocab_size
+    counts = None
+    if config.penalised:
+        counts = np.zeros((len(prompts), vocab))
+        for i, p in enumerate(prompts):
+            np.add.at(counts[i], p[p < vocab], 1)
+    done = np.zeros(len(prompts), dtype=bool)
+    outputs = [[] for _ in prompts]
     was_training = model.training
     model.eval()
-    with no_grad():
-        for _ in range(max_new_tokens):
-            context = idx[:, -block:]
-            logits = model(backend.to_device(context, model.device))
-            last = backend.to_numpy(logits.data[:, -1]).astype(np.float64)
-            nxt = _sample(last, temperature, top_k, rng)
-            idx = np.concatenate([idx, nxt[:, None]], axis=1)
-    model.train(was_training)
-    return idx
+    try:
+        with no_grad():
+            for _ in range(int(max_new_tokens)):
+                ids, _ = next_tokens(ctx.logits(), config, rng, counts)
+                ids = np.where(done, -1, ids)
+                yield ids.copy()
+                for i in np.flatnonzero(~done):
+                    outputs[i].append(int(ids[i]))
+                    if counts is not None:
+                        counts[i, ids[i]] += 1
+                    if int(ids[i]) in stops or (stop_strings and any(
+                            tokenizer.decode(outputs[i]).endswith(s) for s in stop_strings)):
+                        done[i] = True
+                if done.all():
+                    return
+                # a stopped row keeps decoding its last token (its output is no longer read)
+                ctx.append(np.where(ids < 0, ctx.tokens[:, -1], ids))
+    finally:
+        model.train(was_training)
+
+
+def generate(model, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None, min_p=None,
+             repetition_penalty=1.0, frequency_penalty=0.0, presence_penalty=0.0, stop_ids=None,
+             stop_strings=None, tokenizer=None, seed=0, use_cache=True):
+    """Continue each prompt by up to max_new_tokens tokens.
+
+    idx: (B, T) or (T,) int ids, or a list of id sequences of different lengths.
+    Returns, for an array, a (B, T + n) int64 array (n = steps taken; a row that stopped early is
+    padded on the right with its last token); for a list, a list of 1-D arrays, each its prompt
+    and its own new tokens (through the stop token). temperature=0 is greedy; see sampling.py for
+    top_k, top_p, min_p and the penalties. No autograd graph is recorded."""
+    prompts, rectangular = prepare_prompts(idx)
+    new = [[] for _ in prompts]
+    for ids in stream(model, idx, max_new_tokens, temperature, top_k, top_p, min_p,
+                      repetition_penalty, frequency_penalty, presence_penalty, stop_ids,
+                      stop_strings, tokenizer, seed, use_cache):
+        for i, t in enumerate(ids.tolist()):
+            if t >= 0:
+                new[i].append(t)
+    rows = [np.concatenate([p, np.asarray(n, dtype=np.int64)]) for p, n in zip(prompts, new)]
+    if not rectangular:
+        return rows
+    width = max(len(r) for r in rows)
+    return np.stack([np.concatenate([r, np.full(width - len(r), r[-1], dtype=np.int64)])
+                     for r in rows])

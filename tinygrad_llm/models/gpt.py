@@ -242,15 +242,18 @@ class GPT(Module):
                                  else ""))
         return idx
 
-    def forward(self, idx, targets=None, padding_mask=None, caches=None, offset=0):
+    def forward(self, idx, targets=None, padding_mask=None, caches=None, offset=0,
+                positions=None):
         """idx: (B, T) int ids -> logits (B, T, V), or (logits, loss) when targets (B, T) are
         given (ignore_index -100). caches: one KV cache per layer (the decoder's), offset: the
-        position of idx's first token."""
+        position of idx's first token. positions: (B, T) ints for a learned or sinusoidal
+        table when rows differ (left padding); relative schemes (RoPE, ALiBi, T5) need none."""
         idx = self._check_ids(getattr(idx, "data", idx), offset)
         b, t = idx.shape
         x = self.tok_emb(idx)                                       # (B, T, C)
         if self.pos_emb is not None:
-            x = x + self.pos_emb(t, offset)
+            x = x + (self.pos_emb(t, offset) if positions is None
+                     else self.pos_emb.rows(positions))
         bias = position_bias(self.pos_bias, t, t + offset, x)
         shared = None
         for layer, block in enumerate(self.blocks):

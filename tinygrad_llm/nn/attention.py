@@ -127,8 +127,9 @@ class MultiHeadAttention(Module):
             return self._packed(x, offset)
         b, t, _ = x.shape
         q, k, v = self._project(x, offset, shared_kv)
-        if cache is not None and not self.shares_kv:
+        if cache is not None and not self.shares_kv and self.kind == "softmax":
             k, v = cache.update(k, v)
+        tk = k.shape[2]        # a sliding-window cache returns only the most recent keys
         if self.kind == "linear":
             if bias is not None or padding_mask is not None or self.window is not None:
                 raise ValueError("linear attention takes no bias, padding mask or window")
@@ -137,12 +138,15 @@ class MultiHeadAttention(Module):
                 b_, hkv, tk, d = k.shape
                 k = k.reshape(b_, hkv, 1, tk, d).expand(b_, hkv, g, tk, d).reshape(b_, -1, tk, d)
                 v = v.reshape(b_, hkv, 1, tk, d).expand(b_, hkv, g, tk, d).reshape(b_, -1, tk, d)
-            o = F.linear_attention(q, k, v, causal=self.causal)
+            o = (cache.attend(q, k, v) if cache is not None and not self.shares_kv
+                 else F.linear_attention(q, k, v, causal=self.causal))
         else:
             mask = bias
             if padding_mask is not None:
                 pad = _padding_bias(padding_mask, x.device, x.dtype)
                 mask = pad if mask is None else mask + pad
+            if mask is not None and mask.shape[-1] > tk:      # keys the cache no longer holds
+                mask = mask[..., -tk:]
             o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=self.causal,
                                                window=self.window)
         y = o.transpose(0, 2, 1, 3).reshape(b, t, self.n_head * self.head_dim)

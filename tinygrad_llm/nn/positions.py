@@ -35,6 +35,17 @@ def _positive_int(name, value):
     return int(value)
 
 
+def _check_positions(owner, positions, limit, limit_name):
+    """An int array of positions, each in [0, limit)."""
+    positions = np.asarray(positions)
+    if positions.dtype.kind not in "iu":
+        raise ValueError(f"{owner}: positions must be integers, got dtype {positions.dtype}")
+    if positions.size and (positions.min() < 0 or positions.max() >= limit):
+        raise ValueError(f"{owner}: positions span {positions.min()}..{positions.max()}, outside "
+                         f"[0, {limit_name}={limit})")
+    return positions
+
+
 def _check_span(owner, T, offset, limit, limit_name):
     """Positions offset .. offset + T - 1 must lie in [0, limit)."""
     if isinstance(T, bool) or not isinstance(T, (int, np.integer)) or T < 0:
@@ -62,6 +73,12 @@ class LearnedPositions(Module):
     def forward(self, T, offset=0):
         _check_span("LearnedPositions", T, offset, self.block_size, "block_size")
         return self.weight[offset:offset + T]
+
+    def rows(self, positions):
+        """positions: (B, T) ints -> (B, T, dim): each row's own positions (left-padded batches,
+        where row b's first real token is position 0)."""
+        return self.weight[_check_positions("LearnedPositions", positions, self.block_size,
+                                            "block_size")]
 
     def extra_repr(self):
         return f"{self.block_size}, {self.dim}"
@@ -94,6 +111,13 @@ class SinusoidalPositions(Module):
     def forward(self, T, offset=0):
         _check_span("SinusoidalPositions", T, offset, self.block_size, "block_size")
         return Tensor._wrap(self.table[offset:offset + T])
+
+    def rows(self, positions):
+        """positions: (B, T) ints -> (B, T, dim), as LearnedPositions.rows."""
+        positions = _check_positions("SinusoidalPositions", positions, self.block_size,
+                                     "block_size")
+        return Tensor._wrap(self.table[backend.to_device(positions, backend.device_of(
+            self.table))])
 
     def extra_repr(self):
         return f"{self.block_size}, {self.dim}"

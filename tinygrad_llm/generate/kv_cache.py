@@ -1,0 +1,218 @@
+"""KV caches: what an attention layer keeps between decoding steps.
+
+Without a cache, producing token T+1 recomputes the keys and values of all T earlier tokens,
+O(T) work per layer per token that was already done. A token's K and V never change once it has
+been seen (a causal model's earlier positions do not look ahead), so the decoder stores them:
+the prompt is run once ("prefill"), then each step feeds one new token, appends its K/V and
+attends over everything stored.
+
+    KVCache         (B, Hkv, T_max, D) arrays, preallocated, filled left to right. GQA/MQA layers
+                    store only their Hkv heads. Keys are stored after RoPE, so their positions
+                    are already in them. Optionally int8 (one scale per token and head).
+    KVCache(window=W)  a sliding-window layer needs only its last W - 1 keys: a ring buffer of
+                    W - 1 + slack entries (slack lets speculative decoding roll back a few tokens).
+    LinearAttentionState  linear attention needs no keys at all: the running sums
+                    S = sum phi(k) v^T and z = sum phi(k) are its whole memory (RNN form).
+
+Every cache answers `update(k, v) -> (k_all, v_all)` (the attention layer's protocol), `length`,
+`reorder(rows)` (beam search keeps some rows and repeats others) and `truncate(length)`
+(speculative decoding drops rejected tokens). `make_caches(model, batch, max_len)` builds one per
+layer; layers that reuse an earlier layer's K/V (cross-layer sharing) get None.
+"""
+import numpy as np
+
+from .. import backend
+from ..ops.linear_attention import (FEATURE_MAPS, linear_attention_forward,
+                                    linear_attention_state, linear_attention_step)
+from ..tensor import Tensor
+
+__all__ = ["KVCache", "LinearAttentionState", "make_caches", "cache_nbytes"]
+
+
+def _data(x):
+    return x.data if isinstance(x, Tensor) else x
+
+
+class KVCache:
+    """One layer's keys and values for a batch of B sequences.
+
+    max_len: positions to hold (full attention). window: sliding-window size W (the ring holds
+    W - 1 + slack entries, whatever max_len is). dtype "int8" stores K/V as int8 with a float
+    scale per (row, head, token): absmax / 127, about 4x smaller than float32."""
+
+    def __init__(self, batch, n_kv_head, head_dim, max_len, dtype=np.float32, device="cpu",
+                 window=None, slack=16):
+        xp = backend.xp_for(device)
+        self.int8 = np.dtype(dtype) == np.int8 if not isinstance(dtype, str) else dtype == "int8"
+        self.float_dtype = np.float32 if self.int8 else np.dtype(dtype)
+        self.window = window
+        self.capacity = max_len if window is None else min(max_len, window - 1 + slack)
+        shape = (batch, n_kv_head, max(self.capacity, 1), head_dim)
+        store = np.int8 if self.int8 else self.float_dtype
+        self.k, self.v = xp.zeros(shape, dtype=store), xp.zeros(shape, dtype=store)
+        if self.int8:
+            self.k_scale = xp.zeros(shape[:3] + (1,), dtype=np.float32)
+            self.v_scale = xp.zeros(shape[:3] + (1,), dtype=np.float32)
+        self.length = 0            # tokens seen (positions); the ring keeps the last `capacity`
+        self.max_len = max_len
+
+    # ---- storage -------------------------------------------------------------------------
+    def _slots(self, start, n):
+        """Buffer indices of positions start .. start + n - 1."""
+        idx = np.arange(start, start + n)
+        return idx % self.capacity if self.window is not None else idx
+
+    def _write(self, k, v):
+        n = k.shape[2]
+        slots = self._slots(self.length, n)
+        if self.window is not None and n > self.capacity:      # only the last ones survive
+            slots, k, v = slots[-self.capacity:], k[:, :, -self.capacity:], v[:, :, -self.capacity:]
+        if self.int8:
+            xp = backend.array_module(k)
+            for x, store, scale in ((k, self.k, self.k_scale), (v, self.v, self.v_scale)):
+                s = (xp.abs(x).max(axis=-1, keepdims=True) / 127.0).astype(np.float32)
+                store[:, :, slots] = xp.rint(x / xp.where(s == 0, 1, s)).astype(np.int8)
+                scale[:, :, slots] = s
+        else:
+            self.k[:, :, slots] = k
+            self.v[:, :, slots] = v
+
+    def _read(self, slots):
+        if self.int8:
+            return ((self.k[:, :, slots] * self.k_scale[:, :, slots]).astype(self.float_dtype),
+                    (self.v[:, :, slots] * self.v_scale[:, :, slots]).astype(self.float_dtype))
+        if self.window is None:                                # a view, no copy
+            return self.k[:, :, :slots.stop], self.v[:, :, :slots.stop]
+        return self.k[:, :, slots], self.v[:, :, slots]
+
+    def _stored(self):
+        """Buffer indices of the stored positions, oldest first."""
+        if self.window is None:
+            return slice(0, self.length) if not self.int8 else np.arange(self.length)
+        n = min(self.length, self.capacity)
+        return self._slots(self.length - n, n)
+
+    # ---- the attention layer's protocol ---------------------------------------------------
+    def update(self, k, v):
+        """Append this step's k, v (B, Hkv, t, D); return the K/V to attend over: the stored
+        ones (oldest first) then these. With a window, older keys than W - 1 back are dropped;
+        the attention's window mask ignores any extra it is given."""
+        k, v = _data(k), _data(v)
+        t = k.shape[2]
+        if self.window is None and self.length + t > self.max_len:
+            raise ValueError(f"KVCache: {self.length} + {t} tokens exceed max_len={self.max_len}")
+        past = self._stored()
+        has_past = self.length > 0
+        if has_past:
+            pk, pv = self._read(past)
+        self._write(k, v)
+        self.length += t
+        if not has_past:
+            ka, va = k, v
+        elif self.window is None and not self.int8:
+            ka, va = self._read(self._stored())                # the buffer now holds all
+        else:
+            xp = backend.array_module(k)
+            ka, va = xp.concatenate([pk, k], axis=2), xp.concatenate([pv, v], axis=2)
+        return Tensor._wrap(ka), Tensor._wrap(va)
+
+    def reorder(self, rows):
+        """Keep batch rows `rows` (an int array; repeats allowed), e.g. surviving beams."""
+        rows = np.asarray(rows)
+        self.k, self.v = self.k[rows], self.v[rows]
+        if self.int8:
+            self.k_scale, self.v_scale = self.k_scale[rows], self.v_scale[rows]
+
+    def truncate(self, length):
+        """Forget positions >= length (rejected speculative tokens)."""
+        if not 0 <= length <= self.length:
+            raise ValueError(f"KVCache.truncate: length must be in [0, {self.length}], got "
+                             f"{length}")
+        if self.window is not None and self.length - length > self.capacity - (self.window - 1):
+            raise ValueError(f"KVCache.truncate: a window-{self.window} ring keeps only "
+                             f"{self.capacity - self.window + 1} tokens of slack; cannot drop "
+                             f"{self.length - length}")
+        self.length = length
+
+    @property
+    def nbytes(self):
+        n = self.k.nbytes + self.v.nbytes
+        return n + (self.k_scale.nbytes + self.v_scale.nbytes if self.int8 else 0)
+
+
+class LinearAttentionState:
+    """Linear attention's memory: S (B, H, D, Dv) and z (B, H, D) after the tokens seen so far
+    (ops/linear_attention.py). Its size does not grow with the sequence. `attend` replaces the
+    attention call; the last step's intermediate states are kept so `truncate` can roll back
+    within it."""
+
+    def __init__(self, feature_map="elu", eps=1e-6):
+        self.feature_map, self.eps = FEATURE_MAPS[feature_map], eps
+        self.s = self.z = None
+        self.length = 0
+        self._history = []           # (length, s, z) after each token of the last step
+
+    def update(self, k, v):
+        raise TypeError("LinearAttentionState keeps sums, not keys: the layer calls attend()")
+
+    def attend(self, q, k, v):
+        """q, k, v: (B, H, t, D) Tensors (K/V heads already expanded) -> output (B, H, t, Dv)
+        Tensor, as causal linear attention over everything seen, and the state advanced."""
+        phi_q, phi_k, v = _data(self.feature_map(q)), _data(self.feature_map(k)), _data(v)
+        t = v.shape[2]
+        self._history = [(self.length, self.s, self.z)]
+        if self.s is None and t > 1:          # a prefill: the chunked op, then S, z at once
+            out = linear_attention_forward(phi_q, phi_k, v, True, self.eps)[0]
+            self.s, self.z = linear_attention_state(phi_k, v)
+            self.length = t
+            self._history.append((t, self.s, self.z))
+            return Tensor._wrap(out)
+        outs = []
+        for i in range(t):                    # the RNN form, one token at a time
+            o, self.s, self.z = linear_attention_step(phi_q[:, :, i], phi_k[:, :, i],
+                                                      v[:, :, i], self.s, self.z, self.eps)
+            self.length += 1
+            self._history.append((self.length, self.s, self.z))
+            outs.append(o)
+        return Tensor._wrap(backend.array_module(v).stack(outs, axis=2))
+
+    def reorder(self, rows):
+        if self.s is not None:
+            self.s, self.z = self.s[rows], self.z[rows]
+        self._history = []
+
+    def truncate(self, length):
+        for n, s, z in self._history:
+            if n == length:
+                self.s, self.z, self.length = s, z, length
+                return
+        if length != self.length:
+            raise ValueError(f"LinearAttentionState.truncate: can roll back only within the last "
+                             f"step ({[n for n, _, _ in self._history]}), got {length}")
+
+    @property
+    def nbytes(self):
+        return 0 if self.s is None else self.s.nbytes + self.z.nbytes
+
+
+def make_caches(model, batch, max_len, dtype=None, slack=16):
+    """One cache per attention layer of a GPT (None where a layer reuses an earlier layer's K/V).
+
+    dtype: the model's float dtype by default; "int8" for the quantised cache."""
+    caches = []
+    for block in model.blocks:
+        attn = block.attn
+        if attn.shares_kv:
+            caches.append(None)
+        elif attn.kind == "linear":
+            caches.append(LinearAttentionState())
+        else:
+            caches.append(KVCache(batch, attn.n_kv_head, attn.head_dim, max_len,
+                                  dtype=dtype or next(iter(model.parameters())).dtype,
+                                  device=model.device,
+                                  window=attn.window, slack=slack))
+    return caches
+
+
+def cache_nbytes(caches):
+    return sum(c.nbytes for c in caches if c is not None)
