@@ -63,3 +63,6 @@ def stack(tensors, axis=0):
 def where(cond, a, b):
     """Elementwise cond ? a : b (differentiable in a and b)."""
     return nn.functional.where(cond, a, b)
+
+
+from . import generate  # noqa: E402,F401 (last: it registers GPT.generate)
