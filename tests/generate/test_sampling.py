@@ -172,3 +172,9 @@ def test_bad_prompts():
         generate(model, np.zeros((2, 2, 2), dtype=int), 3)
     with pytest.raises(ValueError, match="max_new_tokens"):
         generate(model, np.array([[1]]), -1)
+
+
+def test_model_generate_method():
+    model = model_for("gpt2")
+    np.testing.assert_array_equal(model.generate(np.array([[1, 2]]), 5, temperature=0),
+                                  generate(model, np.array([[1, 2]]), 5, temperature=0))

@@ -6,9 +6,9 @@ from .kv_cache import KVCache, LinearAttentionState, cache_nbytes, make_caches
 from .sampling import SamplingConfig, apply_penalties, filter_logits, next_tokens, probabilities
 from .speculative import speculative_generate
 
-__all__ = ["generate", "stream", "speculative_generate", "prepare_prompts", "KVCache", "LinearAttentionState",
-           "make_caches", "cache_nbytes", "SamplingConfig", "apply_penalties", "filter_logits",
-           "next_tokens", "probabilities"]
+__all__ = ["generate", "stream", "speculative_generate", "prepare_prompts", "KVCache",
+           "LinearAttentionState", "make_caches", "cache_nbytes", "SamplingConfig",
+           "apply_penalties", "filter_logits", "next_tokens", "probabilities"]
 
 
 def _generate_method(self, idx, max_new_tokens, **kwargs):
