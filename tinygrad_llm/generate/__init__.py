@@ -1,12 +1,14 @@
 """Text generation: the KV-cached decoder (generate.py, kv_cache.py), token selection
 (sampling.py), beam search and speculative decoding."""
 from ..models.gpt import GPT as _GPT
+from .beam import beam_search
 from .generate import generate, prepare_prompts, stream
 from .kv_cache import KVCache, LinearAttentionState, cache_nbytes, make_caches
 from .sampling import SamplingConfig, apply_penalties, filter_logits, next_tokens, probabilities
 from .speculative import speculative_generate
 
-__all__ = ["generate", "stream", "speculative_generate", "prepare_prompts", "KVCache",
+__all__ = ["generate", "stream", "speculative_generate", "beam_search", "prepare_prompts",
+           "KVCache",
            "LinearAttentionState", "make_caches", "cache_nbytes", "SamplingConfig",
            "apply_penalties", "filter_logits", "next_tokens", "probabilities"]
 
