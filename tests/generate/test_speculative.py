@@ -99,3 +99,21 @@ def test_bad_input():
         speculative_generate(target, target, np.array([1] * 60), 10)
     with pytest.raises(ValueError, match="linear-attention draft"):
         speculative_generate(target, tiny(attention="linear"), np.array([1]), 5)
+
+
+def test_speculative_example_runs(tmp_path, monkeypatch, capsys):
+    import json
+    import os
+    import sys
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("ROMEO:\nBut soft, what light through yonder window breaks?\n" * 60)
+    monkeypatch.setenv("TINYGRAD_LLM_DATA", str(corpus))
+    sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "examples"))
+    import speculative
+    result = speculative.main([f"--target={tmp_path / 't' / 'ckpt.safetensors'}",
+                               f"--draft={tmp_path / 'd' / 'ckpt.safetensors'}",
+                               "--target_iters=2", "--draft_iters=2", "--max_new_tokens=12",
+                               "--k=3"])
+    assert result["identical_to_target_greedy"] is True
+    assert 0 <= result["acceptance_rate"] <= 1
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["k"] == 3

@@ -5,10 +5,11 @@ from .beam import beam_search
 from .generate import generate, prepare_prompts, stream
 from .kv_cache import KVCache, LinearAttentionState, cache_nbytes, make_caches
 from .sampling import SamplingConfig, apply_penalties, filter_logits, next_tokens, probabilities
+from .session import DecodeSession
 from .speculative import speculative_generate
 
 __all__ = ["generate", "stream", "speculative_generate", "beam_search", "prepare_prompts",
-           "KVCache",
+           "DecodeSession", "KVCache",
            "LinearAttentionState", "make_caches", "cache_nbytes", "SamplingConfig",
            "apply_penalties", "filter_logits", "next_tokens", "probabilities"]
 
