@@ -32,7 +32,7 @@ class Args:
     target: str = "out-shakespeare/ckpt.safetensors"
     draft: str = "out-draft/ckpt.safetensors"
     prompt: str = "ROMEO:\n"
-    max_new_tokens: int = 300
+    max_new_tokens: int = 120    # the char models hold 128 positions
     k: int = 4
     temperature: float = 0.0
     top_k: int = None
