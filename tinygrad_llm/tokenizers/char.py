@@ -11,11 +11,11 @@ Encoding and decoding are vectorised: the text becomes an array of code points t
 sorted vocabulary maps code points to ids.
 """
 import json
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
+
+from ..data.files import atomic_write
 
 __all__ = ["CharTokenizer"]
 
@@ -137,16 +137,8 @@ class CharTokenizer:
         # ensure_ascii escapes every non-ASCII character, lone surrogates included, so the file
         # is plain ASCII whatever the vocabulary holds
         text = json.dumps(self.to_dict())
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        try:
-            with os.fdopen(fd, "w", encoding="ascii") as f:
-                f.write(text)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.remove(tmp)
+        with atomic_write(path, "w", encoding="ascii") as f:
+            f.write(text)
         return path
 
     @classmethod

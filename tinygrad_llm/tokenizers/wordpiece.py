@@ -29,13 +29,13 @@ rule: the space before each of . , ! ? ; : is removed, and " ' " becomes "'" (so
 back as "don't", not "don ' t"). Leading and trailing whitespace is not kept.
 """
 import json
-import os
 import re
-import tempfile
 import unicodedata
 from pathlib import Path
 
 import numpy as np
+
+from ..data.files import atomic_write
 
 __all__ = ["WordPieceTokenizer", "SPECIAL_TOKENS", "pre_tokenize", "normalize", "clean_text",
            "strip_accent_marks", "is_punctuation", "is_cjk"]
@@ -499,17 +499,8 @@ class WordPieceTokenizer:
     def save(self, path):
         """Write the tokenizer as JSON, atomically (temporary file, fsync, rename)."""
         path = Path(path)
-        text = json.dumps(self.to_dict())          # ASCII: non-ASCII characters are escaped
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        try:
-            with os.fdopen(fd, "w", encoding="ascii") as f:
-                f.write(text)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.remove(tmp)
+        with atomic_write(path, "w", encoding="ascii") as f:
+            f.write(json.dumps(self.to_dict()))    # ASCII: non-ASCII characters are escaped
         return path
 
     @classmethod
@@ -519,16 +510,8 @@ class WordPieceTokenizer:
     def save_vocab_file(self, path):
         """Write BERT's vocab.txt (one token per line, in id order), atomically."""
         path = Path(path)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
-                f.write("".join(t + "\n" for t in self._vocab))
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.remove(tmp)
+        with atomic_write(path, "w", encoding="utf-8") as f:
+            f.write("".join(t + "\n" for t in self._vocab))
         return path
 
     def __eq__(self, other):
