@@ -37,6 +37,7 @@ import tiktoken
 from ..data.corpus import default_cache_dir
 from ..data.files import atomic_write
 from ..kernels import kernel
+from ._common import check_dict, merge_pair
 from .files import (CL100K_SHA256, CL100K_SPECIAL_TOKENS, find_cl100k, format_tiktoken,
                     parse_tiktoken, read_gpt2, read_hf_tokenizer_json, read_tiktoken,
                     write_tiktoken)
@@ -50,19 +51,6 @@ _VERSION = 1
 
 
 # ---- training -----------------------------------------------------------------------------------
-def _merge_word(word, a, b, new):
-    """Join every (a, b) of `word` into `new`, left to right without overlaps ("aaa" -> new a)."""
-    out, i = [], 0
-    while i < len(word):
-        if i + 1 < len(word) and word[i] == a and word[i + 1] == b:
-            out.append(new)
-            i += 2
-        else:
-            out.append(word[i])
-            i += 1
-    return out
-
-
 @kernel("bpe_learn_merges")
 def learn_merges(symbols, starts, freqs, n_base, max_tokens, min_frequency):
     """Learn BPE merges over distinct words, recounting every pair after each merge.
@@ -83,7 +71,7 @@ def learn_merges(symbols, starts, freqs, n_base, max_tokens, min_frequency):
         (a, b), c = min(counts.items(), key=lambda kv: (-kv[1], kv[0]))   # ties: smaller pair
         if c < min_frequency:
             break
-        words = [_merge_word(w, a, b, n_base + len(merges)) for w in words]
+        words = [merge_pair(w, a, b, n_base + len(merges)) for w in words]
         merges.append((a, b))
     return np.array(merges, dtype=np.int64).reshape(-1, 2)
 
@@ -316,11 +304,7 @@ class BPETokenizer:
 
     @classmethod
     def from_dict(cls, d):
-        if not isinstance(d, dict) or d.get("type") != _TYPE or d.get("version") != _VERSION:
-            got = ((d.get("type"), d.get("version")) if isinstance(d, dict)
-                   else type(d).__name__)
-            raise ValueError(f"expected a BPETokenizer dict (type {_TYPE!r}, version "
-                             f"{_VERSION}), got {got!r}")
+        check_dict(d, _TYPE, _VERSION, "BPETokenizer")
         return cls(parse_tiktoken(d["ranks"]), d["pattern"], d["special_tokens"],
                    name=d.get("name", "bpe"))
 

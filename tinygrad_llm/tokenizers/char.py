@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from ..data.files import atomic_write
+from ._common import check_dict
 
 __all__ = ["CharTokenizer"]
 
@@ -122,11 +123,7 @@ class CharTokenizer:
 
     @classmethod
     def from_dict(cls, d):
-        if not isinstance(d, dict) or d.get("type") != _TYPE or d.get("version") != _VERSION:
-            got = ((d.get("type"), d.get("version")) if isinstance(d, dict)
-                   else type(d).__name__)
-            raise ValueError(f"expected a CharTokenizer dict (type {_TYPE!r}, version "
-                             f"{_VERSION}), got {got!r}")
+        check_dict(d, _TYPE, _VERSION, "CharTokenizer")
         if not isinstance(d.get("chars"), str):
             raise ValueError(f"CharTokenizer dict: chars must be a str, got {d.get('chars')!r}")
         return cls(d["chars"], unk=d.get("unk"))

@@ -36,6 +36,7 @@ from pathlib import Path
 import numpy as np
 
 from ..data.files import atomic_write
+from ._common import check_dict, merge_pair
 
 __all__ = ["WordPieceTokenizer", "SPECIAL_TOKENS", "pre_tokenize", "normalize", "clean_text",
            "strip_accent_marks", "is_punctuation", "is_cjk"]
@@ -236,19 +237,6 @@ class _PairStats:
         return min(rows.tolist(), key=lambda r: (-count[r], vocab[self.a[r]], vocab[self.b[r]]))
 
 
-def _merge_symbols(symbols, a, b, merged):
-    """Replace each non-overlapping (a, b), left to right, by `merged`."""
-    out, i = [], 0
-    while i < len(symbols):
-        if i + 1 < len(symbols) and symbols[i] == a and symbols[i + 1] == b:
-            out.append(merged)
-            i += 2
-        else:
-            out.append(symbols[i])
-            i += 1
-    return out
-
-
 def _train_vocab(word_counts, vocab_size, min_frequency):
     """{word: count} -> vocabulary list (specials, alphabet, then merged tokens in merge order)."""
     vocab = list(SPECIAL_TOKENS) + _initial_alphabet(word_counts)
@@ -278,7 +266,7 @@ def _train_vocab(word_counts, vocab_size, min_frequency):
             stats.grow_symbols(len(vocab))
         for word_id in sorted(stats.where[row]):
             old = symbols[word_id]
-            new = _merge_symbols(old, a, b, merged)
+            new = merge_pair(old, a, b, merged)
             if len(new) == len(old):               # a stale entry: the pair left this word
                 continue
             stats.add_word(word_id, old, freqs[word_id], sign=-1)
@@ -485,11 +473,7 @@ class WordPieceTokenizer:
 
     @classmethod
     def from_dict(cls, d):
-        if not isinstance(d, dict) or d.get("type") != _TYPE or d.get("version") != _VERSION:
-            got = ((d.get("type"), d.get("version")) if isinstance(d, dict)
-                   else type(d).__name__)
-            raise ValueError(f"expected a WordPieceTokenizer dict (type {_TYPE!r}, version "
-                             f"{_VERSION}), got {got!r}")
+        check_dict(d, _TYPE, _VERSION, "WordPieceTokenizer")
         if not isinstance(d.get("vocab"), list):
             raise ValueError(f"WordPieceTokenizer dict: vocab must be a list, got "
                              f"{type(d.get('vocab')).__name__}")
