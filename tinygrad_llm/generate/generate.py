@@ -21,6 +21,7 @@ import numpy as np
 
 from .. import backend
 from ..tensor import no_grad
+from .decode_step import forward_logits
 from .kv_cache import make_caches
 from .sampling import SamplingConfig, next_tokens
 
@@ -74,6 +75,9 @@ class _Context:
         """Logits of the last column for columns start..stop-1, the caches (if any) holding
         columns start - offset .. start - 1 of the current window."""
         tokens, mask = self.tokens[:, start:stop], self.mask[:, self.window_start:stop]
+        if len(tokens) == 1:             # one row: no padding, positions offset..
+            logits = forward_logits(self.model, tokens[0], self.caches, offset)
+            return backend.to_numpy(logits[-1:]).astype(np.float64)
         positions = None
         if self.absolute:
             positions = (np.cumsum(mask, axis=1) - 1).clip(0)[:, -tokens.shape[1]:]

@@ -26,7 +26,7 @@ from ..ops.linear_attention import (FEATURE_MAPS, linear_attention_forward,
                                     linear_attention_state, linear_attention_step)
 from ..tensor import Tensor
 
-__all__ = ["KVCache", "LinearAttentionState", "make_caches", "cache_nbytes"]
+__all__ = ["KVCache", "LinearAttentionState", "CacheList", "make_caches", "cache_nbytes"]
 
 
 def _data(x):
@@ -38,10 +38,12 @@ class KVCache:
 
     max_len: positions to hold (full attention). window: sliding-window size W (the ring holds
     W - 1 + slack entries, whatever max_len is). dtype "int8" stores K/V as int8 with a float
-    scale per (row, head, token): absmax / 127, about 4x smaller than float32."""
+    scale per (row, head, token): absmax / 127, about 4x smaller than float32. storage: (k, v)
+    arrays of shape (batch, n_kv_head, max_len, head_dim) to use instead of new ones (views of
+    a DecodePlan's stacked buffers)."""
 
     def __init__(self, batch, n_kv_head, head_dim, max_len, dtype=np.float32, device="cpu",
-                 window=None, slack=16):
+                 window=None, slack=16, storage=None):
         xp = backend.xp_for(device)
         self.int8 = np.dtype(dtype) == np.int8 if not isinstance(dtype, str) else dtype == "int8"
         self.float_dtype = np.float32 if self.int8 else np.dtype(dtype)
@@ -49,7 +51,13 @@ class KVCache:
         self.capacity = max_len if window is None else min(max_len, window - 1 + slack)
         shape = (batch, n_kv_head, max(self.capacity, 1), head_dim)
         store = np.int8 if self.int8 else self.float_dtype
-        self.k, self.v = xp.zeros(shape, dtype=store), xp.zeros(shape, dtype=store)
+        if storage is not None:
+            if self.int8 or any(a.shape != shape or a.dtype != store for a in storage):
+                raise ValueError(f"KVCache: storage must be two {store} arrays of shape {shape}, "
+                                 f"got {[(a.shape, a.dtype) for a in storage]}")
+            self.k, self.v = storage
+        else:
+            self.k, self.v = xp.zeros(shape, dtype=store), xp.zeros(shape, dtype=store)
         if self.int8:
             self.k_scale = xp.zeros(shape[:3] + (1,), dtype=np.float32)
             self.v_scale = xp.zeros(shape[:3] + (1,), dtype=np.float32)
@@ -195,11 +203,31 @@ class LinearAttentionState:
         return 0 if self.s is None else self.s.nbytes + self.z.nbytes
 
 
+class CacheList(list):
+    """make_caches' result: one cache per layer, and `plan`, the DecodePlan whose stacked
+    buffers they are views of (None when the fused decode step does not apply)."""
+    plan = None
+
+
 def make_caches(model, batch, max_len, dtype=None, slack=16):
     """One cache per attention layer of a GPT (None where a layer reuses an earlier layer's K/V).
 
-    dtype: the model's float dtype by default; "int8" for the quantised cache."""
-    caches = []
+    dtype: the model's float dtype by default; "int8" for the quantised cache. A batch-1 float
+    cache of a model that decode_step.py can run gets a DecodePlan: the per-layer caches are
+    then views of its two stacked buffers, and single-token steps take the fused path."""
+    from .decode_step import DecodePlan       # decode_step builds on this module's caches
+    def model_dtype():
+        return next(iter(model.parameters())).dtype
+
+    if batch == 1 and DecodePlan.reason(model) is None and dtype in (None, model_dtype()):
+        plan = DecodePlan(model, max_len)
+        caches = CacheList(KVCache(1, plan.weights.n_kv_head, plan.weights.head_dim, max_len,
+                                   dtype=model_dtype(), device=model.device,
+                                   storage=(k[None], v[None]))
+                           for k, v in zip(plan.k_all, plan.v_all))
+        caches.plan = plan
+        return caches
+    caches = CacheList()
     for block in model.blocks:
         attn = block.attn
         if attn.shares_kv:
@@ -208,7 +236,7 @@ def make_caches(model, batch, max_len, dtype=None, slack=16):
             caches.append(LinearAttentionState())
         else:
             caches.append(KVCache(batch, attn.n_kv_head, attn.head_dim, max_len,
-                                  dtype=dtype or next(iter(model.parameters())).dtype,
+                                  dtype=dtype or model_dtype(),
                                   device=model.device,
                                   window=attn.window, slack=slack))
     return caches

@@ -24,7 +24,7 @@ Sampling is sampling.py's (temperature 0 is greedy); penalties count the tokens 
 import numpy as np
 
 from .. import backend
-from ..tensor import no_grad
+from .decode_step import forward_logits, inference
 from .kv_cache import make_caches
 from .sampling import SamplingConfig, next_tokens
 
@@ -107,17 +107,11 @@ class DecodeSession:
 
     def _run(self, ids):
         """Append ids to the caches at the current offset; store the last position's logits."""
-        was_training = self.model.training
-        self.model.eval()
-        try:
-            with no_grad():
-                x = backend.to_device(np.asarray(ids, dtype=np.int64)[None], self.model.device)
-                out = self.model(x, caches=self.caches, offset=len(self._tokens))
-        finally:
-            self.model.train(was_training)
+        with inference(self.model):
+            logits = forward_logits(self.model, ids, self.caches, len(self._tokens))
         self._tokens += ids
         self.tokens_fed += len(ids)
-        self._logits = backend.to_numpy(out.data[0, -1]).astype(np.float64)
+        self._logits = backend.to_numpy(logits[-1]).astype(np.float64)
 
     def feed(self, ids):
         """Append ids ((T,) or (1, T) ints) to the sequence, running only them through the

@@ -27,6 +27,7 @@ import numpy as np
 
 from .. import backend
 from ..tensor import no_grad
+from .decode_step import forward_logits
 from .generate import _stop_ids, prepare_prompts
 from .kv_cache import LinearAttentionState, make_caches
 from .sampling import SamplingConfig, filter_logits, probabilities, sample
@@ -55,11 +56,10 @@ class _Model:
         self.calls = 0
 
     def feed(self, tokens):
-        ids = backend.to_device(np.asarray(tokens, dtype=np.int64)[None], self.model.device)
-        logits = self.model(ids, caches=self.caches, offset=self.length)
+        logits = forward_logits(self.model, tokens, self.caches, self.length)
         self.length += len(tokens)
         self.calls += 1
-        return _distributions(backend.to_numpy(logits.data[0]), self.config)
+        return _distributions(backend.to_numpy(logits), self.config)
 
     def truncate(self, length):
         for c in self.caches:

@@ -1,0 +1,312 @@
+"""The batch-1 decode step in one Numba call (reference: generate/decode_step.py).
+
+One call runs t tokens through every layer: embeddings, per layer norm -> packed q/k/v
+matrix-vector product -> RoPE -> K/V written into the cache -> attention over the cached keys ->
+output projection -> norm -> feed-forward, then the final norm and the head. The arguments are
+the model's own arrays in two typed lists (matrices and vectors, made once per model), the two
+stacked K/V buffers, and a few ints; a step costs one dispatch instead of a few dozen per layer.
+
+Where the time goes: a matrix-vector product reads its whole weight once, so a step reads every
+weight of the model. A small model's weights stay in the caches and the step is a few
+microseconds of arithmetic; splitting it over threads would only add the wake-up of the other
+thread (~10-30 us with OpenMP's passive waiting, more than a 128-wide layer's work). A large
+model's weights stream from memory, where two threads draw more bandwidth than one: matrices of
+at least `parallel_bytes` are split into row chunks over the threads (and attention, over heads,
+when the cache it reads is that large). parallel_bytes is set from the model's total weight size
+(PARALLEL_MODEL_BYTES) so small models never pay for threads.
+
+Inner loops are dot products over contiguous rows (a weight row, a cached key) or axpy updates
+over head_dim, with float32 accumulators for float32 weights, so LLVM vectorises them.
+"""
+import math
+
+import numba
+import numpy as np
+from numba import prange, typed
+
+from .. import implements
+from ._common import exp_shifted, jit, jit_parallel, row_max
+
+PARALLEL_MODEL_BYTES = 24 << 20   # above this the weights do not stay in cache between tokens
+PARALLEL_BYTES = 1 << 20          # ... and a matrix this large is split over the threads
+N_LAYER_MATS, N_LAYER_VECS = 5, 9  # per layer: qkv, proj, ffn_in, ffn_up, down | 9 vectors
+
+
+# ---- pieces -------------------------------------------------------------------------------------
+@jit
+def _rows(w, x, b, y, lo, hi):
+    """y[o] = w[o] . x (+ b[o]) for rows lo..hi-1; b may be empty (no bias). Four rows at a
+    time: each x[i] loaded once serves four products."""
+    n = w.shape[1]
+    o = lo
+    while o + 4 <= hi:
+        r0, r1, r2, r3 = w[o], w[o + 1], w[o + 2], w[o + 3]
+        a0 = a1 = a2 = a3 = np.float32(0.0)
+        for i in range(n):
+            xi = x[i]
+            a0 += r0[i] * xi
+            a1 += r1[i] * xi
+            a2 += r2[i] * xi
+            a3 += r3[i] * xi
+        y[o], y[o + 1], y[o + 2], y[o + 3] = a0, a1, a2, a3
+        o += 4
+    for o in range(o, hi):
+        row = w[o]
+        acc = np.float32(0.0)
+        for i in range(n):
+            acc += row[i] * x[i]
+        y[o] = acc
+    if b.shape[0]:
+        for o in range(lo, hi):
+            y[o] += b[o]
+
+
+@jit_parallel
+def _rows_parallel(w, x, b, y, n_chunks):
+    m = w.shape[0]
+    for c in prange(n_chunks):
+        _rows(w, x, b, y, c * m // n_chunks, (c + 1) * m // n_chunks)
+
+
+@jit
+def _matvec(w, x, b, y, parallel_bytes, n_chunks):
+    """y = w x (+ b), split over threads when w is at least parallel_bytes."""
+    if n_chunks > 1 and w.size * w.itemsize >= parallel_bytes:
+        _rows_parallel(w, x, b, y, n_chunks)
+    else:
+        _rows(w, x, b, y, 0, w.shape[0])
+
+
+@jit
+def _norm(x, w, b, kind, eps, out):
+    """LayerNorm (kind 0; b may be empty) or RMSNorm (kind 1) of the vector x into out."""
+    n = x.shape[0]
+    if kind == 1:
+        ss = np.float32(0.0)
+        for i in range(n):
+            ss += x[i] * x[i]
+        r = 1.0 / math.sqrt(ss / n + eps)
+        for i in range(n):
+            out[i] = x[i] * r * w[i]
+        return
+    mu = np.float32(0.0)
+    for i in range(n):
+        mu += x[i]
+    mu /= n
+    var = np.float32(0.0)
+    for i in range(n):
+        var += (x[i] - mu) * (x[i] - mu)
+    r = 1.0 / math.sqrt(var / n + eps)
+    for i in range(n):
+        out[i] = (x[i] - mu) * r * w[i] + (b[i] if b.shape[0] else 0.0)
+
+
+@jit
+def _activate(u, g, kind, e, bits, powers):
+    """u = act(u) in place: GELU erf (0), GELU tanh (1), ReLU (2), or silu(u) * g (3, SwiGLU).
+    tanh and the sigmoid come from e = exp(-|z|) <= 1 through the vectorised exp_shifted
+    (e, bits, powers: scratch rows): tanh(y) = sign(y) (1 - e) / (1 + e) with e = exp(-2|y|),
+    sigmoid(z) = 1 / (1 + e) for z >= 0 and e / (1 + e) below."""
+    n = u.shape[0]
+    if kind == 0:
+        for i in range(n):
+            u[i] = 0.5 * u[i] * (1.0 + math.erf(u[i] * 0.7071067811865476))
+    elif kind == 2:
+        for i in range(n):
+            u[i] = max(u[i], 0.0)
+    elif kind == 1:
+        for i in range(n):
+            z = u[i]
+            e[i] = -2.0 * abs(0.7978845608028654 * (z + 0.044715 * z * z * z))
+        exp_shifted(e, np.float32(0.0), e, bits, powers, n)
+        for i in range(n):
+            z = u[i]
+            t = (1.0 - e[i]) / (1.0 + e[i])
+            u[i] = 0.5 * z * (1.0 + (t if z >= 0 else -t))
+    else:
+        for i in range(n):
+            e[i] = -abs(u[i])
+        exp_shifted(e, np.float32(0.0), e, bits, powers, n)
+        for i in range(n):
+            z = u[i]
+            sig = 1.0 / (1.0 + e[i]) if z >= 0 else e[i] / (1.0 + e[i])
+            u[i] = z * sig * g[i]
+
+
+@jit
+def _rope(heads, first, count, cos, sin):
+    """Rotate rows first..first+count-1 of heads (S, D) by one position's cos, sin rows (D,)."""
+    half = heads.shape[1] // 2
+    for s in range(first, first + count):
+        row = heads[s]
+        for i in range(half):
+            a, b = row[i], row[i + half]
+            row[i] = a * cos[i] - b * sin[i]
+            row[i + half] = b * cos[i + half] + a * sin[i + half]
+
+
+@jit
+def _attend(heads, keys, values, n, n_hkv, scale, scores, bits, powers, out, lo, hi):
+    """Query heads lo..hi-1 (rows of heads) against the first n cached keys/values (Hkv, T, D) of
+    their group: out[h] = softmax(q_h K_g^T * scale) V_g. Keys and values four at a time, so one
+    pass over q (or out) serves four of them."""
+    n_h, d = out.shape
+    group = n_h // n_hkv
+    n4 = n - n % 4
+    for h in range(lo, hi):
+        q, s, o = heads[h], scores[h], out[h]
+        kk, vv = keys[h // group], values[h // group]
+        for j in range(0, n4, 4):
+            k0, k1, k2, k3 = kk[j], kk[j + 1], kk[j + 2], kk[j + 3]
+            a0 = a1 = a2 = a3 = np.float32(0.0)
+            for e in range(d):
+                a0 += q[e] * k0[e]
+                a1 += q[e] * k1[e]
+                a2 += q[e] * k2[e]
+                a3 += q[e] * k3[e]
+            s[j], s[j + 1], s[j + 2], s[j + 3] = a0 * scale, a1 * scale, a2 * scale, a3 * scale
+        for j in range(n4, n):
+            k0 = kk[j]
+            a0 = np.float32(0.0)
+            for e in range(d):
+                a0 += q[e] * k0[e]
+            s[j] = a0 * scale
+        m = row_max(s, n)
+        exp_shifted(s, m, s, bits[h], powers[h], n)
+        total = np.float32(0.0)
+        for j in range(n):
+            total += s[j]
+        for j in range(n):
+            s[j] /= total
+        for e in range(d):
+            o[e] = 0.0
+        for j in range(0, n4, 4):
+            p0, p1, p2, p3 = s[j], s[j + 1], s[j + 2], s[j + 3]
+            v0, v1, v2, v3 = vv[j], vv[j + 1], vv[j + 2], vv[j + 3]
+            for e in range(d):
+                o[e] += p0 * v0[e] + p1 * v1[e] + p2 * v2[e] + p3 * v3[e]
+        for j in range(n4, n):
+            p0, v0 = s[j], vv[j]
+            for e in range(d):
+                o[e] += p0 * v0[e]
+
+
+@jit_parallel
+def _attend_parallel(heads, keys, values, n, n_hkv, scale, scores, bits, powers, out, n_chunks):
+    n_h = out.shape[0]
+    for c in prange(n_chunks):
+        _attend(heads, keys, values, n, n_hkv, scale, scores, bits, powers, out,
+                c * n_h // n_chunks, (c + 1) * n_h // n_chunks)
+
+
+# ---- the step -----------------------------------------------------------------------------------
+@jit
+def _decode_loop(ids, start, mats, vecs, k_all, v_all, dims, eps, parallel_bytes, n_chunks,
+                 logits):
+    # mats: tok_emb, pos_table, cos, sin, head, then per layer qkv, proj, ffn_in, ffn_up, down
+    # vecs: final norm w, b, an empty head bias, then per layer norm1 w, b, qkv b, proj b,
+    # norm2 w, b, in b, up b, down b (empty when absent).
+    # dims: n_layer, H, Hkv, D, norm kind, activation, positions
+    n_layer, n_h, n_hkv, d = dims[0], dims[1], dims[2], dims[3]
+    norm_kind, act_kind, pos_kind = dims[4], dims[5], dims[6]
+    tok_emb = mats[0]
+    dt = tok_emb.dtype
+    c = tok_emb.shape[1]
+    hidden = mats[5 + 2].shape[0]
+    n_slots = n_h + 2 * n_hkv
+    x, h, y = np.empty(c, dt), np.empty(c, dt), np.empty(c, dt)
+    qkv = np.empty(n_slots * d, dt)
+    heads = qkv.reshape((n_slots, d))
+    att = np.empty(n_h * d, dt)
+    att_heads = att.reshape((n_h, d))
+    u, g, e = np.empty(hidden, dt), np.empty(hidden, dt), np.empty(hidden, dt)
+    e_bits = np.empty(hidden, np.int32)
+    e_powers = e_bits.view(np.float32)
+    n_max = start + ids.shape[0]
+    scores = np.empty((n_h, n_max), dt)
+    bits = np.empty((n_h, n_max), np.int32)
+    powers = bits.view(np.float32)
+    scale = 1.0 / math.sqrt(d)
+    kv_bytes = 2 * n_hkv * d * tok_emb.itemsize
+    for i in range(ids.shape[0]):
+        pos = start + i
+        x[:] = tok_emb[ids[i]]
+        if pos_kind == 1:
+            x += mats[1][pos]
+        for layer in range(n_layer):
+            m0, v0 = 5 + N_LAYER_MATS * layer, 3 + N_LAYER_VECS * layer
+            _norm(x, vecs[v0], vecs[v0 + 1], norm_kind, eps, h)
+            _matvec(mats[m0], h, vecs[v0 + 2], qkv, parallel_bytes, n_chunks)
+            if pos_kind == 2:
+                _rope(heads, 0, n_h + n_hkv, mats[2][pos], mats[3][pos])
+            keys, values = k_all[layer], v_all[layer]
+            for kv in range(n_hkv):
+                keys[kv, pos] = heads[n_h + kv]
+                values[kv, pos] = heads[n_h + n_hkv + kv]
+            if n_chunks > 1 and (pos + 1) * kv_bytes >= parallel_bytes:
+                _attend_parallel(heads, keys, values, pos + 1, n_hkv, scale, scores, bits,
+                                 powers, att_heads, n_chunks)
+            else:
+                _attend(heads, keys, values, pos + 1, n_hkv, scale, scores, bits, powers,
+                        att_heads, 0, n_h)
+            _matvec(mats[m0 + 1], att, vecs[v0 + 3], y, parallel_bytes, n_chunks)
+            x += y
+            _norm(x, vecs[v0 + 4], vecs[v0 + 5], norm_kind, eps, h)
+            _matvec(mats[m0 + 2], h, vecs[v0 + 6], u, parallel_bytes, n_chunks)
+            if act_kind == 3:
+                _matvec(mats[m0 + 3], h, vecs[v0 + 7], g, parallel_bytes, n_chunks)
+            _activate(u, g, act_kind, e, e_bits, e_powers)
+            _matvec(mats[m0 + 4], u, vecs[v0 + 8], y, parallel_bytes, n_chunks)
+            x += y
+        _norm(x, vecs[0], vecs[1], norm_kind, eps, h)
+        _matvec(mats[4], h, vecs[2], logits[i], parallel_bytes, n_chunks)
+
+
+# ---- packing the arguments ----------------------------------------------------------------------
+def _pack(w):
+    """The kernel's arguments for DecodeWeights w, or False when an array does not fit (not a
+    C-contiguous NumPy float32/float64 array of the embedding's dtype)."""
+    dtype = w.tok_emb.dtype
+    c = w.tok_emb.shape[1]
+    empty, dummy = np.zeros(0, dtype), np.zeros((1, 1), dtype)
+
+    def vec(a):
+        return empty if a is None else a
+
+    mats = [w.tok_emb, w.pos_table if w.pos_table is not None else np.zeros((1, c), dtype),
+            w.cos if w.cos is not None else dummy, w.sin if w.sin is not None else dummy, w.head]
+    vecs = [vec(w.norm[0]), vec(w.norm[1]), empty]
+    for layer in w.layers:
+        mats += [layer.qkv[0], layer.proj[0], layer.ffn_in[0],
+                 layer.ffn_up[0] if layer.ffn_up[0] is not None else dummy, layer.down[0]]
+        vecs += [vec(layer.norm1[0]), vec(layer.norm1[1]), vec(layer.qkv[1]), vec(layer.proj[1]),
+                 vec(layer.norm2[0]), vec(layer.norm2[1]), vec(layer.ffn_in[1]),
+                 vec(layer.ffn_up[1]), vec(layer.down[1])]
+    if not all(isinstance(a, np.ndarray) and a.dtype == dtype and a.flags.c_contiguous
+               for a in mats + vecs):
+        return False
+    total = sum(a.nbytes for a in mats[4:]) + w.tok_emb.nbytes
+    parallel_bytes = PARALLEL_BYTES if total > PARALLEL_MODEL_BYTES else 1 << 62
+    dims = np.array([w.n_layer, w.n_head, w.n_kv_head, w.head_dim, w.norm_kind, w.act_kind,
+                     w.pos_kind], dtype=np.int64)
+    return typed.List(mats), typed.List(vecs), dims, parallel_bytes
+
+
+def _arguments(weights):
+    if weights.kernel_args is None:
+        weights.kernel_args = _pack(weights)
+    return weights.kernel_args
+
+
+def _supported(ids, start, plan):
+    return _arguments(plan.weights) is not False and plan.k_all.dtype == plan.weights.tok_emb.dtype
+
+
+@implements("decode_step", device="cpu", supports=_supported)
+def decode_step_cpu(ids, start, plan):
+    mats, vecs, dims, parallel_bytes = _arguments(plan.weights)
+    ids = np.ascontiguousarray(ids, dtype=np.int64)
+    logits = np.empty((len(ids), plan.weights.head.shape[0]), plan.weights.tok_emb.dtype)
+    _decode_loop(ids, start, mats, vecs, plan.k_all, plan.v_all, dims, plan.weights.eps,
+                 parallel_bytes, numba.get_num_threads(), logits)
+    return logits
