@@ -1,22 +1,25 @@
 """The batch-1 decode step in one Numba call (reference: generate/decode_step.py).
 
-One call runs t tokens through every layer: embeddings, per layer norm -> packed q/k/v
-matrix-vector product -> RoPE -> K/V written into the cache -> attention over the cached keys ->
-output projection -> norm -> feed-forward, then the final norm and the head. The arguments are
-the model's own arrays in two typed lists (matrices and vectors, made once per model), the two
-stacked K/V buffers, and a few ints; a step costs one dispatch instead of a few dozen per layer.
+One call runs t tokens (one, or a few: a short prompt, speculative decoding's k + 1) through every
+layer: embeddings, per layer norm -> packed q/k/v projection -> RoPE -> K/V written into the
+cache -> attention over the cached keys (token i sees positions up to its own) -> output
+projection -> norm -> feed-forward, then the final norm and the head. The arguments are the
+model's own arrays in two typed lists (matrices and vectors, packed once per model), the two
+stacked K/V buffers, and a few ints: a step costs one dispatch instead of a few dozen per layer.
 
-Where the time goes: a matrix-vector product reads its whole weight once, so a step reads every
-weight of the model. A small model's weights stay in the caches and the step is a few
-microseconds of arithmetic; splitting it over threads would only add the wake-up of the other
-thread (~10-30 us with OpenMP's passive waiting, more than a 128-wide layer's work). A large
-model's weights stream from memory, where two threads draw more bandwidth than one: matrices of
-at least `parallel_bytes` are split into row chunks over the threads (and attention, over heads,
-when the cache it reads is that large). parallel_bytes is set from the model's total weight size
-(PARALLEL_MODEL_BYTES) so small models never pay for threads.
+Where the time goes: a projection reads its whole weight once per step (all t tokens pass over
+each group of four rows while they sit in L1), so a step reads every weight of the model once. A
+small model's weights stay in the L3 cache and a step is ~50 us of arithmetic for the 4-layer
+128-dim model; splitting it over threads would only add the other thread's wake-up (~10-30 us
+with OpenMP's passive waiting, more than a 128-wide layer's work). A large model's weights stream
+from memory, where two threads draw more bandwidth than one: matrices of at least
+`parallel_bytes` are split into row chunks over the threads (and attention over heads, when the
+cache it reads is that large). parallel_bytes is set from the model's total weight size
+(PARALLEL_MODEL_BYTES), so small models never pay for threads.
 
-Inner loops are dot products over contiguous rows (a weight row, a cached key) or axpy updates
-over head_dim, with float32 accumulators for float32 weights, so LLVM vectorises them.
+Inner loops are dot products over contiguous rows (a weight row, a cached key), four at a time,
+or axpy updates over head_dim, with float32 accumulators for float32 weights, so LLVM vectorises
+them; tanh and the sigmoid go through the vectorised exp_shifted.
 """
 import math
 
@@ -35,30 +38,37 @@ N_LAYER_MATS, N_LAYER_VECS = 5, 9  # per layer: qkv, proj, ffn_in, ffn_up, down 
 # ---- pieces -------------------------------------------------------------------------------------
 @jit
 def _rows(w, x, b, y, lo, hi):
-    """y[o] = w[o] . x (+ b[o]) for rows lo..hi-1; b may be empty (no bias). Four rows at a
-    time: each x[i] loaded once serves four products."""
-    n = w.shape[1]
+    """y[i, o] = w[o] . x[i] (+ b[o]) for rows lo..hi-1 of w and every token i (x: (t, n),
+    y: (t, m)); b may be empty (no bias). Four rows at a time: each x[i, k] loaded once serves
+    four products, and the four rows stay in L1 while every token passes over them, so the
+    weight is read from memory once per step whatever t is."""
+    n, t = w.shape[1], x.shape[0]
     o = lo
     while o + 4 <= hi:
         r0, r1, r2, r3 = w[o], w[o + 1], w[o + 2], w[o + 3]
-        a0 = a1 = a2 = a3 = np.float32(0.0)
-        for i in range(n):
+        for i in range(t):
             xi = x[i]
-            a0 += r0[i] * xi
-            a1 += r1[i] * xi
-            a2 += r2[i] * xi
-            a3 += r3[i] * xi
-        y[o], y[o + 1], y[o + 2], y[o + 3] = a0, a1, a2, a3
+            a0 = a1 = a2 = a3 = np.float32(0.0)
+            for k in range(n):
+                xk = xi[k]
+                a0 += r0[k] * xk
+                a1 += r1[k] * xk
+                a2 += r2[k] * xk
+                a3 += r3[k] * xk
+            y[i, o], y[i, o + 1], y[i, o + 2], y[i, o + 3] = a0, a1, a2, a3
         o += 4
     for o in range(o, hi):
         row = w[o]
-        acc = np.float32(0.0)
-        for i in range(n):
-            acc += row[i] * x[i]
-        y[o] = acc
+        for i in range(t):
+            xi = x[i]
+            acc = np.float32(0.0)
+            for k in range(n):
+                acc += row[k] * xi[k]
+            y[i, o] = acc
     if b.shape[0]:
-        for o in range(lo, hi):
-            y[o] += b[o]
+        for i in range(t):
+            for o in range(lo, hi):
+                y[i, o] += b[o]
 
 
 @jit_parallel
@@ -70,7 +80,7 @@ def _rows_parallel(w, x, b, y, n_chunks):
 
 @jit
 def _matvec(w, x, b, y, parallel_bytes, n_chunks):
-    """y = w x (+ b), split over threads when w is at least parallel_bytes."""
+    """y = x w^T (+ b) for x (t, n), split over threads when w is at least parallel_bytes."""
     if n_chunks > 1 and w.size * w.itemsize >= parallel_bytes:
         _rows_parallel(w, x, b, y, n_chunks)
     else:
@@ -211,55 +221,63 @@ def _decode_loop(ids, start, mats, vecs, k_all, v_all, dims, eps, parallel_bytes
     norm_kind, act_kind, pos_kind = dims[4], dims[5], dims[6]
     tok_emb = mats[0]
     dt = tok_emb.dtype
-    c = tok_emb.shape[1]
+    t, c = ids.shape[0], tok_emb.shape[1]
     hidden = mats[5 + 2].shape[0]
     n_slots = n_h + 2 * n_hkv
-    x, h, y = np.empty(c, dt), np.empty(c, dt), np.empty(c, dt)
-    qkv = np.empty(n_slots * d, dt)
-    heads = qkv.reshape((n_slots, d))
-    att = np.empty(n_h * d, dt)
-    att_heads = att.reshape((n_h, d))
-    u, g, e = np.empty(hidden, dt), np.empty(hidden, dt), np.empty(hidden, dt)
+    x, h, y = np.empty((t, c), dt), np.empty((t, c), dt), np.empty((t, c), dt)
+    heads = np.empty((t, n_slots, d), dt)               # per token: q heads, k heads, v heads
+    qkv = heads.reshape((t, n_slots * d))
+    att_heads = np.empty((t, n_h, d), dt)
+    att = att_heads.reshape((t, n_h * d))
+    u, g = np.empty((t, hidden), dt), np.empty((t, hidden), dt)
+    e = np.empty(hidden, dt)
     e_bits = np.empty(hidden, np.int32)
     e_powers = e_bits.view(np.float32)
-    n_max = start + ids.shape[0]
+    n_max = start + t
     scores = np.empty((n_h, n_max), dt)
     bits = np.empty((n_h, n_max), np.int32)
     powers = bits.view(np.float32)
     scale = 1.0 / math.sqrt(d)
     kv_bytes = 2 * n_hkv * d * tok_emb.itemsize
-    for i in range(ids.shape[0]):
-        pos = start + i
-        x[:] = tok_emb[ids[i]]
+    for i in range(t):
+        x[i] = tok_emb[ids[i]]
         if pos_kind == 1:
-            x += mats[1][pos]
-        for layer in range(n_layer):
-            m0, v0 = 5 + N_LAYER_MATS * layer, 3 + N_LAYER_VECS * layer
-            _norm(x, vecs[v0], vecs[v0 + 1], norm_kind, eps, h)
-            _matvec(mats[m0], h, vecs[v0 + 2], qkv, parallel_bytes, n_chunks)
+            x[i] += mats[1][start + i]
+    for layer in range(n_layer):
+        m0, v0 = 5 + N_LAYER_MATS * layer, 3 + N_LAYER_VECS * layer
+        keys, values = k_all[layer], v_all[layer]
+        for i in range(t):
+            _norm(x[i], vecs[v0], vecs[v0 + 1], norm_kind, eps, h[i])
+        _matvec(mats[m0], h, vecs[v0 + 2], qkv, parallel_bytes, n_chunks)
+        for i in range(t):                   # rotate and cache every token's k, v first ...
+            pos = start + i
             if pos_kind == 2:
-                _rope(heads, 0, n_h + n_hkv, mats[2][pos], mats[3][pos])
-            keys, values = k_all[layer], v_all[layer]
+                _rope(heads[i], 0, n_h + n_hkv, mats[2][pos], mats[3][pos])
             for kv in range(n_hkv):
-                keys[kv, pos] = heads[n_h + kv]
-                values[kv, pos] = heads[n_h + n_hkv + kv]
-            if n_chunks > 1 and (pos + 1) * kv_bytes >= parallel_bytes:
-                _attend_parallel(heads, keys, values, pos + 1, n_hkv, scale, scores, bits,
-                                 powers, att_heads, n_chunks)
+                keys[kv, pos] = heads[i, n_h + kv]
+                values[kv, pos] = heads[i, n_h + n_hkv + kv]
+        for i in range(t):                   # ... then token i attends to positions <= its own
+            n = start + i + 1
+            if n_chunks > 1 and n * kv_bytes >= parallel_bytes:
+                _attend_parallel(heads[i], keys, values, n, n_hkv, scale, scores, bits, powers,
+                                 att_heads[i], n_chunks)
             else:
-                _attend(heads, keys, values, pos + 1, n_hkv, scale, scores, bits, powers,
-                        att_heads, 0, n_h)
-            _matvec(mats[m0 + 1], att, vecs[v0 + 3], y, parallel_bytes, n_chunks)
-            x += y
-            _norm(x, vecs[v0 + 4], vecs[v0 + 5], norm_kind, eps, h)
-            _matvec(mats[m0 + 2], h, vecs[v0 + 6], u, parallel_bytes, n_chunks)
-            if act_kind == 3:
-                _matvec(mats[m0 + 3], h, vecs[v0 + 7], g, parallel_bytes, n_chunks)
-            _activate(u, g, act_kind, e, e_bits, e_powers)
-            _matvec(mats[m0 + 4], u, vecs[v0 + 8], y, parallel_bytes, n_chunks)
-            x += y
-        _norm(x, vecs[0], vecs[1], norm_kind, eps, h)
-        _matvec(mats[4], h, vecs[2], logits[i], parallel_bytes, n_chunks)
+                _attend(heads[i], keys, values, n, n_hkv, scale, scores, bits, powers,
+                        att_heads[i], 0, n_h)
+        _matvec(mats[m0 + 1], att, vecs[v0 + 3], y, parallel_bytes, n_chunks)
+        x += y
+        for i in range(t):
+            _norm(x[i], vecs[v0 + 4], vecs[v0 + 5], norm_kind, eps, h[i])
+        _matvec(mats[m0 + 2], h, vecs[v0 + 6], u, parallel_bytes, n_chunks)
+        if act_kind == 3:
+            _matvec(mats[m0 + 3], h, vecs[v0 + 7], g, parallel_bytes, n_chunks)
+        for i in range(t):
+            _activate(u[i], g[i], act_kind, e, e_bits, e_powers)
+        _matvec(mats[m0 + 4], u, vecs[v0 + 8], y, parallel_bytes, n_chunks)
+        x += y
+    for i in range(t):
+        _norm(x[i], vecs[0], vecs[1], norm_kind, eps, h[i])
+    _matvec(mats[4], h, vecs[2], logits, parallel_bytes, n_chunks)
 
 
 # ---- packing the arguments ----------------------------------------------------------------------
