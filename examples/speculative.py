@@ -5,10 +5,17 @@ greedy; in distribution when sampling).
     python examples/speculative.py                      # trains the missing models first
     python examples/speculative.py --target=out-shakespeare/ckpt.safetensors --k=4 --temperature=0
 
-The target is the main job's model (examples/train_shakespeare.py, out-shakespeare/); the draft is
-a 1-layer, 64-dim model trained on the same characters (out-draft/). Both are trained here when
-their checkpoints are missing. Prints the acceptance rate, target passes per token and the
-wall-clock speed-up over plain cached decoding with the target, then one JSON line.
+The target is the main job's model (examples/train_shakespeare.py, out-shakespeare/: 4 layers,
+192 dims); the draft is a 2-layer, 64-dim model trained on the same characters (out-draft/, about
+30 s). Both are trained here when their checkpoints are missing. Prints the acceptance rate,
+target passes per token and the wall-clock speed-up over plain cached decoding with the target
+(best of `repeats` runs each), then one JSON line.
+
+What limits the speed-up here: speculative decoding pays off when checking k + 1 tokens costs the
+target about as much as making one, which holds when a step is bound by reading the weights from
+memory (a large model). The main job's model fits in the CPU's caches, so its step is bound by
+arithmetic and checking 4 tokens costs ~2.8x one step; the draft is then worth little more than
+its acceptance rate pays for.
 """
 import dataclasses
 import json
@@ -33,11 +40,12 @@ class Args:
     draft: str = "out-draft/ckpt.safetensors"
     prompt: str = "ROMEO:\n"
     max_new_tokens: int = 120    # the char models hold 128 positions
-    k: int = 4
+    k: int = 3
     temperature: float = 0.0
     top_k: int = None
     seed: int = 0
-    draft_iters: int = 600       # when the draft must be trained
+    draft_iters: int = 2000      # when the draft must be trained
+    repeats: int = 3
     target_iters: int = 2000     # when the target must be trained
 
 
@@ -62,7 +70,7 @@ def main(argv):
     if not os.path.exists(args.target):
         _train(args.target, [f"--max_iters={args.target_iters}"])
     if not os.path.exists(args.draft):
-        _train(args.draft, ["--n_layer=1", "--n_head=2", "--n_embd=64",
+        _train(args.draft, ["--n_layer=2", "--n_head=2", "--n_embd=64",
                             f"--max_iters={args.draft_iters}"])
     target, tok = _load(args.target)
     draft, draft_tok = _load(args.draft)
@@ -72,13 +80,16 @@ def main(argv):
     sampling = dict(temperature=args.temperature, top_k=args.top_k, seed=args.seed)
 
     generate(target, prompt[None], 8, **sampling)                       # warm-up
-    t = time.perf_counter()
-    plain = generate(target, prompt[None], args.max_new_tokens, **sampling)
-    plain_s = time.perf_counter() - t
-    t = time.perf_counter()
-    out, stats = speculative_generate(target, draft, prompt, args.max_new_tokens, k=args.k,
-                                      **sampling)
-    spec_s = time.perf_counter() - t
+    speculative_generate(target, draft, prompt, 8, k=args.k, **sampling)
+    plain_s = spec_s = float("inf")
+    for _ in range(args.repeats):
+        t = time.perf_counter()
+        plain = generate(target, prompt[None], args.max_new_tokens, **sampling)
+        plain_s = min(plain_s, time.perf_counter() - t)
+        t = time.perf_counter()
+        out, stats = speculative_generate(target, draft, prompt, args.max_new_tokens, k=args.k,
+                                          **sampling)
+        spec_s = min(spec_s, time.perf_counter() - t)
     print(tok.decode(out[0].tolist()))
     print("-" * 40)
     result = {"k": args.k, "temperature": args.temperature,
