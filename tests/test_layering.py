@@ -89,7 +89,8 @@ def imports_in_their_homes(path, tree):
 
 LAYERS = {                             # a folder -> the package folders it must not import
     "tinygrad_llm/ops": ("nn", "models", "train", "generate", "optim", "quant", "finetune"),
-    "tinygrad_llm/kernels": ("nn", "models", "train", "generate", "optim", "finetune"),
+    "tinygrad_llm/kernels": ("nn", "models", "train", "generate", "optim", "quant", "finetune"),
+    "tinygrad_llm/quant": ("train", "generate", "finetune"),
     "tinygrad_llm/nn": ("models", "train", "generate", "finetune"),
     "tinygrad_llm/models": ("train", "generate", "finetune"),
 }

@@ -19,4 +19,5 @@ import numba  # noqa: E402
 
 numba.config.THREADING_LAYER_PRIORITY = ["omp", "tbb", "workqueue"]
 
-from . import activation, attention, bpe, decode, embedding, norm, optim, softmax  # noqa: E402,F401
+from . import (activation, attention, bpe, decode, embedding, norm, optim,  # noqa: E402,F401
+               quant, softmax)

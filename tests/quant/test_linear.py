@@ -1,0 +1,149 @@
+"""QuantLinear and quantize(model): the Numba product equals dequantize-then-matmul (every
+scheme, odd sizes, one row, large inputs, the threaded path), the layer equals its dequantized
+float layer, x's gradient checks, quantize swaps the right layers and keeps the model's
+predictions, and quantized checkpoints save smaller and load back exactly (but not into a float
+model)."""
+import os
+
+import numpy as np
+import pytest
+
+import tinygrad_llm as tl
+from tinygrad_llm import Tensor, gradcheck, kernels, no_grad
+from tinygrad_llm.kernels.cpu import quant as cpu_quant
+from tinygrad_llm.models import GPT, GPTConfig
+from tinygrad_llm.nn import Linear
+from tinygrad_llm.quant import QuantLinear, quantize, quantized_layers
+from tinygrad_llm.quant.formats import (SCHEMES, dequantize_operands, dequantize_weight,
+                                        matmul_operands, quantize_weight)
+from tinygrad_llm.quant.linear import quant_matmul
+from tinygrad_llm.train import load_checkpoint, save_checkpoint
+
+SHAPES = [(1, 32, 1), (3, 64, 2), (17, 96, 5), (65, 128, 1), (768, 256, 3)]
+
+
+def operands(scheme, rows, cols, seed=0, group=32, double_quant=False):
+    w = np.random.default_rng(seed).standard_normal((rows, cols)).astype(np.float32)
+    return matmul_operands(quantize_weight(w, scheme, group, double_quant), scheme)
+
+
+@pytest.mark.parametrize("scheme", SCHEMES)
+@pytest.mark.parametrize("shape", SHAPES, ids=[f"{o}x{i}x{t}" for o, i, t in SHAPES])
+@pytest.mark.parametrize("scale", [1.0, 1e4])
+def test_kernel_equals_dequantize_then_matmul(scheme, shape, scale):
+    rows, cols, tokens = shape
+    ops = operands(scheme, rows, cols, double_quant=rows == 17)
+    x = (np.random.default_rng(1).standard_normal((tokens, cols)) * scale).astype(np.float32)
+    want = x.astype(np.float64) @ dequantize_operands(*ops).astype(np.float64).T
+    got = quant_matmul(x, *ops)
+    assert kernels.ran("quant_matmul") == "cpu"
+    with tl.use_kernels(False):
+        ref = quant_matmul(x, *ops)
+    assert got.dtype == ref.dtype == np.float32 and got.shape == (tokens, rows)
+    tol = 1e-5 * np.abs(want).max()
+    np.testing.assert_allclose(got, want, rtol=0, atol=tol)
+    np.testing.assert_allclose(ref, want, rtol=0, atol=tol)
+
+
+@pytest.mark.parametrize("scheme", SCHEMES)
+def test_threaded_rows_agree(scheme, monkeypatch):
+    monkeypatch.setattr(cpu_quant, "PARALLEL_BYTES", 0)
+    ops = operands(scheme, 37, 128, seed=2)
+    x = np.random.default_rng(3).standard_normal((3, 128)).astype(np.float32)
+    np.testing.assert_allclose(quant_matmul(x, *ops), x @ dequantize_operands(*ops).T,
+                               rtol=0, atol=1e-4)
+
+
+@pytest.mark.parametrize("scheme", SCHEMES)
+def test_quant_linear_equals_its_dequantized_float_layer(scheme):
+    tl.manual_seed(0)
+    linear = Linear(64, 24)
+    q = QuantLinear.from_linear(linear, scheme, group_size=32)
+    w_hat = q.dequantize()
+    np.testing.assert_array_equal(w_hat, dequantize_weight(q.fields, scheme))
+    x = Tensor(np.random.default_rng(4).standard_normal((2, 3, 64)).astype(np.float32))
+    with no_grad():
+        got = q(x).numpy()
+    want = x.numpy() @ w_hat.T + linear.bias.numpy()
+    assert got.shape == (2, 3, 24)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    # quantization error stays small relative to the float layer
+    rel = np.abs(got - linear(x).numpy()).max() / np.abs(want).max()
+    assert rel < {"int8": 0.02, "q8_0": 0.02}.get(scheme, 0.2)
+
+
+@pytest.mark.parametrize("scheme", ["q8_0", "q4_1", "nf4"])
+def test_input_gradient_checks(scheme):
+    tl.manual_seed(1)
+    q = QuantLinear.from_linear(Linear(32, 5), scheme, group_size=32)
+    q.bias.data = q.bias.data.astype(np.float64)
+    q.bias.requires_grad = False
+    x = Tensor(np.random.default_rng(5).standard_normal((3, 32)), requires_grad=True)
+    gradcheck(lambda x: (q(x) ** 2).sum(), x)
+
+
+def tiny_model(**overrides):
+    tl.manual_seed(2)
+    base = dict(vocab_size=50, n_layer=2, n_head=2, n_embd=64, block_size=32)
+    return GPT(GPTConfig.preset("gpt2", **{**base, **overrides})).eval()
+
+
+def test_quantize_swaps_the_linear_layers():
+    model = tiny_model()
+    quantize(model, "q4_0")
+    names = sorted(quantized_layers(model))
+    assert names == sorted(f"blocks.{i}.{n}" for i in range(2)
+                           for n in ("attn.qkv", "attn.proj", "ffn.up", "ffn.down"))
+    assert isinstance(model.head, Linear)                      # tied to the embeddings: kept
+    untied = quantize(tiny_model(tie_embeddings=False), "q8_0", include_head=True,
+                      skip=["blocks.1.*"])
+    assert sorted(quantized_layers(untied)) == sorted(
+        ["head"] + [f"blocks.0.{n}" for n in ("attn.qkv", "attn.proj", "ffn.up", "ffn.down")])
+
+
+@pytest.mark.parametrize("scheme", SCHEMES)
+def test_quantized_model_keeps_its_predictions(scheme):
+    model = tiny_model()
+    ids = np.random.default_rng(6).integers(0, 50, (2, 24))
+    with no_grad():
+        before = model(ids).numpy()
+        quantize(model, scheme, group_size=32)
+        after = model(ids).numpy()
+    agree = (before.argmax(-1) == after.argmax(-1)).mean()
+    assert agree >= {"int8": 0.95, "q8_0": 0.95}.get(scheme, 0.8), agree
+
+
+@pytest.mark.parametrize("scheme", ["q8_0", "q4_0", "nf4"])
+def test_checkpoint_round_trip_and_size(scheme, tmp_path):
+    model = tiny_model(n_embd=128)
+    float_path, quant_path = tmp_path / "f.safetensors", tmp_path / "q.safetensors"
+    save_checkpoint(str(float_path), model)
+    quantize(model, scheme, group_size=64)
+    save_checkpoint(str(quant_path), model)
+    ratio = os.path.getsize(quant_path) / os.path.getsize(float_path)
+    # the embeddings (50 x 128 + 32 x 128) stay float; the four matrices per layer shrink
+    assert ratio < {"q8_0": 0.45, "q4_0": 0.35, "nf4": 0.35}[scheme], ratio
+    state, _, _ = load_checkpoint(str(quant_path))
+    fresh = quantize(tiny_model(n_embd=128), scheme, group_size=64)
+    tl.manual_seed(9)
+    fresh.load_state_dict(state)
+    ids = np.random.default_rng(7).integers(0, 50, (1, 16))
+    with no_grad():
+        np.testing.assert_array_equal(fresh(ids).numpy(), model(ids).numpy())
+    with pytest.raises(ValueError, match=r"blocks\.0\.attn\.qkv\.(qweight|weight)"):
+        tiny_model(n_embd=128).load_state_dict(state)             # quantized into float
+
+
+def test_bad_input():
+    model = tiny_model()
+    with pytest.raises(ValueError, match=r"unknown scheme 'q2'.*'q8_0'"):
+        quantize(model, "q2")
+    odd = GPT(GPTConfig.preset("gpt2", vocab_size=50, n_layer=1, n_head=2, n_embd=48,
+                               block_size=16))
+    with pytest.raises(ValueError, match=r"layer 'blocks\.0\.attn\.qkv' has in_features=48, "
+                                         r"not a multiple of q4_0's block size 32"):
+        quantize(odd, "q4_0")
+    quantize(odd, "int8")                                        # per channel: any width
+    q = QuantLinear.from_linear(Linear(32, 4), "q8_0")
+    with pytest.raises(ValueError, match="last dim 31, expected in_features=32"):
+        q(Tensor(np.zeros((2, 31), np.float32)))

@@ -1,0 +1,165 @@
+"""Quantized matrix products without the float weight (reference: quant/linear.py quant_matmul,
+which dequantizes first; formats in quant/formats.py).
+
+y[i, o] = sum over the blocks b of row o of  scale[o, b] * sum_j value(q[o, b, j]) x[i, b, j]
+(+ min[o, b] * sum_j x[i, b, j] for q4_1). Each row's packed bytes are read once for all N tokens
+(the row stays in L1 while the tokens pass over it), blocks are decoded inside the dot product,
+and rows are split over the threads when the matrix is large. Two loops cover the five schemes:
+
+  _rows_8bit    int8 (one group per row) and q8_0 (groups of 32): signed bytes times a scale.
+  _rows_4bit    q4_0 (nibble - 8), q4_1 (nibble, plus the block's min) and nf4 (codebook[nibble],
+                groups of 32/64/128): two nibbles per byte, byte j of each 32-block holding
+                elements j and j + 16 (ggml's order).
+
+float16 scales (llama.cpp's) are passed as their uint16 bits and decoded per block by
+`_half` (one table lookup and a multiply), so the stored fields are used as they are.
+"""
+import numba
+import numpy as np
+from numba import prange, types
+from numba.extending import overload
+
+from .. import implements
+from ._common import jit, jit_parallel
+
+QK = 32                       # 4-bit values are packed in runs of 32 (ggml's order)
+
+PARALLEL_BYTES = 1 << 20      # matrices at least this large split their rows over the threads
+
+_POW2 = np.array([2.0 ** (e - 25) for e in range(32)], dtype=np.float32)   # half exponents
+
+
+@jit
+def _half_bits(h):
+    """A float16's value from its 16 bits (as ggml_fp16_to_fp32: subnormals, inf and NaN)."""
+    h = np.int32(h)
+    e = (h >> 10) & 31
+    m = h & 1023
+    if e == 0:
+        v = np.float32(m) * np.float32(5.960464477539063e-08)           # 2^-24
+    elif e == 31:
+        v = np.float32(np.inf) if m == 0 else np.float32(np.nan)
+    else:
+        v = np.float32(1024 + m) * _POW2[e]
+    return -v if h & 0x8000 else v
+
+
+def scale_value(s):
+    """A scale as float32: float32 scales as they are, uint16 ones decoded as float16 bits."""
+    raise NotImplementedError("scale_value is called from jitted code only")
+
+
+@overload(scale_value, jit_options={"fastmath": {"contract", "reassoc"}})
+def _scale_value_typed(s):
+    if isinstance(s, types.Integer):
+        return lambda s: _half_bits(s)
+    return lambda s: np.float32(s)
+
+
+@jit
+def _rows_8bit(q, scales, group, x, y, lo, hi):
+    # q: (out, in) uint8 holding int8 bits; scales: (out, in / group)
+    n, t = x.shape[1], x.shape[0]
+    n_groups = n // group
+    for o in range(lo, hi):
+        row, srow = q[o], scales[o]
+        for i in range(t):
+            xi = x[i]
+            acc = np.float32(0.0)
+            for b in range(n_groups):
+                s = np.float32(0.0)
+                base = b * group
+                for j in range(group):
+                    v = (np.int32(row[base + j]) ^ 128) - 128           # the byte as int8
+                    s += np.float32(v) * xi[base + j]
+                acc += scale_value(srow[b]) * s
+            y[i, o] = acc
+
+
+@jit
+def _rows_4bit(q, scales, mins, levels, offset, group, x, xsum, y, lo, hi):
+    # q: (out, in / 2) uint8; scales: (out, in / group); mins: (out, in / 32) or empty;
+    # levels: 16 floats (nf4) or empty (value = nibble + offset); xsum: (t, in / 32) block sums
+    n, t = x.shape[1], x.shape[0]
+    n_blocks = n // QK
+    per_group = group // QK
+    table = levels.shape[0] > 0
+    for o in range(lo, hi):
+        row, srow = q[o], scales[o]
+        for i in range(t):
+            xi = x[i]
+            acc = np.float32(0.0)
+            for c in range(n_blocks):
+                s = np.float32(0.0)
+                base, byte = c * QK, c * (QK // 2)
+                if table:
+                    for j in range(QK // 2):
+                        p = np.int32(row[byte + j])
+                        s += levels[p & 15] * xi[base + j] + levels[p >> 4] * xi[base + j + 16]
+                else:
+                    for j in range(QK // 2):
+                        p = np.int32(row[byte + j])
+                        s += (np.float32((p & 15) + offset) * xi[base + j]
+                              + np.float32((p >> 4) + offset) * xi[base + j + 16])
+                acc += scale_value(srow[c // per_group]) * s
+                if mins.shape[0]:
+                    acc += scale_value(mins[o, c]) * xsum[i, c]
+            y[i, o] = acc
+
+
+@jit_parallel
+def _rows_8bit_parallel(q, scales, group, x, y, n_chunks):
+    m = q.shape[0]
+    for c in prange(n_chunks):
+        _rows_8bit(q, scales, group, x, y, c * m // n_chunks, (c + 1) * m // n_chunks)
+
+
+@jit_parallel
+def _rows_4bit_parallel(q, scales, mins, levels, offset, group, x, xsum, y, n_chunks):
+    m = q.shape[0]
+    for c in prange(n_chunks):
+        _rows_4bit(q, scales, mins, levels, offset, group, x, xsum, y,
+                   c * m // n_chunks, (c + 1) * m // n_chunks)
+
+
+def _bits(a):
+    """float16 arrays travel as their uint16 bits; float32 ones as they are."""
+    return np.ascontiguousarray(a.view(np.uint16) if a.dtype == np.float16 else a)
+
+
+_NO_MIN = np.zeros((0, 0), np.uint16)
+_NO_LEVELS = np.zeros(0, np.float32)
+
+
+def _supported(x, qweight, scale, minimum, levels, group):
+    return (isinstance(x, np.ndarray) and x.dtype == np.float32 and x.ndim == 2
+            and isinstance(qweight, np.ndarray) and scale.dtype in (np.float16, np.float32))
+
+
+@implements("quant_matmul", device="cpu", supports=_supported)
+def quant_matmul_cpu(x, qweight, scale, minimum, levels, group):
+    x = np.ascontiguousarray(x)
+    out = qweight.shape[0]
+    y = np.empty((x.shape[0], out), np.float32)
+    threads = numba.get_num_threads()
+    parallel = threads > 1 and qweight.nbytes >= PARALLEL_BYTES
+    if levels is None:                                          # int8 values
+        args = (qweight.view(np.uint8), _bits(scale), group, x, y)
+        if parallel:
+            _rows_8bit_parallel(*args, threads)
+        else:
+            _rows_8bit(*args, 0, out)
+        return y
+    levels = np.asarray(levels, np.float32)
+    offset = int(levels[0])
+    if np.array_equal(levels, np.arange(16, dtype=np.float32) + offset):
+        levels = _NO_LEVELS                          # integer levels: nibble + offset, no table
+    mins, xsum = _NO_MIN, np.zeros((0, 0), np.float32)
+    if minimum is not None:
+        mins, xsum = _bits(minimum), x.reshape(x.shape[0], -1, QK).sum(axis=2)
+    args = (qweight, _bits(scale), mins, levels, offset, group, x, xsum, y)
+    if parallel:
+        _rows_4bit_parallel(*args, threads)
+    else:
+        _rows_4bit(*args, 0, out)
+    return y

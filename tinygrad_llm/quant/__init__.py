@@ -1,0 +1,11 @@
+"""Quantization: weights stored in 8 or 4 bits and used without expanding them.
+
+formats.py   the schemes (int8 per channel; llama.cpp's Q8_0, Q4_0, Q4_1; NF4), each a readable
+             quantize / dequantize pair, and ggml's raw block bytes
+linear.py    QuantLinear (forward through the quant_matmul kernel) and quantize(model)
+"""
+from .formats import GGML_TYPES, SCHEMES, dequantize_weight, nf4_codebook, quantize_weight
+from .linear import QuantLinear, quant_matmul, quantize, quantized_layers
+
+__all__ = ["SCHEMES", "GGML_TYPES", "quantize_weight", "dequantize_weight", "nf4_codebook",
+           "QuantLinear", "quantize", "quant_matmul", "quantized_layers"]
