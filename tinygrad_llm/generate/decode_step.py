@@ -52,27 +52,40 @@ def _data(p):
     return None if p is None else p.data
 
 
+def _matrix(layer):
+    """A projection's weight: the float array of a Linear/Embedding, or a quantized layer itself
+    (quant/linear.py's QuantLinear / QuantEmbedding: it has `operands` and `dequantize()`)."""
+    return layer if hasattr(layer, "operands") else layer.weight.data
+
+
+def _identity(layer):
+    """The array whose identity says the layer still holds what a plan read."""
+    return layer.qweight if hasattr(layer, "operands") else layer.weight.data
+
+
 class _Layer:
     """One block's arrays: norms (w, b), the packed q/k/v projection, the output projection and
-    the feed-forward (w_in = up, or gate for SwiGLU; w_up = SwiGLU's up). Biases may be None."""
+    the feed-forward (w_in = up, or gate for SwiGLU; w_up = SwiGLU's up). A projection is
+    (weight, bias): weight as _matrix gives it, bias None when absent."""
 
     def __init__(self, block):
         attn, ffn = block.attn, block.ffn
         self.norm1 = (_data(block.norm1.weight), _data(getattr(block.norm1, "bias", None)))
         self.norm2 = (_data(block.norm2.weight), _data(getattr(block.norm2, "bias", None)))
-        self.qkv = (attn.qkv.weight.data, _data(attn.qkv.bias))
-        self.proj = (attn.proj.weight.data, _data(attn.proj.bias))
+        self.qkv = (_matrix(attn.qkv), _data(attn.qkv.bias))
+        self.proj = (_matrix(attn.proj), _data(attn.proj.bias))
         gated = isinstance(ffn, SwiGLU)
         first = ffn.gate if gated else ffn.up
-        self.ffn_in = (first.weight.data, _data(first.bias))
-        self.ffn_up = (ffn.up.weight.data, _data(ffn.up.bias)) if gated else (None, None)
-        self.down = (ffn.down.weight.data, _data(ffn.down.bias))
+        self.ffn_in = (_matrix(first), _data(first.bias))
+        self.ffn_up = (_matrix(ffn.up), _data(ffn.up.bias)) if gated else (None, None)
+        self.down = (_matrix(ffn.down), _data(ffn.down.bias))
+        self.identity = [_identity(m) for m in (attn.qkv, attn.proj, ffn.down)]
 
 
 class DecodeWeights:
     """A GPT's arrays as decode_step reads them (the model's own arrays: nothing is copied).
     `DecodeWeights.of(model)` keeps one per model and rebuilds it when a parameter array was
-    replaced (load_state_dict, .to(device))."""
+    replaced (.to(device), quantize). Quantized layers appear as the layers themselves."""
 
     _cache = weakref.WeakKeyDictionary()
 
@@ -82,7 +95,8 @@ class DecodeWeights:
         self.head_dim = c.head_dim
         self.norm_kind, self.eps = NORMS[c.norm], float(c.norm_eps)
         self.act_kind, self.pos_kind = ACTIVATIONS[c.mlp], POSITIONS[c.pos]
-        self.tok_emb = model.tok_emb.weight.data
+        self.dtype = _float_dtype(model)
+        self.tok_emb = _matrix(model.tok_emb)
         self.pos_table = (model.pos_emb.weight.data if isinstance(model.pos_emb, LearnedPositions)
                           else model.pos_emb.table if isinstance(model.pos_emb, SinusoidalPositions)
                           else None)
@@ -90,7 +104,8 @@ class DecodeWeights:
         self.sin = model.rotary.sin if model.rotary is not None else None
         self.layers = [_Layer(b) for b in model.blocks]
         self.norm = (_data(model.norm.weight), _data(getattr(model.norm, "bias", None)))
-        self.head = model.head.weight.data
+        self.head = _matrix(model.head)
+        self.identity = [_identity(model.tok_emb), _identity(model.head)]
         self.kernel_args = None          # the CPU kernel's packed argument lists, made once
 
     @classmethod
@@ -102,13 +117,20 @@ class DecodeWeights:
 
     def current(self, model):
         """True while the model still holds the arrays read here."""
-        if model.tok_emb.weight.data is not self.tok_emb or model.head.weight.data is not self.head:
+        if any(a is not b for a, b in zip(self.identity, (_identity(model.tok_emb),
+                                                           _identity(model.head)))):
             return False
-        return all(block.attn.qkv.weight.data is layer.qkv[0]
-                   and block.attn.proj.weight.data is layer.proj[0]
-                   and block.ffn.down.weight.data is layer.down[0]
+        return all(all(a is b for a, b in zip(layer.identity, (_identity(block.attn.qkv),
+                                                               _identity(block.attn.proj),
+                                                               _identity(block.ffn.down))))
                    and block.norm1.weight.data is layer.norm1[0]
                    for layer, block in zip(self.layers, model.blocks))
+
+
+def _float_dtype(model):
+    """The model's float dtype: its norms' (quantized layers keep no float weight)."""
+    return model.blocks[0].norm1.weight.dtype if len(model.blocks) else \
+        next(iter(model.parameters())).dtype
 
 
 class DecodePlan:
@@ -123,8 +145,8 @@ class DecodePlan:
         self.device = model.device
         xp = backend.xp_for(self.device)
         shape = (w.n_layer, w.n_kv_head, self.max_len, w.head_dim)
-        self.k_all = xp.zeros(shape, w.tok_emb.dtype)
-        self.v_all = xp.zeros(shape, w.tok_emb.dtype)
+        self.k_all = xp.zeros(shape, w.dtype)
+        self.v_all = xp.zeros(shape, w.dtype)
 
     @staticmethod
     def reason(model):
@@ -141,8 +163,8 @@ class DecodePlan:
             (c.pos not in POSITIONS, f"{c.pos} position biases"),
             (c.norm not in NORMS, f"{c.norm} norms"),
             (c.mlp not in ACTIVATIONS, f"{c.mlp} feed-forward"),
-            (model.tok_emb.weight.dtype not in (np.float32, np.float64),
-             f"{model.tok_emb.weight.dtype} weights"))
+            (_float_dtype(model) not in (np.float32, np.float64),
+             f"{_float_dtype(model)} weights"))
         for failed, why in checks:
             if failed:
                 return why
@@ -154,7 +176,7 @@ class DecodePlan:
         replaces them; load_state_dict and the optimizers write in place)."""
         k_all = self.k_all
         return (not model.training and not is_grad_enabled()
-                and model.tok_emb.weight.data is self.weights.tok_emb
+                and _identity(model.tok_emb) is self.weights.identity[0]
                 and all(c.length == offset and c.k.base is k_all for c in caches))
 
 
@@ -169,7 +191,7 @@ def _norm(x, w, b, kind, eps):
 
 def _linear(x, w_b):
     w, b = w_b
-    y = w @ x
+    y = (w if hasattr(w, "shape") else w.dequantize()) @ x       # a quantized layer: decoded
     return y if b is None else y + b
 
 
@@ -197,13 +219,14 @@ def decode_step(ids, start, plan):
     """ids: (t,) int64 tokens at positions start .. start + t - 1, after `start` cached ones.
     Appends their K/V to the plan's storage; returns (t, V) logits in the weights' dtype."""
     w = plan.weights
-    xp = backend.array_module(w.tok_emb)
+    xp = backend.xp_for(plan.device)
     H, Hkv, D = w.n_head, w.n_kv_head, w.head_dim
     group = H // Hkv
     out = []
     for i, token in enumerate(backend.to_numpy(ids).tolist()):
         pos = start + i
-        x = w.tok_emb[token]
+        x = (w.tok_emb[token] if hasattr(w.tok_emb, "shape")
+             else w.tok_emb(np.array([token])).data[0])          # a quantized table's row
         if w.pos_kind == 1:
             x = x + w.pos_table[pos]
         for layer, K, V in zip(w.layers, plan.k_all, plan.v_all):
@@ -225,8 +248,8 @@ def decode_step(ids, start, plan):
             if layer.ffn_up[0] is not None:
                 u = u * _linear(h, layer.ffn_up)
             x = x + _linear(u, layer.down)
-        out.append(w.head @ _norm(x, *w.norm, w.norm_kind, w.eps))
-    return xp.stack(out).astype(w.tok_emb.dtype)
+        out.append(_linear(_norm(x, *w.norm, w.norm_kind, w.eps), (w.head, None)))
+    return xp.stack(out).astype(w.dtype)
 
 
 # ---- the decoders' entry point ---------------------------------------------------------------

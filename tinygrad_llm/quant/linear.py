@@ -19,11 +19,11 @@ from .. import backend
 from ..kernels import kernel
 from ..nn.layers import Linear, init_parameter
 from ..nn.module import Module
-from ..tensor import Function
+from ..tensor import Function, Tensor
 from .formats import (SCHEMES, block_size, dequantize_operands, dequantize_weight,
                       matmul_operands, quantize_weight)
 
-__all__ = ["QuantLinear", "quantize", "quant_matmul", "quantized_layers"]
+__all__ = ["QuantLinear", "QuantEmbedding", "quantize", "quant_matmul", "quantized_layers"]
 
 
 @kernel("quant_matmul")         # fast version: kernels/cpu/quant.py
@@ -135,7 +135,44 @@ class QuantLinear(Module):
                 f"bias={self.bias is not None}")
 
 
-def _targets(model, include_head, include_embeddings, skip):
+class QuantEmbedding(Module):
+    """An Embedding whose table is stored quantized: rows are decoded when looked up (a few rows
+    per step while decoding). Built from an Embedding, or `tied` to a QuantLinear head that shares
+    the same table (GPT-2's tied embeddings): then both hold the same field arrays, saved once."""
+
+    def __init__(self, source, scheme=None, group_size=64, double_quant=False):
+        super().__init__()
+        if isinstance(source, QuantLinear):                      # tied: share the head's fields
+            self.num_embeddings, self.embedding_dim = source.out_features, source.in_features
+            self.scheme, self.dtype = source.scheme, source.dtype
+            fields = source.fields
+        else:
+            w = backend.to_numpy(source.weight.data)
+            self.num_embeddings, self.embedding_dim = w.shape
+            self.scheme, self.dtype = scheme, w.dtype
+            fields = quantize_weight(w, scheme, group_size, double_quant)
+        self.field_names = tuple(sorted(fields))
+        for name, value in fields.items():
+            self.register_buffer(name, value)
+
+    fields = QuantLinear.fields
+    operands = QuantLinear.operands
+
+    def forward(self, ids):
+        ids = np.asarray(backend.to_numpy(getattr(ids, "data", ids)))
+        q, scale, minimum, levels, group = self.operands
+        rows = ids.reshape(-1)
+        table = dequantize_operands(backend.to_numpy(q)[rows], backend.to_numpy(scale)[rows],
+                                    None if minimum is None else backend.to_numpy(minimum)[rows],
+                                    levels, group)
+        out = table.reshape(ids.shape + (self.embedding_dim,)).astype(self.dtype)
+        return Tensor._wrap(backend.to_device(out, backend.device_of(self.qweight)))
+
+    def extra_repr(self):
+        return f"{self.num_embeddings}, {self.embedding_dim}, scheme={self.scheme!r}"
+
+
+def _targets(model, include_head, skip):
     """(parent, attribute name, full name, Linear) for each Linear to quantize."""
     found = []
     for name, module in model.named_modules():
@@ -145,13 +182,8 @@ def _targets(model, include_head, include_embeddings, skip):
                 continue
             if any(fnmatch.fnmatch(full, pattern) for pattern in skip):
                 continue
-            is_head = full.split(".")[-1] in ("head", "lm_head")
-            if is_head and not include_head:
+            if full.split(".")[-1] in ("head", "lm_head") and not include_head:
                 continue
-            tied = getattr(model, "tok_emb", None) is not None and \
-                child.weight is getattr(model.tok_emb, "weight", None)
-            if tied and not include_embeddings:
-                continue              # a head tied to the embeddings stays with them
             found.append((module, child_name, full, child))
     return found
 
@@ -161,21 +193,36 @@ def quantize(model, scheme="q8_0", group_size=64, double_quant=False, include_he
     """Replace the model's Linear layers with QuantLinear, in place; returns the model.
 
     scheme: one of formats.SCHEMES. group_size: NF4's group (32/64/128). include_head: quantize
-    the output head too (a head tied to the token embeddings also needs include_embeddings).
+    the output head too. include_embeddings: the token embedding table too (QuantEmbedding); a
+    head tied to the embeddings is quantized only with both flags, and stays tied (one table).
     skip: fnmatch patterns of layer names to leave in float. Layers whose input size is not a
     multiple of the scheme's block raise, naming the layer (add it to skip)."""
     if scheme not in SCHEMES:
         raise ValueError(f"quantize: unknown scheme {scheme!r}; valid schemes: {SCHEMES}")
     block = block_size(scheme, group_size)
-    targets = _targets(model, include_head, include_embeddings, skip)
+    emb = getattr(model, "tok_emb", None)
+    tied_weight = getattr(emb, "weight", None)
+    targets = _targets(model, include_head, skip)
     for _, _, full, linear in targets:
+        if linear.weight is tied_weight and tied_weight is not None and not include_embeddings:
+            raise ValueError(f"quantize: layer {full!r} is tied to the token embeddings; pass "
+                             f"include_embeddings=True to quantize both (they stay one table), "
+                             f"or include_head=False")
         if linear.in_features % block:
             raise ValueError(f"quantize: layer {full!r} has in_features={linear.in_features}, "
                              f"not a multiple of {scheme}'s block size {block}; pass "
                              f"skip=[{full!r}] to keep it in float")
+    tied = None
     for parent, child_name, _, linear in targets:
-        setattr(parent, child_name, QuantLinear.from_linear(linear, scheme, group_size,
-                                                            double_quant))
+        q = QuantLinear.from_linear(linear, scheme, group_size, double_quant)
+        if tied_weight is not None and linear.weight is tied_weight:
+            tied = q
+        setattr(parent, child_name, q)
+    if include_embeddings and emb is not None and not isinstance(emb, QuantEmbedding):
+        if tied is not None:
+            model.tok_emb = QuantEmbedding(tied)
+        else:
+            model.tok_emb = QuantEmbedding(emb, scheme, group_size, double_quant)
     return model
 
 

@@ -29,10 +29,14 @@ from numba import prange, typed
 
 from .. import implements
 from ._common import exp_shifted, jit, jit_parallel, row_max
+from .quant import (_rows_4bit, _rows_4bit_parallel, _rows_8bit, _rows_8bit_parallel,
+                    scale_value)
 
 PARALLEL_MODEL_BYTES = 24 << 20   # above this the weights do not stay in cache between tokens
 PARALLEL_BYTES = 1 << 20          # ... and a matrix this large is split over the threads
 N_LAYER_MATS, N_LAYER_VECS = 5, 9  # per layer: qkv, proj, ffn_in, ffn_up, down | 9 vectors
+# matrix kinds: float, int8 values with float32 / float16 scales, 4-bit with float16 / float32
+FLOAT, INT8_S32, INT8_S16, NIB_S16, NIB_S32 = 0, 1, 2, 3, 4
 
 
 # ---- pieces -------------------------------------------------------------------------------------
@@ -209,20 +213,103 @@ def _attend_parallel(heads, keys, values, n, n_hkv, scale, scores, bits, powers,
                 c * n_h // n_chunks, (c + 1) * n_h // n_chunks)
 
 
+# ---- matrices: float or quantized -------------------------------------------------------------
+# A model's matrices are numbered slots: 0 the token embedding, 1 the head, then 2 + 5 l + j for
+# layer l's qkv, proj, ffn_in, ffn_up, down. `mt` holds, per slot, its kind and whichever arrays
+# it uses (a (1, 1) placeholder elsewhere): the float matrix, or the packed bytes with their scales
+# (float16 bits as uint16, or float32), q4_1's mins, a 16-level table (NF4) or an integer offset
+# (q4_0: -8, q4_1: 0), and the block/group width along the input (quant/formats.py's operands).
+@jit
+def _project(slot, mt, x, b, y, parallel_bytes, n_chunks):
+    """y = x W_slot^T (+ b) for x (t, n), whatever the slot's storage."""
+    kinds, rows, fmats, qmats, s16, s32, mins, levels, tabled, offsets, groups, none = mt
+    kind = kinds[slot]
+    if kind == FLOAT:
+        _matvec(fmats[slot], x, b, y, parallel_bytes, n_chunks)
+        return
+    half = groups.shape[0] * 0 + 16       # a runtime 16 (see kernels/cpu/quant.py)
+    q = qmats[slot]
+    par = n_chunks > 1 and q.size >= parallel_bytes
+    if kind == INT8_S32 or kind == INT8_S16:
+        if kind == INT8_S32:
+            if par:
+                _rows_8bit_parallel(q, s32[slot], groups[slot], x, y, n_chunks)
+            else:
+                _rows_8bit(q, s32[slot], groups[slot], x, y, 0, rows[slot])
+        elif par:
+            _rows_8bit_parallel(q, s16[slot], groups[slot], x, y, n_chunks)
+        else:
+            _rows_8bit(q, s16[slot], groups[slot], x, y, 0, rows[slot])
+    else:
+        mn = mins[slot]
+        table = levels[slot] if tabled[slot] else none
+        xsum = np.zeros((x.shape[0], x.shape[1] // 32), x.dtype)
+        if mn.shape[0]:
+            for i in range(x.shape[0]):
+                for c in range(x.shape[1] // 32):
+                    acc = np.float32(0.0)
+                    for j in range(32):
+                        acc += x[i, 32 * c + j]
+                    xsum[i, c] = acc
+        if kind == NIB_S16:
+            if par:
+                _rows_4bit_parallel(q, s16[slot], mn, table, offsets[slot], groups[slot], half,
+                                    x, xsum, y, n_chunks)
+            else:
+                _rows_4bit(q, s16[slot], mn, table, offsets[slot], groups[slot], half, x, xsum,
+                           y, 0, rows[slot])
+        elif par:
+            _rows_4bit_parallel(q, s32[slot], mn, table, offsets[slot], groups[slot], half, x,
+                                xsum, y, n_chunks)
+        else:
+            _rows_4bit(q, s32[slot], mn, table, offsets[slot], groups[slot], half, x, xsum, y,
+                       0, rows[slot])
+    if b.shape[0]:
+        for i in range(x.shape[0]):
+            for o in range(y.shape[1]):
+                y[i, o] += b[o]
+
+
+@jit
+def _row(slot, mt, r, out):
+    """out = row r of the slot's matrix, decoded (an embedding lookup)."""
+    kinds, rows, fmats, qmats, s16, s32, mins, levels, tabled, offsets, groups, none = mt
+    kind = kinds[slot]
+    if kind == FLOAT:
+        out[:] = fmats[slot][r]
+        return
+    q, group, n = qmats[slot][r], groups[slot], out.shape[0]
+    if kind == INT8_S32 or kind == INT8_S16:
+        for k in range(n):
+            v = np.float32(np.int8(q[k]))
+            sc = scale_value(s32[slot][r, k // group]) if kind == INT8_S32 \
+                else scale_value(s16[slot][r, k // group])
+            out[k] = v * sc
+        return
+    lv, mn = levels[slot], mins[slot]
+    for c in range(n // 32):
+        for j in range(16):
+            p = np.int32(q[c * 16 + j])
+            for k, nib in ((32 * c + j, p & 15), (32 * c + j + 16, p >> 4)):
+                v = lv[nib] if tabled[slot] else np.float32(nib + offsets[slot])
+                sc = scale_value(s16[slot][r, k // group]) if kind == NIB_S16 \
+                    else scale_value(s32[slot][r, k // group])
+                out[k] = v * sc + (scale_value(mn[r, c]) if mn.shape[0] else 0.0)
+
+
 # ---- the step -----------------------------------------------------------------------------------
 @jit
-def _decode_loop(ids, start, mats, vecs, k_all, v_all, dims, eps, parallel_bytes, n_chunks,
+def _decode_loop(ids, start, tables, mt, vecs, k_all, v_all, dims, eps, parallel_bytes, n_chunks,
                  logits):
-    # mats: tok_emb, pos_table, cos, sin, head, then per layer qkv, proj, ffn_in, ffn_up, down
+    # tables: pos_table, cos, sin (float; placeholders when unused); mt: the matrix slots
     # vecs: final norm w, b, an empty head bias, then per layer norm1 w, b, qkv b, proj b,
     # norm2 w, b, in b, up b, down b (empty when absent).
-    # dims: n_layer, H, Hkv, D, norm kind, activation, positions
+    # dims: n_layer, H, Hkv, D, norm kind, activation, positions, model width C
     n_layer, n_h, n_hkv, d = dims[0], dims[1], dims[2], dims[3]
-    norm_kind, act_kind, pos_kind = dims[4], dims[5], dims[6]
-    tok_emb = mats[0]
-    dt = tok_emb.dtype
-    t, c = ids.shape[0], tok_emb.shape[1]
-    hidden = mats[5 + 2].shape[0]
+    norm_kind, act_kind, pos_kind, c = dims[4], dims[5], dims[6], dims[7]
+    dt = k_all.dtype
+    t = ids.shape[0]
+    hidden = mt[1][2 + 2]                               # rows of layer 0's ffn_in
     n_slots = n_h + 2 * n_hkv
     x, h, y = np.empty((t, c), dt), np.empty((t, c), dt), np.empty((t, c), dt)
     heads = np.empty((t, n_slots, d), dt)               # per token: q heads, k heads, v heads
@@ -238,21 +325,21 @@ def _decode_loop(ids, start, mats, vecs, k_all, v_all, dims, eps, parallel_bytes
     bits = np.empty((n_h, n_max), np.int32)
     powers = bits.view(np.float32)
     scale = 1.0 / math.sqrt(d)
-    kv_bytes = 2 * n_hkv * d * tok_emb.itemsize
+    kv_bytes = 2 * n_hkv * d * k_all.itemsize
     for i in range(t):
-        x[i] = tok_emb[ids[i]]
+        _row(0, mt, ids[i], x[i])
         if pos_kind == 1:
-            x[i] += mats[1][start + i]
+            x[i] += tables[0][start + i]
     for layer in range(n_layer):
-        m0, v0 = 5 + N_LAYER_MATS * layer, 3 + N_LAYER_VECS * layer
+        m0, v0 = 2 + N_LAYER_MATS * layer, 3 + N_LAYER_VECS * layer
         keys, values = k_all[layer], v_all[layer]
         for i in range(t):
             _norm(x[i], vecs[v0], vecs[v0 + 1], norm_kind, eps, h[i])
-        _matvec(mats[m0], h, vecs[v0 + 2], qkv, parallel_bytes, n_chunks)
+        _project(m0, mt, h, vecs[v0 + 2], qkv, parallel_bytes, n_chunks)
         for i in range(t):                   # rotate and cache every token's k, v first ...
             pos = start + i
             if pos_kind == 2:
-                _rope(heads[i], 0, n_h + n_hkv, mats[2][pos], mats[3][pos])
+                _rope(heads[i], 0, n_h + n_hkv, tables[1][pos], tables[2][pos])
             for kv in range(n_hkv):
                 keys[kv, pos] = heads[i, n_h + kv]
                 values[kv, pos] = heads[i, n_h + n_hkv + kv]
@@ -264,50 +351,94 @@ def _decode_loop(ids, start, mats, vecs, k_all, v_all, dims, eps, parallel_bytes
             else:
                 _attend(heads[i], keys, values, n, n_hkv, scale, scores, bits, powers,
                         att_heads[i], 0, n_h)
-        _matvec(mats[m0 + 1], att, vecs[v0 + 3], y, parallel_bytes, n_chunks)
+        _project(m0 + 1, mt, att, vecs[v0 + 3], y, parallel_bytes, n_chunks)
         x += y
         for i in range(t):
             _norm(x[i], vecs[v0 + 4], vecs[v0 + 5], norm_kind, eps, h[i])
-        _matvec(mats[m0 + 2], h, vecs[v0 + 6], u, parallel_bytes, n_chunks)
+        _project(m0 + 2, mt, h, vecs[v0 + 6], u, parallel_bytes, n_chunks)
         if act_kind == 3:
-            _matvec(mats[m0 + 3], h, vecs[v0 + 7], g, parallel_bytes, n_chunks)
+            _project(m0 + 3, mt, h, vecs[v0 + 7], g, parallel_bytes, n_chunks)
         for i in range(t):
             _activate(u[i], g[i], act_kind, e, e_bits, e_powers)
-        _matvec(mats[m0 + 4], u, vecs[v0 + 8], y, parallel_bytes, n_chunks)
+        _project(m0 + 4, mt, u, vecs[v0 + 8], y, parallel_bytes, n_chunks)
         x += y
     for i in range(t):
         _norm(x[i], vecs[0], vecs[1], norm_kind, eps, h[i])
-    _matvec(mats[4], h, vecs[2], logits, parallel_bytes, n_chunks)
+    _project(1, mt, h, vecs[2], logits, parallel_bytes, n_chunks)
 
 
 # ---- packing the arguments ----------------------------------------------------------------------
+def _slot(m, dtype):
+    """(kind, rows, float matrix, packed bytes, f16 scales, f32 scales, mins, levels, tabled,
+    offset, group, bytes) of one matrix: a float array, or a quantized layer (its `operands`)."""
+    dummy_f, dummy_u8, dummy_u16 = np.zeros((1, 1), dtype), np.zeros((1, 1), np.uint8), \
+        np.zeros((1, 1), np.uint16)
+    no_s32, no_mins, no_levels = np.zeros((1, 1), np.float32), np.zeros((0, 0), np.uint16), \
+        np.zeros(16, np.float32)
+    if isinstance(m, np.ndarray):
+        return (FLOAT, m.shape[0], m, dummy_u8, dummy_u16, no_s32, no_mins, no_levels, False, 0,
+                1, m.nbytes)
+    q, scale, minimum, levels, group = m.operands
+    if not all(isinstance(a, np.ndarray) for a in (q, scale)):
+        return None
+    q8 = np.ascontiguousarray(q).view(np.uint8)
+    half = scale.dtype == np.float16
+    s16 = np.ascontiguousarray(scale).view(np.uint16) if half else dummy_u16
+    s32 = dummy_u16 if half else np.ascontiguousarray(scale, dtype=np.float32)
+    s32 = no_s32 if half else s32
+    nbytes = q8.nbytes + scale.nbytes
+    if levels is None:
+        kind = INT8_S16 if half else INT8_S32
+        return (kind, q.shape[0], dummy_f, q8, s16, s32, no_mins, no_levels, False, 0, group,
+                nbytes)
+    levels = np.asarray(levels, np.float32)
+    offset = int(levels[0])
+    tabled = not np.array_equal(levels, np.arange(16, dtype=np.float32) + offset)
+    mins = no_mins
+    if minimum is not None:
+        mins = np.ascontiguousarray(minimum).view(np.uint16)
+        nbytes += minimum.nbytes
+    kind = NIB_S16 if half else NIB_S32
+    return (kind, q.shape[0], dummy_f, q8, s16, s32, mins, levels, tabled, offset, group, nbytes)
+
+
 def _pack(w):
-    """The kernel's arguments for DecodeWeights w, or False when an array does not fit (not a
-    C-contiguous NumPy float32/float64 array of the embedding's dtype)."""
-    dtype = w.tok_emb.dtype
-    c = w.tok_emb.shape[1]
+    """The kernel's arguments for DecodeWeights w, or False when something does not fit (not a
+    C-contiguous NumPy array of the model's float dtype, or a scale the kernel cannot read)."""
+    dtype = w.dtype
+    c = w.norm[0].shape[0]
     empty, dummy = np.zeros(0, dtype), np.zeros((1, 1), dtype)
 
     def vec(a):
         return empty if a is None else a
 
-    mats = [w.tok_emb, w.pos_table if w.pos_table is not None else np.zeros((1, c), dtype),
-            w.cos if w.cos is not None else dummy, w.sin if w.sin is not None else dummy, w.head]
+    matrices = [w.tok_emb, w.head]
     vecs = [vec(w.norm[0]), vec(w.norm[1]), empty]
     for layer in w.layers:
-        mats += [layer.qkv[0], layer.proj[0], layer.ffn_in[0],
-                 layer.ffn_up[0] if layer.ffn_up[0] is not None else dummy, layer.down[0]]
+        matrices += [layer.qkv[0], layer.proj[0], layer.ffn_in[0],
+                     layer.ffn_up[0] if layer.ffn_up[0] is not None else dummy, layer.down[0]]
         vecs += [vec(layer.norm1[0]), vec(layer.norm1[1]), vec(layer.qkv[1]), vec(layer.proj[1]),
                  vec(layer.norm2[0]), vec(layer.norm2[1]), vec(layer.ffn_in[1]),
                  vec(layer.ffn_up[1]), vec(layer.down[1])]
-    if not all(isinstance(a, np.ndarray) and a.dtype == dtype and a.flags.c_contiguous
-               for a in mats + vecs):
+    slots = [_slot(m, dtype) for m in matrices]
+    tables = [w.pos_table if w.pos_table is not None else np.zeros((1, c), dtype),
+              w.cos if w.cos is not None else dummy, w.sin if w.sin is not None else dummy]
+    floats = [sl[2] for sl in slots if sl is not None] + vecs + tables
+    if any(sl is None for sl in slots) or not all(
+            isinstance(a, np.ndarray) and a.dtype == dtype and a.flags.c_contiguous
+            for a in floats):
         return False
-    total = sum(a.nbytes for a in mats[4:]) + w.tok_emb.nbytes
+    total = sum(sl[11] for sl in slots)
     parallel_bytes = PARALLEL_BYTES if total > PARALLEL_MODEL_BYTES else 1 << 62
     dims = np.array([w.n_layer, w.n_head, w.n_kv_head, w.head_dim, w.norm_kind, w.act_kind,
-                     w.pos_kind], dtype=np.int64)
-    return typed.List(mats), typed.List(vecs), dims, parallel_bytes
+                     w.pos_kind, c], dtype=np.int64)
+    column = list(zip(*slots))
+    mt = (np.array(column[0], np.int64), np.array(column[1], np.int64), typed.List(column[2]),
+          typed.List(column[3]), typed.List(column[4]), typed.List(column[5]),
+          typed.List(column[6]), np.stack(column[7]), np.array(column[8], np.bool_),
+          np.array(column[9], np.int64), np.array(column[10], np.int64),
+          np.zeros(0, np.float32))
+    return typed.List(tables), mt, typed.List(vecs), dims, parallel_bytes
 
 
 def _arguments(weights):
@@ -317,14 +448,17 @@ def _arguments(weights):
 
 
 def _supported(ids, start, plan):
-    return _arguments(plan.weights) is not False and plan.k_all.dtype == plan.weights.tok_emb.dtype
+    # float32 only: a float64 model (tests, gradchecks) decodes through the reference, which
+    # saves compiling the whole step a second time (~20 s)
+    return (plan.weights.dtype == np.float32 and _arguments(plan.weights) is not False
+            and plan.k_all.dtype == plan.weights.dtype)
 
 
 @implements("decode_step", device="cpu", supports=_supported)
 def decode_step_cpu(ids, start, plan):
-    mats, vecs, dims, parallel_bytes = _arguments(plan.weights)
+    tables, mt, vecs, dims, parallel_bytes = _arguments(plan.weights)
     ids = np.ascontiguousarray(ids, dtype=np.int64)
-    logits = np.empty((len(ids), plan.weights.head.shape[0]), plan.weights.tok_emb.dtype)
-    _decode_loop(ids, start, mats, vecs, plan.k_all, plan.v_all, dims, plan.weights.eps,
+    logits = np.empty((len(ids), mt[1][1]), plan.weights.dtype)
+    _decode_loop(ids, start, tables, mt, vecs, plan.k_all, plan.v_all, dims, plan.weights.eps,
                  parallel_bytes, numba.get_num_threads(), logits)
     return logits

@@ -56,6 +56,12 @@ def _scale_value_typed(s):
     return lambda s: np.float32(s)
 
 
+# Written for LLVM's loop vectoriser: the block loops run from 0 to a runtime length (`group`,
+# `half`; not the constant 32, which would be unrolled and left to the weaker SLP vectoriser, and
+# not range(base, base + n), whose indices numba cannot prove non-negative: gathers), bytes are
+# turned into floats first and everything after is float arithmetic (numba widens integer
+# operations to int64, which turned each byte into a scalar insert and a 64-bit conversion):
+# a signed byte is b - 256 when b >= 128, a nibble pair is hi = floor(b / 16), lo = b - 16 hi.
 @jit
 def _rows_8bit(q, scales, group, x, y, lo, hi):
     # q: (out, in) uint8 holding int8 bits; scales: (out, in / group)
@@ -70,20 +76,23 @@ def _rows_8bit(q, scales, group, x, y, lo, hi):
                 s = np.float32(0.0)
                 base = b * group
                 for j in range(group):
-                    v = (np.int32(row[base + j]) ^ 128) - 128           # the byte as int8
-                    s += np.float32(v) * xi[base + j]
+                    v = np.float32(row[base + j])
+                    v = v - np.float32(256.0) if v >= np.float32(128.0) else v
+                    s += v * xi[base + j]
                 acc += scale_value(srow[b]) * s
             y[i, o] = acc
 
 
 @jit
-def _rows_4bit(q, scales, mins, levels, offset, group, x, xsum, y, lo, hi):
+def _rows_4bit(q, scales, mins, levels, offset, group, half, x, xsum, y, lo, hi):
     # q: (out, in / 2) uint8; scales: (out, in / group); mins: (out, in / 32) or empty;
-    # levels: 16 floats (nf4) or empty (value = nibble + offset); xsum: (t, in / 32) block sums
+    # levels: 16 floats (nf4) or empty (value = nibble + offset); xsum: (t, in / 32) block sums;
+    # half: 16, the bytes of a 32-block (a runtime value, see above)
     n, t = x.shape[1], x.shape[0]
-    n_blocks = n // QK
-    per_group = group // QK
+    n_blocks = n // (2 * half)
+    per_group = group // (2 * half)
     table = levels.shape[0] > 0
+    off = np.float32(offset)
     for o in range(lo, hi):
         row, srow = q[o], scales[o]
         for i in range(t):
@@ -91,16 +100,17 @@ def _rows_4bit(q, scales, mins, levels, offset, group, x, xsum, y, lo, hi):
             acc = np.float32(0.0)
             for c in range(n_blocks):
                 s = np.float32(0.0)
-                base, byte = c * QK, c * (QK // 2)
+                base, byte = 2 * c * half, c * half
                 if table:
-                    for j in range(QK // 2):
-                        p = np.int32(row[byte + j])
-                        s += levels[p & 15] * xi[base + j] + levels[p >> 4] * xi[base + j + 16]
+                    for j in range(half):
+                        p = np.int64(row[byte + j])
+                        s += levels[p & 15] * xi[base + j] + levels[p >> 4] * xi[base + half + j]
                 else:
-                    for j in range(QK // 2):
-                        p = np.int32(row[byte + j])
-                        s += (np.float32((p & 15) + offset) * xi[base + j]
-                              + np.float32((p >> 4) + offset) * xi[base + j + 16])
+                    for j in range(half):
+                        v = np.float32(row[byte + j])
+                        high = np.floor(v * np.float32(0.0625))
+                        low = v - high * np.float32(16.0)
+                        s += (low + off) * xi[base + j] + (high + off) * xi[base + half + j]
                 acc += scale_value(srow[c // per_group]) * s
                 if mins.shape[0]:
                     acc += scale_value(mins[o, c]) * xsum[i, c]
@@ -115,10 +125,10 @@ def _rows_8bit_parallel(q, scales, group, x, y, n_chunks):
 
 
 @jit_parallel
-def _rows_4bit_parallel(q, scales, mins, levels, offset, group, x, xsum, y, n_chunks):
+def _rows_4bit_parallel(q, scales, mins, levels, offset, group, half, x, xsum, y, n_chunks):
     m = q.shape[0]
     for c in prange(n_chunks):
-        _rows_4bit(q, scales, mins, levels, offset, group, x, xsum, y,
+        _rows_4bit(q, scales, mins, levels, offset, group, half, x, xsum, y,
                    c * m // n_chunks, (c + 1) * m // n_chunks)
 
 
@@ -157,7 +167,7 @@ def quant_matmul_cpu(x, qweight, scale, minimum, levels, group):
     mins, xsum = _NO_MIN, np.zeros((0, 0), np.float32)
     if minimum is not None:
         mins, xsum = _bits(minimum), x.reshape(x.shape[0], -1, QK).sum(axis=2)
-    args = (qweight, _bits(scale), mins, levels, offset, group, x, xsum, y)
+    args = (qweight, _bits(scale), mins, levels, offset, group, QK // 2, x, xsum, y)
     if parallel:
         _rows_4bit_parallel(*args, threads)
     else:
