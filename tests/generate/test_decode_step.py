@@ -175,3 +175,17 @@ def test_quantized_models_take_the_fused_path(scheme, preset, overrides):
             got, _ = decode_all(model, ids, 3, fused)
         assert ("decode_step", "cpu" if fused else "reference") in ran
         np.testing.assert_allclose(got, full, rtol=0, atol=1e-5 * np.abs(full).max())
+
+
+@pytest.mark.parametrize("scheme", ["q8_0", "q4_1", "nf4"])
+def test_threaded_quantized_path_agrees(scheme, monkeypatch):
+    from tinygrad_llm.quant import quantize
+    monkeypatch.setattr(cpu_decode, "PARALLEL_MODEL_BYTES", 0)
+    monkeypatch.setattr(cpu_decode, "PARALLEL_BYTES", 0)
+    model = quantize(tiny("gpt2", np.float32, n_embd=64, seed=5), scheme, group_size=32,
+                     include_head=True, include_embeddings=True)
+    ids = np.random.default_rng(9).integers(0, 41, 12)
+    with no_grad():
+        full = model(ids[None]).data[0]
+    got, _ = decode_all(model, ids, 4)
+    np.testing.assert_allclose(got, full, rtol=0, atol=1e-5 * np.abs(full).max())

@@ -29,14 +29,12 @@ from numba import prange, typed
 
 from .. import implements
 from ._common import exp_shifted, jit, jit_parallel, row_max
-from .quant import (_rows_4bit, _rows_4bit_parallel, _rows_8bit, _rows_8bit_parallel,
-                    scale_value)
+from .quant import COLUMN_TILE, _tiles, _tiles_parallel, column_layout
 
 PARALLEL_MODEL_BYTES = 24 << 20   # above this the weights do not stay in cache between tokens
 PARALLEL_BYTES = 1 << 20          # ... and a matrix this large is split over the threads
 N_LAYER_MATS, N_LAYER_VECS = 5, 9  # per layer: qkv, proj, ffn_in, ffn_up, down | 9 vectors
-# matrix kinds: float, int8 values with float32 / float16 scales, 4-bit with float16 / float32
-FLOAT, INT8_S32, INT8_S16, NIB_S16, NIB_S32 = 0, 1, 2, 3, 4
+FLOAT, INT8, NIBBLES = 0, 1, 2     # matrix kinds: float, 8-bit values, 4-bit values
 
 
 # ---- pieces -------------------------------------------------------------------------------------
@@ -216,54 +214,25 @@ def _attend_parallel(heads, keys, values, n, n_hkv, scale, scores, bits, powers,
 # ---- matrices: float or quantized -------------------------------------------------------------
 # A model's matrices are numbered slots: 0 the token embedding, 1 the head, then 2 + 5 l + j for
 # layer l's qkv, proj, ffn_in, ffn_up, down. `mt` holds, per slot, its kind and whichever arrays
-# it uses (a (1, 1) placeholder elsewhere): the float matrix, or the packed bytes with their scales
-# (float16 bits as uint16, or float32), q4_1's mins, a 16-level table (NF4) or an integer offset
-# (q4_0: -8, q4_1: 0), and the block/group width along the input (quant/formats.py's operands).
+# it uses (a (1, 1) placeholder elsewhere): the float matrix, or the quantized blocks in
+# kernels/cpu/quant.py's column-major layout (bytes transposed, float32 scales and q4_1 mins per
+# block and output), a 16-level table (NF4) or an integer offset (q4_0: -8), and the group width.
 @jit
 def _project(slot, mt, x, b, y, parallel_bytes, n_chunks):
     """y = x W_slot^T (+ b) for x (t, n), whatever the slot's storage."""
-    kinds, rows, fmats, qmats, s16, s32, mins, levels, tabled, offsets, groups, none = mt
+    kinds, rows, fmats, qts, sts, mts, levels, tabled, offsets, groups, none = mt
     kind = kinds[slot]
     if kind == FLOAT:
         _matvec(fmats[slot], x, b, y, parallel_bytes, n_chunks)
         return
-    half = groups.shape[0] * 0 + 16       # a runtime 16 (see kernels/cpu/quant.py)
-    q = qmats[slot]
-    par = n_chunks > 1 and q.size >= parallel_bytes
-    if kind == INT8_S32 or kind == INT8_S16:
-        if kind == INT8_S32:
-            if par:
-                _rows_8bit_parallel(q, s32[slot], groups[slot], x, y, n_chunks)
-            else:
-                _rows_8bit(q, s32[slot], groups[slot], x, y, 0, rows[slot])
-        elif par:
-            _rows_8bit_parallel(q, s16[slot], groups[slot], x, y, n_chunks)
-        else:
-            _rows_8bit(q, s16[slot], groups[slot], x, y, 0, rows[slot])
+    q = qts[slot]
+    half = groups.shape[0] * 0 + 16          # a runtime 16 (see kernels/cpu/quant.py)
+    table = levels[slot] if tabled[slot] else none
+    args = (q, sts[slot], mts[slot], table, offsets[slot], groups[slot], half, kind == INT8, x, y)
+    if n_chunks > 1 and q.size >= parallel_bytes:
+        _tiles_parallel(*args)
     else:
-        mn = mins[slot]
-        table = levels[slot] if tabled[slot] else none
-        xsum = np.zeros((x.shape[0], x.shape[1] // 32), x.dtype)
-        if mn.shape[0]:
-            for i in range(x.shape[0]):
-                for c in range(x.shape[1] // 32):
-                    acc = np.float32(0.0)
-                    for j in range(32):
-                        acc += x[i, 32 * c + j]
-                    xsum[i, c] = acc
-        if kind == NIB_S16:
-            if par:
-                _rows_4bit_parallel(q, s16[slot], mn, table, offsets[slot], groups[slot], half,
-                                    x, xsum, y, n_chunks)
-            else:
-                _rows_4bit(q, s16[slot], mn, table, offsets[slot], groups[slot], half, x, xsum,
-                           y, 0, rows[slot])
-        elif par:
-            _rows_4bit_parallel(q, s32[slot], mn, table, offsets[slot], groups[slot], half, x,
-                                xsum, y, n_chunks)
-        else:
-            _rows_4bit(q, s32[slot], mn, table, offsets[slot], groups[slot], half, x, xsum, y,
-                       0, rows[slot])
+        _tiles(*args, 0, q.shape[0])
     if b.shape[0]:
         for i in range(x.shape[0]):
             for o in range(y.shape[1]):
@@ -273,28 +242,24 @@ def _project(slot, mt, x, b, y, parallel_bytes, n_chunks):
 @jit
 def _row(slot, mt, r, out):
     """out = row r of the slot's matrix, decoded (an embedding lookup)."""
-    kinds, rows, fmats, qmats, s16, s32, mins, levels, tabled, offsets, groups, none = mt
+    kinds, rows, fmats, qts, sts, mts, levels, tabled, offsets, groups, none = mt
     kind = kinds[slot]
     if kind == FLOAT:
         out[:] = fmats[slot][r]
         return
-    q, group, n = qmats[slot][r], groups[slot], out.shape[0]
-    if kind == INT8_S32 or kind == INT8_S16:
-        for k in range(n):
-            v = np.float32(np.int8(q[k]))
-            sc = scale_value(s32[slot][r, k // group]) if kind == INT8_S32 \
-                else scale_value(s16[slot][r, k // group])
-            out[k] = v * sc
+    q, s, group = qts[slot], sts[slot], groups[slot]
+    c, col = r // COLUMN_TILE, r % COLUMN_TILE              # the row's tile and column in it
+    if kind == INT8:
+        for k in range(out.shape[0]):
+            out[k] = np.float32(np.int8(q[c, k, col])) * s[c, k // group, col]
         return
-    lv, mn = levels[slot], mins[slot]
-    for c in range(n // 32):
-        for j in range(16):
-            p = np.int32(q[c * 16 + j])
-            for k, nib in ((32 * c + j, p & 15), (32 * c + j + 16, p >> 4)):
-                v = lv[nib] if tabled[slot] else np.float32(nib + offsets[slot])
-                sc = scale_value(s16[slot][r, k // group]) if kind == NIB_S16 \
-                    else scale_value(s32[slot][r, k // group])
-                out[k] = v * sc + (scale_value(mn[r, c]) if mn.shape[0] else 0.0)
+    lv, mn = levels[slot], mts[slot]
+    for k in range(out.shape[0]):
+        blk, j = k // 32, k % 32
+        p = np.int64(q[c, 16 * blk + j % 16, col])
+        nib = p & 15 if j < 16 else p >> 4
+        v = lv[nib] if tabled[slot] else np.float32(nib + offsets[slot])
+        out[k] = v * s[c, k // group, col] + (mn[c, blk, col] if mn.shape[1] else 0.0)
 
 
 # ---- the step -----------------------------------------------------------------------------------
@@ -369,37 +334,22 @@ def _decode_loop(ids, start, tables, mt, vecs, k_all, v_all, dims, eps, parallel
 
 # ---- packing the arguments ----------------------------------------------------------------------
 def _slot(m, dtype):
-    """(kind, rows, float matrix, packed bytes, f16 scales, f32 scales, mins, levels, tabled,
-    offset, group, bytes) of one matrix: a float array, or a quantized layer (its `operands`)."""
-    dummy_f, dummy_u8, dummy_u16 = np.zeros((1, 1), dtype), np.zeros((1, 1), np.uint8), \
-        np.zeros((1, 1), np.uint16)
-    no_s32, no_mins, no_levels = np.zeros((1, 1), np.float32), np.zeros((0, 0), np.uint16), \
-        np.zeros(16, np.float32)
+    """(kind, rows, float matrix, column-major bytes, scales, mins, levels, tabled, offset, group,
+    bytes read per step) of one matrix: a float array, or a quantized layer (its `operands`)."""
+    dummy_f, dummy_u8, dummy_f32 = np.zeros((1, 1), dtype), np.zeros((1, 1, 1), np.uint8), \
+        np.zeros((1, 1, 1), np.float32)
+    no_mins, no_levels = np.zeros((1, 0, 1), np.float32), np.zeros(16, np.float32)
     if isinstance(m, np.ndarray):
-        return (FLOAT, m.shape[0], m, dummy_u8, dummy_u16, no_s32, no_mins, no_levels, False, 0,
-                1, m.nbytes)
-    q, scale, minimum, levels, group = m.operands
-    if not all(isinstance(a, np.ndarray) for a in (q, scale)):
+        return (FLOAT, m.shape[0], m, dummy_u8, dummy_f32, no_mins, no_levels, False, 0, 1,
+                m.nbytes)
+    operands = m.operands
+    if not all(isinstance(a, np.ndarray) for a in operands[:2]):
         return None
-    q8 = np.ascontiguousarray(q).view(np.uint8)
-    half = scale.dtype == np.float16
-    s16 = np.ascontiguousarray(scale).view(np.uint16) if half else dummy_u16
-    s32 = dummy_u16 if half else np.ascontiguousarray(scale, dtype=np.float32)
-    s32 = no_s32 if half else s32
-    nbytes = q8.nbytes + scale.nbytes
-    if levels is None:
-        kind = INT8_S16 if half else INT8_S32
-        return (kind, q.shape[0], dummy_f, q8, s16, s32, no_mins, no_levels, False, 0, group,
-                nbytes)
-    levels = np.asarray(levels, np.float32)
-    offset = int(levels[0])
-    tabled = not np.array_equal(levels, np.arange(16, dtype=np.float32) + offset)
-    mins = no_mins
-    if minimum is not None:
-        mins = np.ascontiguousarray(minimum).view(np.uint16)
-        nbytes += minimum.nbytes
-    kind = NIB_S16 if half else NIB_S32
-    return (kind, q.shape[0], dummy_f, q8, s16, s32, mins, levels, tabled, offset, group, nbytes)
+    qT, sT, mT, table, offset, group = column_layout(*operands)
+    kind = INT8 if operands[3] is None else NIBBLES
+    levels = table if table.shape[0] else no_levels
+    return (kind, operands[0].shape[0], dummy_f, qT, sT, mT, levels, table.shape[0] > 0, offset,
+            group, qT.nbytes + sT.nbytes + mT.nbytes)
 
 
 def _pack(w):
@@ -428,16 +378,15 @@ def _pack(w):
             isinstance(a, np.ndarray) and a.dtype == dtype and a.flags.c_contiguous
             for a in floats):
         return False
-    total = sum(sl[11] for sl in slots)
+    total = sum(sl[10] for sl in slots)
     parallel_bytes = PARALLEL_BYTES if total > PARALLEL_MODEL_BYTES else 1 << 62
     dims = np.array([w.n_layer, w.n_head, w.n_kv_head, w.head_dim, w.norm_kind, w.act_kind,
                      w.pos_kind, c], dtype=np.int64)
     column = list(zip(*slots))
     mt = (np.array(column[0], np.int64), np.array(column[1], np.int64), typed.List(column[2]),
           typed.List(column[3]), typed.List(column[4]), typed.List(column[5]),
-          typed.List(column[6]), np.stack(column[7]), np.array(column[8], np.bool_),
-          np.array(column[9], np.int64), np.array(column[10], np.int64),
-          np.zeros(0, np.float32))
+          np.stack(column[6]), np.array(column[7], np.bool_), np.array(column[8], np.int64),
+          np.array(column[9], np.int64), np.zeros(0, np.float32))
     return typed.List(tables), mt, typed.List(vecs), dims, parallel_bytes
 
 
