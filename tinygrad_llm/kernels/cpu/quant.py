@@ -150,65 +150,89 @@ COLUMN_TILE = 256
 @jit
 def _tile_8bit(qt, st, group, x, y, lo, w):
     """y[i, lo:lo+w] = x[i] W^T over one tile; qt: (in, TILE) int8 bits as uint8,
-    st: (in / group, TILE) float32."""
+    st: (in / group, TILE) float32. Each byte row is decoded once for all t tokens."""
     n, t = x.shape[1], x.shape[0]
-    part = np.empty(w, np.float32)
+    part = np.empty((t, w), np.float32)
+    vals = np.empty(w, np.float32)
     for i in range(t):
-        xi, yi = x[i], y[i, lo:lo + w]
         for o in range(w):
-            yi[o] = 0.0
-        for b in range(n // group):
-            for o in range(w):
-                part[o] = 0.0
-            for j in range(group):
-                xk = xi[b * group + j]
-                row = qt[b * group + j, :w]
+            y[i, lo + o] = 0.0
+    for b in range(n // group):
+        part[:] = 0.0
+        for j in range(group):
+            k = b * group + j
+            row = qt[k, :w]
+            if t == 1:
+                xk, p0 = x[0, k], part[0]
                 for o in range(w):
                     v = np.float32(row[o])
                     v = v - np.float32(256.0) if v >= np.float32(128.0) else v
-                    part[o] += v * xk
-            srow = st[b, :w]
+                    p0[o] += v * xk
+                continue
             for o in range(w):
-                yi[o] += srow[o] * part[o]
+                v = np.float32(row[o])
+                vals[o] = v - np.float32(256.0) if v >= np.float32(128.0) else v
+            for i in range(t):
+                xk, pi = x[i, k], part[i]
+                for o in range(w):
+                    pi[o] += vals[o] * xk
+        srow = st[b, :w]
+        for i in range(t):
+            yi, pi = y[i, lo:lo + w], part[i]
+            for o in range(w):
+                yi[o] += srow[o] * pi[o]
 
 
 @jit
 def _tile_4bit(qt, st, mt, levels, offset, group, half, x, y, lo, w):
     """The same for nibbles: qt (in / 2, TILE) uint8, st (in / group, TILE) float32, mt
-    (in / 32, TILE) float32 block mins or (0, TILE) (q4_1 only), levels a 16-entry table (NF4) or empty
-    (value = nibble + offset). half = 16 at run time (a constant 16 would be unrolled)."""
+    (in / 32, TILE) float32 block mins or (0, TILE) (q4_1 only), levels a 16-entry table (NF4)
+    or empty (value = nibble + offset). half = 16 at run time (a constant 16 would be
+    unrolled). Each byte row is decoded once for all t tokens."""
     n, t = x.shape[1], x.shape[0]
-    part = np.empty(w, np.float32)
+    part = np.empty((t, w), np.float32)
+    low_v, high_v = np.empty(w, np.float32), np.empty(w, np.float32)
     off = np.float32(offset)
     table = levels.shape[0] > 0
     per_group = group // (2 * half)
     for i in range(t):
-        xi, yi = x[i], y[i, lo:lo + w]
         for o in range(w):
-            yi[o] = 0.0
-        for b in range(n // (2 * half)):
+            y[i, lo + o] = 0.0
+    for b in range(n // (2 * half)):
+        part[:] = 0.0
+        for j in range(half):
+            kl, kh = 2 * b * half + j, 2 * b * half + half + j
+            row = qt[b * half + j, :w]
+            if table:
+                for o in range(w):
+                    p = np.int64(row[o])
+                    low_v[o], high_v[o] = levels[p & 15], levels[p >> 4]
+            elif t == 1:
+                xl, xh, p0 = x[0, kl], x[0, kh], part[0]
+                for o in range(w):
+                    v = np.float32(row[o])
+                    high = np.floor(v * np.float32(0.0625))
+                    low = v - high * np.float32(16.0)
+                    p0[o] += (low + off) * xl + (high + off) * xh
+                continue
+            else:
+                for o in range(w):
+                    v = np.float32(row[o])
+                    high = np.floor(v * np.float32(0.0625))
+                    low_v[o], high_v[o] = v - high * np.float32(16.0) + off, high + off
+            for i in range(t):
+                xl, xh, pi = x[i, kl], x[i, kh], part[i]
+                for o in range(w):
+                    pi[o] += low_v[o] * xl + high_v[o] * xh
+        srow = st[b // per_group, :w]
+        for i in range(t):
+            yi, pi = y[i, lo:lo + w], part[i]
             for o in range(w):
-                part[o] = 0.0
-            for j in range(half):
-                xl, xh = xi[2 * b * half + j], xi[2 * b * half + half + j]
-                row = qt[b * half + j, :w]
-                if table:
-                    for o in range(w):
-                        p = np.int64(row[o])
-                        part[o] += levels[p & 15] * xl + levels[p >> 4] * xh
-                else:
-                    for o in range(w):
-                        v = np.float32(row[o])
-                        high = np.floor(v * np.float32(0.0625))
-                        low = v - high * np.float32(16.0)
-                        part[o] += (low + off) * xl + (high + off) * xh
-            srow = st[b // per_group, :w]
-            for o in range(w):
-                yi[o] += srow[o] * part[o]
+                yi[o] += srow[o] * pi[o]
             if mt.shape[0]:
                 xs = np.float32(0.0)
                 for j in range(2 * half):
-                    xs += xi[2 * b * half + j]
+                    xs += x[i, 2 * b * half + j]
                 mrow = mt[b, :w]
                 for o in range(w):
                     yi[o] += mrow[o] * xs

@@ -1,0 +1,221 @@
+"""Quantization: size, accuracy and batch-1 decode speed per scheme, beside llama.cpp.
+
+    python bench/bench_quant.py                                  # both models, every scheme
+    python bench/bench_quant.py --models=gpt2_small --schemes=f32,q8_0,q4_0 \\
+        --llama_python=/tmp/llvenv/bin/python                     # with llama.cpp side by side
+
+Models: "shakespeare", the main job's checkpoint (--ckpt, default out-shakespeare/; skipped with
+a note when missing), and "gpt2_small", the decoder issue's 12-layer/768-dim model (random init,
+GPT-2 vocabulary). Every Linear, the head and the token embeddings are quantized (as llama.cpp
+files are). Per scheme:
+  file_mb          the safetensors checkpoint of the quantized model; gguf_mb for llama.cpp types
+  weight_mb        resident bytes of the model's parameters and buffers
+  val_ppl, ppl_change_pct, top1_agreement   (shakespeare) perplexity on the validation split,
+                   its change vs float32, and how often the argmax matches the float model's
+  decode_tokens_per_s  greedy single-token steps after an 8-token prompt (the prefill is not
+                   timed), best of `repeats`
+  decode_copy_mb   what the fused decode step holds besides the model (quantized matrices
+                   repacked into its column tiles; float ones are read in place)
+With --llama_python (an interpreter where llama-cpp-python imports), the same GGUF files decoded
+by llama.cpp with the same thread count, in its own process, and ours / llama.cpp.
+Prints one JSON object on the last line.
+"""
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+import tinygrad_llm as tl  # first: it sets the thread pools up before NumPy loads
+import numpy as np  # noqa: E402
+
+sys.path.insert(0, os.path.dirname(__file__))
+from bench_model import parse  # noqa: E402
+
+DEFAULTS = {"models": "shakespeare,gpt2_small", "schemes": "f32,int8,q8_0,q4_0,q4_1,nf4",
+            "ckpt": "out-shakespeare/ckpt.safetensors", "steps": 32, "repeats": 3,
+            "eval_batches": 20, "llama_python": "", "threads": 0}
+GGML = ("f32", "q8_0", "q4_0", "q4_1")
+
+
+def load(name, opts):
+    from tinygrad_llm.models import GPT, GPTConfig
+    from tinygrad_llm.train import load_checkpoint
+    if name == "gpt2_small":
+        tl.manual_seed(0)
+        return GPT(GPTConfig.preset("gpt2", n_layer=12, n_head=12, n_embd=768,
+                                    vocab_size=50257, block_size=1024)).eval(), None
+    state, _, record = load_checkpoint(opts["ckpt"])
+    model = GPT(GPTConfig(**record["model_config"]))
+    model.load_state_dict(state)
+    return model.eval(), record
+
+
+def quantized(name, scheme, opts):
+    from tinygrad_llm.quant import quantize
+    model, record = load(name, opts)
+    if scheme != "f32":
+        quantize(model, scheme, group_size=32 if scheme == "nf4" else 64, include_head=True,
+                 include_embeddings=True)
+    return model, record
+
+
+def validation(record, opts):
+    """(inputs, targets) windows of the validation split, the main job's way."""
+    from tinygrad_llm.data import shakespeare
+    from tinygrad_llm.data.batches import split
+    from tinygrad_llm.tokenizers import tokenizer_from_dict
+    ids = tokenizer_from_dict(record["tokenizer"]).encode(shakespeare())
+    val = np.asarray(split(ids, 0.1)[1])
+    block = record["model_config"]["block_size"]
+    starts = np.linspace(0, len(val) - block - 1, opts["eval_batches"] * 8).astype(int)
+    x = np.stack([val[s:s + block] for s in starts])
+    return x, np.stack([val[s + 1:s + block + 1] for s in starts])
+
+
+def accuracy(model, data, reference_logits=None):
+    x, y = data
+    losses, argmax = [], []
+    with tl.no_grad():
+        for i in range(0, len(x), 8):
+            logits = model(x[i:i + 8]).numpy().astype(np.float64)
+            z = logits - logits.max(-1, keepdims=True)
+            logp = z - np.log(np.exp(z).sum(-1, keepdims=True))
+            losses.append(-np.take_along_axis(logp, y[i:i + 8, :, None], -1).mean())
+            argmax.append(logits.argmax(-1))
+    return float(np.exp(np.mean(losses))), np.concatenate(argmax)
+
+
+def decode_speed(model, opts):
+    from tinygrad_llm.generate.decode_step import forward_logits, inference
+    from tinygrad_llm.generate.kv_cache import make_caches
+    prompt = list(range(1, 9))
+    best = float("inf")
+    with inference(model):
+        for _ in range(opts["repeats"] + 1):                       # the first warms up
+            caches = make_caches(model, 1, len(prompt) + opts["steps"] + 1)
+            logits = forward_logits(model, prompt, caches, 0)
+            t0 = time.perf_counter()
+            for i in range(opts["steps"]):
+                token = int(np.asarray(logits[-1]).argmax())
+                logits = forward_logits(model, [token], caches, len(prompt) + i)
+            best = min(best, time.perf_counter() - t0)
+    return opts["steps"] / best
+
+
+def decode_copy_bytes(model):
+    """Bytes the fused decode step keeps besides the model: quantized matrices repacked into
+    column tiles (kernels/cpu/quant.py), float32 scales included. Float matrices are not copied."""
+    from tinygrad_llm.generate.decode_step import DecodeWeights
+    args = DecodeWeights.of(model).kernel_args
+    if not args:
+        return 0
+    mt = args[1]
+    distinct = {id(a): a for lst in (mt[3], mt[4], mt[5]) for a in lst if a.size > 1}
+    return sum(a.nbytes for a in distinct.values())
+
+
+def sizes(model, scheme, tmp):
+    from tinygrad_llm.quant import save_gguf
+    from tinygrad_llm.train import save_checkpoint
+    from tinygrad_llm.train.checkpoint import model_arrays
+    path = os.path.join(tmp, "model.safetensors")
+    save_checkpoint(path, model)
+    out = {"file_mb": round(os.path.getsize(path) / 1e6, 2),
+           "weight_mb": round(sum(a.nbytes for a in model_arrays(model)[0].values()) / 1e6, 2)}
+    gguf_path = None
+    if scheme in GGML:
+        try:
+            gguf_path = os.path.join(tmp, f"model-{scheme}.gguf")
+            save_gguf(model, gguf_path, dtype=scheme)
+            out["gguf_mb"] = round(os.path.getsize(gguf_path) / 1e6, 2)
+        except (ImportError, ValueError) as e:
+            out["gguf"] = f"not written: {e}"
+            gguf_path = None
+    return out, gguf_path
+
+
+LLAMA_SCRIPT = """
+import json, sys, time
+import llama_cpp
+path, steps, repeats, threads = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+llm = llama_cpp.Llama(model_path=path, n_ctx=64, n_threads=threads, n_threads_batch=threads,
+                      n_batch=16, verbose=False)
+best = float("inf")
+for _ in range(repeats + 1):
+    llm.reset()
+    llm.eval(list(range(1, 9)))
+    t0 = time.perf_counter()
+    for i in range(steps):                  # fixed tokens: the speed does not depend on them
+        llm.eval([(7 * i + 3) % 50])
+    best = min(best, time.perf_counter() - t0)
+print(json.dumps({"tokens_per_s": steps / best}))
+"""
+
+
+def llama_speed(path, opts, threads):
+    # llama.cpp runs in its own environment: tinygrad_llm sets OMP_WAIT_POLICY=PASSIVE for its
+    # own pools (kernels/cpu/__init__.py), which would make ggml's OpenMP threads sleep between
+    # ops and slow llama.cpp 2-3x (measured)
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY",
+                                                            "OPENBLAS_THREAD_TIMEOUT")}
+    run = subprocess.run([opts["llama_python"], "-c", LLAMA_SCRIPT, path, str(opts["steps"]),
+                          str(opts["repeats"]), str(threads)], capture_output=True, text=True,
+                         env=env)
+    if run.returncode != 0:
+        return {"error": run.stderr.strip().splitlines()[-1] if run.stderr else "failed"}
+    return json.loads(run.stdout.strip().splitlines()[-1])
+
+
+def bench_model(name, opts, threads):
+    if name == "shakespeare" and not os.path.exists(opts["ckpt"]):
+        return {"skipped": f"{opts['ckpt']} is missing: run python examples/train_shakespeare.py"}
+    results, float_argmax, data = {}, None, None
+    for scheme in opts["schemes"].split(","):
+        model, record = quantized(name, scheme, opts)
+        entry = {}
+        with tempfile.TemporaryDirectory() as tmp:
+            measured, gguf_path = sizes(model, scheme, tmp)
+            entry.update(measured)
+            if record is not None:
+                data = data if data is not None else validation(record, opts)
+                ppl, argmax = accuracy(model, data)
+                if scheme == "f32":
+                    float_ppl, float_argmax = ppl, argmax
+                entry["val_ppl"] = round(ppl, 4)
+                if float_argmax is not None and scheme != "f32":
+                    entry["ppl_change_pct"] = round(100 * (ppl / float_ppl - 1), 2)
+                    entry["top1_agreement"] = round(float((argmax == float_argmax).mean()), 4)
+            entry["decode_tokens_per_s"] = round(decode_speed(model, opts), 1)
+            entry["decode_copy_mb"] = round(decode_copy_bytes(model) / 1e6, 2)
+            if gguf_path and opts["llama_python"]:
+                ref = llama_speed(gguf_path, opts, threads)
+                entry["llama_cpp_tokens_per_s"] = round(ref.get("tokens_per_s", 0), 1) or ref
+                if "tokens_per_s" in ref:
+                    entry["vs_llama_cpp"] = round(entry["decode_tokens_per_s"]
+                                                  / ref["tokens_per_s"], 3)
+        results[scheme] = entry
+        print(f"{name} {scheme}: {json.dumps(entry)}", file=sys.stderr, flush=True)
+    if "f32" in results and "q4_0" in results:
+        results["q4_0_vs_f32_speed"] = round(results["q4_0"]["decode_tokens_per_s"]
+                                             / results["f32"]["decode_tokens_per_s"], 2)
+    return results
+
+
+def main(argv):
+    opts = parse(argv, DEFAULTS)
+    import numba
+    threads = opts["threads"] or numba.get_num_threads()
+    numba.set_num_threads(threads)
+    out = {"machine": {"cpu_count": os.cpu_count(), "threads": threads,
+                       "load_avg": os.getloadavg()[0], "llama_python": opts["llama_python"]},
+           "options": opts,
+           "results": {name: bench_model(name, opts, threads)
+                       for name in opts["models"].split(",")}}
+    print(json.dumps(out))
+    return out
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
