@@ -4,6 +4,9 @@
     python bench/bench_quant.py --models=gpt2_small --schemes=f32,q8_0,q4_0 \\
         --llama_python=/tmp/llvenv/bin/python                     # with llama.cpp side by side
 
+Schemes: f32, int8, q8_0, q4_0, q4_1, nf4 (round to nearest) and gptq_q4_0, gptq_q4_1 (GPTQ for
+the blocks' Linear layers, calibrated on 32 windows of the training split; head and embeddings
+round to nearest as in the plain entry, so the two compare at the same bits).
 Models: "shakespeare", the main job's checkpoint (--ckpt, default out-shakespeare/; skipped with
 a note when missing), and "gpt2_small", the decoder issue's 12-layer/768-dim model (random init,
 GPT-2 vocabulary). Every Linear, the head and the token embeddings are quantized (as llama.cpp
@@ -33,7 +36,8 @@ import numpy as np  # noqa: E402
 sys.path.insert(0, os.path.dirname(__file__))
 from bench_model import parse  # noqa: E402
 
-DEFAULTS = {"models": "shakespeare,gpt2_small", "schemes": "f32,int8,q8_0,q4_0,q4_1,nf4",
+DEFAULTS = {"models": "shakespeare,gpt2_small",
+            "schemes": "f32,int8,q8_0,q4_0,q4_1,nf4,gptq_q4_0,gptq_q4_1",
             "ckpt": "out-shakespeare/ckpt.safetensors", "steps": 32, "repeats": 3,
             "eval_batches": 20, "llama_python": "", "threads": 0}
 GGML = ("f32", "q8_0", "q4_0", "q4_1")
@@ -52,9 +56,27 @@ def load(name, opts):
     return model.eval(), record
 
 
+def calibration(model, record, opts):
+    """GPTQ's calibration ids: 32 windows of the training split (random ids without a corpus)."""
+    rng = np.random.default_rng(0)
+    T = min(model.config.block_size, 256)
+    if record is None:
+        return rng.integers(0, model.config.vocab_size, (8, T))
+    from tinygrad_llm.data import shakespeare
+    from tinygrad_llm.data.batches import split
+    from tinygrad_llm.tokenizers import tokenizer_from_dict
+    ids = np.asarray(split(tokenizer_from_dict(record["tokenizer"]).encode(shakespeare()),
+                           0.1)[0])
+    starts = rng.integers(0, len(ids) - T, 32)
+    return np.stack([ids[s:s + T] for s in starts])
+
+
 def quantized(name, scheme, opts):
-    from tinygrad_llm.quant import quantize
+    from tinygrad_llm.quant import gptq, quantize
     model, record = load(name, opts)
+    if scheme.startswith("gptq_"):                  # GPTQ for the blocks, then as RTN below
+        scheme = scheme[len("gptq_"):]
+        gptq(model, calibration(model, record, opts), scheme, group_size=64)
     if scheme != "f32":
         quantize(model, scheme, group_size=32 if scheme == "nf4" else 64, include_head=True,
                  include_embeddings=True)
@@ -125,10 +147,10 @@ def sizes(model, scheme, tmp):
     out = {"file_mb": round(os.path.getsize(path) / 1e6, 2),
            "weight_mb": round(sum(a.nbytes for a in model_arrays(model)[0].values()) / 1e6, 2)}
     gguf_path = None
-    if scheme in GGML:
+    if scheme.replace("gptq_", "") in GGML:
         try:
             gguf_path = os.path.join(tmp, f"model-{scheme}.gguf")
-            save_gguf(model, gguf_path, dtype=scheme)
+            save_gguf(model, gguf_path, dtype=scheme.replace("gptq_", ""))
             out["gguf_mb"] = round(os.path.getsize(gguf_path) / 1e6, 2)
         except (ImportError, ValueError) as e:
             out["gguf"] = f"not written: {e}"
