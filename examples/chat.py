@@ -21,9 +21,8 @@ import time
 
 import tinygrad_llm as tl  # noqa: F401  (first: it tunes the thread pools before NumPy loads)
 from tinygrad_llm.generate import DecodeSession
-from tinygrad_llm.models import GPT, GPTConfig
 from tinygrad_llm.tokenizers import ChatTemplate, tokenizer_from_dict
-from tinygrad_llm.train import load_checkpoint, parse_overrides, split_overrides
+from tinygrad_llm.train import CheckpointError, load_model, parse_overrides, split_overrides
 
 REPLACEMENT = "\ufffd"          # what decode gives for the bytes of an unfinished character
 
@@ -43,11 +42,12 @@ class ChatArgs:
 
 def load(args):
     """(model, tokenizer, template) from the checkpoint; SystemExit if it cannot chat."""
-    model_state, _, record = load_checkpoint(args.ckpt)
-    if "model_config" not in record or "tokenizer" not in record:
-        raise SystemExit(f"{args.ckpt}: no model config or tokenizer in its record")
-    model = GPT(GPTConfig(**record["model_config"]))
-    model.load_state_dict(model_state)
+    try:
+        model, record = load_model(args.ckpt)          # float, or quantized by quantize.py
+    except CheckpointError as err:
+        raise SystemExit(str(err)) from None
+    if "tokenizer" not in record:
+        raise SystemExit(f"{args.ckpt}: no tokenizer in its record")
     model.to(args.device).eval()
     tokenizer = tokenizer_from_dict(record["tokenizer"])
     try:

@@ -12,9 +12,8 @@ import sys
 
 import tinygrad_llm as tl  # noqa: F401  (first: it tunes the thread pools before NumPy loads)
 from tinygrad_llm.generate import generate
-from tinygrad_llm.models import GPT, GPTConfig
 from tinygrad_llm.tokenizers import tokenizer_from_dict
-from tinygrad_llm.train import load_checkpoint, parse_overrides, split_overrides
+from tinygrad_llm.train import load_model, parse_overrides, split_overrides
 
 
 @dataclasses.dataclass
@@ -31,12 +30,10 @@ class SampleArgs:
 def main(argv):
     (kw,) = split_overrides(parse_overrides(argv), SampleArgs)
     args = SampleArgs(**kw)
-    model_state, _, record = load_checkpoint(args.ckpt)
-    if "model_config" not in record or "tokenizer" not in record:
-        raise ValueError(f"{args.ckpt}: not a train_shakespeare checkpoint (no model config or "
-                         "tokenizer in its record)")
-    model = GPT(GPTConfig(**record["model_config"]))
-    model.load_state_dict(model_state)
+    model, record = load_model(args.ckpt)              # float, or quantized by quantize.py
+    if "tokenizer" not in record:
+        raise ValueError(f"{args.ckpt}: not a train_shakespeare checkpoint (no tokenizer in its "
+                         "record)")
     model.to(args.device).eval()
     tokenizer = tokenizer_from_dict(record["tokenizer"])
     prompt = tokenizer.encode(args.prompt)[None]

@@ -26,9 +26,8 @@ import time
 import numpy as np
 
 from tinygrad_llm.generate import generate, speculative_generate
-from tinygrad_llm.models import GPT, GPTConfig
 from tinygrad_llm.tokenizers import tokenizer_from_dict
-from tinygrad_llm.train import load_checkpoint, parse_overrides, split_overrides
+from tinygrad_llm.train import load_model, parse_overrides, split_overrides
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import train_shakespeare  # noqa: E402
@@ -58,10 +57,8 @@ def _train(path, argv):
 
 
 def _load(path):
-    state, _, record = load_checkpoint(path)
-    model = GPT(GPTConfig(**record["model_config"]))
-    model.load_state_dict(state)
-    return model.eval(), tokenizer_from_dict(record["tokenizer"])
+    model, record = load_model(path)
+    return model, tokenizer_from_dict(record["tokenizer"])
 
 
 def main(argv):

@@ -561,3 +561,16 @@ def test_llama_cpp_reads_our_blocks(key, scheme, tokenizer, tmp_path):
     ours = logits(load_gguf(tmp_path / "m.gguf"), prompt[None])[0]
     float_gap = np.abs(ours - logits(model, prompt[None])[0]).max()
     assert np.abs(theirs - ours).max() < 0.25 * float_gap
+
+
+def test_gpt2_without_biases_is_written_with_zero_biases(tmp_path):
+    # the main job's model: GPT-2 layout, bias=False; llama.cpp's gpt2 reads a bias everywhere
+    tl.manual_seed(11)
+    model = GPT(GPTConfig.preset("gpt2", **{**SMALL, "bias": False})).eval()
+    save_gguf(model, tmp_path / "m.gguf")
+    loaded = load_gguf(tmp_path / "m.gguf")
+    assert loaded.config.bias is True
+    assert not np.any(loaded.blocks[0].attn.qkv.bias.numpy())
+    ids = np.random.default_rng(12).integers(0, SMALL["vocab_size"], (1, 9))
+    with tl.no_grad():
+        np.testing.assert_array_equal(loaded(ids).numpy(), model(ids).numpy())

@@ -14,7 +14,7 @@ Two architectures of llama.cpp express our GPT exactly:
              token_embd, blk.N.{attn_norm, attn_q, attn_k, attn_v, attn_output, ffn_norm,
              ffn_gate, ffn_up, ffn_down}, output_norm, output (absent when tied: llama.cpp then
              multiplies by token_embd)
-    "gpt2"   pos="learned", norm="layernorm", mlp="gelu_tanh", bias=True
+    "gpt2"   pos="learned", norm="layernorm", mlp="gelu_tanh" (without biases: written as zeros)
              token_embd, position_embd, blk.N.{attn_norm, attn_qkv, attn_output, ffn_norm,
              ffn_up, ffn_down} (+ .bias each), output_norm (+ .bias), output (when untied)
 
@@ -99,7 +99,9 @@ def _architecture(config):
             raise ValueError(f"save_gguf: rope_scaling={c.rope_scaling} cannot be expressed "
                              "(llama.cpp's llama architecture takes 'linear' scaling or none)")
         return "llama"
-    if c.pos == "learned" and c.norm == "layernorm" and c.mlp == "gelu_tanh" and c.bias:
+    if c.pos == "learned" and c.norm == "layernorm" and c.mlp == "gelu_tanh":
+        # llama.cpp's gpt2 reads a bias for every norm and projection: a model without them is
+        # written with zero biases (the same function), and loads back with bias=True
         if c.n_kv_head != c.n_head or c.head_dim * c.n_head != c.n_embd:
             raise ValueError(f"save_gguf: gpt2 needs n_kv_head == n_head and head_dim * n_head "
                              f"== n_embd, got n_head={c.n_head}, n_kv_head={c.n_kv_head}, "
@@ -107,7 +109,7 @@ def _architecture(config):
         return "gpt2"
     raise ValueError(f"save_gguf: pos={c.pos!r}, norm={c.norm!r}, mlp={c.mlp!r}, bias={c.bias} "
                      "cannot be expressed; expected llama (rope, rmsnorm, swiglu, bias=False) or "
-                     "gpt2 (learned, layernorm, gelu_tanh, bias=True)")
+                     "gpt2 (learned, layernorm, gelu_tanh)")
 
 
 # ---- the name table ----------------------------------------------------------------------------
@@ -239,10 +241,14 @@ def _model_tensors(model, arch, dtype):
             out.append((base + ".weight", False, _vector(module.weight)))
             if getattr(module, "bias", None) is not None:
                 out.append((base + ".bias", False, _vector(module.bias)))
+            elif arch == "gpt2" and not c.bias:
+                out.append((base + ".bias", False, np.zeros(c.n_embd, np.float32)))
         elif kind == "linear":
             out.append((base + ".weight", True, _matrix(module, dtype)))
             if module.bias is not None:
                 out.append((base + ".bias", False, _vector(module.bias)))
+            elif arch == "gpt2" and not c.bias and base != "output":     # the head has none
+                out.append((base + ".bias", False, np.zeros(module.out_features, np.float32)))
         else:                                             # llama's q, k, v with RoPE pair order
             d = c.head_dim
             q, k, v = _split_rows(_matrix(module, dtype),

@@ -22,7 +22,7 @@ from safetensors.numpy import load_file, save_file
 
 from ..optim import flatten_state_dict
 
-__all__ = ["save_checkpoint", "load_checkpoint", "CheckpointError", "model_arrays"]
+__all__ = ["save_checkpoint", "load_checkpoint", "load_model", "CheckpointError", "model_arrays"]
 
 
 class CheckpointError(ValueError):
@@ -107,3 +107,20 @@ def load_checkpoint(path):
         model_state[alias] = model_state[name]
     opt_arrays = {k[len("optim/"):]: v for k, v in tensors.items() if k.startswith("optim/")}
     return model_state, opt_arrays, record
+
+
+def load_model(path):
+    """(GPT in eval mode, record) from a checkpoint whose record holds "model_config" (as the
+    examples write them). A record with "quantization" (examples/quantize.py) rebuilds those
+    quantized layers first, so the packed arrays load into layers of their own shape."""
+    from ..models import GPT, GPTConfig          # models and quant build on layers below train
+    from ..quant import quantize
+    state, _, record = load_checkpoint(path)
+    if "model_config" not in record:
+        raise CheckpointError(f"{path}: the record has no 'model_config' (not written by the "
+                              f"examples' trainers); keys: {sorted(record)}")
+    model = GPT(GPTConfig(**record["model_config"]))
+    if record.get("quantization"):
+        quantize(model, **record["quantization"])
+    model.load_state_dict(state)
+    return model.eval(), record

@@ -1,0 +1,60 @@
+"""examples/quantize.py end to end on a tiny checkpoint: the table's rows, a smaller file, the
+record that lets load_model (and sample.py) rebuild the quantized model, and the GGUF file."""
+import json
+import os
+import sys
+
+import numpy as np
+import pytest
+
+import tinygrad_llm as tl
+from tinygrad_llm.quant import QuantLinear, load_gguf
+from tinygrad_llm.train import load_model
+
+EXAMPLES = os.path.join(os.path.dirname(__file__), "..", "..", "examples")
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("quant_example")
+    corpus = tmp / "corpus.txt"
+    corpus.write_text("ROMEO:\nBut soft, what light through yonder window breaks?\n" * 80)
+    previous = os.environ.get("TINYGRAD_LLM_DATA")
+    os.environ["TINYGRAD_LLM_DATA"] = str(corpus)
+    sys.path.insert(0, EXAMPLES)
+    try:
+        import train_shakespeare
+        train_shakespeare.main(["--max_iters=3", "--n_layer=1", "--n_head=2", "--n_embd=64",
+                                "--block_size=32", f"--out_dir={tmp / 'base'}",
+                                "--sample_tokens=0", "--progress=false", "--eval_interval=3",
+                                "--eval_iters=1"])
+        yield tmp
+    finally:
+        if previous is None:
+            os.environ.pop("TINYGRAD_LLM_DATA", None)
+        else:
+            os.environ["TINYGRAD_LLM_DATA"] = previous
+
+
+@pytest.mark.parametrize("scheme, gptq", [("q4_0", False), ("q8_0", True)])
+def test_quantize_example(checkpoint, scheme, gptq, capsys):
+    pytest.importorskip("gguf")
+    import quantize as example
+    out = checkpoint / f"out-{scheme}" / "ckpt.safetensors"
+    gguf_path = checkpoint / f"model-{scheme}.gguf"
+    result = example.main([f"--ckpt={checkpoint / 'base' / 'ckpt.safetensors'}",
+                           f"--scheme={scheme}", f"--gptq={gptq}", f"--out={out}",
+                           f"--gguf={gguf_path}", "--eval_windows=8", "--calib_windows=4",
+                           "--max_new_tokens=10"])
+    printed = capsys.readouterr().out
+    assert "val ppl" in printed and json.loads(printed.strip().splitlines()[-1]) == result
+    assert result["size_ratio"] < 0.6
+    assert abs(result["ppl_change_pct"]) < 10
+    model, record = load_model(str(out))
+    assert record["quantization"]["scheme"] == scheme
+    assert isinstance(model.blocks[0].attn.qkv, QuantLinear)
+    from_gguf = load_gguf(gguf_path)
+    ids = np.arange(12)[None] % model.config.vocab_size
+    with tl.no_grad():
+        a, b = model(ids).numpy(), from_gguf(ids).numpy()
+    assert (a.argmax(-1) == b.argmax(-1)).mean() > 0.9     # the same blocks (embeddings float)
