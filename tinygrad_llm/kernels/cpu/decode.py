@@ -29,7 +29,7 @@ from numba import prange, typed
 
 from .. import implements
 from ._common import exp_shifted, jit, jit_parallel, row_max
-from .quant import COLUMN_TILE, _tiles, _tiles_parallel, column_layout
+from .quant import COLUMN_TILE, _tiles, _tiles_parallel, cached_layout
 
 PARALLEL_MODEL_BYTES = 24 << 20   # above this the weights do not stay in cache between tokens
 PARALLEL_BYTES = 1 << 20          # ... and a matrix this large is split over the threads
@@ -333,7 +333,7 @@ def _decode_loop(ids, start, tables, mt, vecs, k_all, v_all, dims, eps, parallel
 
 
 # ---- packing the arguments ----------------------------------------------------------------------
-def _slot(m, dtype, layouts):
+def _slot(m, dtype):
     """(kind, rows, float matrix, column-major bytes, scales, mins, levels, tabled, offset, group,
     bytes read per step) of one matrix: a float array, or a quantized layer (its `operands`)."""
     dummy_f, dummy_u8, dummy_f32 = np.zeros((1, 1), dtype), np.zeros((1, 1, 1), np.uint8), \
@@ -345,10 +345,7 @@ def _slot(m, dtype, layouts):
     operands = m.operands
     if not all(isinstance(a, np.ndarray) for a in operands[:2]):
         return None
-    key = id(operands[0])                    # a tied embedding and head share one layout
-    if key not in layouts:
-        layouts[key] = column_layout(*operands)
-    qT, sT, mT, table, offset, group = layouts[key]
+    qT, sT, mT, table, offset, group = cached_layout(*operands)   # shared with QuantLinear
     kind = INT8 if operands[3] is None else NIBBLES
     levels = table if table.shape[0] else no_levels
     return (kind, operands[0].shape[0], dummy_f, qT, sT, mT, levels, table.shape[0] > 0, offset,
@@ -373,8 +370,7 @@ def _pack(w):
         vecs += [vec(layer.norm1[0]), vec(layer.norm1[1]), vec(layer.qkv[1]), vec(layer.proj[1]),
                  vec(layer.norm2[0]), vec(layer.norm2[1]), vec(layer.ffn_in[1]),
                  vec(layer.ffn_up[1]), vec(layer.down[1])]
-    layouts = {}
-    slots = [_slot(m, dtype, layouts) for m in matrices]
+    slots = [_slot(m, dtype) for m in matrices]
     tables = [w.pos_table if w.pos_table is not None else np.zeros((1, c), dtype),
               w.cos if w.cos is not None else dummy, w.sin if w.sin is not None else dummy]
     floats = [sl[2] for sl in slots if sl is not None] + vecs + tables

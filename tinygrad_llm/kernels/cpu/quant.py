@@ -1,138 +1,29 @@
 """Quantized matrix products without the float weight (reference: quant/linear.py quant_matmul,
-which dequantizes first; formats in quant/formats.py).
+which dequantizes first; formats in quant/formats.py; the decoder's step uses the same tiles).
 
-y[i, o] = sum over the blocks b of row o of  scale[o, b] * sum_j value(q[o, b, j]) x[i, b, j]
-(+ min[o, b] * sum_j x[i, b, j] for q4_1). Each row's packed bytes are read once for all N tokens
-(the row stays in L1 while the tokens pass over it), blocks are decoded inside the dot product,
-and rows are split over the threads when the matrix is large. Two loops cover the five schemes:
+y[i, o] = sum over the blocks b of  scale[b, o] * sum_j value(q[b, j, o]) x[i, b, j]
+(+ min[b, o] * sum_j x[i, b, j] for q4_1), value a signed byte (int8, q8_0), a nibble + offset
+(q4_0: -8, q4_1: 0) or a code book entry (nf4).
 
-  _rows_8bit    int8 (one group per row) and q8_0 (groups of 32): signed bytes times a scale.
-  _rows_4bit    q4_0 (nibble - 8), q4_1 (nibble, plus the block's min) and nf4 (codebook[nibble],
-                groups of 32/64/128): two nibbles per byte, byte j of each 32-block holding
-                elements j and j + 16 (ggml's order).
-
-float16 scales (llama.cpp's) are passed as their uint16 bits and decoded per block by
-`_half` (one table lookup and a multiply), so the stored fields are used as they are.
+The weights are read in a layout made for this loop, column tiles (below): made once per quantized
+array and kept while that array lives (cached_layout; load_state_dict replaces buffers, it never
+writes them in place, so a kept layout cannot go stale).
 """
+import weakref
+
 import numba
 import numpy as np
-from numba import prange, types
-from numba.extending import overload
+from numba import prange
 
 from .. import implements
 from ._common import jit, jit_parallel
 
 QK = 32                       # 4-bit values are packed in runs of 32 (ggml's order)
 
-PARALLEL_BYTES = 1 << 20      # matrices at least this large split their rows over the threads
-
-_POW2 = np.array([2.0 ** (e - 25) for e in range(32)], dtype=np.float32)   # half exponents
+PARALLEL_BYTES = 1 << 20      # matrices at least this large split their tiles over the threads
 
 
-@jit
-def _half_bits(h):
-    """A float16's value from its 16 bits (as ggml_fp16_to_fp32: subnormals, inf and NaN)."""
-    h = np.int32(h)
-    e = (h >> 10) & 31
-    m = h & 1023
-    if e == 0:
-        v = np.float32(m) * np.float32(5.960464477539063e-08)           # 2^-24
-    elif e == 31:
-        v = np.float32(np.inf) if m == 0 else np.float32(np.nan)
-    else:
-        v = np.float32(1024 + m) * _POW2[e]
-    return -v if h & 0x8000 else v
-
-
-def scale_value(s):
-    """A scale as float32: float32 scales as they are, uint16 ones decoded as float16 bits."""
-    raise NotImplementedError("scale_value is called from jitted code only")
-
-
-@overload(scale_value, jit_options={"fastmath": {"contract", "reassoc"}})
-def _scale_value_typed(s):
-    if isinstance(s, types.Integer):
-        return lambda s: _half_bits(s)
-    return lambda s: np.float32(s)
-
-
-# Written for LLVM's loop vectoriser: the block loops run from 0 to a runtime length (`group`,
-# `half`; not the constant 32, which would be unrolled and left to the weaker SLP vectoriser, and
-# not range(base, base + n), whose indices numba cannot prove non-negative: gathers), bytes are
-# turned into floats first and everything after is float arithmetic (numba widens integer
-# operations to int64, which turned each byte into a scalar insert and a 64-bit conversion):
-# a signed byte is b - 256 when b >= 128, a nibble pair is hi = floor(b / 16), lo = b - 16 hi.
-@jit
-def _rows_8bit(q, scales, group, x, y, lo, hi):
-    # q: (out, in) uint8 holding int8 bits; scales: (out, in / group)
-    n, t = x.shape[1], x.shape[0]
-    n_groups = n // group
-    for o in range(lo, hi):
-        row, srow = q[o], scales[o]
-        for i in range(t):
-            xi = x[i]
-            acc = np.float32(0.0)
-            for b in range(n_groups):
-                s = np.float32(0.0)
-                base = b * group
-                for j in range(group):
-                    v = np.float32(row[base + j])
-                    v = v - np.float32(256.0) if v >= np.float32(128.0) else v
-                    s += v * xi[base + j]
-                acc += scale_value(srow[b]) * s
-            y[i, o] = acc
-
-
-@jit
-def _rows_4bit(q, scales, mins, levels, offset, group, half, x, xsum, y, lo, hi):
-    # q: (out, in / 2) uint8; scales: (out, in / group); mins: (out, in / 32) or empty;
-    # levels: 16 floats (nf4) or empty (value = nibble + offset); xsum: (t, in / 32) block sums;
-    # half: 16, the bytes of a 32-block (a runtime value, see above)
-    n, t = x.shape[1], x.shape[0]
-    n_blocks = n // (2 * half)
-    per_group = group // (2 * half)
-    table = levels.shape[0] > 0
-    off = np.float32(offset)
-    for o in range(lo, hi):
-        row, srow = q[o], scales[o]
-        for i in range(t):
-            xi = x[i]
-            acc = np.float32(0.0)
-            for c in range(n_blocks):
-                s = np.float32(0.0)
-                base, byte = 2 * c * half, c * half
-                if table:
-                    for j in range(half):
-                        p = np.int64(row[byte + j])
-                        s += levels[p & 15] * xi[base + j] + levels[p >> 4] * xi[base + half + j]
-                else:
-                    for j in range(half):
-                        v = np.float32(row[byte + j])
-                        high = np.floor(v * np.float32(0.0625))
-                        low = v - high * np.float32(16.0)
-                        s += (low + off) * xi[base + j] + (high + off) * xi[base + half + j]
-                acc += scale_value(srow[c // per_group]) * s
-                if mins.shape[0]:
-                    acc += scale_value(mins[o, c]) * xsum[i, c]
-            y[i, o] = acc
-
-
-@jit_parallel
-def _rows_8bit_parallel(q, scales, group, x, y, n_chunks):
-    m = q.shape[0]
-    for c in prange(n_chunks):
-        _rows_8bit(q, scales, group, x, y, c * m // n_chunks, (c + 1) * m // n_chunks)
-
-
-@jit_parallel
-def _rows_4bit_parallel(q, scales, mins, levels, offset, group, half, x, xsum, y, n_chunks):
-    m = q.shape[0]
-    for c in prange(n_chunks):
-        _rows_4bit(q, scales, mins, levels, offset, group, half, x, xsum, y,
-                   c * m // n_chunks, (c + 1) * m // n_chunks)
-
-
-# ---- the decoder's layout: column tiles -------------------------------------------------------
+# ---- column tiles ------------------------------------------------------------------------------
 # A matrix-vector product over row-major blocks needs one horizontal sum per block and row (the
 # block's scale multiplies its partial dot product), which caps it near 10 GMAC/s. Stored
 # transposed, each input element scales a contiguous run of outputs: part[o] += value(q[k, o])
@@ -143,7 +34,7 @@ def _rows_4bit_parallel(q, scales, mins, levels, offset, group, half, x, xsum, y
 # (n_tiles, in / 2, TILE) for nibbles (byte row 16 b + j holds element 32 b + j in its low nibble
 # and 32 b + j + 16 in its high one), so a tile streams from memory as one run and its running
 # sums (1 KB) stay in L1. Scales and q4_1's mins are float32 (n_tiles, in / group, TILE).
-# The decode plan repacks its quantized matrices this way once (column_layout).
+# Each quantized array is repacked this way once (cached_layout).
 COLUMN_TILE = 256
 
 
@@ -282,13 +173,26 @@ def column_layout(qweight, scale, minimum, levels, group):
     return q3, s3, m3, table, offset, group
 
 
-def _bits(a):
-    """float16 arrays travel as their uint16 bits; float32 ones as they are."""
-    return np.ascontiguousarray(a.view(np.uint16) if a.dtype == np.float16 else a)
+_LAYOUTS = {}          # id(qweight) -> (weak reference to it, its scale array, the layout)
 
 
-_NO_MIN = np.zeros((0, 0), np.uint16)
-_NO_LEVELS = np.zeros(0, np.float32)
+def cached_layout(qweight, scale, minimum, levels, group):
+    """column_layout of these operands, made once and kept while the qweight array lives (the
+    decoder's plan and every QuantLinear forward share it; a tied embedding and head too)."""
+    key = id(qweight)
+    hit = _LAYOUTS.get(key)
+    if hit is not None and hit[0]() is qweight and hit[1] is scale:
+        return hit[2]
+    layout = column_layout(qweight, scale, minimum, levels, group)
+    _LAYOUTS[key] = (weakref.ref(qweight, lambda _, key=key: _LAYOUTS.pop(key, None)), scale,
+                     layout)
+    return layout
+
+
+def tile_arguments(layout, eight, x, y):
+    """The _tiles / _tiles_parallel arguments for a layout (half = 16 passed at run time)."""
+    q3, s3, m3, table, offset, group = layout
+    return (q3, s3, m3, table, offset, group, QK // 2, eight, x, y)
 
 
 def _supported(x, qweight, scale, minimum, levels, group):
@@ -298,28 +202,11 @@ def _supported(x, qweight, scale, minimum, levels, group):
 
 @implements("quant_matmul", device="cpu", supports=_supported)
 def quant_matmul_cpu(x, qweight, scale, minimum, levels, group):
-    x = np.ascontiguousarray(x)
-    out = qweight.shape[0]
-    y = np.empty((x.shape[0], out), np.float32)
-    threads = numba.get_num_threads()
-    parallel = threads > 1 and qweight.nbytes >= PARALLEL_BYTES
-    if levels is None:                                          # int8 values
-        args = (qweight.view(np.uint8), _bits(scale), group, x, y)
-        if parallel:
-            _rows_8bit_parallel(*args, threads)
-        else:
-            _rows_8bit(*args, 0, out)
-        return y
-    levels = np.asarray(levels, np.float32)
-    offset = int(levels[0])
-    if np.array_equal(levels, np.arange(16, dtype=np.float32) + offset):
-        levels = _NO_LEVELS                          # integer levels: nibble + offset, no table
-    mins, xsum = _NO_MIN, np.zeros((0, 0), np.float32)
-    if minimum is not None:
-        mins, xsum = _bits(minimum), x.reshape(x.shape[0], -1, QK).sum(axis=2)
-    args = (qweight, _bits(scale), mins, levels, offset, group, QK // 2, x, xsum, y)
-    if parallel:
-        _rows_4bit_parallel(*args, threads)
+    layout = cached_layout(qweight, scale, minimum, levels, group)
+    y = np.empty((x.shape[0], qweight.shape[0]), np.float32)
+    args = tile_arguments(layout, levels is None, np.ascontiguousarray(x), y)
+    if numba.get_num_threads() > 1 and layout[0].nbytes >= PARALLEL_BYTES:
+        _tiles_parallel(*args)
     else:
-        _rows_4bit(*args, 0, out)
+        _tiles(*args, 0, layout[0].shape[0])
     return y
