@@ -251,7 +251,7 @@ def _row(slot, mt, r, out):
     c, col = r // COLUMN_TILE, r % COLUMN_TILE              # the row's tile and column in it
     if kind == INT8:
         for k in range(out.shape[0]):
-            out[k] = np.float32(np.int8(q[c, k, col])) * s[c, k // group, col]
+            out[k] = (np.float32(q[c, k, col]) - np.float32(128.0)) * s[c, k // group, col]
         return
     lv, mn = levels[slot], mts[slot]
     for k in range(out.shape[0]):

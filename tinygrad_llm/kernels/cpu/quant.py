@@ -40,8 +40,10 @@ COLUMN_TILE = 256
 
 @jit
 def _tile_8bit(qt, st, group, x, y, lo, w):
-    """y[i, lo:lo+w] = x[i] W^T over one tile; qt: (in, TILE) int8 bits as uint8,
-    st: (in / group, TILE) float32. Each byte row is decoded once for all t tokens."""
+    """y[i, lo:lo+w] = x[i] W^T over one tile; qt: (in, TILE) bytes holding q + 128 (the sign bit
+    flipped by column_layout), st: (in / group, TILE) float32. The 128 comes out of the sum:
+    sum_j (b_j - 128) x_j = sum_j b_j x_j - 128 sum_j x_j, so the inner loop is a byte-to-float
+    conversion and one multiply-add. Each byte row is decoded once for all t tokens."""
     n, t = x.shape[1], x.shape[0]
     part = np.empty((t, w), np.float32)
     vals = np.empty(w, np.float32)
@@ -56,34 +58,36 @@ def _tile_8bit(qt, st, group, x, y, lo, w):
             if t == 1:
                 xk, p0 = x[0, k], part[0]
                 for o in range(w):
-                    v = np.float32(row[o])
-                    v = v - np.float32(256.0) if v >= np.float32(128.0) else v
-                    p0[o] += v * xk
+                    p0[o] += np.float32(row[o]) * xk
                 continue
             for o in range(w):
-                v = np.float32(row[o])
-                vals[o] = v - np.float32(256.0) if v >= np.float32(128.0) else v
+                vals[o] = np.float32(row[o])
             for i in range(t):
                 xk, pi = x[i, k], part[i]
                 for o in range(w):
                     pi[o] += vals[o] * xk
         srow = st[b, :w]
         for i in range(t):
+            shift = np.float32(0.0)
+            for j in range(group):
+                shift += x[i, b * group + j]
+            shift *= np.float32(128.0)
             yi, pi = y[i, lo:lo + w], part[i]
             for o in range(w):
-                yi[o] += srow[o] * pi[o]
+                yi[o] += srow[o] * (pi[o] - shift)
 
 
 @jit
 def _tile_4bit(qt, st, mt, levels, offset, group, half, x, y, lo, w):
     """The same for nibbles: qt (in / 2, TILE) uint8, st (in / group, TILE) float32, mt
     (in / 32, TILE) float32 block mins or (0, TILE) (q4_1 only), levels a 16-entry table (NF4)
-    or empty (value = nibble + offset). half = 16 at run time (a constant 16 would be
-    unrolled). Each byte row is decoded once for all t tokens."""
+    or empty (value = nibble + offset; the offset comes out of the sum as offset * sum_j x_j).
+    half = 16 at run time (a constant 16 would be unrolled). Each byte row is decoded once for
+    all t tokens."""
     n, t = x.shape[1], x.shape[0]
     part = np.empty((t, w), np.float32)
     low_v, high_v = np.empty(w, np.float32), np.empty(w, np.float32)
-    off = np.float32(offset)
+    off = np.float32(0.0) if levels.shape[0] > 0 else np.float32(offset)
     table = levels.shape[0] > 0
     per_group = group // (2 * half)
     for i in range(t):
@@ -103,27 +107,27 @@ def _tile_4bit(qt, st, mt, levels, offset, group, half, x, y, lo, w):
                 for o in range(w):
                     v = np.float32(row[o])
                     high = np.floor(v * np.float32(0.0625))
-                    low = v - high * np.float32(16.0)
-                    p0[o] += (low + off) * xl + (high + off) * xh
+                    p0[o] += (v - high * np.float32(16.0)) * xl + high * xh
                 continue
             else:
                 for o in range(w):
                     v = np.float32(row[o])
                     high = np.floor(v * np.float32(0.0625))
-                    low_v[o], high_v[o] = v - high * np.float32(16.0) + off, high + off
+                    low_v[o], high_v[o] = v - high * np.float32(16.0), high
             for i in range(t):
                 xl, xh, pi = x[i, kl], x[i, kh], part[i]
                 for o in range(w):
                     pi[o] += low_v[o] * xl + high_v[o] * xh
         srow = st[b // per_group, :w]
         for i in range(t):
+            xs = np.float32(0.0)
+            for j in range(2 * half):
+                xs += x[i, 2 * b * half + j]
+            shift = off * xs
             yi, pi = y[i, lo:lo + w], part[i]
             for o in range(w):
-                yi[o] += srow[o] * pi[o]
+                yi[o] += srow[o] * (pi[o] + shift)
             if mt.shape[0]:
-                xs = np.float32(0.0)
-                for j in range(2 * half):
-                    xs += x[i, 2 * b * half + j]
                 mrow = mt[b, :w]
                 for o in range(w):
                     yi[o] += mrow[o] * xs
@@ -160,7 +164,10 @@ def _tiled(a, fill=0):
 def column_layout(qweight, scale, minimum, levels, group):
     """matmul_operands' row-major form -> (q3, s3, m3, levels or empty, offset, group) for the
     tile kernels: bytes transposed into column tiles, scales and mins as float32 tiles."""
-    q3 = _tiled(np.asarray(qweight).view(np.uint8).T)
+    q = np.asarray(qweight)
+    if levels is None:                        # signed bytes stored as q + 128 (see _tile_8bit)
+        q = q.view(np.uint8) ^ np.uint8(0x80)
+    q3 = _tiled(q.view(np.uint8).T)
     s3 = _tiled(np.asarray(scale, np.float32).T)
     m3 = (np.zeros((q3.shape[0], 0, COLUMN_TILE), np.float32) if minimum is None
           else _tiled(np.asarray(minimum, np.float32).T))        # no mins: (n_tiles, 0, TILE)
