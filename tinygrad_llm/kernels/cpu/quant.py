@@ -240,12 +240,18 @@ def column_layout(qweight, scale, minimum, levels, group):
 _LAYOUTS = {}          # id(qweight) -> (weak reference to it, its scale array, the layout)
 
 
+def _same(a, b):
+    """The same array, or views of one with the same shape (int8's per-row scale is passed as a
+    fresh (out, 1) view each time)."""
+    return a is b or (a.base is not None and a.base is b.base and a.shape == b.shape)
+
+
 def cached_layout(qweight, scale, minimum, levels, group):
     """column_layout of these operands, made once and kept while the qweight array lives (the
     decoder's plan and every QuantLinear forward share it; a tied embedding and head too)."""
     key = id(qweight)
     hit = _LAYOUTS.get(key)
-    if hit is not None and hit[0]() is qweight and hit[1] is scale:
+    if hit is not None and hit[0]() is qweight and _same(hit[1], scale):
         return hit[2]
     layout = column_layout(qweight, scale, minimum, levels, group)
     _LAYOUTS[key] = (weakref.ref(qweight, lambda _, key=key: _LAYOUTS.pop(key, None)), scale,
