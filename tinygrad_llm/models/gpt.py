@@ -243,11 +243,13 @@ class GPT(Module):
         return idx
 
     def forward(self, idx, targets=None, padding_mask=None, caches=None, offset=0,
-                positions=None):
+                positions=None, attn_mask=None):
         """idx: (B, T) int ids -> logits (B, T, V), or (logits, loss) when targets (B, T) are
         given (ignore_index -100). caches: one KV cache per layer (the decoder's), offset: the
         position of idx's first token. positions: (B, T) ints for a learned or sinusoidal
-        table when rows differ (left padding); relative schemes (RoPE, ALiBi, T5) need none."""
+        table when rows differ (left padding); relative schemes (RoPE, ALiBi, T5) need none.
+        attn_mask: an additive (B or 1, 1, T, T) array (0 or -inf) on top of the causal mask,
+        e.g. to keep packed examples from seeing each other (finetune/sft.py)."""
         idx = self._check_ids(getattr(idx, "data", idx), offset)
         b, t = idx.shape
         x = self.tok_emb(idx)                                       # (B, T, C)
@@ -255,6 +257,9 @@ class GPT(Module):
             x = x + (self.pos_emb(t, offset) if positions is None
                      else self.pos_emb.rows(positions))
         bias = position_bias(self.pos_bias, t, t + offset, x)
+        if attn_mask is not None:
+            attn_mask = backend.to_device(np.asarray(attn_mask, dtype=x.dtype), x.device)
+            bias = attn_mask if bias is None else bias + attn_mask
         shared = None
         for layer, block in enumerate(self.blocks):
             cache = caches[layer] if caches is not None else None

@@ -1,0 +1,15 @@
+"""Fine-tuning and alignment on top of a trained model.
+
+lora.py   LoRA / QLoRA adapters: apply_lora, merge, save and load the adapters alone
+sft.py    supervised fine-tuning data: chats rendered through the template, loss only on the
+          assistant's tokens, short examples packed into one block
+dpo.py    direct preference optimisation's loss and its logged statistics
+"""
+from .dpo import dpo_loss, sequence_logprobs
+from .lora import (LoRALinear, apply_lora, load_adapters, lora_layers, lora_state_dict,
+                   merge_lora, save_adapters, unmerge_lora)
+from .sft import SFTBatcher, pack_examples, sft_example
+
+__all__ = ["LoRALinear", "apply_lora", "lora_layers", "lora_state_dict", "save_adapters",
+           "load_adapters", "merge_lora", "unmerge_lora", "sft_example", "pack_examples",
+           "SFTBatcher", "dpo_loss", "sequence_logprobs"]
