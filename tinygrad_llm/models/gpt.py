@@ -250,6 +250,17 @@ class GPT(Module):
         table when rows differ (left padding); relative schemes (RoPE, ALiBi, T5) need none.
         attn_mask: an additive (B or 1, 1, T, T) array (0 or -inf) on top of the causal mask,
         e.g. to keep packed examples from seeing each other (finetune/sft.py)."""
+        x = self.hidden_states(idx, padding_mask, caches, offset, positions, attn_mask)
+        logits = self.head(x)                                       # (B, T, V)
+        if targets is None:
+            return logits
+        loss = F.cross_entropy(logits, targets)
+        return logits, loss + self.auxiliary_loss() if self.config.n_expert else loss
+
+    def hidden_states(self, idx, padding_mask=None, caches=None, offset=0, positions=None,
+                      attn_mask=None):
+        """The final (normed) hidden states (B, T, C) that the head reads: what a reward or
+        classification head sits on (finetune/heads.py). Arguments as forward's."""
         idx = self._check_ids(getattr(idx, "data", idx), offset)
         b, t = idx.shape
         x = self.tok_emb(idx)                                       # (B, T, C)
@@ -267,13 +278,7 @@ class GPT(Module):
                           shared_kv=shared, cache=cache)
             if layer % self.config.kv_share == 0:
                 shared = kv
-        if self.norm is not None:
-            x = self.norm(x)
-        logits = self.head(x)                                       # (B, T, V)
-        if targets is None:
-            return logits
-        loss = F.cross_entropy(logits, targets)
-        return logits, loss + self.auxiliary_loss() if self.config.n_expert else loss
+        return self.norm(x) if self.norm is not None else x
 
     def auxiliary_loss(self):
         """Sum of the MoE load-balancing and router z-losses of the last forward."""
