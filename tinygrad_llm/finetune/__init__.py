@@ -5,6 +5,7 @@ sft.py    supervised fine-tuning data: chats rendered through the template, loss
           assistant's tokens, short examples packed into one block
 dpo.py    direct preference optimisation's loss and its logged statistics
 heads.py  SequenceHead (reward model, classifier), Bradley-Terry and distillation losses
+rlhf.py   RLHF by REINFORCE with a baseline and a KL penalty to the reference
 prune.py  magnitude pruning and 2:4 semi-structured sparsity, masks kept through fine-tuning
 """
 from .dpo import dpo_loss, sequence_logprobs
@@ -12,9 +13,11 @@ from .heads import SequenceHead, bradley_terry_loss, distillation_loss
 from .lora import (LoRALinear, apply_lora, load_adapters, lora_layers, lora_state_dict,
                    merge_lora, save_adapters, unmerge_lora)
 from .prune import apply_masks, magnitude_prune, prune_2_4, sparsity
+from .rlhf import Reinforce, rollout
 from .sft import SFTBatcher, pack_examples, sft_example
 
 __all__ = ["LoRALinear", "apply_lora", "lora_layers", "lora_state_dict", "save_adapters",
            "load_adapters", "merge_lora", "unmerge_lora", "sft_example", "pack_examples",
            "SFTBatcher", "dpo_loss", "sequence_logprobs", "magnitude_prune", "prune_2_4",
-           "apply_masks", "sparsity", "SequenceHead", "bradley_terry_loss", "distillation_loss"]
+           "apply_masks", "sparsity", "SequenceHead", "bradley_terry_loss", "distillation_loss",
+           "Reinforce", "rollout"]
