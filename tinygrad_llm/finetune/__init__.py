@@ -1,5 +1,6 @@
 """Fine-tuning and alignment on top of a trained model.
 
+tasks.py  instruction data from tiny Shakespeare and checkable tasks, preference pairs
 lora.py   LoRA / QLoRA adapters: apply_lora, merge, save and load the adapters alone
 sft.py    supervised fine-tuning data: chats rendered through the template, loss only on the
           assistant's tokens, short examples packed into one block

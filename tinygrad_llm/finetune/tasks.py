@@ -1,0 +1,111 @@
+"""Instruction data made from tiny Shakespeare and from tasks whose answers can be checked, so
+every fine-tuning method runs offline and its gain can be measured.
+
+    who_speaks(text)     "Who speaks this line?\\n<line>"  ->  the speaker's name (the play's
+                         "NAME:" headings give it)
+    continue_line(text)  "Continue the line: <first half>" ->  the second half
+    arithmetic(n)        "What is 17+25?"                  ->  "42"
+    reversal(n)          "Reverse: night"                  ->  "thgin"
+
+Records are {"prompt", "response"} dicts (sft.py renders them through the chat template).
+`preference_pairs(records, wrong)` makes DPO / reward-model pairs: chosen = the right response,
+rejected = a wrong one from `wrong(record, rng)`; `answer_is_correct(task, prompt, response)`
+checks an answer, for accuracy and for programmatic rewards.
+"""
+import re
+
+import numpy as np
+
+__all__ = ["speeches", "who_speaks", "continue_line", "arithmetic", "reversal",
+           "preference_pairs", "answer_is_correct", "split_records"]
+
+_HEADING = re.compile(r"^([A-Z][A-Za-z' ]{1,30}):$")
+
+
+def speeches(text):
+    """[(speaker, line)] for every line of verse under a "NAME:" heading."""
+    out, speaker = [], None
+    for raw in text.splitlines():
+        line = raw.strip()
+        heading = _HEADING.match(line)
+        if heading:
+            speaker = heading.group(1).strip()
+        elif line and speaker is not None:
+            out.append((speaker, line))
+        elif not line:
+            speaker = None
+    return out
+
+
+def who_speaks(text, n=None, min_count=50, min_words=4, seed=0):
+    """Records asking who speaks a line, for speakers with at least min_count lines (so the
+    answer is learnable). n: how many (default all), sampled with `seed`."""
+    pairs = [(s, line) for s, line in speeches(text) if len(line.split()) >= min_words]
+    names, counts = np.unique([s for s, _ in pairs], return_counts=True)
+    common = set(names[counts >= min_count])
+    pairs = [(s, line) for s, line in pairs if s in common]
+    order = np.random.default_rng(seed).permutation(len(pairs))[:n]
+    return [{"prompt": f"Who speaks this line?\n{pairs[i][1]}", "response": pairs[i][0],
+             "task": "who_speaks"} for i in order]
+
+
+def continue_line(text, n=None, min_words=6, seed=0):
+    """Records giving the first half of a line (by words) and asking for the rest."""
+    lines = [line for _, line in speeches(text) if len(line.split()) >= min_words]
+    order = np.random.default_rng(seed).permutation(len(lines))[:n]
+    out = []
+    for i in order:
+        words = lines[i].split()
+        cut = len(words) // 2
+        out.append({"prompt": f"Continue the line: {' '.join(words[:cut])}",
+                    "response": " ".join(words[cut:]), "task": "continue_line"})
+    return out
+
+
+def arithmetic(n, max_value=50, seed=0):
+    rng = np.random.default_rng(seed)
+    a, b = rng.integers(0, max_value, n), rng.integers(0, max_value, n)
+    return [{"prompt": f"What is {x}+{y}?", "response": str(x + y), "task": "arithmetic"}
+            for x, y in zip(a.tolist(), b.tolist())]
+
+
+def reversal(n, words=None, seed=0):
+    words = words or ["night", "love", "sword", "crown", "death", "heart", "king", "queen",
+                      "blood", "grace", "honour", "fair", "sweet", "noble", "lord", "night"]
+    rng = np.random.default_rng(seed)
+    picked = [words[i] for i in rng.integers(0, len(words), n)]
+    return [{"prompt": f"Reverse: {w}", "response": w[::-1], "task": "reversal"} for w in picked]
+
+
+def answer_is_correct(record, response):
+    """Whether `response` answers the record's task correctly (exact match after stripping)."""
+    return response.strip() == record["response"].strip()
+
+
+def _wrong_answer(record, rng, pool):
+    if record["task"] == "arithmetic":
+        return str(int(record["response"]) + int(rng.choice([-3, -2, -1, 1, 2, 3])))
+    if record["task"] == "reversal":
+        return record["prompt"].split(": ", 1)[1]               # not reversed
+    others = [r for r in pool if r != record["response"]]
+    return others[int(rng.integers(0, len(others)))]
+
+
+def preference_pairs(records, seed=0):
+    """[{"prompt", "chosen", "rejected"}]: the right response against a plausible wrong one (a
+    near-miss sum, the unreversed word, another speaker or line)."""
+    rng = np.random.default_rng(seed)
+    pool = {}
+    for r in records:
+        pool.setdefault(r["task"], set()).add(r["response"])
+    pools = {k: sorted(v) for k, v in pool.items()}
+    return [{"prompt": r["prompt"], "chosen": r["response"],
+             "rejected": _wrong_answer(r, rng, pools[r["task"]]), "task": r["task"]}
+            for r in records]
+
+
+def split_records(records, held_out=0.1, seed=0):
+    """(train, held-out) with the held-out fraction chosen at random."""
+    order = np.random.default_rng(seed).permutation(len(records))
+    cut = int(round(len(records) * (1 - held_out)))
+    return [records[i] for i in order[:cut]], [records[i] for i in order[cut:]]
