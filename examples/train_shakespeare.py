@@ -21,7 +21,7 @@ from tinygrad_llm.data import shakespeare, split
 from tinygrad_llm.generate import generate
 from tinygrad_llm.models import GPT, GPTConfig
 from tinygrad_llm.optim import AdamW, param_groups_for_weight_decay
-from tinygrad_llm.tokenizers import BPETokenizer, CharTokenizer
+from tinygrad_llm.tokenizers import CHAT_SPECIAL_TOKENS, BPETokenizer, CharTokenizer
 from tinygrad_llm.train import (TrainConfig, Trainer, load_checkpoint, parse_overrides,
                                 split_overrides)
 
@@ -34,6 +34,7 @@ class RunArgs:
     resume: bool = False
     tokenizer: str = "char"      # "char", or "bpe" (trained on the text, cached on disk)
     vocab_size: int = 1024       # the BPE vocabulary (bytes + merges + <|endoftext|>)
+    chat_tokens: bool = False    # BPE: also reserve the chat template's special tokens
     sample_tokens: int = 500
     temperature: float = 0.8
     top_k: int = 40
@@ -59,7 +60,8 @@ def main(argv):
     if run.tokenizer == "char":
         tokenizer = CharTokenizer.from_text(text)
     elif run.tokenizer == "bpe":
-        tokenizer = BPETokenizer.cached(text, run.vocab_size)
+        specials = ("<|endoftext|>",) + (tuple(CHAT_SPECIAL_TOKENS) if run.chat_tokens else ())
+        tokenizer = BPETokenizer.cached(text, run.vocab_size, special_tokens=specials)
     else:
         raise ValueError(f"--tokenizer must be 'char' or 'bpe', got {run.tokenizer!r}")
     train_ids, val_ids = split(tokenizer.encode(text), 0.1)

@@ -1,0 +1,53 @@
+"""examples/finetune_sft.py end to end on a tiny corpus: it trains a base model with the chat
+tokens, measures accuracy before and after, and writes a checkpoint that load_model opens (full
+fine-tuning and LoRA, merged back into plain layers)."""
+import json
+import os
+import sys
+
+import pytest
+
+from tinygrad_llm.finetune import LoRALinear
+from tinygrad_llm.train import load_model
+
+EXAMPLES = os.path.join(os.path.dirname(__file__), "..", "..", "examples")
+SPEECH = ["But soft, what light through yonder window breaks?",
+          "It is the east, and Juliet is the sun.",
+          "O Romeo, Romeo, wherefore art thou Romeo?",
+          "Deny thy father and refuse thy name."]
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("sft_example")
+    blocks = [f"{'ROMEO' if i % 2 == 0 else 'JULIET'}:\n{SPEECH[i % 4]}\n{SPEECH[(i + 1) % 4]}\n"
+              for i in range(120)]
+    path = tmp / "corpus.txt"
+    path.write_text("\n".join(blocks))
+    previous = os.environ.get("TINYGRAD_LLM_DATA")
+    os.environ["TINYGRAD_LLM_DATA"] = str(path)
+    sys.path.insert(0, EXAMPLES)
+    try:
+        yield tmp
+    finally:
+        if previous is None:
+            os.environ.pop("TINYGRAD_LLM_DATA", None)
+        else:
+            os.environ["TINYGRAD_LLM_DATA"] = previous
+
+
+@pytest.mark.parametrize("lora", [False, True])
+def test_finetune_sft_example(corpus, lora, capsys):
+    import finetune_sft
+    out = corpus / f"sft-{lora}" / "ckpt.safetensors"
+    result = finetune_sft.main([f"--base={corpus / 'base' / 'ckpt.safetensors'}",
+                                "--base_iters=3", "--steps=3", "--per_task=40",
+                                "--held_out=4", f"--lora={lora}", "--batch_size=4",
+                                f"--out={out}"])
+    printed = capsys.readouterr().out.strip().splitlines()
+    assert json.loads(printed[-1]) == result
+    assert set(result["accuracy_before"]) == {"who_speaks", "arithmetic", "reversal"}
+    assert all(0 <= v <= 1 for v in result["accuracy_after"].values())
+    model, record = load_model(str(out))
+    assert record["sft"] == {"steps": 3, "lora": lora}
+    assert not any(isinstance(m, LoRALinear) for m in model.modules())
