@@ -51,3 +51,21 @@ def test_finetune_sft_example(corpus, lora, capsys):
     model, record = load_model(str(out))
     assert record["sft"] == {"steps": 3, "lora": lora}
     assert not any(isinstance(m, LoRALinear) for m in model.modules())
+
+
+def test_dpo_example(corpus, capsys):
+    import dpo
+    sft = corpus / "sft-False" / "ckpt.safetensors"
+    if not sft.exists():
+        import finetune_sft
+        finetune_sft.main([f"--base={corpus / 'base' / 'ckpt.safetensors'}", "--base_iters=3",
+                           "--steps=3", "--per_task=40", "--held_out=4", "--batch_size=4",
+                           f"--out={sft}"])
+    out = corpus / "dpo" / "ckpt.safetensors"
+    result = dpo.main([f"--sft={sft}", "--steps=3", "--per_task=40", "--held_out=4",
+                       "--batch_size=4", f"--out={out}"])
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1]) == result
+    for when in ("before", "after"):
+        assert 0 <= result[when]["preference_rate"] <= 1
+    model, record = load_model(str(out))
+    assert record["dpo"] == {"steps": 3, "beta": 0.1}
