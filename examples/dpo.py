@@ -4,13 +4,18 @@ after.
     python examples/dpo.py                  # runs finetune_sft.py first if out-sft/ is missing
     python examples/dpo.py --beta=0.1 --steps=150
 
-Pairs come from finetune/tasks.py: for each prompt, the right answer (chosen) against a plausible
-wrong one (rejected): a sum off by a little, the word not reversed, another speaker. The policy
-starts as the SFT model; a frozen copy is the reference. Each step takes a batch of pairs and
-minimises -log sigmoid(beta [(log pi(y_w) - log pi_ref(y_w)) - (log pi(y_l) - log pi_ref(y_l))])
+Pairs come from finetune/tasks.py. With --behaviour=courtesy (the default) the preferred
+behaviour is a style the SFT data never showed: the chosen answer ends with ", my lord", the
+rejected one is the same answer without it; the rate reported is how often the model's own
+greedy answers to held-out prompts end that way. With --behaviour=correct, the chosen answer is
+the right one and the rejected a plausible wrong one (a sum off by a little, the word not
+reversed, another speaker). The policy starts as the SFT model; a frozen copy is the reference.
+Each step takes a batch of pairs and minimises
+-log sigmoid(beta [(log pi(y_w) - log pi_ref(y_w)) - (log pi(y_l) - log pi_ref(y_l))])
 (finetune/dpo.py), logging the implicit rewards' accuracy and margin. Reported before and after
-on held-out pairs: the preference rate (how often the policy gives the chosen answer the higher
-log-probability) and each task's greedy exact-match accuracy. One JSON line at the end.
+on held-out prompts: the behaviour's rate, the preference rate (how often the policy gives the
+chosen answer the higher log-probability) and each task's greedy exact-match accuracy. One JSON
+line at the end.
 """
 import dataclasses
 import json
@@ -23,7 +28,7 @@ import numpy as np  # noqa: E402
 
 from tinygrad_llm import no_grad  # noqa: E402
 from tinygrad_llm.finetune import dpo_loss, sequence_logprobs  # noqa: E402
-from tinygrad_llm.finetune.tasks import preference_pairs  # noqa: E402
+from tinygrad_llm.finetune.tasks import answer_is_correct, preference_pairs  # noqa: E402
 from tinygrad_llm.optim import AdamW, clip_grad_norm_  # noqa: E402
 from tinygrad_llm.tokenizers import ChatTemplate, tokenizer_from_dict  # noqa: E402
 from tinygrad_llm.train import (load_model, parse_overrides, save_checkpoint,  # noqa: E402
@@ -43,7 +48,41 @@ class DPOArgs:
     beta: float = 0.1
     per_task: int = 2000
     held_out: int = 60
+    behaviour: str = "courtesy"     # or "correct"
     seed: int = 0
+
+
+SUFFIX = ", my lord"
+
+
+def make_pairs(records, behaviour, seed):
+    if behaviour == "correct":
+        return preference_pairs(records, seed=seed)
+    if behaviour != "courtesy":
+        raise ValueError(f"--behaviour must be 'courtesy' or 'correct', got {behaviour!r}")
+    return [{"prompt": r["prompt"], "chosen": r["response"] + SUFFIX,
+             "rejected": r["response"], "task": r["task"]} for r in records]
+
+
+def task_accuracy(model, template, held):
+    """Each task's exact-match accuracy of the greedy answer, the courtesy suffix set aside (it
+    is the style being taught, not part of the answer)."""
+    out = {}
+    for name, records in held.items():
+        got = finetune_sft.answers(model, template, records, max_new_tokens=16)
+        out[name] = round(float(np.mean([answer_is_correct(r, a.strip().removesuffix(SUFFIX))
+                                         for r, a in zip(records, got)])), 3)
+    return out
+
+
+def behaviour_rate(model, template, held, behaviour):
+    """How often the model's greedy answers show the preferred behaviour: the courtesy suffix,
+    or (behaviour "correct") the right answer."""
+    records = [r for rs in held.values() for r in rs]
+    if behaviour == "correct":
+        return float(np.mean([finetune_sft.accuracy(model, template, rs) for rs in held.values()]))
+    answers = finetune_sft.answers(model, template, records, max_new_tokens=16)
+    return float(np.mean([a.strip().endswith(SUFFIX) for a in answers]))
 
 
 def encode_pairs(template, pairs):
@@ -83,11 +122,12 @@ def main(argv):
     sft_args = finetune_sft.SFTArgs(per_task=args.per_task, held_out=args.held_out,
                                     seed=args.seed)
     train, held = finetune_sft.task_records(sft_args)
-    train_pairs = preference_pairs(train, seed=args.seed)
+    train_pairs = make_pairs(train, args.behaviour, args.seed)
     held_records = [r for records in held.values() for r in records]
-    held_encoded = encode_pairs(template, preference_pairs(held_records, seed=args.seed + 1))
-    before = {"preference_rate": preference_rate(policy, held_encoded),
-              "accuracy": finetune_sft.evaluate(policy, template, held)}
+    held_encoded = encode_pairs(template, make_pairs(held_records, args.behaviour, args.seed + 1))
+    before = {"behaviour_rate": behaviour_rate(policy, template, held, args.behaviour),
+              "preference_rate": preference_rate(policy, held_encoded),
+              "accuracy": task_accuracy(policy, template, held)}
     print(f"before DPO: {before}")
 
     params = [p for p in policy.parameters() if p.requires_grad]
@@ -116,13 +156,15 @@ def main(argv):
                   f"{np.mean([r['reward_margin'] for r in recent]):.3f}", flush=True)
     wall = time.perf_counter() - start
     policy.eval()
-    after = {"preference_rate": preference_rate(policy, held_encoded),
-             "accuracy": finetune_sft.evaluate(policy, template, held)}
+    after = {"behaviour_rate": behaviour_rate(policy, template, held, args.behaviour),
+             "preference_rate": preference_rate(policy, held_encoded),
+             "accuracy": task_accuracy(policy, template, held)}
     print(f"after DPO: {after}")
     os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
     save_checkpoint(args.out, policy, record={**record, "dpo": {"steps": args.steps,
                                                                 "beta": args.beta}})
-    result = {"before": before, "after": after, "steps": args.steps, "beta": args.beta,
+    result = {"behaviour": args.behaviour, "before": before, "after": after,
+              "steps": args.steps, "beta": args.beta,
               "final_loss": round(float(np.mean([r["loss"] for r in log[-20:]])), 4),
               "final_reward_accuracy": round(float(np.mean(
                   [r["reward_accuracy"] for r in log[-20:]])), 3),

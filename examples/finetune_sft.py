@@ -76,16 +76,19 @@ def task_records(args):
     return train, held
 
 
-def accuracy(model, template, records, max_new_tokens=12):
-    """Exact-match accuracy of greedy answers to the records' prompts."""
+def answers(model, template, records, max_new_tokens=12):
+    """The model's greedy answers (text) to the records' prompts."""
     prompts = [template.render([{"role": "user", "content": r["prompt"]}],
                                add_generation_prompt=True)[0] for r in records]
     outs = generate(model, prompts, max_new_tokens, temperature=0, stop_ids=[template.end_id])
-    right = 0
-    for p, o, r in zip(prompts, outs, records):
-        answer = [int(t) for t in o[len(p):] if int(t) != template.end_id]
-        right += answer_is_correct(r, template.tokenizer.decode(answer))
-    return right / len(records)
+    return [template.tokenizer.decode([int(t) for t in o[len(p):] if int(t) != template.end_id])
+            for p, o in zip(prompts, outs)]
+
+
+def accuracy(model, template, records, max_new_tokens=12):
+    """Exact-match accuracy of greedy answers to the records' prompts."""
+    got = answers(model, template, records, max_new_tokens)
+    return sum(answer_is_correct(r, a) for r, a in zip(records, got)) / len(records)
 
 
 def evaluate(model, template, held):
