@@ -5,6 +5,7 @@ import json
 import os
 import sys
 
+import numpy as np
 import pytest
 
 from tinygrad_llm.finetune import LoRALinear
@@ -69,3 +70,21 @@ def test_dpo_example(corpus, capsys):
         assert 0 <= result[when]["preference_rate"] <= 1
     model, record = load_model(str(out))
     assert record["dpo"] == {"steps": 3, "beta": 0.1}
+
+
+def test_rlhf_example(corpus, capsys):
+    import rlhf
+    sft = corpus / "sft-False" / "ckpt.safetensors"
+    if not sft.exists():
+        import finetune_sft
+        finetune_sft.main([f"--base={corpus / 'base' / 'ckpt.safetensors'}", "--base_iters=3",
+                           "--steps=3", "--per_task=40", "--held_out=4", "--batch_size=4",
+                           f"--out={sft}"])
+    out = corpus / "rlhf" / "ckpt.safetensors"
+    result = rlhf.main([f"--sft={sft}", "--steps=2", "--per_task=40", "--held_out=4",
+                        "--batch_size=4", f"--out={out}"])
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1]) == result
+    for when in ("before", "after"):
+        assert set(result[when]["sampled_reward"]) == {"train_prompts", "held_out"}
+    assert np.isfinite(result["final_kl"])
+    assert load_model(str(out))[1]["rlhf"] == {"steps": 2, "kl_coef": 0.05}
