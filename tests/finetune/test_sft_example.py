@@ -54,14 +54,20 @@ def test_finetune_sft_example(corpus, lora, capsys):
     assert not any(isinstance(m, LoRALinear) for m in model.modules())
 
 
-def test_dpo_example(corpus, capsys):
+@pytest.fixture(scope="module")
+def sft(corpus):
+    """A tiny SFT checkpoint for the DPO and RLHF examples to start from."""
+    import finetune_sft
+    path = corpus / "sft-for-alignment" / "ckpt.safetensors"
+    finetune_sft.main([f"--base={corpus / 'base' / 'ckpt.safetensors'}", "--base_iters=3",
+                       "--steps=3", "--per_task=40", "--held_out=4", "--batch_size=4",
+                       f"--out={path}"])
+    return path
+
+
+def test_dpo_example(corpus, sft, capsys):
     import dpo
-    sft = corpus / "sft-False" / "ckpt.safetensors"
-    if not sft.exists():
-        import finetune_sft
-        finetune_sft.main([f"--base={corpus / 'base' / 'ckpt.safetensors'}", "--base_iters=3",
-                           "--steps=3", "--per_task=40", "--held_out=4", "--batch_size=4",
-                           f"--out={sft}"])
+    capsys.readouterr()
     out = corpus / "dpo" / "ckpt.safetensors"
     result = dpo.main([f"--sft={sft}", "--steps=3", "--per_task=40", "--held_out=4",
                        "--batch_size=4", f"--out={out}"])
@@ -72,14 +78,9 @@ def test_dpo_example(corpus, capsys):
     assert record["dpo"] == {"steps": 3, "beta": 0.1}
 
 
-def test_rlhf_example(corpus, capsys):
+def test_rlhf_example(corpus, sft, capsys):
     import rlhf
-    sft = corpus / "sft-False" / "ckpt.safetensors"
-    if not sft.exists():
-        import finetune_sft
-        finetune_sft.main([f"--base={corpus / 'base' / 'ckpt.safetensors'}", "--base_iters=3",
-                           "--steps=3", "--per_task=40", "--held_out=4", "--batch_size=4",
-                           f"--out={sft}"])
+    capsys.readouterr()
     out = corpus / "rlhf" / "ckpt.safetensors"
     result = rlhf.main([f"--sft={sft}", "--steps=2", "--per_task=40", "--held_out=4",
                         "--batch_size=4", f"--out={out}"])
