@@ -36,6 +36,8 @@ import numpy as np
 from .. import backend
 from ..kernels import kernel
 from ..nn.layers import SwiGLU
+from ..ops.activation import gelu_forward
+from ..ops.norm import layer_norm_forward, rms_norm_forward
 from ..nn.positions import LearnedPositions, SinusoidalPositions
 from ..tensor import is_grad_enabled, no_grad
 
@@ -182,11 +184,10 @@ class DecodePlan:
 
 # ---- the reference step ---------------------------------------------------------------------
 def _norm(x, w, b, kind, eps):
-    if kind == 1:                                                    # RMSNorm
-        return x / np.sqrt((x * x).mean() + eps) * w
-    xc = x - x.mean()                                                # LayerNorm
-    y = xc / np.sqrt((xc * xc).mean() + eps) * w
-    return y if b is None else y + b
+    """The model's LayerNorm (kind 0) or RMSNorm (kind 1) of one vector (ops/norm.py's)."""
+    if kind == 1:
+        return rms_norm_forward(x[None], w, eps)[0][0]
+    return layer_norm_forward(x[None], w, b, eps)[0][0]
 
 
 def _linear(x, w_b):
@@ -196,15 +197,13 @@ def _linear(x, w_b):
 
 
 def _activation(u, kind):
+    """GELU (erf), GELU (tanh), ReLU, or SiLU (SwiGLU's gate) of a vector."""
     xp = backend.array_module(u)
-    if kind == 0:
-        from ..ops.activation import erf
-        return 0.5 * u * (1 + erf(u / np.sqrt(2.0)))
-    if kind == 1:
-        return 0.5 * u * (1 + xp.tanh(np.sqrt(2 / np.pi) * (u + 0.044715 * u ** 3)))
+    if kind in (0, 1):
+        return gelu_forward(u, "tanh" if kind == 1 else "none")           # ops/activation.py's
     if kind == 2:
         return xp.maximum(u, 0)
-    return u / (1 + xp.exp(-u))                                        # SiLU (SwiGLU's gate)
+    return u / (1 + xp.exp(-u))
 
 
 def _rope(x, cos, sin):
