@@ -1,9 +1,12 @@
 """Weight quantization schemes: how a float matrix W (out, in) becomes a few bits per weight.
 
-Each scheme is a pair of readable NumPy functions, `quantize(w) -> fields` and
-`dequantize(fields) -> w_hat`, where `fields` is a dict of arrays (what a QuantLinear stores and a
-checkpoint saves). Rows are output channels; blocks run along the input dimension, so a row's
-blocks are contiguous and a matrix-vector product streams them once.
+Each scheme has a readable NumPy quantizer, `quantize(w) -> fields`, where `fields` is a dict of
+arrays (what a QuantLinear stores and a checkpoint saves). One decoder serves them all:
+`matmul_operands` states any scheme's fields as scaled levels (int8 values, or nibbles mapped
+through 16 levels, times a per-block scale, plus q4_1's min) and `dequantize_operands` expands
+that form (`dequantize_weight` is the two together). Rows are output channels; blocks run along
+the input dimension, so a row's blocks are contiguous and a matrix-vector product streams them
+once.
 
     int8   per output channel, symmetric: s = max|w_row| / 127, q = round(w / s) in [-127, 127].
            8 bits + one float per row.
@@ -77,10 +80,6 @@ def _int8_quantize(w, group_size):
     return {"qweight": q, "scale": scale.astype(np.float32)}
 
 
-def _int8_dequantize(f):
-    return f["qweight"].astype(np.float32) * f["scale"][:, None]
-
-
 # ---- llama.cpp blocks -------------------------------------------------------------------------
 def _blocks(w):
     return w.reshape(w.shape[0], -1, QK)                       # (out, n_blocks, 32)
@@ -98,11 +97,6 @@ def _q8_0_quantize(w, group_size):
     return {"qweight": q.astype(np.int8).reshape(w.shape), "scale": d.astype(np.float16)}
 
 
-def _q8_0_dequantize(f):
-    q = _blocks(f["qweight"].astype(np.float32))
-    return (q * f["scale"].astype(np.float32)[..., None]).reshape(f["qweight"].shape)
-
-
 def _q4_0_quantize(w, group_size):
     x = _blocks(w)
     at = np.abs(x).argmax(axis=2)[..., None]                   # first of equal magnitudes
@@ -110,11 +104,6 @@ def _q4_0_quantize(w, group_size):
     q = np.trunc(x * _reciprocal(d)[..., None] + np.float32(8.5))
     q = np.clip(q, 0, 15).astype(np.uint8).reshape(w.shape)
     return {"qweight": pack_nibbles(q), "scale": d.astype(np.float16)}
-
-
-def _q4_0_dequantize(f):
-    q = _blocks(unpack_nibbles(f["qweight"]).astype(np.float32) - 8)
-    return (q * f["scale"].astype(np.float32)[..., None]).reshape(q.shape[0], -1)
 
 
 def _q4_1_quantize(w, group_size):
@@ -125,12 +114,6 @@ def _q4_1_quantize(w, group_size):
     q = np.clip(q, 0, 15).astype(np.uint8).reshape(w.shape)
     return {"qweight": pack_nibbles(q), "scale": d.astype(np.float16),
             "min": lo.astype(np.float16)}
-
-
-def _q4_1_dequantize(f):
-    q = _blocks(unpack_nibbles(f["qweight"]).astype(np.float32))
-    w = q * f["scale"].astype(np.float32)[..., None] + f["min"].astype(np.float32)[..., None]
-    return w.reshape(q.shape[0], -1)
 
 
 # ---- NF4 --------------------------------------------------------------------------------------
@@ -214,18 +197,9 @@ def _nf4_absmax(f):
     return np.exp(start + codes * step).reshape(f["absmax_q"].shape).astype(np.float32)
 
 
-def _nf4_dequantize(f):
-    absmax = _nf4_absmax(f)
-    levels = NF4_CODEBOOK[unpack_nibbles(f["qweight"])]        # (out, in)
-    group = levels.shape[1] // absmax.shape[1]
-    return (levels.reshape(absmax.shape + (group,)) * absmax[..., None]).reshape(levels.shape)
-
-
 # ---- the table --------------------------------------------------------------------------------
 _QUANTIZE = {"int8": _int8_quantize, "q8_0": _q8_0_quantize, "q4_0": _q4_0_quantize,
              "q4_1": _q4_1_quantize, "nf4": _nf4_quantize}
-_DEQUANTIZE = {"int8": _int8_dequantize, "q8_0": _q8_0_dequantize, "q4_0": _q4_0_dequantize,
-               "q4_1": _q4_1_dequantize, "nf4": _nf4_dequantize}
 
 
 def _check_scheme(scheme):
@@ -254,10 +228,10 @@ def quantize_weight(w, scheme, group_size=64, double_quant=False):
 
 
 def dequantize_weight(fields, scheme):
-    """The float32 (out, in) matrix that quantized `fields` stand for."""
-    _check_scheme(scheme)
+    """The float32 (out, in) matrix that quantized `fields` stand for: every scheme is decoded
+    by dequantize_operands from its matmul_operands form (below)."""
     with np.errstate(over="ignore", invalid="ignore"):
-        return _DEQUANTIZE[scheme](fields)
+        return dequantize_operands(*matmul_operands(fields, scheme))
 
 
 def matmul_operands(fields, scheme):

@@ -26,14 +26,18 @@ from .formats import (SCHEMES, block_size, dequantize_operands, dequantize_weigh
 __all__ = ["QuantLinear", "QuantEmbedding", "quantize", "quant_matmul", "quantized_layers"]
 
 
+def _dense(operands, like):
+    """The float weight of matmul_operands' form, on `like`'s device and in its dtype."""
+    arrays = [None if a is None else backend.to_numpy(a) for a in operands[:4]]
+    w = dequantize_operands(*arrays, operands[4])
+    return backend.to_device(w, backend.device_of(like)).astype(like.dtype)
+
+
 @kernel("quant_matmul")         # fast version: kernels/cpu/quant.py
 def quant_matmul(x, qweight, scale, minimum, levels, group):
     """x: (N, in) float -> (N, out) = x W_hat^T in x's dtype, W_hat given in matmul_operands'
     form (formats.py): decoded here in full, then one matrix product."""
-    operands = [None if a is None else backend.to_numpy(a)
-                for a in (qweight, scale, minimum, levels)]
-    w = dequantize_operands(*operands, group)
-    return x @ backend.to_device(w, backend.device_of(x)).astype(x.dtype).T
+    return x @ _dense((qweight, scale, minimum, levels, group), x).T
 
 
 class QuantMatmulOp(Function):
@@ -48,9 +52,7 @@ class QuantMatmulOp(Function):
 
     @staticmethod
     def backward(ctx, grad):
-        w = dequantize_operands(*[None if a is None else backend.to_numpy(a)
-                                  for a in ctx.operands[:4]], ctx.operands[4])
-        return (grad @ backend.to_device(w, backend.device_of(grad)).astype(grad.dtype),)
+        return (grad @ _dense(ctx.operands, grad),)
 
 
 class QuantLinear(Module):
