@@ -30,8 +30,7 @@ from tinygrad_llm import no_grad  # noqa: E402
 from tinygrad_llm.finetune import dpo_loss, sequence_logprobs  # noqa: E402
 from tinygrad_llm.finetune.tasks import answer_is_correct, preference_pairs  # noqa: E402
 from tinygrad_llm.optim import AdamW, clip_grad_norm_  # noqa: E402
-from tinygrad_llm.tokenizers import ChatTemplate, tokenizer_from_dict  # noqa: E402
-from tinygrad_llm.train import (load_model, parse_overrides, save_checkpoint,  # noqa: E402
+from tinygrad_llm.train import (parse_overrides, save_checkpoint,  # noqa: E402
                                 split_overrides)
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -114,14 +113,8 @@ def preference_rate(model, encoded):
 def main(argv):
     (kw,) = split_overrides(parse_overrides(argv), DPOArgs)
     args = DPOArgs(**kw)
-    if not os.path.exists(args.sft):
-        finetune_sft.main([f"--out={args.sft}"])
-    policy, record = load_model(args.sft)
-    reference, _ = load_model(args.sft)
-    template = ChatTemplate(tokenizer_from_dict(record["tokenizer"]))
-    sft_args = finetune_sft.SFTArgs(per_task=args.per_task, held_out=args.held_out,
-                                    seed=args.seed)
-    train, held = finetune_sft.task_records(sft_args)
+    policy, reference, record, template, train, held = finetune_sft.alignment_setup(
+        args.sft, args.per_task, args.held_out, args.seed)
     train_pairs = make_pairs(train, args.behaviour, args.seed)
     held_records = [r for records in held.values() for r in records]
     held_encoded = encode_pairs(template, make_pairs(held_records, args.behaviour, args.seed + 1))

@@ -95,6 +95,19 @@ def evaluate(model, template, held):
     return {name: round(accuracy(model, template, records), 3) for name, records in held.items()}
 
 
+def alignment_setup(sft, per_task, held_out, seed):
+    """What DPO and RLHF start from: the SFT model twice (the policy to train and the frozen
+    reference), its chat template, and this example's task records split the same way (so the
+    held-out prompts were never trained on). Runs this example first when `sft` is missing."""
+    if not os.path.exists(sft):
+        main([f"--out={sft}"])
+    policy, record = load_model(sft)
+    reference, _ = load_model(sft)
+    template = ChatTemplate(tokenizer_from_dict(record["tokenizer"]))
+    train, held = task_records(SFTArgs(per_task=per_task, held_out=held_out, seed=seed))
+    return policy, reference, record, template, train, held
+
+
 def main(argv):
     (kw,) = split_overrides(parse_overrides(argv), SFTArgs)
     args = SFTArgs(**kw)

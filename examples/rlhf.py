@@ -23,8 +23,7 @@ import numpy as np  # noqa: E402
 from tinygrad_llm.finetune import Reinforce, rollout  # noqa: E402
 from tinygrad_llm.finetune.tasks import answer_is_correct  # noqa: E402
 from tinygrad_llm.optim import AdamW, clip_grad_norm_  # noqa: E402
-from tinygrad_llm.tokenizers import ChatTemplate, tokenizer_from_dict  # noqa: E402
-from tinygrad_llm.train import (load_model, parse_overrides, save_checkpoint,  # noqa: E402
+from tinygrad_llm.train import (parse_overrides, save_checkpoint,  # noqa: E402
                                 split_overrides)
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -61,13 +60,8 @@ def sampled_reward(model, template, records, temperature, seed, max_new_tokens):
 def main(argv):
     (kw,) = split_overrides(parse_overrides(argv), RLHFArgs)
     args = RLHFArgs(**kw)
-    if not os.path.exists(args.sft):
-        finetune_sft.main([f"--out={args.sft}"])
-    policy, record = load_model(args.sft)
-    reference, _ = load_model(args.sft)
-    template = ChatTemplate(tokenizer_from_dict(record["tokenizer"]))
-    train, held = finetune_sft.task_records(finetune_sft.SFTArgs(
-        per_task=args.per_task, held_out=args.held_out, seed=args.seed))
+    policy, reference, record, template, train, held = finetune_sft.alignment_setup(
+        args.sft, args.per_task, args.held_out, args.seed)
     names = args.tasks.split(",")
     train = [r for r in train if r["task"] in names]
     held = {k: v for k, v in held.items() if k in names}
