@@ -25,16 +25,10 @@ def corpus(tmp_path_factory):
               for i in range(120)]
     path = tmp / "corpus.txt"
     path.write_text("\n".join(blocks))
-    previous = os.environ.get("TINYGRAD_LLM_DATA")
-    os.environ["TINYGRAD_LLM_DATA"] = str(path)
     sys.path.insert(0, EXAMPLES)
-    try:
+    with pytest.MonkeyPatch.context() as mp:            # the corpus for this module only
+        mp.setenv("TINYGRAD_LLM_DATA", str(path))
         yield tmp
-    finally:
-        if previous is None:
-            os.environ.pop("TINYGRAD_LLM_DATA", None)
-        else:
-            os.environ["TINYGRAD_LLM_DATA"] = previous
 
 
 @pytest.mark.parametrize("lora", [False, True])

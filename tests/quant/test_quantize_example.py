@@ -19,21 +19,15 @@ def checkpoint(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("quant_example")
     corpus = tmp / "corpus.txt"
     corpus.write_text("ROMEO:\nBut soft, what light through yonder window breaks?\n" * 80)
-    previous = os.environ.get("TINYGRAD_LLM_DATA")
-    os.environ["TINYGRAD_LLM_DATA"] = str(corpus)
     sys.path.insert(0, EXAMPLES)
-    try:
+    with pytest.MonkeyPatch.context() as mp:            # the corpus for this module only
+        mp.setenv("TINYGRAD_LLM_DATA", str(corpus))
         import train_shakespeare
         train_shakespeare.main(["--max_iters=3", "--n_layer=1", "--n_head=2", "--n_embd=64",
                                 "--block_size=32", f"--out_dir={tmp / 'base'}",
                                 "--sample_tokens=0", "--progress=false", "--eval_interval=3",
                                 "--eval_iters=1"])
         yield tmp
-    finally:
-        if previous is None:
-            os.environ.pop("TINYGRAD_LLM_DATA", None)
-        else:
-            os.environ["TINYGRAD_LLM_DATA"] = previous
 
 
 @pytest.mark.parametrize("scheme, gptq", [("q4_0", False), ("q8_0", True)])
