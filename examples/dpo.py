@@ -16,6 +16,11 @@ Each step takes a batch of pairs and minimises
 on held-out prompts: the behaviour's rate, the preference rate (how often the policy gives the
 chosen answer the higher log-probability) and each task's greedy exact-match accuracy. One JSON
 line at the end.
+
+DPO only asks that y_w gain on y_l; both may lose probability together, and the answers' content
+drifts (task accuracy falls). --sft_coef=c adds c times the chosen answers' mean negative
+log-likelihood per token to the loss (as in Pang et al., 2024, iterative reasoning preference
+optimisation), which keeps the chosen answers likely while their style is learned.
 """
 import dataclasses
 import json
@@ -48,6 +53,7 @@ class DPOArgs:
     per_task: int = 2000
     held_out: int = 60
     behaviour: str = "courtesy"     # or "correct"
+    sft_coef: float = 0.5           # weight of the chosen answers' NLL added to the DPO loss
     seed: int = 0
 
 
@@ -134,9 +140,12 @@ def main(argv):
         with no_grad():
             ref_c = sequence_logprobs(reference, *enc["chosen"]).numpy()
             ref_r = sequence_logprobs(reference, *enc["rejected"]).numpy()
-        loss, stats = dpo_loss(sequence_logprobs(policy, *enc["chosen"]),
-                               sequence_logprobs(policy, *enc["rejected"]), ref_c, ref_r,
+        chosen = sequence_logprobs(policy, *enc["chosen"])
+        loss, stats = dpo_loss(chosen, sequence_logprobs(policy, *enc["rejected"]), ref_c, ref_r,
                                beta=args.beta)
+        if args.sft_coef:
+            answer_tokens = int(enc["chosen"][1][:, 1:].sum())
+            loss = loss - chosen.sum() * (args.sft_coef / answer_tokens)
         optimizer.zero_grad()
         loss.backward()
         clip_grad_norm_(params, 1.0)
@@ -155,9 +164,10 @@ def main(argv):
     print(f"after DPO: {after}")
     os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
     save_checkpoint(args.out, policy, record={**record, "dpo": {"steps": args.steps,
-                                                                "beta": args.beta}})
+                                                                "beta": args.beta,
+                                                                "sft_coef": args.sft_coef}})
     result = {"behaviour": args.behaviour, "before": before, "after": after,
-              "steps": args.steps, "beta": args.beta,
+              "steps": args.steps, "beta": args.beta, "sft_coef": args.sft_coef,
               "final_loss": round(float(np.mean([r["loss"] for r in log[-20:]])), 4),
               "final_reward_accuracy": round(float(np.mean(
                   [r["reward_accuracy"] for r in log[-20:]])), 3),

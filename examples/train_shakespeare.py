@@ -35,6 +35,7 @@ class RunArgs:
     tokenizer: str = "char"      # "char", or "bpe" (trained on the text, cached on disk)
     vocab_size: int = 1024       # the BPE vocabulary (bytes + merges + <|endoftext|>)
     chat_tokens: bool = False    # BPE: also reserve the chat template's special tokens
+    tokenizer_file: str = None   # BPE: a saved BPETokenizer (.json) instead of training one
     sample_tokens: int = 500
     temperature: float = 0.8
     top_k: int = 40
@@ -59,6 +60,8 @@ def main(argv):
     text = shakespeare(run.data)
     if run.tokenizer == "char":
         tokenizer = CharTokenizer.from_text(text)
+    elif run.tokenizer == "bpe" and run.tokenizer_file:
+        tokenizer = BPETokenizer.load(run.tokenizer_file)
     elif run.tokenizer == "bpe":
         specials = ("<|endoftext|>",) + (tuple(CHAT_SPECIAL_TOKENS) if run.chat_tokens else ())
         tokenizer = BPETokenizer.cached(text, run.vocab_size, special_tokens=specials)

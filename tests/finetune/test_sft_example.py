@@ -69,7 +69,7 @@ def test_dpo_example(corpus, sft, capsys):
     for when in ("before", "after"):
         assert 0 <= result[when]["preference_rate"] <= 1
     model, record = load_model(str(out))
-    assert record["dpo"] == {"steps": 3, "beta": 0.1}
+    assert record["dpo"] == {"steps": 3, "beta": 0.1, "sft_coef": 0.5}
 
 
 def test_rlhf_example(corpus, sft, capsys):

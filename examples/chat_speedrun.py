@@ -1,0 +1,306 @@
+"""From nothing to a chat model in one command: BPE tokenizer -> pre-training -> SFT -> DPO ->
+quantization -> a conversation, ending with a report card.
+
+    python examples/chat_speedrun.py                      # ~20 minutes on a 2-core CPU
+    python examples/chat_speedrun.py --quick=true         # ~6 minutes: a smaller run of each stage
+    python examples/chat_speedrun.py --interactive=true   # then chat with the result
+    python examples/chat_speedrun.py --redo=sft           # run sft and every later stage again
+
+The stages, each the example that teaches it run with this run's settings:
+
+  1 tokenizer  byte-level BPE trained on tiny Shakespeare, with the chat template's special
+               tokens reserved (tokenizers/bpe.py, tokenizers/chat.py)
+  2 pretrain   a GPT-2-style model learns the play by next-token prediction (train_shakespeare.py)
+  3 sft        instructions rendered through the chat template, the loss on the answers only,
+               short chats packed into blocks (finetune_sft.py; the tasks are finetune/tasks.py's:
+               who speaks a line, a small sum, a word reversed)
+  4 dpo        preference pairs teach a style the SFT data never showed: the chosen answer ends
+               ", my lord", the rejected one is the same answer without it (dpo.py, with its
+               small NLL term on the chosen answers so the answers themselves stay right)
+  5 quantize   the weights to llama.cpp's Q8_0 blocks: size, perplexity and decode speed
+               (quantize.py)
+  6 chat       a scripted two-turn conversation with the quantized model (chat.py)
+
+Every model stage is measured the same way (`measure`): the loss on the held-out tenth of the
+play (how much of Shakespeare the model knows), the loss on held-out chats' answers (how well it
+follows the template), each task's exact-match accuracy of greedy answers to held-out prompts,
+and the preferred-behaviour rate (how often those answers end ", my lord"). The report card
+(run_dir/report.md and report.json) has one row per stage, so the gain of each shows.
+
+Resumable: a stage writes run_dir/<stage>/ and, last, its stage.json with the measurements; a
+stage whose stage.json exists is skipped. Pre-training also resumes inside the stage from its
+last checkpoint (every 500 steps, and on Ctrl-C).
+"""
+import dataclasses
+import json
+import math
+import os
+import shutil
+import sys
+import time
+
+import tinygrad_llm as tl  # noqa: F401  (first: it tunes the thread pools before NumPy loads)
+import numpy as np  # noqa: E402
+
+from tinygrad_llm import no_grad  # noqa: E402
+from tinygrad_llm.data import shakespeare, split  # noqa: E402
+from tinygrad_llm.data.files import atomic_write  # noqa: E402
+from tinygrad_llm.finetune import SFTBatcher  # noqa: E402
+from tinygrad_llm.finetune.sft import segment_mask  # noqa: E402
+from tinygrad_llm.finetune.tasks import answer_is_correct  # noqa: E402
+from tinygrad_llm.tokenizers import CHAT_SPECIAL_TOKENS, BPETokenizer, ChatTemplate  # noqa: E402
+from tinygrad_llm.train import load_model, parse_overrides, split_overrides  # noqa: E402
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import chat  # noqa: E402
+import dpo  # noqa: E402
+import finetune_sft  # noqa: E402
+import quantize  # noqa: E402
+import train_shakespeare  # noqa: E402
+
+STAGES = ("tokenizer", "pretrain", "sft", "dpo", "quantize", "chat")
+TASKS = ("who_speaks", "arithmetic", "reversal")          # finetune_sft.task_records' tasks
+
+
+@dataclasses.dataclass
+class SpeedrunArgs:
+    run_dir: str = "out-speedrun"
+    quick: bool = False           # the QUICK settings below, for whatever is not given
+    redo: str = ""                # a stage: run it and every later stage again
+    interactive: bool = False     # at the end, chat with the result in the terminal
+    vocab_size: int = 1024
+    n_layer: int = 4
+    n_embd: int = 192
+    base_iters: int = 3500
+    sft_steps: int = 600
+    dpo_steps: int = 150
+    dpo_sft_coef: float = 0.5
+    quant_scheme: str = "q8_0"
+    per_task: int = 2000          # SFT / DPO records per task
+    held_out: int = 60            # held-out prompts per task (accuracy, behaviour rate)
+    eval_windows: int = 100       # held-out windows of the play for the validation loss
+    seed: int = 0
+
+
+QUICK = dict(base_iters=700, sft_steps=300, dpo_steps=100, held_out=30, eval_windows=40)
+
+CONVERSATION = ["What is 23+19?", "Reverse: gentle"]
+
+
+# ---- measuring a model ----------------------------------------------------------------------
+def measure(model, template, held, val_windows):
+    """The same numbers for every model stage (see the docstring)."""
+    model.eval()
+    val_loss = math.log(quantize.perplexity(model, val_windows))
+    records = [r for rs in held.values() for r in rs]
+    batcher = SFTBatcher(template, records, block_size=model.config.block_size)
+    total = count = 0.0
+    with no_grad():
+        for i in range(0, len(batcher), 16):
+            rows = np.arange(i, min(i + 16, len(batcher)))
+            batch = (batcher.inputs[rows], batcher.targets[rows], batcher.positions[rows],
+                     segment_mask(batcher.segments[rows]))
+            inputs, kw = batcher.forward_kwargs(model, batch)
+            _, loss = model(inputs, **kw)
+            n = int((batch[1] != -100).sum())
+            total, count = total + float(loss.numpy()) * n, count + n
+    answers = finetune_sft.answers(model, template, records, max_new_tokens=16)
+    at, accuracy = 0, {}
+    for name, rs in held.items():
+        got = [a.strip() for a in answers[at:at + len(rs)]]
+        accuracy[name] = round(float(np.mean([answer_is_correct(r, a.removesuffix(dpo.SUFFIX))
+                                              for r, a in zip(rs, got)])), 3)
+        at += len(rs)
+    return {"val_loss": round(val_loss, 4), "chat_val_loss": round(total / count, 4),
+            "accuracy": accuracy,
+            "mean_accuracy": round(float(np.mean(list(accuracy.values()))), 3),
+            "behaviour_rate": round(float(np.mean([a.strip().endswith(dpo.SUFFIX)
+                                                   for a in answers])), 3)}
+
+
+# ---- the stages -----------------------------------------------------------------------------
+class Speedrun:
+    def __init__(self, args):
+        self.args = args
+        self.dir = {s: os.path.join(args.run_dir, s) for s in STAGES}
+        self.ckpt = {s: os.path.join(self.dir[s], "ckpt.safetensors") for s in STAGES}
+        self.tokenizer_file = os.path.join(self.dir["tokenizer"], "tokenizer.json")
+        self._eval = None
+
+    def evaluation_data(self):
+        """The held-out prompts (split exactly as finetune_sft.py splits them, so SFT never
+        trained on them) and validation windows of the play, in this run's tokenizer."""
+        if self._eval is None:
+            a = self.args
+            tokenizer = BPETokenizer.load(self.tokenizer_file)
+            _, held = finetune_sft.task_records(finetune_sft.SFTArgs(
+                per_task=a.per_task, held_out=a.held_out, seed=a.seed))
+            _, val_ids = split(tokenizer.encode(shakespeare()), 0.1)
+            windows = quantize.windows(np.asarray(val_ids), a.eval_windows,
+                                       train_shakespeare.TRAIN_DEFAULTS["block_size"], seed=1)
+            self._eval = ChatTemplate(tokenizer), held, windows
+        return self._eval
+
+    def measure(self, path):
+        model, _ = load_model(path)
+        return measure(model, *self.evaluation_data())
+
+    def tokenizer(self):
+        a = self.args
+        text = shakespeare()
+        tokenizer = BPETokenizer.train(text, a.vocab_size,
+                                       special_tokens=("<|endoftext|>",) + CHAT_SPECIAL_TOKENS)
+        tokenizer.save(self.tokenizer_file)
+        _, val_text = split(text, 0.1)
+        return {"vocab_size": tokenizer.vocab_size,
+                "chars_per_token": round(len(val_text) / len(tokenizer.encode(val_text)), 3)}
+
+    def pretrain(self):
+        a = self.args
+        argv = ["--tokenizer=bpe", f"--tokenizer_file={self.tokenizer_file}",
+                f"--n_layer={a.n_layer}", f"--n_embd={a.n_embd}", f"--max_iters={a.base_iters}",
+                f"--out_dir={self.dir['pretrain']}", "--sample_tokens=0", f"--seed={a.seed}"]
+        if os.path.exists(self.ckpt["pretrain"]):
+            argv.append("--resume=true")            # continue an interrupted pre-training
+        result = train_shakespeare.main(argv)
+        if result["steps"] < a.base_iters:          # Ctrl-C: the checkpoint is saved
+            raise SystemExit(f"pre-training stopped at step {result['steps']} of "
+                             f"{a.base_iters}; run again to continue")
+        return {"steps": result["steps"], "parameters": result["parameters"],
+                **self.measure(self.ckpt["pretrain"])}
+
+    def sft(self):
+        a = self.args
+        result = finetune_sft.main([f"--base={self.ckpt['pretrain']}", f"--out={self.ckpt['sft']}",
+                                    f"--steps={a.sft_steps}", f"--per_task={a.per_task}",
+                                    f"--held_out={a.held_out}", f"--seed={a.seed}"])
+        return {"steps": a.sft_steps, "examples": result["examples"],
+                **self.measure(self.ckpt["sft"])}
+
+    def dpo(self):
+        a = self.args
+        result = dpo.main([f"--sft={self.ckpt['sft']}", f"--out={self.ckpt['dpo']}",
+                           f"--steps={a.dpo_steps}", f"--sft_coef={a.dpo_sft_coef}",
+                           f"--per_task={a.per_task}", f"--held_out={a.held_out}",
+                           f"--seed={a.seed}"])
+        return {"steps": a.dpo_steps, "preference_rate": result["after"]["preference_rate"],
+                **self.measure(self.ckpt["dpo"])}
+
+    def quantize(self):
+        a = self.args
+        result = quantize.main([f"--ckpt={self.ckpt['dpo']}", f"--scheme={a.quant_scheme}",
+                                f"--out={self.ckpt['quantize']}", "--prompt=<|user|>",
+                                "--max_new_tokens=24", f"--eval_windows={a.eval_windows}"])
+        return {"scheme": a.quant_scheme, "file_mb": result["quantized"]["file_mb"],
+                "float_file_mb": result["float32"]["file_mb"],
+                "tokens_per_s": result["quantized"]["tokens_per_s"],
+                "float_tokens_per_s": result["float32"]["tokens_per_s"],
+                **self.measure(self.ckpt["quantize"])}
+
+    def chat(self):
+        args = chat.ChatArgs(ckpt=self.ckpt["quantize"], temperature=0, max_new_tokens=24)
+        conversation = chat.Chat(*chat.load(args), args)        # streams to stdout
+        turns = [{"user": m, "assistant": conversation.turn(m)} for m in CONVERSATION]
+        return {"conversation": turns, "tokens_per_s": conversation.summary()["tokens_per_s"]}
+
+    # ---- running them, resumably --------------------------------------------------------------
+    def run_stage(self, stage):
+        path = os.path.join(self.dir[stage], "stage.json")
+        if os.path.exists(path):
+            with open(path) as f:
+                result = json.load(f)
+            print(f"== {stage}: done earlier ({path}), skipped", flush=True)
+            return {**result, "skipped": True}
+        print(f"== {stage}", flush=True)
+        os.makedirs(self.dir[stage], exist_ok=True)
+        start = time.perf_counter()
+        result = getattr(self, stage)()
+        result = {"stage": stage, "wall_s": round(time.perf_counter() - start, 1), **result}
+        with atomic_write(path, "w", encoding="utf-8") as f:     # last: the stage is complete
+            json.dump(result, f, indent=1)
+        return {**result, "skipped": False}
+
+    def forget(self, stage):
+        """Make `stage` and every later one run again."""
+        if stage not in STAGES:
+            raise ValueError(f"--redo must be one of {list(STAGES)}, got {stage!r}")
+        for s in STAGES[STAGES.index(stage):]:
+            if os.path.isdir(self.dir[s]):
+                shutil.rmtree(self.dir[s])
+
+
+# ---- the report card ------------------------------------------------------------------------
+def report_card(results, args):
+    """(markdown text, JSON-able dict)."""
+    total = sum(r["wall_s"] for r in results.values())
+    rows = ["| stage | wall s | val loss | chat val loss | " +
+            " | ".join(f"{t} acc" for t in TASKS) + " | ', my lord' rate | notes |",
+            "|---" * (6 + len(TASKS)) + "|"]
+    for stage, r in results.items():
+        cells = [stage, f"{r['wall_s']:.0f}"]
+        if "val_loss" in r:
+            cells += [f"{r['val_loss']:.3f}", f"{r['chat_val_loss']:.3f}"]
+            cells += [f"{r['accuracy'][t]:.2f}" for t in TASKS]
+            cells.append(f"{r['behaviour_rate']:.2f}")
+        else:
+            cells += [""] * (3 + len(TASKS))
+        cells.append(_notes(stage, r))
+        rows.append("| " + " | ".join(cells) + " |")
+    lines = [f"# chat_speedrun report card ({'quick' if args.quick else 'full'})", "",
+             f"Total wall time: {total:.0f} s ({total / 60:.1f} min) on {os.cpu_count()} cores.",
+             "", *rows, ""]
+    conversation = results.get("chat", {}).get("conversation", [])
+    if conversation:
+        lines += ["Conversation with the quantized model (greedy):", "", "```"]
+        for turn in conversation:
+            lines += [f"you> {turn['user']}", f"assistant> {turn['assistant']}"]
+        lines += ["```", ""]
+    card = {"preset": "quick" if args.quick else "full", "total_wall_s": round(total, 1),
+            "settings": dataclasses.asdict(args), "stages": results}
+    return "\n".join(lines), card
+
+
+def _notes(stage, r):
+    if stage == "tokenizer":
+        return f"vocab {r['vocab_size']}, {r['chars_per_token']} chars/token"
+    if stage == "pretrain":
+        return f"{r['steps']} steps, {r['parameters'] / 1e6:.2f}M parameters"
+    if stage == "sft":
+        return f"{r['steps']} steps on {r['examples']} chats"
+    if stage == "dpo":
+        return f"{r['steps']} steps, held-out preference rate {r['preference_rate']:.2f}"
+    if stage == "quantize":
+        return (f"{r['scheme']}: {r['file_mb']} MB (float {r['float_file_mb']} MB), "
+                f"{r['tokens_per_s']:.0f} tok/s (float {r['float_tokens_per_s']:.0f})")
+    if stage == "chat":
+        return f"{len(r['conversation'])} turns, {r['tokens_per_s']} tok/s"
+    return ""
+
+
+def main(argv):
+    overrides = parse_overrides(argv)
+    (kw,) = split_overrides(overrides, SpeedrunArgs)
+    if kw.get("quick"):
+        kw = {**QUICK, **kw}
+    args = SpeedrunArgs(**kw)
+    run = Speedrun(args)
+    if args.redo:
+        run.forget(args.redo)
+    results = {stage: run.run_stage(stage) for stage in STAGES}
+    markdown, card = report_card(results, args)
+    with atomic_write(os.path.join(args.run_dir, "report.md"), "w", encoding="utf-8") as f:
+        f.write(markdown)
+    with atomic_write(os.path.join(args.run_dir, "report.json"), "w", encoding="utf-8") as f:
+        json.dump(card, f, indent=1)
+    print(markdown)
+    if args.interactive:
+        chat.main([f"--ckpt={run.ckpt['quantize']}"])
+    print(json.dumps({"total_wall_s": card["total_wall_s"], "report": os.path.join(
+        args.run_dir, "report.md"), **{s: {k: v for k, v in r.items() if k in (
+            "wall_s", "val_loss", "mean_accuracy", "behaviour_rate")}
+            for s, r in results.items()}}))
+    return card
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
