@@ -27,9 +27,10 @@ follows the template), each task's exact-match accuracy of greedy answers to hel
 and the preferred-behaviour rate (how often those answers end ", my lord"). The report card
 (run_dir/report.md and report.json) has one row per stage, so the gain of each shows.
 
-Resumable: a stage writes run_dir/<stage>/ and, last, its stage.json with the measurements; a
-stage whose stage.json exists is skipped. Pre-training also resumes inside the stage from its
-last checkpoint (every 500 steps, and on Ctrl-C).
+Resumable: a stage writes run_dir/<stage>/ and, last, its stage.json with the measurements and
+the settings it was made with; a stage whose stage.json exists is skipped (its settings must be
+this run's, or the run stops and says which differ). Pre-training also resumes inside the stage
+from its last checkpoint (every 500 steps, and on Ctrl-C).
 """
 import dataclasses
 import json
@@ -64,7 +65,7 @@ TASKS = ("who_speaks", "arithmetic", "reversal")          # finetune_sft.task_re
 
 @dataclasses.dataclass
 class SpeedrunArgs:
-    run_dir: str = "out-speedrun"
+    run_dir: str = None           # default: out-speedrun, or out-speedrun-quick with --quick
     quick: bool = False           # the QUICK settings below, for whatever is not given
     redo: str = ""                # a stage: run it and every later stage again
     interactive: bool = False     # at the end, chat with the result in the terminal
@@ -81,6 +82,13 @@ class SpeedrunArgs:
     eval_windows: int = 100       # held-out windows of the play for the validation loss
     seed: int = 0
 
+
+# the settings each stage adds to what it depends on (measure() uses held_out and eval_windows
+# from pre-training on); a finished stage whose settings differ from this run's is not reused
+STAGE_SETTINGS = {"tokenizer": ("vocab_size", "seed"),
+                  "pretrain": ("n_layer", "n_embd", "base_iters", "held_out", "eval_windows"),
+                  "sft": ("sft_steps", "per_task"), "dpo": ("dpo_steps", "dpo_sft_coef"),
+                  "quantize": ("quant_scheme",), "chat": ()}
 
 QUICK = dict(base_iters=700, sft_steps=300, dpo_steps=100, held_out=30, eval_windows=40)
 
@@ -204,18 +212,32 @@ class Speedrun:
         return {"conversation": turns, "tokens_per_s": conversation.summary()["tokens_per_s"]}
 
     # ---- running them, resumably --------------------------------------------------------------
+    def settings(self, stage):
+        """The settings `stage`'s output depends on: its own and every earlier stage's."""
+        keys = [k for s in STAGES[:STAGES.index(stage) + 1] for k in STAGE_SETTINGS[s]]
+        return {k: getattr(self.args, k) for k in keys}
+
     def run_stage(self, stage):
         path = os.path.join(self.dir[stage], "stage.json")
         if os.path.exists(path):
             with open(path) as f:
                 result = json.load(f)
+            changed = {k: (result["settings"].get(k), v) for k, v in self.settings(stage).items()
+                       if result["settings"].get(k) != v}
+            if changed:
+                raise SystemExit(
+                    f"{path} was made with other settings ("
+                    + ", ".join(f"{k} {old!r}, now {new!r}" for k, (old, new) in changed.items())
+                    + f"): pass --redo={stage} (or an earlier stage) to run it again, or use "
+                    f"another --run_dir")
             print(f"== {stage}: done earlier ({path}), skipped", flush=True)
             return {**result, "skipped": True}
         print(f"== {stage}", flush=True)
         os.makedirs(self.dir[stage], exist_ok=True)
         start = time.perf_counter()
         result = getattr(self, stage)()
-        result = {"stage": stage, "wall_s": round(time.perf_counter() - start, 1), **result}
+        result = {"stage": stage, "wall_s": round(time.perf_counter() - start, 1), **result,
+                  "settings": self.settings(stage)}
         with atomic_write(path, "w", encoding="utf-8") as f:     # last: the stage is complete
             json.dump(result, f, indent=1)
         return {**result, "skipped": False}
@@ -283,6 +305,8 @@ def main(argv):
     if kw.get("quick"):
         kw = {**QUICK, **kw}
     args = SpeedrunArgs(**kw)
+    if args.run_dir is None:
+        args.run_dir = "out-speedrun-quick" if args.quick else "out-speedrun"
     run = Speedrun(args)
     if args.redo:
         run.forget(args.redo)

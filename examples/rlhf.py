@@ -6,7 +6,10 @@ answers likelier.
     python examples/rlhf.py --steps=150 --kl_coef=0.05 --tasks=arithmetic,who_speaks
 
 The reward is 1 for an exactly right answer and 0 otherwise (finetune/tasks.py checks it), on the
-tasks the SFT model still gets wrong most of the time, so there is something to learn. Reported
+tasks the SFT model still gets wrong most of the time, so there is something to learn. Each step
+samples group_size answers to each of batch_size / group_size prompts, and an answer's baseline
+is the mean reward of the other answers to its prompt (finetune/rlhf.py), so only answers better
+than their siblings are pushed up. Reported
 before and after: the mean reward of sampled answers (temperature `temperature`) on 200 fixed
 training prompts (the objective) and on held-out prompts (generalisation), the greedy held-out
 accuracy, and the KL to the reference at the end. One JSON line.
@@ -36,7 +39,8 @@ class RLHFArgs:
     out: str = "out-rlhf/ckpt.safetensors"
     tasks: str = "arithmetic,who_speaks"
     steps: int = 300
-    batch_size: int = 32
+    batch_size: int = 32            # samples per step: batch_size / group_size prompts
+    group_size: int = 4             # samples per prompt (leave-one-out baseline); 1: running mean
     learning_rate: float = 1e-4
     kl_coef: float = 0.05
     temperature: float = 1.0
@@ -88,11 +92,13 @@ def main(argv):
     rng = np.random.default_rng(args.seed)
     start, log = time.perf_counter(), []
     for step in range(args.steps):
-        batch = [train[i] for i in rng.integers(0, len(train), args.batch_size)]
+        prompts = rng.integers(0, len(train), args.batch_size // args.group_size)
+        batch = [train[i] for i in prompts for _ in range(args.group_size)]
         ids, learn, rewards = sampled_reward(policy, template, batch, args.temperature,
                                              args.seed * 100003 + step, args.max_new_tokens)
         policy.train()
-        loss, stats = trainer.loss(ids, learn, rewards)
+        loss, stats = trainer.loss(ids, learn, rewards,
+                                   group_size=args.group_size if args.group_size > 1 else None)
         optimizer.zero_grad()
         loss.backward()
         clip_grad_norm_(params, 1.0)
@@ -107,9 +113,10 @@ def main(argv):
     after = measure(policy)
     print(f"after RLHF: {after}")
     os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
-    save_checkpoint(args.out, policy, record={**record, "rlhf": {"steps": args.steps,
-                                                                 "kl_coef": args.kl_coef}})
+    save_checkpoint(args.out, policy, record={**record, "rlhf": {
+        "steps": args.steps, "kl_coef": args.kl_coef, "group_size": args.group_size}})
     result = {"before": before, "after": after, "steps": args.steps, "kl_coef": args.kl_coef,
+              "group_size": args.group_size,
               "final_kl": round(float(np.mean([s["kl"] for s in log[-20:]])), 4),
               "train_reward_first": round(float(np.mean([s["mean_reward"]
                                                          for s in log[:20]])), 3),

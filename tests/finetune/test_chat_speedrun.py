@@ -61,6 +61,9 @@ def test_speedrun_runs_every_stage_and_resumes(run_dir, capsys):
     redo = chat_speedrun.main([f"--run_dir={run_dir}", "--redo=quantize", *TINY])
     assert [s for s, r in redo["stages"].items() if not r["skipped"]] == ["quantize", "chat"]
 
+    with pytest.raises(SystemExit, match="sft_steps 2, now 3"):      # not silently reused
+        chat_speedrun.main([f"--run_dir={run_dir}", *TINY, "--sft_steps=3"])
+
 
 def test_speedrun_rejects_an_unknown_stage(run_dir):
     import chat_speedrun

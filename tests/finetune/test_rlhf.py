@@ -40,6 +40,20 @@ def test_loss_matches_its_definition():
     assert loss.numpy() == pytest.approx(-np.mean((shaped - shaped.mean()) * lp), rel=1e-4)
 
 
+def test_group_baseline_leaves_one_out():
+    policy, reference = tiny(), tiny()
+    trainer = Reinforce(policy, reference, kl_coef=0.0)
+    ids, learn, _ = rollout(policy, [np.array([1])] * 6, 4, seed=3)
+    rewards = np.array([1.0, 0.0, 0.0, 1.0, 1.0, 1.0])              # two prompts, 3 samples each
+    loss, _ = trainer.loss(ids, learn, rewards, group_size=3)
+    with no_grad():
+        lp = sequence_logprobs(policy, ids, learn).numpy()
+    baseline = np.array([0.0, 0.5, 0.5, 1.0, 1.0, 1.0])             # the others' mean
+    assert loss.numpy() == pytest.approx(-np.mean((rewards - baseline) * lp), rel=1e-4)
+    with pytest.raises(ValueError, match="group_size must be >= 2 and divide the batch"):
+        trainer.loss(ids, learn, rewards, group_size=4)
+
+
 def test_policy_gradient_raises_the_reward():
     policy, reference = tiny(), tiny()
     trainer = Reinforce(policy, reference, kl_coef=0.01)

@@ -77,9 +77,9 @@ def test_rlhf_example(corpus, sft, capsys):
     capsys.readouterr()
     out = corpus / "rlhf" / "ckpt.safetensors"
     result = rlhf.main([f"--sft={sft}", "--steps=2", "--per_task=40", "--held_out=4",
-                        "--batch_size=4", f"--out={out}"])
+                        "--batch_size=4", "--group_size=2", f"--out={out}"])
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1]) == result
     for when in ("before", "after"):
         assert set(result[when]["sampled_reward"]) == {"train_prompts", "held_out"}
     assert np.isfinite(result["final_kl"])
-    assert load_model(str(out))[1]["rlhf"] == {"steps": 2, "kl_coef": 0.05}
+    assert load_model(str(out))[1]["rlhf"] == {"steps": 2, "kl_coef": 0.05, "group_size": 2}

@@ -15,6 +15,13 @@ response tokens) and folded into the reward, is
 b, the baseline, is a running mean of the penalised reward: subtracting it leaves the gradient
 unbiased (E[grad log pi] = 0) and cuts its variance, so only better-than-usual samples are pushed
 up. The rewards come from a reward model (heads.SequenceHead) or any programmatic function.
+
+With a 0/1 reward a running mean is a poor baseline: an easy prompt whose samples are all right
+still pushes them all up, a hard one all down. Sampling k responses to each prompt gives a
+baseline per prompt: `loss(..., group_size=k)` uses, for sample i, the mean penalised reward of
+the other k - 1 samples of its prompt (leave-one-out, REINFORCE-leave-one-out of Kool et al.,
+2019 and Ahmadian et al., 2024). It does not depend on sample i, so the gradient stays unbiased,
+and a prompt whose samples all score alike contributes nothing.
 """
 import numpy as np
 
@@ -55,9 +62,14 @@ class Reinforce:
         self.kl_coef, self.momentum = kl_coef, baseline_momentum
         self.baseline = None
 
-    def loss(self, ids, learn, rewards):
-        """ids, learn: from rollout; rewards: (B,) floats -> (loss Tensor, stats)."""
+    def loss(self, ids, learn, rewards, group_size=None):
+        """ids, learn: from rollout; rewards: (B,) floats -> (loss Tensor, stats).
+        group_size=k: rows come in groups of k samples of one prompt (rows [0, k) the first
+        prompt, ...), and each sample's baseline is the mean of the rest of its group."""
         rewards = np.asarray(rewards, dtype=np.float64)
+        if group_size is not None and (group_size < 2 or len(rewards) % group_size):
+            raise ValueError(f"Reinforce.loss: group_size must be >= 2 and divide the batch "
+                             f"({len(rewards)} rows), got {group_size!r}")
         logp = sequence_logprobs(self.policy, ids, learn)                 # (B,), with grad
         with no_grad():
             ref = backend.to_numpy(sequence_logprobs(self.reference, ids, learn).data)
@@ -66,7 +78,12 @@ class Reinforce:
         mean = float(shaped.mean())
         self.baseline = mean if self.baseline is None else \
             self.momentum * self.baseline + (1 - self.momentum) * mean
-        advantage = (shaped - self.baseline).astype(logp.dtype)
+        if group_size is None:
+            baseline = self.baseline
+        else:                                      # leave-one-out mean of each group
+            groups = shaped.reshape(-1, group_size)
+            baseline = ((groups.sum(1, keepdims=True) - groups) / (group_size - 1)).reshape(-1)
+        advantage = (shaped - baseline).astype(logp.dtype)
         weights = Tensor._wrap(backend.to_device(advantage, logp.device))
         loss = -(logp * weights).mean()
         stats = {"mean_reward": float(rewards.mean()), "kl": float(kl.mean()),
