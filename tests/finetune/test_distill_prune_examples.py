@@ -1,0 +1,134 @@
+"""examples/distill.py and examples/prune.py end to end on a tiny corpus with a tiny teacher that
+the examples train themselves: the JSON line, a fair comparison (alpha=0 distillation is the
+scratch run exactly), the saved student, sparsities as requested and kept through recovery."""
+import json
+import os
+import sys
+
+import numpy as np
+import pytest
+
+from tinygrad_llm.train import load_model
+
+EXAMPLES = os.path.join(os.path.dirname(__file__), "..", "..", "examples")
+SPEECH = ["But soft, what light through yonder window breaks?",
+          "It is the east, and Juliet is the sun.",
+          "O Romeo, Romeo, wherefore art thou Romeo?",
+          "Deny thy father and refuse thy name."]
+# a teacher small enough to train in a second: train_shakespeare.py's own overrides
+TINY_TEACHER = ["--teacher_iters=3",
+                "--teacher_args=--n_layer=1 --n_head=2 --n_embd=32 --block_size=32 "
+                "--batch_size=4 --eval_iters=2"]
+TINY_STUDENT = ["--steps=4", "--batch_size=4", "--block_size=32", "--n_layer=1", "--n_head=2",
+                "--n_embd=16", "--eval_iters=2", "--warmup=1"]
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("distill_prune_example")
+    blocks = [f"{'ROMEO' if i % 2 == 0 else 'JULIET'}:\n{SPEECH[i % 4]}\n{SPEECH[(i + 1) % 4]}\n"
+              for i in range(120)]
+    path = tmp / "corpus.txt"
+    path.write_text("\n".join(blocks))
+    sys.path.insert(0, EXAMPLES)
+    with pytest.MonkeyPatch.context() as mp:            # the corpus for this module only
+        mp.setenv("TINYGRAD_LLM_DATA", str(path))
+        yield tmp
+
+
+@pytest.fixture(scope="module")
+def teacher(corpus):
+    """A tiny char model at a path the examples train when missing (the first to run does)."""
+    return corpus / "teacher" / "model.safetensors"
+
+
+def last_json(capsys):
+    return json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+
+
+def test_distill_example(corpus, teacher, capsys):
+    import distill
+    out = corpus / "student" / "ckpt.safetensors"
+    result = distill.main([f"--teacher={teacher}", *TINY_TEACHER, *TINY_STUDENT,
+                           "--temperature=2", "--alpha=0.9", f"--out={out}"])
+    assert last_json(capsys) == result
+    assert teacher.exists()                              # trained, then moved to the path asked
+    for key in ("teacher_val_loss", "scratch_val_loss", "distilled_val_loss"):
+        assert np.isfinite(result[key]) and result[key] > 0
+    assert result["improvement"] == pytest.approx(
+        result["scratch_val_loss"] - result["distilled_val_loss"], abs=2e-4)
+    assert result["student_parameters"] < result["teacher_parameters"]
+    assert result["distilled_val_loss"] != result["scratch_val_loss"]   # the teacher was used
+    assert result["scratch_wall_s"] >= 0 and result["distill_wall_s"] >= 0
+    student, record = load_model(str(out))
+    assert student.num_parameters() == result["student_parameters"]
+    assert record["distill"]["alpha"] == 0.9
+    assert record["tokenizer"] == load_model(str(teacher))[1]["tokenizer"]
+
+
+def test_distill_with_alpha_0_is_the_scratch_run(corpus, teacher, capsys):
+    """Same seed, initialisation, batches and schedule: with no weight on the teacher the
+    distilled student must be the scratch student, so the comparison isolates the soft term."""
+    import distill
+    result = distill.main([f"--teacher={teacher}", *TINY_TEACHER, *TINY_STUDENT, "--alpha=0"])
+    assert result["distilled_val_loss"] == result["scratch_val_loss"]
+    assert result["improvement"] == 0
+
+
+@pytest.mark.parametrize("bad, message", [(["--alpha=1.5"], "alpha"),
+                                          (["--block_size=64"], "block_size")])
+def test_distill_rejects_bad_arguments(corpus, teacher, bad, message):
+    import distill
+    with pytest.raises(ValueError, match=message):
+        distill.main([f"--teacher={teacher}", *TINY_TEACHER, *TINY_STUDENT, *bad])
+
+
+def test_prune_example(corpus, teacher, capsys):
+    import prune
+    capsys.readouterr()
+    result = prune.main([f"--model={teacher}", "--model_iters=3",
+                         "--model_args=--n_layer=1 --n_head=2 --n_embd=32 --block_size=32 "
+                         "--batch_size=4 --eval_iters=2",
+                         "--sparsities=0,0.5,0.9", "--batch_size=4", "--block_size=32",
+                         "--eval_iters=2", "--recover_steps=3", "--learning_rate=1e-2",
+                         "--recover_sparsity=0.9",
+                         "--recover_scope=global"])
+    assert last_json(capsys) == result
+    for scope in ("layer", "global"):
+        rows = result["curve"][scope]
+        assert [r["target"] for r in rows] == [0.0, 0.5, 0.9]
+        for r in rows:                                  # measured = requested (up to rounding)
+            assert r["sparsity"] == pytest.approx(r["target"], abs=2e-3)
+            assert np.isfinite(r["val_loss"])
+    assert result["curve"]["layer"][0]["val_loss"] == result["dense_val_loss"]
+    assert result["2:4"]["sparsity"] == 0.5
+    recovery = result["recovery"]
+    assert set(recovery) == {"dense (control)", "2:4", "global@0.9"}
+    assert recovery["dense (control)"]["val_loss_before"] == result["dense_val_loss"]
+    assert recovery["2:4"]["sparsity"] == 0.5                          # kept exactly
+    assert recovery["global@0.9"]["sparsity"] == result["curve"]["global"][2]["sparsity"]
+    assert recovery["2:4"]["val_loss_before"] == result["2:4"]["val_loss"]
+    for r in recovery.values():
+        assert r["steps"] == 3 and r["val_loss_after"] != r["val_loss_before"]
+    assert result["plot"] is None
+
+
+def test_prune_rejects_bad_sparsities(corpus, teacher):
+    import prune
+    with pytest.raises(ValueError, match="sparsities"):
+        prune.main([f"--model={teacher}", "--sparsities=0,1.2"])
+
+
+def test_prune_plot_is_written_or_skipped_with_a_message(corpus, tmp_path, capsys):
+    import prune
+    curve = {"layer": [{"target": 0.0, "sparsity": 0.0, "val_loss": 1.6},
+                       {"target": 0.5, "sparsity": 0.5, "val_loss": 1.7}]}
+    path = tmp_path / "plot" / "prune.png"
+    written = prune.plot_curve(curve, {"sparsity": 0.5, "val_loss": 1.8}, 1.6, str(path))
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        assert written is None and not path.exists()
+        assert "matplotlib is not installed" in capsys.readouterr().out
+    else:
+        assert written == str(path) and path.stat().st_size > 0
