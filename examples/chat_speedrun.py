@@ -1,7 +1,7 @@
 """From nothing to a chat model in one command: BPE tokenizer -> pre-training -> SFT -> DPO ->
 quantization -> a conversation, ending with a report card.
 
-    python examples/chat_speedrun.py                      # ~20 minutes on a 2-core CPU
+    python examples/chat_speedrun.py                      # ~10 minutes on a 2-core CPU
     python examples/chat_speedrun.py --quick=true         # ~6 minutes: a smaller run of each stage
     python examples/chat_speedrun.py --interactive=true   # then chat with the result
     python examples/chat_speedrun.py --redo=sft           # run sft and every later stage again
@@ -72,7 +72,8 @@ class SpeedrunArgs:
     vocab_size: int = 1024
     n_layer: int = 4
     n_embd: int = 192
-    base_iters: int = 3500
+    base_iters: int = 2000        # 2 M parameters on ~0.5 M tokens: validation loss is lowest
+                                  # near 2000 steps (3.53) and rises after (3.62 at 2500)
     sft_steps: int = 600
     dpo_steps: int = 150
     dpo_sft_coef: float = 0.5

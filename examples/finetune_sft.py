@@ -7,7 +7,8 @@ The base model is the main job's GPT-2 on a BPE vocabulary that reserves the cha
 special tokens (examples/train_shakespeare.py --tokenizer=bpe --chat_tokens=true; trained here,
 ~2 minutes, when `base` is missing). The instructions come from finetune/tasks.py: who speaks a
 line of the play, what a small sum is, a word reversed. Each record is rendered through the chat
-template with the loss only on the answer, short records are packed into blocks (each attends
+template with the loss only on the answer (a quarter more are two-turn chats, so that a second
+question in a conversation is answered too), short records are packed into blocks (each attends
 only to itself), and the model is trained for `steps` AdamW steps (all weights, or LoRA adapters
 with --lora=true). Task accuracy (exact answer, greedy decoding) on held-out prompts is measured
 before and after. Writes `out` (a checkpoint chat.py can open) and prints one JSON line.
@@ -47,6 +48,7 @@ class SFTArgs:
     warmup: int = 20
     per_task: int = 2000           # training records per task
     held_out: int = 60             # evaluation prompts per task
+    two_turn: float = 0.25         # two-turn chats added, as a fraction of the records
     lora: bool = False
     lora_r: int = 16
     seed: int = 0
@@ -74,6 +76,20 @@ def task_records(args):
         train += t
         held[name] = h
     return train, held
+
+
+def two_turn_chats(records, fraction, seed):
+    """round(fraction * len(records)) conversations of two random records, one after the other:
+    a model trained on single exchanges only loses its way in the second turn of a chat (seen in
+    chat_speedrun's scripted conversation), because it never saw an answer after an answer."""
+    rng = np.random.default_rng(seed + 1)
+    chats = []
+    for a, b in rng.integers(0, len(records), (int(round(fraction * len(records))), 2)):
+        chats.append({"messages": [{"role": "user", "content": records[a]["prompt"]},
+                                   {"role": "assistant", "content": records[a]["response"]},
+                                   {"role": "user", "content": records[b]["prompt"]},
+                                   {"role": "assistant", "content": records[b]["response"]}]})
+    return chats
 
 
 def answers(model, template, records, max_new_tokens=12):
@@ -116,6 +132,7 @@ def main(argv):
     tokenizer = tokenizer_from_dict(record["tokenizer"])
     template = ChatTemplate(tokenizer)
     train, held = task_records(args)
+    train = train + two_turn_chats(train, args.two_turn, args.seed)
     block = model.config.block_size
     batcher = SFTBatcher(template, train, block_size=block)
     before = evaluate(model, template, held)

@@ -9,7 +9,11 @@ block_size tokens: [CLS] line [SEP] line [SEP] ... [PAD]...), model (tinygrad_ll
 AdamW with warmup and cosine decay, the loop, and masked-token accuracy on held-out sequences
 before and after. BERT's corruption (Devlin et al., 2019): 15% of the real tokens are chosen, of
 those 80% become [MASK], 10% a random token, 10% stay; the loss is read at the chosen positions.
-The last line of stdout is one JSON object with the headline numbers.
+With --out=PATH the encoder is saved there (safetensors; the record holds its config and the
+WordPiece vocabulary, so examples/classify.py can rebuild both). The last line of stdout is one
+JSON object with the headline numbers.
+
+    python examples/train_mlm.py --out=out-mlm/ckpt.safetensors   # keep the encoder
 """
 import dataclasses
 import json
@@ -25,7 +29,7 @@ from tinygrad_llm.models import Encoder, GPTConfig, mask_tokens
 from tinygrad_llm.optim import (AdamW, clip_grad_norm_, param_groups_for_weight_decay, set_lr,
                                 warmup_cosine)
 from tinygrad_llm.tokenizers import WordPieceTokenizer
-from tinygrad_llm.train import parse_overrides, split_overrides
+from tinygrad_llm.train import parse_overrides, save_checkpoint, split_overrides
 
 
 @dataclasses.dataclass
@@ -53,6 +57,7 @@ class Args:
     val_fraction: float = 0.1
     seed: int = 1337
     device: str = "cpu"
+    out: str = None               # where to save the encoder (None: not saved)
 
 
 def pack_lines(lines_ids, block_size, cls_id, sep_id, pad_id):
@@ -164,6 +169,13 @@ def main(argv):
               "vocab_size": tokenizer.vocab_size, "steps": args.max_iters,
               "tokenizer_s": round(tokenizer_s, 2), "train_s": round(loop_s, 1),
               "wall_s": round(time.perf_counter() - start, 1)}
+    if args.out:
+        # "architecture" tells a loader to build an Encoder: train.load_model builds GPTs only
+        save_checkpoint(args.out, model, record={
+            "architecture": "encoder", "model_config": config.to_dict(),
+            "tokenizer": tokenizer.to_dict(), "mlm": {"steps": args.max_iters,
+                                                      "masked_acc": result["masked_acc"]}})
+        result["checkpoint"] = args.out
     print(json.dumps(result))
     return result
 

@@ -11,7 +11,7 @@ import pytest
 import tinygrad_llm as tl
 from tinygrad_llm.models import GPT, GPTConfig
 from tinygrad_llm.optim import AdamW, param_groups_for_weight_decay
-from tinygrad_llm.train import (CheckpointError, TrainConfig, Trainer, load_checkpoint,
+from tinygrad_llm.train import (CheckpointError, TrainConfig, Trainer, load_checkpoint, load_model,
                                 parse_overrides, save_checkpoint, split_overrides)
 from tinygrad_llm.train import checkpoint as checkpoint_module
 
@@ -235,3 +235,21 @@ def test_train_shakespeare_with_bpe(tmp_path, capsys, monkeypatch):
     assert text.startswith("To be")
     with pytest.raises(ValueError, match="--tokenizer must be 'char' or 'bpe', got 'wp'"):
         example.main(args + ["--tokenizer=wp"])
+
+
+def test_load_model_builds_the_architecture_the_record_names(tmp_path):
+    from tinygrad_llm.models import Encoder
+    config = GPTConfig(vocab_size=11, n_layer=1, n_head=2, n_embd=8, block_size=8)
+    tl.manual_seed(0)
+    encoder = Encoder(config)
+    path = str(tmp_path / "enc.safetensors")
+    save_checkpoint(path, encoder, record={"architecture": "encoder",
+                                           "model_config": config.to_dict()})
+    model, _ = load_model(path)
+    idx = np.array([[1, 2, 3, 4]])
+    assert isinstance(model, Encoder)
+    np.testing.assert_array_equal(model(idx).numpy(), encoder.eval()(idx).numpy())
+    save_checkpoint(path, encoder, record={"architecture": "bert",
+                                           "model_config": config.to_dict()})
+    with pytest.raises(CheckpointError, match="unknown architecture 'bert'"):
+        load_model(path)

@@ -110,16 +110,22 @@ def load_checkpoint(path):
 
 
 def load_model(path):
-    """(GPT in eval mode, record) from a checkpoint whose record holds "model_config" (as the
-    examples write them). A record with "quantization" (examples/quantize.py) rebuilds those
+    """(model in eval mode, record) from a checkpoint whose record holds "model_config" (as the
+    examples write them): a GPT, or an Encoder when the record's "architecture" is "encoder"
+    (train_mlm.py --out). A record with "quantization" (examples/quantize.py) rebuilds those
     quantized layers first, so the packed arrays load into layers of their own shape."""
-    from ..models import GPT, GPTConfig          # models and quant build on layers below train
+    from ..models import GPT, Encoder, GPTConfig  # models and quant build on layers below train
     from ..quant import quantize
     state, _, record = load_checkpoint(path)
     if "model_config" not in record:
         raise CheckpointError(f"{path}: the record has no 'model_config' (not written by the "
                               f"examples' trainers); keys: {sorted(record)}")
-    model = GPT(GPTConfig(**record["model_config"]))
+    architectures = {"gpt": GPT, "encoder": Encoder}
+    kind = record.get("architecture", "gpt")
+    if kind not in architectures:
+        raise CheckpointError(f"{path}: unknown architecture {kind!r} in the record; expected "
+                              f"one of {sorted(architectures)}")
+    model = architectures[kind](GPTConfig(**record["model_config"]))
     if record.get("quantization"):
         quantize(model, **record["quantization"])
     model.load_state_dict(state)

@@ -1,0 +1,136 @@
+"""examples/classify.py and examples/reward_model.py end to end on a tiny corpus: the classifier
+on a GPT and on an MLM Encoder that it trains itself when missing (train_mlm.py --out), the
+reward model on a tiny SFT checkpoint, each printing its JSON line with accuracies in [0, 1];
+the saved Encoder and reward model reopen with the same outputs."""
+import json
+import os
+import sys
+
+import numpy as np
+import pytest
+
+from tinygrad_llm import no_grad
+from tinygrad_llm.train import CheckpointError
+
+EXAMPLES = os.path.join(os.path.dirname(__file__), "..", "..", "examples")
+if EXAMPLES not in sys.path:
+    sys.path.insert(0, EXAMPLES)
+SPEECH = ["But soft, what light through yonder window breaks?",
+          "It is the east, and Juliet is the sun.",
+          "O Romeo, Romeo, wherefore art thou Romeo?",
+          "Deny thy father and refuse thy name."]
+SPEAKERS = ["ROMEO", "JULIET", "ROMEO", "JULIET", "ROMEO", "NURSE"]   # 3 : 2 : 1 speeches
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("classify_reward_examples")
+    blocks = [f"{SPEAKERS[i % 6]}:\n{SPEECH[i % 4]}\n{SPEECH[(i + 1) % 4]}\n" for i in range(150)]
+    path = tmp / "corpus.txt"
+    path.write_text("\n".join(blocks))
+    with pytest.MonkeyPatch.context() as mp:            # the corpus for this module only
+        mp.setenv("TINYGRAD_LLM_DATA", str(path))
+        yield tmp
+
+
+def test_classify_example(corpus, capsys):
+    import classify
+    import train_shakespeare
+    gpt_dir = corpus / "gpt"
+    train_shakespeare.main(["--max_iters=2", "--n_layer=1", "--n_head=2", "--n_embd=32",
+                            "--block_size=64", "--batch_size=4", "--eval_iters=1",
+                            f"--out_dir={gpt_dir}", "--sample_tokens=0", "--progress=false"])
+    encoder = corpus / "mlm" / "ckpt.safetensors"
+    assert not encoder.exists()
+    capsys.readouterr()
+    result = classify.main([f"--gpt={gpt_dir / 'ckpt.safetensors'}", f"--encoder={encoder}",
+                            "--mlm_iters=2", "--classes=2", "--steps=2", "--batch_size=4"])
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1]) == result
+    task = result["task"]
+    assert task["speakers"] == ["ROMEO", "JULIET"]
+    assert task["train_examples"] + task["held_out_examples"] == 125      # 75 + 50 speeches
+    assert sum(task["class_fractions"]) == pytest.approx(1.0, abs=2e-3)
+    assert 0 < task["majority_baseline"] <= 1
+    for kind in ("gpt", "encoder"):
+        for run in ("pretrained", "scratch"):
+            got = result[kind][run]
+            assert 0 <= got["accuracy_before"] <= 1 and 0 <= got["accuracy_after"] <= 1
+            assert np.isfinite(got["final_loss"])
+    # the Encoder was trained because it was missing, and reopens as the same network
+    assert encoder.exists()
+    model, record = classify.load_encoder(str(encoder))
+    assert record["architecture"] == "encoder" and record["tokenizer"]["type"] == "wordpiece"
+    again, _ = classify.load_encoder(str(encoder))
+    ids = np.array([[2, 5, 6, 3]])
+    with no_grad():
+        assert np.array_equal(model(ids).numpy(), again(ids).numpy())
+    with pytest.raises(CheckpointError, match="architecture"):
+        classify.load_encoder(str(gpt_dir / "ckpt.safetensors"))
+    with pytest.raises(ValueError, match="backbones"):
+        classify.main(["--backbones=lstm"])
+
+
+def test_speaker_passages_labels_and_held_out_speeches():
+    import classify
+    text = "ANNE:\none\ntwo\nthree\n\nBOB:\nfour\n\nANNE:\nfive\n\nCAT:\nsix\nseven\n"
+    passages, labels, speech, names = classify.speaker_passages(text, 2, 2)
+    assert names == ["ANNE", "CAT"]                  # 4 and 2 lines; BOB has 1
+    assert passages == ["one\ntwo", "three", "five", "six\nseven"]
+    assert labels.tolist() == [0, 0, 0, 1]
+    held = classify.split_by_speech(speech, 0.5, seed=0)
+    for s in np.unique(speech):                      # a speech is held out whole or not at all
+        assert len(set(held[speech == s].tolist())) == 1
+    with pytest.raises(ValueError, match="classes"):
+        classify.speaker_passages(text, 5, 2)
+
+
+@pytest.fixture(scope="module")
+def sft(corpus):
+    """A tiny SFT checkpoint for the reward model to start from."""
+    import finetune_sft
+    import train_shakespeare
+    base = corpus / "base"                      # a one-layer base keeps the test quick
+    train_shakespeare.main(["--tokenizer=bpe", "--vocab_size=300", "--chat_tokens=true",
+                            "--max_iters=2", "--n_layer=1", "--n_head=2", "--n_embd=32",
+                            "--block_size=64", "--batch_size=4", "--eval_iters=1",
+                            f"--out_dir={base}", "--sample_tokens=0", "--progress=false"])
+    path = corpus / "sft" / "ckpt.safetensors"
+    finetune_sft.main([f"--base={base / 'ckpt.safetensors'}", "--steps=2", "--per_task=30",
+                       "--held_out=4", "--batch_size=4", f"--out={path}"])
+    return path
+
+
+def test_reward_model_example(corpus, sft, capsys):
+    import finetune_sft
+    import reward_model
+    capsys.readouterr()
+    out = corpus / "reward" / "ckpt.safetensors"
+    result = reward_model.main([f"--sft={sft}", "--steps=3", "--per_task=30", "--held_out=4",
+                                "--batch_size=4", f"--out={out}"])
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1]) == result
+    tasks = {"who_speaks", "arithmetic", "reversal"}
+    assert set(result["accuracy_before"]) == set(result["accuracy_after"]) == tasks
+    assert all(v == 0.5 for v in result["accuracy_before"].values())   # a zero head ties all
+    assert all(0 <= v <= 1 for v in result["accuracy_after"].values())
+    assert all(0 <= v <= 1 for v in result["sft_logprob_preference"].values())
+    assert result["held_out_pairs"] == 12 and np.isfinite(result["final_loss"])
+    # the saved reward model scores as the trained one did
+    model, record = reward_model.load_reward_model(str(out))
+    assert record["reward_model"]["steps"] == 3
+    _, _, _, template, _, held = finetune_sft.alignment_setup(str(sft), 30, 4, 0)
+    from tinygrad_llm.finetune.tasks import preference_pairs
+    pairs = {t: preference_pairs(r, seed=1) for t, r in held.items()}
+    assert reward_model.evaluate(model, template, pairs) == result["accuracy_after"]
+
+
+def test_reward_model_lengths_end_on_the_end_token(corpus, sft):
+    import finetune_sft
+    import reward_model
+    _, _, _, template, _, _ = finetune_sft.alignment_setup(str(sft), 30, 4, 0)
+    pairs = [{"prompt": "What is 1+2?", "chosen": "3", "rejected": "five hundred"}]
+    ids, lengths = reward_model.encode(template, pairs)
+    for row, n, side in zip(ids, lengths, ("chosen", "rejected")):
+        full, _ = template.render([{"role": "user", "content": pairs[0]["prompt"]},
+                                   {"role": "assistant", "content": pairs[0][side]}])
+        assert n == len(full) and row[n - 1] == template.end_id
+        assert np.array_equal(row[:n], full)
