@@ -3,8 +3,6 @@ on a GPT and on an MLM Encoder that it trains itself when missing (train_mlm.py 
 reward model on a tiny SFT checkpoint, each printing its JSON line with accuracies in [0, 1];
 the saved Encoder and reward model reopen with the same outputs."""
 import json
-import os
-import sys
 
 import numpy as np
 import pytest
@@ -12,24 +10,13 @@ import pytest
 from tinygrad_llm import no_grad
 from tinygrad_llm.train import CheckpointError
 
-EXAMPLES = os.path.join(os.path.dirname(__file__), "..", "..", "examples")
-if EXAMPLES not in sys.path:
-    sys.path.insert(0, EXAMPLES)
-SPEECH = ["But soft, what light through yonder window breaks?",
-          "It is the east, and Juliet is the sun.",
-          "O Romeo, Romeo, wherefore art thou Romeo?",
-          "Deny thy father and refuse thy name."]
 SPEAKERS = ["ROMEO", "JULIET", "ROMEO", "JULIET", "ROMEO", "NURSE"]   # 3 : 2 : 1 speeches
 
 
 @pytest.fixture(scope="module")
-def corpus(tmp_path_factory):
+def corpus(tmp_path_factory, play_corpus):
     tmp = tmp_path_factory.mktemp("classify_reward_examples")
-    blocks = [f"{SPEAKERS[i % 6]}:\n{SPEECH[i % 4]}\n{SPEECH[(i + 1) % 4]}\n" for i in range(150)]
-    path = tmp / "corpus.txt"
-    path.write_text("\n".join(blocks))
-    with pytest.MonkeyPatch.context() as mp:            # the corpus for this module only
-        mp.setenv("TINYGRAD_LLM_DATA", str(path))
+    with play_corpus(tmp, SPEAKERS, blocks=150):
         yield tmp
 
 

@@ -2,19 +2,12 @@
 the examples train themselves: the JSON line, a fair comparison (alpha=0 distillation is the
 scratch run exactly), the saved student, sparsities as requested and kept through recovery."""
 import json
-import os
-import sys
 
 import numpy as np
 import pytest
 
 from tinygrad_llm.train import load_model
 
-EXAMPLES = os.path.join(os.path.dirname(__file__), "..", "..", "examples")
-SPEECH = ["But soft, what light through yonder window breaks?",
-          "It is the east, and Juliet is the sun.",
-          "O Romeo, Romeo, wherefore art thou Romeo?",
-          "Deny thy father and refuse thy name."]
 # a teacher small enough to train in a second: train_shakespeare.py's own overrides
 TINY_TEACHER = ["--teacher_iters=3",
                 "--teacher_args=--n_layer=1 --n_head=2 --n_embd=32 --block_size=32 "
@@ -24,15 +17,8 @@ TINY_STUDENT = ["--steps=4", "--batch_size=4", "--block_size=32", "--n_layer=1",
 
 
 @pytest.fixture(scope="module")
-def corpus(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("distill_prune_example")
-    blocks = [f"{'ROMEO' if i % 2 == 0 else 'JULIET'}:\n{SPEECH[i % 4]}\n{SPEECH[(i + 1) % 4]}\n"
-              for i in range(120)]
-    path = tmp / "corpus.txt"
-    path.write_text("\n".join(blocks))
-    sys.path.insert(0, EXAMPLES)
-    with pytest.MonkeyPatch.context() as mp:            # the corpus for this module only
-        mp.setenv("TINYGRAD_LLM_DATA", str(path))
+def corpus(tmp_path_factory, play_corpus):
+    with play_corpus(tmp_path_factory.mktemp("distill_prune_example")) as tmp:
         yield tmp
 
 

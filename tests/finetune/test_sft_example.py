@@ -2,8 +2,6 @@
 tokens, measures accuracy before and after, and writes a checkpoint that load_model opens (full
 fine-tuning and LoRA, merged back into plain layers)."""
 import json
-import os
-import sys
 
 import numpy as np
 import pytest
@@ -11,23 +9,11 @@ import pytest
 from tinygrad_llm.finetune import LoRALinear
 from tinygrad_llm.train import load_model
 
-EXAMPLES = os.path.join(os.path.dirname(__file__), "..", "..", "examples")
-SPEECH = ["But soft, what light through yonder window breaks?",
-          "It is the east, and Juliet is the sun.",
-          "O Romeo, Romeo, wherefore art thou Romeo?",
-          "Deny thy father and refuse thy name."]
 
 
 @pytest.fixture(scope="module")
-def corpus(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("sft_example")
-    blocks = [f"{'ROMEO' if i % 2 == 0 else 'JULIET'}:\n{SPEECH[i % 4]}\n{SPEECH[(i + 1) % 4]}\n"
-              for i in range(120)]
-    path = tmp / "corpus.txt"
-    path.write_text("\n".join(blocks))
-    sys.path.insert(0, EXAMPLES)
-    with pytest.MonkeyPatch.context() as mp:            # the corpus for this module only
-        mp.setenv("TINYGRAD_LLM_DATA", str(path))
+def corpus(tmp_path_factory, play_corpus):
+    with play_corpus(tmp_path_factory.mktemp("sft_example")) as tmp:
         yield tmp
 
 
