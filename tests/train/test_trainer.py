@@ -143,6 +143,9 @@ def test_nan_loss_can_skip_the_step(tmp_path):
 
 
 def test_ctrl_c_saves_and_returns(tmp_path):
+    # a shell that starts a job in the background (`cmd &`) makes it ignore SIGINT; the test
+    # needs Python's own handler installed, whatever launched it
+    outer = signal.signal(signal.SIGINT, signal.default_int_handler)
     t = _trainer(tmp_path, max_iters=50, eval_interval=1000)
     original = t.train_step
 
@@ -157,6 +160,7 @@ def test_ctrl_c_saves_and_returns(tmp_path):
     _, _, record = load_checkpoint(str(tmp_path / "ckpt.safetensors"))
     assert record["step"] == 3
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    signal.signal(signal.SIGINT, outer)
 
 
 def test_data_shorter_than_block_raises(tmp_path):
