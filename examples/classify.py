@@ -115,12 +115,8 @@ def load_encoder(path):
 
 
 def ensure_backbones(args, kinds):
-    if "gpt" in kinds and not os.path.exists(args.gpt):
-        out_dir = os.path.dirname(args.gpt) or "."
-        print(f"{args.gpt} is missing: training it (train_shakespeare.py "
-              f"--max_iters={args.gpt_iters} --out_dir={out_dir})")
-        train_shakespeare.main([f"--max_iters={args.gpt_iters}", f"--out_dir={out_dir}",
-                                "--sample_tokens=0", "--progress=false"])
+    if "gpt" in kinds:
+        train_shakespeare.ensure_checkpoint(args.gpt, [f"--max_iters={args.gpt_iters}"])
     if "encoder" in kinds and not os.path.exists(args.encoder):
         print(f"{args.encoder} is missing: training it (train_mlm.py "
               f"--max_iters={args.mlm_iters} --out={args.encoder})")

@@ -74,18 +74,9 @@ class DistillArgs:
 
 
 def ensure_char_model(path, iters, extra_args=""):
-    """Train examples/train_shakespeare.py's character model into `path` when it is missing
-    (`iters` steps; `extra_args`: more of its --key=value overrides, space-separated)."""
-    if os.path.exists(path):
-        return
-    out_dir = os.path.dirname(path) or "."
-    argv = [f"--max_iters={iters}", f"--out_dir={out_dir}", "--sample_tokens=0",
-            "--progress=false", *shlex.split(extra_args)]
-    print(f"{path} is missing: training it (train_shakespeare.py {' '.join(argv)})", flush=True)
-    train_shakespeare.main(argv)
-    written = os.path.join(out_dir, "ckpt.safetensors")
-    if os.path.abspath(written) != os.path.abspath(path):
-        os.replace(written, path)
+    """The character model at `path`, trained by train_shakespeare.py when missing (`iters`
+    steps; `extra_args`: more of its --key=value overrides, space-separated)."""
+    train_shakespeare.ensure_checkpoint(path, [f"--max_iters={iters}", *shlex.split(extra_args)])
 
 
 def char_data(record):

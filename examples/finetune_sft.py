@@ -55,13 +55,9 @@ class SFTArgs:
 
 
 def ensure_base(args):
-    if not os.path.exists(args.base):
-        out_dir = os.path.dirname(args.base) or "."
-        print(f"{args.base} is missing: training it (train_shakespeare.py --tokenizer=bpe "
-              f"--chat_tokens=true --max_iters={args.base_iters} --out_dir={out_dir})")
-        train_shakespeare.main(["--tokenizer=bpe", "--vocab_size=1024", "--chat_tokens=true",
-                                f"--max_iters={args.base_iters}", f"--out_dir={out_dir}",
-                                "--sample_tokens=0", "--progress=false"])
+    train_shakespeare.ensure_checkpoint(args.base, [
+        "--tokenizer=bpe", "--vocab_size=1024", "--chat_tokens=true",
+        f"--max_iters={args.base_iters}"])
 
 
 def task_records(args):

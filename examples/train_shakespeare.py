@@ -116,6 +116,21 @@ def main(argv):
     return result
 
 
+def ensure_checkpoint(path, argv):
+    """Train this example's model into `path` when no file is there: main(argv) with its
+    checkpoint directory set to path's, no sample and no progress bar. The examples that start
+    from a trained model call this, so a first run works without a separate command."""
+    if os.path.exists(path):
+        return
+    out_dir = os.path.dirname(path) or "."
+    argv = [*argv, f"--out_dir={out_dir}", "--sample_tokens=0", "--progress=false"]
+    print(f"{path} is missing: training it (train_shakespeare.py {' '.join(argv)})", flush=True)
+    main(argv)
+    written = os.path.join(out_dir, "ckpt.safetensors")
+    if os.path.abspath(written) != os.path.abspath(path):
+        os.replace(written, path)
+
+
 def _check_resume(path, config, model_kw):
     """A resume must not silently change the model: fields given on the command line that differ
     from the checkpoint's raise, naming them."""
