@@ -48,7 +48,6 @@ from tinygrad_llm.data import shakespeare, split  # noqa: E402
 from tinygrad_llm.data.files import atomic_write  # noqa: E402
 from tinygrad_llm.finetune import SFTBatcher  # noqa: E402
 from tinygrad_llm.finetune.sft import segment_mask  # noqa: E402
-from tinygrad_llm.finetune.tasks import answer_is_correct  # noqa: E402
 from tinygrad_llm.tokenizers import CHAT_SPECIAL_TOKENS, BPETokenizer, ChatTemplate  # noqa: E402
 from tinygrad_llm.train import load_model, parse_overrides, split_overrides  # noqa: E402
 
@@ -113,18 +112,11 @@ def measure(model, template, held, val_windows):
             _, loss = model(inputs, **kw)
             n = int((batch[1] != -100).sum())
             total, count = total + float(loss.numpy()) * n, count + n
-    answers = finetune_sft.answers(model, template, records, max_new_tokens=16)
-    at, accuracy = 0, {}
-    for name, rs in held.items():
-        got = [a.strip() for a in answers[at:at + len(rs)]]
-        accuracy[name] = round(float(np.mean([answer_is_correct(r, a.removesuffix(dpo.SUFFIX))
-                                              for r, a in zip(rs, got)])), 3)
-        at += len(rs)
+    rate, accuracy = dpo.judge(model, template, held)
     return {"val_loss": round(val_loss, 4), "chat_val_loss": round(total / count, 4),
             "accuracy": accuracy,
             "mean_accuracy": round(float(np.mean(list(accuracy.values()))), 3),
-            "behaviour_rate": round(float(np.mean([a.strip().endswith(dpo.SUFFIX)
-                                                   for a in answers])), 3)}
+            "behaviour_rate": round(rate, 3)}
 
 
 # ---- the stages -----------------------------------------------------------------------------

@@ -69,25 +69,21 @@ def make_pairs(records, behaviour, seed):
              "rejected": r["response"], "task": r["task"]} for r in records]
 
 
-def task_accuracy(model, template, held):
-    """Each task's exact-match accuracy of the greedy answer, the courtesy suffix set aside (it
-    is the style being taught, not part of the answer)."""
-    out = {}
-    for name, records in held.items():
-        got = finetune_sft.answers(model, template, records, max_new_tokens=16)
-        out[name] = round(float(np.mean([answer_is_correct(r, a.strip().removesuffix(SUFFIX))
-                                         for r, a in zip(records, got)])), 3)
-    return out
+def judge(model, template, held, behaviour="courtesy"):
+    """One greedy answer to every held-out prompt -> (behaviour rate, {task: accuracy}).
 
-
-def behaviour_rate(model, template, held, behaviour):
-    """How often the model's greedy answers show the preferred behaviour: the courtesy suffix,
-    or (behaviour "correct") the right answer."""
+    accuracy: each task's exact-match rate, the courtesy suffix set aside (it is the style being
+    taught, not part of the answer); behaviour rate: how often the answers end with the suffix,
+    or (behaviour "correct") the mean of the tasks' accuracies."""
     records = [r for rs in held.values() for r in rs]
-    if behaviour == "correct":
-        return float(np.mean([finetune_sft.accuracy(model, template, rs) for rs in held.values()]))
-    answers = finetune_sft.answers(model, template, records, max_new_tokens=16)
-    return float(np.mean([a.strip().endswith(SUFFIX) for a in answers]))
+    got = [a.strip() for a in finetune_sft.answers(model, template, records, max_new_tokens=16)]
+    right = np.array([answer_is_correct(r, a.removesuffix(SUFFIX))
+                      for r, a in zip(records, got)], dtype=float)
+    ends = np.cumsum([len(rs) for rs in held.values()])
+    per_task = [part.mean() for part in np.split(right, ends[:-1])]
+    rate = np.mean(per_task) if behaviour == "correct" else np.mean(
+        [a.endswith(SUFFIX) for a in got])
+    return float(rate), {name: round(float(a), 3) for name, a in zip(held, per_task)}
 
 
 def encode_pairs(template, pairs):
@@ -124,9 +120,9 @@ def main(argv):
     train_pairs = make_pairs(train, args.behaviour, args.seed)
     held_records = [r for records in held.values() for r in records]
     held_encoded = encode_pairs(template, make_pairs(held_records, args.behaviour, args.seed + 1))
-    before = {"behaviour_rate": behaviour_rate(policy, template, held, args.behaviour),
-              "preference_rate": preference_rate(policy, held_encoded),
-              "accuracy": task_accuracy(policy, template, held)}
+    rate, accuracy = judge(policy, template, held, args.behaviour)
+    before = {"behaviour_rate": rate, "preference_rate": preference_rate(policy, held_encoded),
+              "accuracy": accuracy}
     print(f"before DPO: {before}")
 
     params = [p for p in policy.parameters() if p.requires_grad]
@@ -158,9 +154,9 @@ def main(argv):
                   f"{np.mean([r['reward_margin'] for r in recent]):.3f}", flush=True)
     wall = time.perf_counter() - start
     policy.eval()
-    after = {"behaviour_rate": behaviour_rate(policy, template, held, args.behaviour),
-             "preference_rate": preference_rate(policy, held_encoded),
-             "accuracy": task_accuracy(policy, template, held)}
+    rate, accuracy = judge(policy, template, held, args.behaviour)
+    after = {"behaviour_rate": rate, "preference_rate": preference_rate(policy, held_encoded),
+             "accuracy": accuracy}
     print(f"after DPO: {after}")
     os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
     save_checkpoint(args.out, policy, record={**record, "dpo": {"steps": args.steps,
