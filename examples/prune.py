@@ -32,13 +32,12 @@ import sys
 import time
 
 import tinygrad_llm as tl  # noqa: F401  (first: it tunes the thread pools before NumPy loads)
-import numpy as np  # noqa: E402
 
 from tinygrad_llm import backend  # noqa: E402
-from tinygrad_llm.data import get_batch  # noqa: E402
 from tinygrad_llm.finetune import apply_masks, magnitude_prune, prune_2_4, sparsity  # noqa: E402
-from tinygrad_llm.optim import AdamW, clip_grad_norm_, set_lr, warmup_cosine  # noqa: E402
-from tinygrad_llm.train import load_model, parse_overrides, split_overrides  # noqa: E402
+from tinygrad_llm.optim import AdamW  # noqa: E402
+from tinygrad_llm.train import (TrainConfig, Trainer, load_model, parse_overrides,  # noqa: E402
+                                split_overrides)
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from distill import char_data, ensure_char_model, evaluate  # noqa: E402
@@ -80,23 +79,20 @@ def pruned_positions_are_zero(model, masks):
                for n, keep in masks.items())
 
 
-def recover(model, masks, train_ids, args):
-    """Fine-tune every weight for args.recover_steps AdamW steps, re-zeroing the pruned ones after
-    each step (apply_masks). Returns the wall seconds."""
+def recover(model, masks, train_ids, val_ids, args):
+    """Fine-tune every weight for args.recover_steps steps of the Trainer (AdamW, warmup and
+    cosine decay, clipping), re-zeroing the pruned ones after each step (apply_masks). Returns
+    the wall seconds."""
+    config = TrainConfig(batch_size=args.batch_size, block_size=args.block_size,
+                         max_iters=args.recover_steps, learning_rate=args.learning_rate,
+                         min_lr=args.min_lr, warmup_iters=args.warmup, grad_clip=1.0,
+                         seed=args.seed + 1, checkpoint=False, progress=False)
     optimizer = AdamW(model.parameters(), lr=args.learning_rate, betas=(0.9, 0.99),
                       weight_decay=0.0)
-    rng = np.random.default_rng([args.seed, 1])        # not the evaluation's batches
-    model.train()
+    trainer = Trainer(model, optimizer, train_ids, val_ids, config, log=None)
     start = time.perf_counter()
-    for step in range(args.recover_steps):
-        set_lr(optimizer, warmup_cosine(step, args.learning_rate, args.min_lr,
-                                        min(args.warmup, args.recover_steps), args.recover_steps))
-        x, y = get_batch(train_ids, args.batch_size, args.block_size, rng)   # (B, T) each
-        _, loss = model(x, y)
-        optimizer.zero_grad()
-        loss.backward()
-        clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
+    for _ in range(args.recover_steps):
+        trainer.train_step()
         apply_masks(model, masks)
     model.eval()
     return time.perf_counter() - start
@@ -178,7 +174,7 @@ def main(argv):
             model = fresh()
             masks = prune(model)
             before_sparsity, before = sparsity(model)["total"], val_loss(model)
-            wall = recover(model, masks, train_ids, args)
+            wall = recover(model, masks, train_ids, val_ids, args)
             after_sparsity = sparsity(model)["total"]
             if not pruned_positions_are_zero(model, masks) or after_sparsity != before_sparsity:
                 raise AssertionError(f"recovery of {name} lost sparsity: {before_sparsity} -> "
