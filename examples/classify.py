@@ -40,7 +40,7 @@ from tinygrad_llm.finetune import SequenceHead  # noqa: E402
 from tinygrad_llm.finetune.tasks import speeches  # noqa: E402
 from tinygrad_llm.models import GPT, Encoder, GPTConfig  # noqa: E402
 from tinygrad_llm.nn import functional as F  # noqa: E402
-from tinygrad_llm.optim import AdamW, clip_grad_norm_, warmup_cosine  # noqa: E402
+from tinygrad_llm.optim import AdamW, LambdaLR, clip_grad_norm_, warmup_cosine  # noqa: E402
 from tinygrad_llm.tokenizers import tokenizer_from_dict  # noqa: E402
 from tinygrad_llm.train import (CheckpointError, load_model,  # noqa: E402
                                 parse_overrides, split_overrides)
@@ -162,19 +162,17 @@ def accuracy(head, ids, lengths, labels, batch_size=64):
 
 def fine_tune(head, ids, lengths, labels, args):
     """`steps` AdamW steps on random batches; two param groups (backbone, head) with their own
-    peak learning rates under one warmup-cosine shape. Returns the per-step losses."""
+    peak learning rates under one warmup-cosine shape (LambdaLR). Returns the per-step losses."""
     backbone = [p for p in head.backbone.parameters() if p.requires_grad]
     groups = [{"params": backbone, "lr": args.backbone_lr},
               {"params": list(head.score.parameters()), "lr": args.head_lr}]
-    peaks = [args.backbone_lr, args.head_lr]
     optimizer = AdamW(groups, weight_decay=0.0)
+    schedule = LambdaLR(optimizer, lambda step: warmup_cosine(
+        step, 1.0, 0.1, min(args.warmup, args.steps), args.steps))
     rng = np.random.default_rng(args.seed)
     head.train()
     losses = []
     for step in range(args.steps):
-        scale = warmup_cosine(step, 1.0, 0.1, min(args.warmup, args.steps), args.steps)
-        for group, peak in zip(optimizer.param_groups, peaks):
-            group["lr"] = peak * scale
         rows = rng.integers(0, len(ids), args.batch_size)
         n = lengths[rows]
         loss = F.cross_entropy(head(ids[rows, :n.max()], n), labels[rows])
@@ -182,6 +180,7 @@ def fine_tune(head, ids, lengths, labels, args):
         loss.backward()
         clip_grad_norm_(backbone + groups[1]["params"], 1.0)
         optimizer.step()
+        schedule.step()
         losses.append(float(loss.numpy()))
         if step % 50 == 0 or step == args.steps - 1:
             print(f"  step {step}: loss {np.mean(losses[-50:]):.4f}", flush=True)

@@ -32,7 +32,7 @@ from tinygrad_llm import no_grad  # noqa: E402
 from tinygrad_llm.finetune import SequenceHead, bradley_terry_loss  # noqa: E402
 from tinygrad_llm.finetune.tasks import preference_pairs  # noqa: E402
 from tinygrad_llm.models import GPT, GPTConfig  # noqa: E402
-from tinygrad_llm.optim import AdamW, clip_grad_norm_, warmup_cosine  # noqa: E402
+from tinygrad_llm.optim import AdamW, LambdaLR, clip_grad_norm_, warmup_cosine  # noqa: E402
 from tinygrad_llm.train import (CheckpointError, load_checkpoint,  # noqa: E402
                                 parse_overrides, save_checkpoint, split_overrides)
 
@@ -116,16 +116,14 @@ def main(argv):
 
     body = [p for p in backbone.parameters() if p.requires_grad]
     head = list(reward_model.score.parameters())
-    peaks = [args.learning_rate, args.head_lr]
-    optimizer = AdamW([{"params": body, "lr": peaks[0]}, {"params": head, "lr": peaks[1]}],
-                      weight_decay=0.0)
+    optimizer = AdamW([{"params": body, "lr": args.learning_rate},
+                       {"params": head, "lr": args.head_lr}], weight_decay=0.0)
+    schedule = LambdaLR(optimizer, lambda step: warmup_cosine(      # both peaks, one shape
+        step, 1.0, 0.1, min(args.warmup, args.steps), args.steps))
     rng = np.random.default_rng(args.seed)
     reward_model.train()
     start, log = time.perf_counter(), []
     for step in range(args.steps):
-        scale = warmup_cosine(step, 1.0, 0.1, min(args.warmup, args.steps), args.steps)
-        for group, peak in zip(optimizer.param_groups, peaks):
-            group["lr"] = peak * scale
         batch = [train_pairs[i] for i in rng.integers(0, len(train_pairs), args.batch_size)]
         r = reward_model(*encode(template, batch))                 # (2B,): chosen, rejected
         loss, acc = bradley_terry_loss(r[:len(batch)], r[len(batch):])
@@ -133,6 +131,7 @@ def main(argv):
         loss.backward()
         clip_grad_norm_(body + head, 1.0)
         optimizer.step()
+        schedule.step()
         log.append((float(loss.numpy()), acc))
         if step % 25 == 0 or step == args.steps - 1:
             recent = np.mean(log[-25:], axis=0)
