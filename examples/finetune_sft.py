@@ -23,7 +23,7 @@ import tinygrad_llm as tl  # noqa: F401  (first: it tunes the thread pools befor
 import numpy as np  # noqa: E402
 
 from tinygrad_llm.data import shakespeare  # noqa: E402
-from tinygrad_llm.finetune import SFTBatcher, apply_lora  # noqa: E402
+from tinygrad_llm.finetune import SFTBatcher, apply_lora, merge_and_unload  # noqa: E402
 from tinygrad_llm.finetune.tasks import (answer_is_correct, arithmetic, reversal,  # noqa: E402
                                          split_records, who_speaks)
 from tinygrad_llm.generate import generate  # noqa: E402
@@ -157,17 +157,11 @@ def main(argv):
             print(f"step {step}: loss {np.mean(losses[-50:]):.4f}", flush=True)
     wall = time.perf_counter() - start
     model.eval()
-    if args.lora:
-        from tinygrad_llm.finetune import merge_lora
-        merge_lora(model)
+    if args.lora:                  # the merged weights, in the base model's own layout
+        merge_and_unload(model)
     after = evaluate(model, template, held)
     print(f"after SFT: {after}")
     os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
-    if args.lora:                  # the merged weights, in the base model's own layout
-        for name, layer in list(model.named_modules()):
-            for child, sub in list(layer._modules.items()):
-                if type(sub).__name__ == "LoRALinear":
-                    setattr(layer, child, sub.base)
     save_checkpoint(args.out, model, record={**record, "sft": {"steps": args.steps,
                                                                "lora": args.lora}})
     result = {"accuracy_before": before, "accuracy_after": after,

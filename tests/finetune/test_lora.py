@@ -7,7 +7,8 @@ import pytest
 import tinygrad_llm as tl
 from tinygrad_llm import Tensor, gradcheck, no_grad
 from tinygrad_llm.finetune import (LoRALinear, apply_lora, load_adapters, lora_layers,
-                                   lora_state_dict, merge_lora, save_adapters, unmerge_lora)
+                                   lora_state_dict, merge_and_unload, merge_lora, save_adapters,
+                                   unmerge_lora)
 from tinygrad_llm.models import GPT, GPTConfig
 from tinygrad_llm.nn import Linear
 from tinygrad_llm.optim import AdamW
@@ -58,6 +59,20 @@ def test_merge_equals_unmerged_and_unmerge_restores_the_base():
     for n, p in model.named_parameters():
         if n in base:
             np.testing.assert_allclose(p.numpy(), base[n], rtol=0, atol=1e-12)
+
+
+def test_merge_and_unload_gives_plain_linears_with_the_same_outputs():
+    model = tiny(np.float64)
+    apply_lora(model, "*.attn.*", r=3, alpha=6)
+    rng = np.random.default_rng(3)
+    for layer in lora_layers(model).values():
+        layer.lora_B.data[...] = rng.standard_normal(layer.lora_B.shape) * 0.1
+    with no_grad():
+        expected = model(IDS).numpy()
+        merge_and_unload(model)
+        np.testing.assert_allclose(model(IDS).numpy(), expected, rtol=0, atol=1e-10)
+    assert not lora_layers(model)
+    assert set(model.state_dict()) == set(tiny(np.float64).state_dict())
 
 
 def test_lora_forward_gradchecks():

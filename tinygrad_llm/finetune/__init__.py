@@ -1,7 +1,8 @@
 """Fine-tuning and alignment on top of a trained model.
 
 tasks.py  instruction data from tiny Shakespeare and checkable tasks, preference pairs
-lora.py   LoRA / QLoRA adapters: apply_lora, merge, save and load the adapters alone
+lora.py   LoRA / QLoRA adapters: apply_lora, merge (or merge_and_unload back to plain layers),
+          save and load the adapters alone
 sft.py    supervised fine-tuning data: chats rendered through the template, loss only on the
           assistant's tokens, short examples packed into one block
 dpo.py    direct preference optimisation's loss and its logged statistics
@@ -12,13 +13,14 @@ prune.py  magnitude pruning and 2:4 semi-structured sparsity, masks kept through
 from .dpo import dpo_loss, sequence_logprobs
 from .heads import SequenceHead, bradley_terry_loss, distillation_loss
 from .lora import (LoRALinear, apply_lora, load_adapters, lora_layers, lora_state_dict,
-                   merge_lora, save_adapters, unmerge_lora)
+                   merge_and_unload, merge_lora, save_adapters, unmerge_lora)
 from .prune import apply_masks, magnitude_prune, prune_2_4, sparsity
 from .rlhf import Reinforce, rollout
 from .sft import SFTBatcher, pack_examples, sft_example
 
 __all__ = ["LoRALinear", "apply_lora", "lora_layers", "lora_state_dict", "save_adapters",
-           "load_adapters", "merge_lora", "unmerge_lora", "sft_example", "pack_examples",
+           "load_adapters", "merge_lora", "unmerge_lora", "merge_and_unload", "sft_example",
+           "pack_examples",
            "SFTBatcher", "dpo_loss", "sequence_logprobs", "magnitude_prune", "prune_2_4",
            "apply_masks", "sparsity", "SequenceHead", "bradley_terry_loss", "distillation_loss",
            "Reinforce", "rollout"]

@@ -198,3 +198,13 @@ def merge_lora(model):
 def unmerge_lora(model):
     for layer in lora_layers(model).values():
         layer.unmerge()
+
+
+def merge_and_unload(model):
+    """Replace every LoRALinear by a plain Linear equal to base + adapter (merged_linear), so
+    the model is back in its own layout: it saves and loads as the base architecture would."""
+    for parent in list(model.modules()):
+        for child_name, child in list(parent._modules.items()):
+            if isinstance(child, LoRALinear):
+                setattr(parent, child_name, child.merged_linear())
+    return model
