@@ -27,7 +27,7 @@ from tinygrad_llm.finetune import SFTBatcher, apply_lora, merge_and_unload  # no
 from tinygrad_llm.finetune.tasks import (answer_is_correct, arithmetic, reversal,  # noqa: E402
                                          split_records, who_speaks)
 from tinygrad_llm.generate import generate  # noqa: E402
-from tinygrad_llm.optim import AdamW, clip_grad_norm_, warmup_cosine  # noqa: E402
+from tinygrad_llm.optim import AdamW, clip_grad_norm_, set_lr, warmup_cosine  # noqa: E402
 from tinygrad_llm.tokenizers import ChatTemplate, tokenizer_from_dict  # noqa: E402
 from tinygrad_llm.train import (load_model, parse_overrides, save_checkpoint,  # noqa: E402
                                 split_overrides)
@@ -143,9 +143,8 @@ def main(argv):
     model.train()
     start, losses = time.perf_counter(), []
     for step in range(args.steps):
-        for group in optimizer.param_groups:
-            group["lr"] = warmup_cosine(step, args.learning_rate, args.min_lr,
-                                        min(args.warmup, args.steps), args.steps)
+        set_lr(optimizer, warmup_cosine(step, args.learning_rate, args.min_lr,
+                                        min(args.warmup, args.steps), args.steps))
         inputs, kw = batcher.forward_kwargs(model, batcher.batch(args.batch_size, rng))
         _, loss = model(inputs, **kw)
         optimizer.zero_grad()
