@@ -1,22 +1,27 @@
 """Causal (or unmasked) attention, forward and backward, tiled with an online softmax
 (reference: ops/attention.py; Milakov & Gimelshein, 2018; Dao et al., 2022 and 2023).
 
-Never builds the (B, H, Tq, Tk) score matrix: each query row walks the keys it may see (the causal
-prefix, or the last `window` of it) in tiles of _TILE; a tile's scores live in a small scratch
-row. Forward keeps a running max m, running sum l and running output acc, rescaling them when the
-max grows, and saves lse = m + log l per row. Backward recomputes each probability as e^(s - lse)
-(FlashAttention-2's trick) and accumulates dq, dk, dv in the same sweep, four query rows at a time.
+Never builds the (B, H, Tq, Tk) score matrix: query rows go four at a time through the keys they
+may see (the causal prefix, or the last `window` of it) in tiles of _TILE; a tile's scores live
+in a small (4, _TILE) scratch block. Forward keeps each row's running max m, running sum l and
+running output acc, rescaling them when the max grows, and saves lse = m + log l per row.
+Backward recomputes each probability as e^(s - lse) (FlashAttention-2's trick) and accumulates
+dq, dk, dv in the same sweep.
 
-Layout: token-major, q (B, T, Sq, D) with head h in slot q0 + h, and k, v likewise, so one packed
-qkv projection (B, T, H + 2 Hkv, D) is read in place (PackedAttentionOp); the (B, H, T, D) API
-copies its inputs into this layout.
+Layout: each of q, k, v, o (and do, dq, dk, dv) is a 4-D array of (D,) rows, either token-major
+(B, T, S, D), with head h in slot q0 + h, so one packed qkv projection (B, T, H + 2 Hkv, D) is
+read in place (PackedAttentionOp), or head-major (B, S, T, D), the (B, H, T, D) API's layout;
+`_row` picks a row in either, so neither API copies its inputs.
 
-Speed: every inner loop runs over d on contiguous (D,) row views (q_i, k_j, v_j), as dot products
-(reassociated, so they vectorise) or axpy updates; accumulators start from a zero of the input's
-dtype so float32 stays float32 (a float64 accumulator halves the vector width). The exponentials
-of a tile go through the vectorised exp_shifted. The parallel axis is (batch, query head) in
-forward and (batch, K/V head) in backward, where the G query heads that share a K/V head are
-handled by one task: each task owns everything it writes.
+Speed: every inner loop is a dot product over contiguous rows (reassociated, so it vectorises),
+four at a time sharing each loaded row, or an axpy into one output row; accumulators start from
+a zero of the input's dtype so float32 stays float32 (a float64 accumulator halves the vector
+width). The products that sum over keys (P V in forward, dS K in backward) read V and K
+transposed, (B, Hkv, D, Tk) copies made once per call, so they are dot products over the tile
+too: as axpy updates they stored a row per term, and ran twice as slowly (measured). The
+exponentials of a tile go through the vectorised exp_shifted. The parallel axis is (batch, query
+head) in forward and (batch, K/V head) in backward, where the G query heads that share a K/V head
+are handled by one task: each task owns everything it writes.
 """
 import math
 
@@ -24,7 +29,7 @@ import numpy as np
 from numba import prange
 
 from .. import implements
-from ._common import exp_scratch, exp_shifted, floats, jit, jit_parallel
+from ._common import exp_scratch, exp_shifted, floats, jit, jit_parallel, row_max
 
 _TILE = 64
 
@@ -48,91 +53,181 @@ def _visible_start(position, window):
     return max(0, position - window + 1) if window > 0 else 0
 
 
+@jit
+def _row(x, b, t, slot, head_major):
+    """The (D,) row of token t in slot `slot` of batch b: x is (B, S, T, D) when head_major,
+    else (B, T, S, D)."""
+    return x[b, slot, t] if head_major else x[b, t, slot]
+
+
+@jit
+def _length(x, head_major):
+    """The number of tokens T of a head-major or token-major array."""
+    return x.shape[2] if head_major else x.shape[1]
+
+
 @jit_parallel
-def _attention_forward_loop(q, q0, k, k0, v, v0, n_h, n_hkv, causal, window, scale, zero, o, lse,
-                            scratch, bits, powers, acc):
-    # token-major: q: (B, Tq, Sq, D) with query head h at slot q0 + h; k, v: (B, Tk, S, D) with
-    # K/V head g at k0 + g, v0 + g (one packed qkv array may be all three); o: (B, Tq, H, D)
-    # lse: (B, H, Tq)  scratch: (B*H, 2, _TILE), bits, powers: (B*H, _TILE), acc: (B*H, D)
-    n_b, tq, _, d = q.shape
-    tk = k.shape[1]
+def _transpose_rows(x, slot0, head_major, out):
+    """out[b, g, :, t] = row (b, t, slot0 + g) of x: out is (B, n, D, T), the transposed copy the
+    sums over keys read. Tokens go in blocks of 16, so each written cache line is filled whole."""
+    n_b, n, d, t = out.shape
+    for task in prange(n_b * n):
+        b, g = task // n, task % n
+        o = out[b, g]
+        for j0 in range(0, t, 16):
+            for j in range(j0, min(j0 + 16, t)):
+                row = _row(x, b, j, slot0 + g, head_major)
+                for c in range(d):
+                    o[c, j] = row[c]
+
+
+def _transposed(x, slot0, n, head_major):
+    """Slots slot0 .. slot0 + n - 1 of x as a contiguous (B, n, D, T) array."""
+    t = x.shape[2] if head_major else x.shape[1]
+    out = np.empty((x.shape[0], n, x.shape[3], t), x.dtype)
+    _transpose_rows(x, slot0, head_major, out)
+    return out
+
+
+@jit
+def _add_rows_times4(p, yt, j0, width, zero, a0, a1, a2, a3):
+    """a_r[c] += sum_jj p[r, jj] * yt[c, j0 + jj] for four rows: P @ Y for a tile, with Y stored
+    transposed (yt: (D, T)) so each sum is a dot product over the tile (no store per term)."""
+    for c in range(yt.shape[0]):
+        yc = yt[c, j0:j0 + width]
+        x0 = x1 = x2 = x3 = zero
+        for jj in range(width):
+            w = yc[jj]
+            x0 += p[0, jj] * w
+            x1 += p[1, jj] * w
+            x2 += p[2, jj] * w
+            x3 += p[3, jj] * w
+        a0[c] += x0
+        a1[c] += x1
+        a2[c] += x2
+        a3[c] += x3
+
+
+@jit
+def _mask_outside(s_row, j0, width, start, end):
+    """s_row[jj] = -inf where key j0 + jj is outside the row's visible range [start, end)."""
+    for jj in range(min(width, max(start - j0, 0))):
+        s_row[jj] = -np.inf
+    for jj in range(max(end - j0, 0), width):
+        s_row[jj] = -np.inf
+
+
+@jit_parallel
+def _attention_forward_loop(q, q0, k, k0, vt, n_h, n_hkv, head_major, causal, window, scale, zero,
+                            o, lse, scratch, bits, powers, acc, stats):
+    # q: query head h in slot q0 + h; k: K/V head g in slot k0 + g (one packed qkv array may be
+    # both); vt: (B, Hkv, D, Tk), the values transposed; o: (B, H, Tq, D) when head_major, else
+    # (B, Tq, H, D); lse: (B, H, Tq). Per task: scratch (2, 4, _TILE) for s and p, bits and
+    # powers (_TILE,), acc (4, D), stats (2, 4) float64: each row's running max and sum
+    n_b, d = q.shape[0], q.shape[3]
+    tq, tk = _length(q, head_major), _length(k, head_major)
     group = n_h // n_hkv
     offset = tk - tq                                  # causal: query i sees keys j <= i + offset
     for task in prange(n_b * n_h):
         b, h = task // n_h, task % n_h
-        hk = h // group
+        hk, qh, kh = h // group, q0 + h, k0 + h // group
         s, p, a = scratch[task, 0], scratch[task, 1], acc[task]
-        for i in range(tq):
-            qi = q[b, i, q0 + h]                      # (D,) rows, contiguous
-            end = _visible_end(i + offset, tk, causal, window)
-            start = _visible_start(i + offset, window)
-            m = -np.inf
-            total = 0.0
+        m, total = stats[task, 0], stats[task, 1]
+        for i0 in range(0, tq, 4):                    # four query rows at a time
+            rows = min(4, tq - i0)
+            last = i0 + rows - 1                      # rows past the end repeat the last one
+            r0, r1 = _row(q, b, i0, qh, head_major), _row(q, b, min(i0 + 1, last), qh, head_major)
+            r2, r3 = (_row(q, b, min(i0 + 2, last), qh, head_major),
+                      _row(q, b, min(i0 + 3, last), qh, head_major))
             a[:] = zero
-            for j0 in range(start, max(end, start), _TILE):
-                width = min(_TILE, end - j0)
-                tile_max = -np.inf
-                for jj in range(width):               # s = q_i . k_j * scale
-                    kj = k[b, j0 + jj, k0 + hk]
-                    dot = zero
+            m[:] = -np.inf
+            total[:] = 0.0
+            block_end = _visible_end(last + offset, tk, causal, window)
+            block_start = _visible_start(i0 + offset, window)
+            for j0 in range(block_start, max(block_end, block_start), _TILE):
+                width = min(_TILE, block_end - j0)
+                for jj in range(width):               # s = q_r . k_j * scale, four rows
+                    kj = _row(k, b, j0 + jj, kh, head_major)
+                    x0 = x1 = x2 = x3 = zero
                     for c in range(d):
-                        dot += qi[c] * kj[c]
-                    s[jj] = dot * scale
-                    tile_max = max(tile_max, s[jj])
-                new_m = max(m, tile_max)
-                rescale = math.exp(m - new_m)         # 0 on the first tile (m = -inf)
-                total *= rescale
-                for c in range(d):
-                    a[c] *= rescale
-                exp_shifted(s, new_m, p, bits[task], powers[task], width)
-                for jj in range(width):               # acc += e^(s - m) v_j
-                    total += p[jj]
-                    vj = v[b, j0 + jj, v0 + hk]
+                        kc = kj[c]
+                        x0 += r0[c] * kc
+                        x1 += r1[c] * kc
+                        x2 += r2[c] * kc
+                        x3 += r3[c] * kc
+                    s[0, jj], s[1, jj], s[2, jj], s[3, jj] = (x0 * scale, x1 * scale, x2 * scale,
+                                                              x3 * scale)
+                for r in range(4):                    # online softmax, row by row
+                    i = min(i0 + r, last)
+                    _mask_outside(s[r], j0, width, _visible_start(i + offset, window),
+                                  _visible_end(i + offset, tk, causal, window))
+                    new_m = max(m[r], row_max(s[r], width))
+                    if new_m == -np.inf:              # nothing visible yet: p = 0
+                        p[r, :width] = zero
+                        continue
+                    rescale = math.exp(m[r] - new_m)  # 0 on the row's first tile (m = -inf)
+                    total[r] *= rescale
                     for c in range(d):
-                        a[c] += p[jj] * vj[c]
-                m = new_m
-            oi = o[b, i, h]
-            if total > 0.0:
-                inv = 1.0 / total
-                for c in range(d):
-                    oi[c] = a[c] * inv
-                lse[b, h, i] = m + math.log(total)
-            else:                                     # no key visible: output 0, as the reference
-                oi[:] = zero
-                lse[b, h, i] = 0.0
+                        a[r, c] *= rescale
+                    exp_shifted(s[r], new_m, p[r], bits[task], powers[task], width)
+                    tile_sum = 0.0
+                    for jj in range(width):
+                        tile_sum += p[r, jj]
+                    total[r] += tile_sum
+                    m[r] = new_m
+                _add_rows_times4(p, vt[b, hk], j0, width, zero, a[0], a[1], a[2], a[3])  # += P V
+            for r in range(rows):
+                oi = _row(o, b, i0 + r, h, head_major)
+                if total[r] > 0.0:
+                    inv = 1.0 / total[r]
+                    for c in range(d):
+                        oi[c] = a[r, c] * inv
+                    lse[b, h, i0 + r] = m[r] + math.log(total[r])
+                else:                                 # no key visible: output 0, as the reference
+                    oi[:] = zero
+                    lse[b, h, i0 + r] = 0.0
 
 
 @jit_parallel
-def _attention_backward_loop(do, q, q0, k, k0, v, v0, n_h, n_hkv, lse, delta, causal, window,
-                             scale, zero, dq, dk, dv, scratch, bits, powers):
-    # token-major as in forward: do: (B, Tq, H, D); q, dq: (B, Tq, Sq, D) at slots q0 + h;
-    # k, dk at k0 + g and v, dv at v0 + g of (B, Tk, S, D); lse, delta: (B, H, Tq)
-    # scratch: (B*Hkv, 3, 4, _TILE), bits, powers: (B*Hkv, _TILE): one block per task
-    # Query rows go in blocks of 4, so each dk_j, dv_j row is loaded and stored once per block
-    # instead of once per query; rows past the end of a block get p = ds = 0.
-    n_b, tq, _, d = q.shape
-    tk = k.shape[1]
+def _attention_backward_loop(do, o, q, q0, k, k0, v, v0, kt, n_h, n_hkv, head_major, lse, causal,
+                             window, scale, zero, dq, dk, dv, scratch, bits, powers, delta):
+    # layouts as in forward; do, o: (B, H, Tq, D) or (B, Tq, H, D); dq, dk, dv: zero-filled, laid
+    # out as q, k, v; kt: (B, Hkv, D, Tk), the keys transposed; lse: (B, H, Tq).
+    # Per task: scratch (3, 4, _TILE) for s, p and ds; bits, powers (_TILE,); delta (4,)
+    # Each dk_j, dv_j row is loaded and stored once per block of four query rows; rows past the
+    # end of a block get p = ds = 0.
+    n_b, d = q.shape[0], q.shape[3]
+    tq, tk = _length(q, head_major), _length(k, head_major)
     group = n_h // n_hkv
     offset = tk - tq
     for task in prange(n_b * n_hkv):
         b, hk = task // n_hkv, task % n_hkv
+        kh, vh = k0 + hk, v0 + hk
         s, p, ds = scratch[task, 0], scratch[task, 1], scratch[task, 2]      # (4, _TILE) each
+        dl = delta[task]
         for h in range(hk * group, (hk + 1) * group):
+            qh = q0 + h
             for i0 in range(0, tq, 4):
                 rows = min(4, tq - i0)
                 last = i0 + rows - 1
                 i1, i2, i3 = min(i0 + 1, last), min(i0 + 2, last), min(i0 + 3, last)
-                qh = q0 + h
-                r0, r1, r2, r3 = q[b, i0, qh], q[b, i1, qh], q[b, i2, qh], q[b, i3, qh]
-                g0, g1, g2, g3 = do[b, i0, h], do[b, i1, h], do[b, i2, h], do[b, i3, h]
-                dq0, dq1, dq2, dq3 = dq[b, i0, qh], dq[b, i1, qh], dq[b, i2, qh], dq[b, i3, qh]
+                r0, r1 = _row(q, b, i0, qh, head_major), _row(q, b, i1, qh, head_major)
+                r2, r3 = _row(q, b, i2, qh, head_major), _row(q, b, i3, qh, head_major)
+                g0, g1 = _row(do, b, i0, h, head_major), _row(do, b, i1, h, head_major)
+                g2, g3 = _row(do, b, i2, h, head_major), _row(do, b, i3, h, head_major)
+                for r in range(rows):             # delta = rowsum(do * o)
+                    o_r, g_r = _row(o, b, i0 + r, h, head_major), _row(do, b, i0 + r, h, head_major)
+                    x = zero
+                    for c in range(d):
+                        x += g_r[c] * o_r[c]
+                    dl[r] = x
                 block_end = _visible_end(last + offset, tk, causal, window)
                 block_start = _visible_start(i0 + offset, window)
                 for j0 in range(block_start, max(block_end, block_start), _TILE):
                     width = min(_TILE, block_end - j0)
                     for jj in range(width):       # s = q_r . k_j * scale,  dp = do_r . v_j
-                        j = j0 + jj
-                        kj, vj = k[b, j, k0 + hk], v[b, j, v0 + hk]
+                        kj, vj = _row(k, b, j0 + jj, kh, head_major), _row(v, b, j0 + jj, vh,
+                                                                           head_major)
                         a0 = a1 = a2 = a3 = zero
                         b0 = b1 = b2 = b3 = zero
                         for c in range(d):        # 8 independent sums share each k, v load
@@ -145,7 +240,8 @@ def _attention_backward_loop(do, q, q0, k, k0, v, v0, n_h, n_hkv, lse, delta, ca
                             b1 += g1[c] * vc
                             b2 += g2[c] * vc
                             b3 += g3[c] * vc
-                        s[0, jj], s[1, jj], s[2, jj], s[3, jj] = a0, a1, a2, a3
+                        s[0, jj], s[1, jj], s[2, jj], s[3, jj] = (a0 * scale, a1 * scale,
+                                                                  a2 * scale, a3 * scale)
                         ds[0, jj], ds[1, jj], ds[2, jj], ds[3, jj] = b0, b1, b2, b3
                     for r in range(4):
                         if r >= rows:             # padding rows: no contribution
@@ -153,19 +249,16 @@ def _attention_backward_loop(do, q, q0, k, k0, v, v0, n_h, n_hkv, lse, delta, ca
                             ds[r, :width] = zero
                             continue
                         i = i0 + r
-                        end = _visible_end(i + offset, tk, causal, window)
-                        start = _visible_start(i + offset, window)
-                        for jj in range(width):
-                            visible = start <= j0 + jj < end
-                            s[r, jj] = s[r, jj] * scale if visible else -np.inf
+                        _mask_outside(s[r], j0, width, _visible_start(i + offset, window),
+                                      _visible_end(i + offset, tk, causal, window))
                         # P, recomputed
                         exp_shifted(s[r], lse[b, h, i], p[r], bits[task], powers[task], width)
-                        row_delta = delta[b, h, i]
+                        row_delta = dl[r]
                         for jj in range(width):   # dS = P * (dP - delta) * scale
                             ds[r, jj] = p[r, jj] * (ds[r, jj] - row_delta) * scale
-                    for jj in range(width):
+                    for jj in range(width):       # dv_j += P^T do,  dk_j += dS^T q
                         j = j0 + jj
-                        kj, dkj, dvj = k[b, j, k0 + hk], dk[b, j, k0 + hk], dv[b, j, v0 + hk]
+                        dkj, dvj = _row(dk, b, j, kh, head_major), _row(dv, b, j, vh, head_major)
                         p0, p1, p2, p3 = p[0, jj], p[1, jj], p[2, jj], p[3, jj]
                         s0, s1, s2, s3 = ds[0, jj], ds[1, jj], ds[2, jj], ds[3, jj]
                         # one output row per loop: simple enough for LLVM's alias checks
@@ -173,59 +266,53 @@ def _attention_backward_loop(do, q, q0, k, k0, v, v0, n_h, n_hkv, lse, delta, ca
                             dvj[c] += p0 * g0[c] + p1 * g1[c] + p2 * g2[c] + p3 * g3[c]
                         for c in range(d):
                             dkj[c] += s0 * r0[c] + s1 * r1[c] + s2 * r2[c] + s3 * r3[c]
-                        for c in range(d):
-                            dq0[c] += s0 * kj[c]
-                        for c in range(d):
-                            dq1[c] += s1 * kj[c]
-                        for c in range(d):
-                            dq2[c] += s2 * kj[c]
-                        for c in range(d):
-                            dq3[c] += s3 * kj[c]
+                    _add_rows_times4(ds, kt[b, hk], j0, width, zero,           # dq += dS K
+                                     _row(dq, b, i0, qh, head_major),
+                                     _row(dq, b, i1, qh, head_major),
+                                     _row(dq, b, i2, qh, head_major),
+                                     _row(dq, b, i3, qh, head_major))
 
 
-def _token_major(x):
-    """(B, H, T, D) -> a contiguous (B, T, H, D) copy: the kernels' layout."""
-    return np.ascontiguousarray(x.transpose(0, 2, 1, 3))
-
-
-def _forward(q, q0, k, k0, v, v0, n_h, n_hkv, causal, scale, window):
-    b, tq, _, d = q.shape
-    o = np.empty((b, tq, n_h, d), dtype=q.dtype)
+def _forward(q, q0, k, k0, v, v0, n_h, n_hkv, head_major, causal, scale, window):
+    """o (laid out as q, with H slots) and lse (B, H, Tq)."""
+    b, d = q.shape[0], q.shape[3]
+    tq = q.shape[2] if head_major else q.shape[1]
+    tasks = b * n_h
+    o = np.empty((b, n_h, tq, d) if head_major else (b, tq, n_h, d), dtype=q.dtype)
     lse = np.empty((b, n_h, tq), dtype=q.dtype)
-    scratch = np.empty((b * n_h, 2, _TILE), dtype=q.dtype)
-    acc = np.empty((b * n_h, d), dtype=q.dtype)
-    _attention_forward_loop(q, q0, k, k0, v, v0, n_h, n_hkv, causal, int(window),
-                            q.dtype.type(scale), q.dtype.type(0), o, lse, scratch,
-                            *exp_scratch(b * n_h, _TILE), acc)
+    _attention_forward_loop(q, q0, k, k0, _transposed(v, v0, n_hkv, head_major), n_h, n_hkv,
+                            head_major, causal, int(window), q.dtype.type(scale),
+                            q.dtype.type(0), o, lse, np.empty((tasks, 2, 4, _TILE), q.dtype),
+                            *exp_scratch(tasks, _TILE), np.empty((tasks, 4, d), q.dtype),
+                            np.empty((tasks, 2, 4)))
     return o, lse
 
 
-def _backward(do, o, q, q0, k, k0, v, v0, n_h, n_hkv, lse, causal, scale, window, dq, dk, dv):
-    """do, o: (B, Tq, H, D) contiguous; dq, dk, dv zero-filled (they may be one array)."""
-    delta = np.einsum("bthd,bthd->bht", do, o)                # rowsum(dO * O)
+def _backward(do, o, q, q0, k, k0, v, v0, n_h, n_hkv, head_major, lse, causal, scale, window,
+              dq, dk, dv):
+    """do, o laid out as q with H slots; dq, dk, dv zero-filled (they may be one array)."""
     tasks = q.shape[0] * n_hkv
-    scratch = np.empty((tasks, 3, 4, _TILE), dtype=q.dtype)
-    _attention_backward_loop(do, q, q0, k, k0, v, v0, n_h, n_hkv, np.ascontiguousarray(lse),
-                             np.ascontiguousarray(delta), causal, int(window),
-                             q.dtype.type(scale), q.dtype.type(0), dq, dk, dv, scratch,
-                             *exp_scratch(tasks, _TILE))
+    _attention_backward_loop(do, o, q, q0, k, k0, v, v0, _transposed(k, k0, n_hkv, head_major),
+                             n_h, n_hkv, head_major, np.ascontiguousarray(lse), causal,
+                             int(window), q.dtype.type(scale), q.dtype.type(0), dq, dk, dv,
+                             np.empty((tasks, 3, 4, _TILE), q.dtype), *exp_scratch(tasks, _TILE),
+                             np.empty((tasks, 4), q.dtype))
 
 
 @implements("attention_forward", device="cpu", supports=_supported)
 def attention_forward_cpu(q, k, v, mask, causal, scale, window):
-    o, lse = _forward(_token_major(q), 0, _token_major(k), 0, _token_major(v), 0, q.shape[1],
-                      k.shape[1], causal, scale, window)
-    return o.transpose(0, 2, 1, 3), lse
+    q, k, v = (np.ascontiguousarray(x) for x in (q, k, v))
+    return _forward(q, 0, k, 0, v, 0, q.shape[1], k.shape[1], True, causal, scale, window)
 
 
 @implements("attention_backward", device="cpu",
             supports=lambda do, q, k, v, o, lse, mask, *a: _supported(q, k, v, mask))
 def attention_backward_cpu(do, q, k, v, o, lse, mask, causal, scale, window):
-    qt, kt, vt = _token_major(q), _token_major(k), _token_major(v)
-    dq, dk, dv = np.zeros_like(qt), np.zeros_like(kt), np.zeros_like(vt)
-    _backward(_token_major(do), _token_major(o), qt, 0, kt, 0, vt, 0, q.shape[1], k.shape[1],
-              lse, causal, scale, window, dq, dk, dv)
-    return dq.transpose(0, 2, 1, 3), dk.transpose(0, 2, 1, 3), dv.transpose(0, 2, 1, 3)
+    do, q, k, v, o = (np.ascontiguousarray(x) for x in (do, q, k, v, o))
+    dq, dk, dv = np.zeros_like(q), np.zeros_like(k), np.zeros_like(v)
+    _backward(do, o, q, 0, k, 0, v, 0, q.shape[1], k.shape[1], True, lse, causal, scale, window,
+              dq, dk, dv)
+    return dq, dk, dv
 
 
 def _packed_supported(qkv, *rest, **kwargs):
@@ -235,8 +322,8 @@ def _packed_supported(qkv, *rest, **kwargs):
 @implements("packed_attention_forward", device="cpu", supports=_packed_supported)
 def packed_attention_forward_cpu(qkv, n_head, n_kv_head, causal, scale, window):
     qkv = np.ascontiguousarray(qkv)
-    return _forward(qkv, 0, qkv, n_head, qkv, n_head + n_kv_head, n_head, n_kv_head, causal,
-                    scale, window)
+    return _forward(qkv, 0, qkv, n_head, qkv, n_head + n_kv_head, n_head, n_kv_head, False,
+                    causal, scale, window)
 
 
 @implements("packed_attention_backward", device="cpu", supports=_packed_supported)
@@ -244,5 +331,6 @@ def packed_attention_backward_cpu(do, qkv, o, lse, n_head, n_kv_head, causal, sc
     qkv = np.ascontiguousarray(qkv)
     dqkv = np.zeros_like(qkv)
     _backward(np.ascontiguousarray(do), np.ascontiguousarray(o), qkv, 0, qkv, n_head, qkv,
-              n_head + n_kv_head, n_head, n_kv_head, lse, causal, scale, window, dqkv, dqkv, dqkv)
+              n_head + n_kv_head, n_head, n_kv_head, False, lse, causal, scale, window, dqkv,
+              dqkv, dqkv)
     return dqkv
