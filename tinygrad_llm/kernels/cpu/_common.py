@@ -51,8 +51,9 @@ def chunk_bounds(n):
 # Relative error 7e-8 for z >= -87; e^z below that (float32's denormals) is 0. float64 uses libm's
 # exp: gradcheck needs it exact.
 def exp_shifted(x, shift, out, bits, powers, width):
-    """out[j] = exp(x[j] - shift) for j < width, where x[j] - shift <= 0 (a softmax row).
-    bits, powers: one row (>= width entries) of each array from exp_scratch."""
+    """out[j] = exp(x[j] - shift) for j < width, where x[j] - shift <= 0 (a softmax row);
+    returns their sum (float64), accumulated in the same pass. bits, powers: one row (>= width
+    entries) of each array from exp_scratch."""
     raise NotImplementedError("exp_shifted is called from jitted code only")
 
 
@@ -79,13 +80,21 @@ def _exp_shifted_f32(x, shift, out, bits, powers, width):
         p = p * f + f32(1.0)
         out[j] = p if z >= f32(-87.0) else f32(0.0)
         bits[j] = (np.int32(n) + np.int32(127)) << np.int32(23)
+    total = 0.0
     for j in range(width):
-        out[j] *= powers[j]
+        e = out[j] * powers[j]
+        out[j] = e
+        total += e
+    return total
 
 
 def _exp_shifted_f64(x, shift, out, bits, powers, width):
+    total = 0.0
     for j in range(width):
-        out[j] = math.exp(x[j] - shift)
+        e = math.exp(x[j] - shift)
+        out[j] = e
+        total += e
+    return total
 
 
 @overload(exp_shifted, jit_options={"fastmath": FASTMATH, "error_model": "numpy"})

@@ -170,11 +170,7 @@ def _attention_forward_loop(q, q0, k, k0, vt, n_h, n_hkv, head_major, causal, wi
                     total[r] *= rescale
                     for c in range(d):
                         a[r, c] *= rescale
-                    exp_shifted(s[r], new_m, p[r], bits[task], powers[task], width)
-                    tile_sum = 0.0
-                    for jj in range(width):
-                        tile_sum += p[r, jj]
-                    total[r] += tile_sum
+                    total[r] += exp_shifted(s[r], new_m, p[r], bits[task], powers[task], width)
                     m[r] = new_m
                 _add_rows_times4(p, vt[b, hk], j0, width, zero, a[0], a[1], a[2], a[3])  # += P V
             for r in range(rows):

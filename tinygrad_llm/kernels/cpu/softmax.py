@@ -28,10 +28,7 @@ def _cross_entropy_forward_loop(logits, targets, ignore_index, smoothing, bounds
         for n in range(bounds[k], bounds[k + 1]):
             row = logits[n]
             m = row_max(row, v)
-            exp_shifted(row, m, e, bits[k], powers[k], v)        # e = exp(x - max)
-            s = 0.0                                   # float64 accumulators
-            for j in range(v):
-                s += e[j]
+            s = exp_shifted(row, m, e, bits[k], powers[k], v)    # sum of e = exp(x - max)
             total = 0.0
             if smoothing != 0.0:
                 for j in range(v):
