@@ -44,9 +44,11 @@ def _cross_entropy_forward_loop(logits, targets, ignore_index, smoothing, bounds
 
 
 @jit_parallel
-def _cross_entropy_backward_loop(dloss, logits, targets, lse, ignore_index, smoothing, bounds,
+def _cross_entropy_backward_loop(dloss, logits, targets, lse, ignore_index, off, keep, bounds,
                                  bits, powers, dlogits):
     # dloss, targets, lse: (N,)  logits, dlogits: (N, V)  bits, powers: (N_CHUNKS, V)
+    # off = smoothing / V and keep = 1 - smoothing in the logits' dtype: a float64 scalar in the
+    # row loop would turn it into float64 arithmetic (half the vector width; measured 2x slower)
     n_rows, v = logits.shape
     for k in prange(len(bounds) - 1):
         for n in range(bounds[k], bounds[k + 1]):
@@ -56,11 +58,10 @@ def _cross_entropy_backward_loop(dloss, logits, targets, lse, ignore_index, smoo
                 out[:] = 0.0
                 continue
             g = dloss[n]
-            off = smoothing / v
             exp_shifted(logits[n], lse[n], out, bits[k], powers[k], v)        # softmax, recomputed
             for j in range(v):
                 out[j] = g * (out[j] - off)
-            out[t] -= g * (1.0 - smoothing)
+            out[t] -= g * keep
 
 
 @implements("cross_entropy_forward", device="cpu", supports=_supported)
@@ -79,8 +80,10 @@ def cross_entropy_forward_cpu(logits, targets, ignore_index, label_smoothing):
 def cross_entropy_backward_cpu(dloss, logits, targets, lse, ignore_index, label_smoothing):
     logits = np.ascontiguousarray(logits)
     dlogits = np.empty_like(logits)
+    dtype = logits.dtype.type
     _cross_entropy_backward_loop(np.ascontiguousarray(dloss, dtype=logits.dtype), logits,
                                  np.ascontiguousarray(targets), lse, ignore_index,
-                                 float(label_smoothing), chunk_bounds(logits.shape[0]),
+                                 dtype(label_smoothing / logits.shape[1]),
+                                 dtype(1.0 - label_smoothing), chunk_bounds(logits.shape[0]),
                                  *exp_scratch(N_CHUNKS, logits.shape[1]), dlogits)
     return dlogits
