@@ -120,11 +120,12 @@ def _mask_outside(s_row, j0, width, start, end):
 
 @jit_parallel
 def _attention_forward_loop(q, q0, k, k0, vt, n_h, n_hkv, head_major, causal, window, scale, zero,
-                            o, lse, scratch, bits, powers, acc, stats):
+                            o, lse, scratch, bits, powers, acc, maxes, sums):
     # q: query head h in slot q0 + h; k: K/V head g in slot k0 + g (one packed qkv array may be
     # both); vt: (B, Hkv, D, Tk), the values transposed; o: (B, H, Tq, D) when head_major, else
     # (B, Tq, H, D); lse: (B, H, Tq). Per task: scratch (2, 4, _TILE) for s and p, bits and
-    # powers (_TILE,), acc (4, D), stats (2, 4) float64: each row's running max and sum
+    # powers (_TILE,), acc (4, D), maxes (4,) in the dtype and sums (4,) float64: each row's
+    # running max and sum (a float64 max would make exp_shifted's arithmetic float64)
     n_b, d = q.shape[0], q.shape[3]
     tq, tk = _length(q, head_major), _length(k, head_major)
     group = n_h // n_hkv
@@ -133,7 +134,7 @@ def _attention_forward_loop(q, q0, k, k0, vt, n_h, n_hkv, head_major, causal, wi
         b, h = task // n_h, task % n_h
         hk, qh, kh = h // group, q0 + h, k0 + h // group
         s, p, a = scratch[task, 0], scratch[task, 1], acc[task]
-        m, total = stats[task, 0], stats[task, 1]
+        m, total = maxes[task], sums[task]
         for i0 in range(0, tq, 4):                    # four query rows at a time
             rows = min(4, tq - i0)
             last = i0 + rows - 1                      # rows past the end repeat the last one
@@ -281,7 +282,7 @@ def _forward(q, q0, k, k0, v, v0, n_h, n_hkv, head_major, causal, scale, window)
                             head_major, causal, int(window), q.dtype.type(scale),
                             q.dtype.type(0), o, lse, np.empty((tasks, 2, 4, _TILE), q.dtype),
                             *exp_scratch(tasks, _TILE), np.empty((tasks, 4, d), q.dtype),
-                            np.empty((tasks, 2, 4)))
+                            np.empty((tasks, 4), q.dtype), np.empty((tasks, 4)))
     return o, lse
 
 
