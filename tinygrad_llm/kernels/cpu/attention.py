@@ -17,14 +17,17 @@ Speed: every inner loop is a dot product over contiguous rows (reassociated, so 
 four at a time sharing each loaded row, or an axpy into one output row; accumulators start from
 a zero of the input's dtype so float32 stays float32 (a float64 accumulator halves the vector
 width). The products that sum over keys (P V in forward, dS K in backward) read V and K
-transposed, (B, Hkv, D, Tk) copies made once per call, so they are dot products over the tile
-too: as axpy updates they stored a row per term, and ran twice as slowly (measured). The
+transposed, a (D, Tk) copy each task makes of its own head in a per-thread buffer, so they are
+dot products over the tile too: as axpy updates they stored a row per term, and ran twice as
+slowly (measured). (A separate parallel transposition call cost a thread wake-up more, 0.1 ms a
+call in the main job's training step.) The
 exponentials of a tile go through the vectorised exp_shifted. The parallel axis is (batch, query
 head) in forward and (batch, K/V head) in backward, where the G query heads that share a K/V head
 are handled by one task: each task owns everything it writes.
 """
 import math
 
+import numba
 import numpy as np
 from numba import prange
 
@@ -66,28 +69,27 @@ def _length(x, head_major):
     return x.shape[2] if head_major else x.shape[1]
 
 
-@jit_parallel
-def _transpose_rows(x, slot0, head_major, out):
-    """out[b, g, :, t] = row (b, t, slot0 + g) of x: out is (B, n, D, T), the transposed copy the
-    sums over keys read. Tokens go in blocks of 16, each output line written whole in turn (the
-    other order, a row at a time, strides the writes by T and ran 4x slower: cache-set
-    conflicts)."""
-    n_b, n, d, t = out.shape
-    for task in prange(n_b * n):
-        b, g = task // n, task % n
-        o = out[b, g]
-        for j0 in range(0, t, 16):
-            for c in range(d):
-                for j in range(j0, min(j0 + 16, t)):
-                    o[c, j] = _row(x, b, j, slot0 + g, head_major)[c]
+@jit
+def _transpose_head(x, b, slot, head_major, out):
+    """out[:, t] = row (b, t, slot) of x: out is (D, T), the transposed copy the sums over keys
+    read, made by each task for its own K/V head. Tokens go in blocks of 16, each output line
+    written whole in turn (a row at a time strides the writes by T: cache-set conflicts, 4x
+    slower, measured)."""
+    d, t = out.shape
+    for j0 in range(0, t, 16):
+        j1 = min(j0 + 16, t)
+        for c in range(d):
+            if head_major:
+                for j in range(j0, j1):
+                    out[c, j] = x[b, slot, j, c]
+            else:
+                for j in range(j0, j1):
+                    out[c, j] = x[b, j, slot, c]
 
 
-def _transposed(x, slot0, n, head_major):
-    """Slots slot0 .. slot0 + n - 1 of x as a contiguous (B, n, D, T) array."""
-    t = x.shape[2] if head_major else x.shape[1]
-    out = np.empty((x.shape[0], n, x.shape[3], t), x.dtype)
-    _transpose_rows(x, slot0, head_major, out)
-    return out
+def _per_thread(d, t, dtype):
+    """One (D, T) transposition buffer per thread (numba.get_thread_id() picks it)."""
+    return np.empty((numba.config.NUMBA_NUM_THREADS, d, t), dtype)
 
 
 @jit
@@ -119,10 +121,11 @@ def _mask_outside(s_row, j0, width, start, end):
 
 
 @jit_parallel
-def _attention_forward_loop(q, q0, k, k0, vt, n_h, n_hkv, head_major, causal, window, scale, zero,
-                            o, lse, scratch, bits, powers, acc, maxes, sums):
+def _attention_forward_loop(q, q0, k, k0, v, v0, vts, n_h, n_hkv, head_major, causal, window,
+                            scale, zero, o, lse, scratch, bits, powers, acc, maxes, sums):
     # q: query head h in slot q0 + h; k: K/V head g in slot k0 + g (one packed qkv array may be
-    # both); vt: (B, Hkv, D, Tk), the values transposed; o: (B, H, Tq, D) when head_major, else
+    # both), and v likewise; vts: (threads, D, Tk) scratch for the values transposed; o: (B, H,
+    # Tq, D) when head_major, else
     # (B, Tq, H, D); lse: (B, H, Tq). Per task: scratch (2, 4, _TILE) for s and p, bits and
     # powers (_TILE,), acc (4, D), maxes (4,) in the dtype and sums (4,) float64: each row's
     # running max and sum (a float64 max would make exp_shifted's arithmetic float64)
@@ -135,6 +138,8 @@ def _attention_forward_loop(q, q0, k, k0, vt, n_h, n_hkv, head_major, causal, wi
         hk, qh, kh = h // group, q0 + h, k0 + h // group
         s, p, a = scratch[task, 0], scratch[task, 1], acc[task]
         m, total = maxes[task], sums[task]
+        vt = vts[numba.get_thread_id()]
+        _transpose_head(v, b, v0 + hk, head_major, vt)
         for i0 in range(0, tq, 4):                    # four query rows at a time
             rows = min(4, tq - i0)
             last = i0 + rows - 1                      # rows past the end repeat the last one
@@ -173,7 +178,7 @@ def _attention_forward_loop(q, q0, k, k0, vt, n_h, n_hkv, head_major, causal, wi
                         a[r, c] *= rescale
                     total[r] += exp_shifted(s[r], new_m, p[r], bits[task], powers[task], width)
                     m[r] = new_m
-                _add_rows_times4(p, vt[b, hk], j0, width, zero, a[0], a[1], a[2], a[3])  # += P V
+                _add_rows_times4(p, vt, j0, width, zero, a[0], a[1], a[2], a[3])  # += P V
             for r in range(rows):
                 oi = _row(o, b, i0 + r, h, head_major)
                 if total[r] > 0.0:
@@ -187,10 +192,10 @@ def _attention_forward_loop(q, q0, k, k0, vt, n_h, n_hkv, head_major, causal, wi
 
 
 @jit_parallel
-def _attention_backward_loop(do, o, q, q0, k, k0, v, v0, kt, n_h, n_hkv, head_major, lse, causal,
+def _attention_backward_loop(do, o, q, q0, k, k0, v, v0, kts, n_h, n_hkv, head_major, lse, causal,
                              window, scale, zero, dq, dk, dv, scratch, bits, powers, delta):
     # layouts as in forward; do, o: (B, H, Tq, D) or (B, Tq, H, D); dq, dk, dv: zero-filled, laid
-    # out as q, k, v; kt: (B, Hkv, D, Tk), the keys transposed; lse: (B, H, Tq).
+    # out as q, k, v; kts: (threads, D, Tk) scratch for the keys transposed; lse: (B, H, Tq).
     # Per task: scratch (3, 4, _TILE) for s, p and ds; bits, powers (_TILE,); delta (4,)
     # Each dk_j, dv_j row is loaded and stored once per block of four query rows; rows past the
     # end of a block get p = ds = 0.
@@ -203,6 +208,8 @@ def _attention_backward_loop(do, o, q, q0, k, k0, v, v0, kt, n_h, n_hkv, head_ma
         kh, vh = k0 + hk, v0 + hk
         s, p, ds = scratch[task, 0], scratch[task, 1], scratch[task, 2]      # (4, _TILE) each
         dl = delta[task]
+        kt = kts[numba.get_thread_id()]
+        _transpose_head(k, b, kh, head_major, kt)
         for h in range(hk * group, (hk + 1) * group):
             qh = q0 + h
             for i0 in range(0, tq, 4):
@@ -264,7 +271,7 @@ def _attention_backward_loop(do, o, q, q0, k, k0, v, v0, kt, n_h, n_hkv, head_ma
                             dvj[c] += p0 * g0[c] + p1 * g1[c] + p2 * g2[c] + p3 * g3[c]
                         for c in range(d):
                             dkj[c] += s0 * r0[c] + s1 * r1[c] + s2 * r2[c] + s3 * r3[c]
-                    _add_rows_times4(ds, kt[b, hk], j0, width, zero,           # dq += dS K
+                    _add_rows_times4(ds, kt, j0, width, zero,           # dq += dS K
                                      _row(dq, b, i0, qh, head_major),
                                      _row(dq, b, i1, qh, head_major),
                                      _row(dq, b, i2, qh, head_major),
@@ -274,11 +281,11 @@ def _attention_backward_loop(do, o, q, q0, k, k0, v, v0, kt, n_h, n_hkv, head_ma
 def _forward(q, q0, k, k0, v, v0, n_h, n_hkv, head_major, causal, scale, window):
     """o (laid out as q, with H slots) and lse (B, H, Tq)."""
     b, d = q.shape[0], q.shape[3]
-    tq = q.shape[2] if head_major else q.shape[1]
+    tq, tk = (q.shape[2], k.shape[2]) if head_major else (q.shape[1], k.shape[1])
     tasks = b * n_h
     o = np.empty((b, n_h, tq, d) if head_major else (b, tq, n_h, d), dtype=q.dtype)
     lse = np.empty((b, n_h, tq), dtype=q.dtype)
-    _attention_forward_loop(q, q0, k, k0, _transposed(v, v0, n_hkv, head_major), n_h, n_hkv,
+    _attention_forward_loop(q, q0, k, k0, v, v0, _per_thread(d, tk, q.dtype), n_h, n_hkv,
                             head_major, causal, int(window), q.dtype.type(scale),
                             q.dtype.type(0), o, lse, np.empty((tasks, 2, 4, _TILE), q.dtype),
                             *exp_scratch(tasks, _TILE), np.empty((tasks, 4, d), q.dtype),
@@ -290,7 +297,8 @@ def _backward(do, o, q, q0, k, k0, v, v0, n_h, n_hkv, head_major, lse, causal, s
               dq, dk, dv):
     """do, o laid out as q with H slots; dq, dk, dv zero-filled (they may be one array)."""
     tasks = q.shape[0] * n_hkv
-    _attention_backward_loop(do, o, q, q0, k, k0, v, v0, _transposed(k, k0, n_hkv, head_major),
+    tk = k.shape[2] if head_major else k.shape[1]
+    _attention_backward_loop(do, o, q, q0, k, k0, v, v0, _per_thread(q.shape[3], tk, q.dtype),
                              n_h, n_hkv, head_major, np.ascontiguousarray(lse), causal,
                              int(window), q.dtype.type(scale), q.dtype.type(0), dq, dk, dv,
                              np.empty((tasks, 3, 4, _TILE), q.dtype), *exp_scratch(tasks, _TILE),
