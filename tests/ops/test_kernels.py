@@ -307,3 +307,38 @@ def test_training_step_shapes_take_the_fast_path():
     assert ran == set(CASES), f"families not exercised: {set(CASES) - ran}"
     slow = [(name, impl) for name, impl in log if impl != "cpu"]
     assert not slow, f"fell back to the reference: {slow}"
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["float32", "float64"])
+def test_a_nan_input_gives_nan_where_the_reference_does(dtype):
+    """A NaN logit or score anywhere in a row must reach that row's loss or output (a diverging
+    run has to show NaN, not a finite loss with the NaN softmaxed away); -inf entries (masked
+    logits) must not. The reference's NaN pattern is the specification."""
+    rng = np.random.default_rng(0)
+    logits = _x(rng, (6, 65), dtype)
+    logits[0, 5] = logits[1, 0] = logits[2, 64] = np.nan          # first, middle, last column
+    logits[3, 7] = -np.inf
+    targets = np.array([1, 2, 3, 4, 5, -100])
+    logits[5, 9] = np.nan                                         # an ignored row: loss 0
+    ce = _dispatchers().cross_entropy_forward
+    want, lse = kernels.reference("cross_entropy_forward")(logits, targets, -100, 0.0)
+    with tl.use_kernels(True):
+        got, _ = ce(logits, targets, -100, 0.0)
+    assert kernels.ran("cross_entropy_forward") == "cpu"
+    np.testing.assert_array_equal(np.isnan(got), np.isnan(want))
+    assert np.isnan(got[:3]).all() and np.isfinite(got[3:]).all()
+    dloss = np.ones(6, dtype)
+    want = kernels.reference("cross_entropy_backward")(dloss, logits, targets, lse, -100, 0.0)
+    with tl.use_kernels(True):
+        got = _dispatchers().cross_entropy_backward(dloss, logits, targets, lse, -100, 0.0)
+    np.testing.assert_array_equal(np.isnan(got[:5]).any(1), np.isnan(want[:5]).any(1))
+
+    q, k, v = (_x(rng, (1, 2, 17, 8), dtype) for _ in range(3))
+    k[0, 0, 6, 3] = np.nan                       # key 6 of head 0: queries 6.. see it if causal
+    for causal in (True, False):
+        want, _ = attention_forward.__wrapped__(q, k, v, None, causal, 0.35, 0)
+        with tl.use_kernels(True):
+            got, _ = attention_forward(q, k, v, None, causal, 0.35, 0)
+        assert kernels.ran("attention_forward") == "cpu"
+        np.testing.assert_array_equal(np.isnan(got), np.isnan(want))
+        assert np.isnan(want).any() and not np.isnan(want[0, 1]).any()

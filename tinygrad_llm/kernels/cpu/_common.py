@@ -48,8 +48,9 @@ def chunk_bounds(n):
 # through an int32 scratch row that the caller also hands over as float32 (`powers`, the same
 # memory: numba's .view costs ~40 ns per call, more than a 64-wide row's exponentials). n stays a
 # float32 (np.floor, not math.floor, whose int64 result would turn the arithmetic into float64).
-# Relative error 7e-8 for z >= -87; e^z below that (float32's denormals) is 0. float64 uses libm's
-# exp: gradcheck needs it exact.
+# Relative error 7e-8 for z >= -87; e^z below that (float32's denormals) is 0, and a NaN z gives
+# NaN (the comparisons are written so: a NaN logit must not vanish from a loss). float64 uses
+# libm's exp: gradcheck needs it exact.
 def exp_shifted(x, shift, out, bits, powers, width):
     """out[j] = exp(x[j] - shift) for j < width, where x[j] - shift <= 0 (a softmax row);
     returns their sum (float64), accumulated in the same pass. bits, powers: one row (>= width
@@ -67,7 +68,7 @@ def _exp_shifted_f32(x, shift, out, bits, powers, width):
     f32 = np.float32
     for j in range(width):
         z = x[j] - shift
-        zc = max(z, f32(-87.0))
+        zc = f32(-87.0) if z < f32(-87.0) else z      # written so that a NaN stays NaN
         n = np.floor(zc * f32(1.4426950408889634) + f32(0.5))
         f = (zc - n * f32(0.693359375)) + n * f32(2.12194440e-4)
         p = f32(1.0 / 5040)
@@ -78,7 +79,7 @@ def _exp_shifted_f32(x, shift, out, bits, powers, width):
         p = p * f + f32(0.5)
         p = p * f + f32(1.0)
         p = p * f + f32(1.0)
-        out[j] = p if z >= f32(-87.0) else f32(0.0)
+        out[j] = f32(0.0) if z < f32(-87.0) else p
         bits[j] = (np.int32(n) + np.int32(127)) << np.int32(23)
     total = 0.0
     for j in range(width):

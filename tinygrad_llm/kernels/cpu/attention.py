@@ -181,14 +181,14 @@ def _attention_forward_loop(q, q0, k, k0, v, v0, vts, n_h, n_hkv, head_major, ca
                 _add_rows_times4(p, vt, j0, width, zero, a[0], a[1], a[2], a[3])  # += P V
             for r in range(rows):
                 oi = _row(o, b, i0 + r, h, head_major)
-                if total[r] > 0.0:
+                if total[r] == 0.0:                   # no key visible: output 0, as the reference
+                    oi[:] = zero
+                    lse[b, h, i0 + r] = 0.0
+                else:                                 # (a NaN score gives a NaN row, as there)
                     inv = 1.0 / total[r]
                     for c in range(d):
                         oi[c] = a[r, c] * inv
                     lse[b, h, i0 + r] = m[r] + math.log(total[r])
-                else:                                 # no key visible: output 0, as the reference
-                    oi[:] = zero
-                    lse[b, h, i0 + r] = 0.0
 
 
 @jit_parallel
