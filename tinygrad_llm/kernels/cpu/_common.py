@@ -64,7 +64,9 @@ def exp_scratch(rows, width):
     return bits, bits.view(np.float32)
 
 
-def _exp_shifted_f32(x, shift, out, bits, powers, width):
+@njit(cache=True, fastmath=FASTMATH, error_model="numpy", inline="always")
+def _exp_parts_f32(x, shift, out, bits, width):
+    """The first pass: out[j] = e^f (the polynomial), bits[j] = 2^n as a float's bits."""
     f32 = np.float32
     for j in range(width):
         z = x[j] - shift
@@ -81,8 +83,12 @@ def _exp_shifted_f32(x, shift, out, bits, powers, width):
         p = p * f + f32(1.0)
         out[j] = f32(0.0) if z < f32(-87.0) else p
         bits[j] = (np.int32(n) + np.int32(127)) << np.int32(23)
+
+
+def _exp_shifted_f32(x, shift, out, bits, powers, width):
+    _exp_parts_f32(x, shift, out, bits, width)
     total = 0.0
-    for j in range(width):
+    for j in range(width):                            # the second pass: e = e^f 2^n
         e = out[j] * powers[j]
         out[j] = e
         total += e
@@ -96,6 +102,29 @@ def _exp_shifted_f64(x, shift, out, bits, powers, width):
         out[j] = e
         total += e
     return total
+
+
+def _exp_affine_f32(x, shift, gain, bias, out, bits, powers, width):
+    _exp_parts_f32(x, shift, out, bits, width)
+    for j in range(width):
+        out[j] = gain * (out[j] * powers[j]) + bias
+
+
+def _exp_affine_f64(x, shift, gain, bias, out, bits, powers, width):
+    for j in range(width):
+        out[j] = gain * math.exp(x[j] - shift) + bias
+
+
+def exp_shifted_affine(x, shift, gain, bias, out, bits, powers, width):
+    """out[j] = gain * exp(x[j] - shift) + bias: exp_shifted with an affine map folded into its
+    second pass (a softmax gradient row, g (p - c), without a third pass over the row).
+    gain and bias in x's dtype."""
+    raise NotImplementedError("exp_shifted_affine is called from jitted code only")
+
+
+@overload(exp_shifted_affine, jit_options={"fastmath": FASTMATH, "error_model": "numpy"})
+def _exp_affine_typed(x, shift, gain, bias, out, bits, powers, width):
+    return _exp_affine_f32 if x.dtype == types.float32 else _exp_affine_f64
 
 
 @overload(exp_shifted, jit_options={"fastmath": FASTMATH, "error_model": "numpy"})

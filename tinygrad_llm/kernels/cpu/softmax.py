@@ -10,8 +10,8 @@ import numpy as np
 from numba import prange
 
 from .. import implements
-from ._common import (N_CHUNKS, chunk_bounds, exp_scratch, exp_shifted, floats, jit_parallel,
-                      row_max)
+from ._common import (N_CHUNKS, chunk_bounds, exp_scratch, exp_shifted, exp_shifted_affine, floats,
+                      jit_parallel, row_max)
 
 
 def _supported(logits, targets, *rest, **kwargs):
@@ -57,10 +57,8 @@ def _cross_entropy_backward_loop(dloss, logits, targets, lse, ignore_index, off,
             if t == ignore_index:
                 out[:] = 0.0
                 continue
-            g = dloss[n]
-            exp_shifted(logits[n], lse[n], out, bits[k], powers[k], v)        # softmax, recomputed
-            for j in range(v):
-                out[j] = g * (out[j] - off)
+            g = dloss[n]                              # g (softmax - off), softmax recomputed
+            exp_shifted_affine(logits[n], lse[n], g, -g * off, out, bits[k], powers[k], v)
             out[t] -= g * keep
 
 
