@@ -20,7 +20,8 @@ from ._common import jit, jit_parallel
 
 QK = 32                       # 4-bit values are packed in runs of 32 (ggml's order)
 
-PARALLEL_BYTES = 1 << 20      # matrices at least this large split their tiles over the threads
+PARALLEL_BYTES = 1 << 18      # matrices at least this large split their tiles over the threads
+#                               (as kernels/cpu/decode.py's, where it was measured)
 
 
 # ---- column tiles ------------------------------------------------------------------------------
