@@ -45,6 +45,18 @@ def test_kernel_equals_dequantize_then_matmul(scheme, shape, scale):
     np.testing.assert_allclose(ref, want, rtol=0, atol=tol)
 
 
+@pytest.mark.parametrize("cols", [1, 7, 18, 33])
+def test_int8_rows_of_any_width(cols):
+    """int8's block is a whole row, so the one-token kernel's four-rows-per-pass loop has a
+    remainder of 1 to 3 rows to take."""
+    ops = operands("int8", 300, cols)
+    x = np.random.default_rng(1).standard_normal((1, cols)).astype(np.float32)
+    want = x.astype(np.float64) @ dequantize_operands(*ops).astype(np.float64).T
+    got = quant_matmul(x, *ops)
+    assert kernels.ran("quant_matmul") == "cpu"
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-5 * np.abs(want).max())
+
+
 @pytest.mark.parametrize("scheme", SCHEMES)
 def test_threaded_rows_agree(scheme, monkeypatch):
     monkeypatch.setattr(cpu_quant, "PARALLEL_BYTES", 0)
