@@ -19,11 +19,11 @@ a zero of the input's dtype so float32 stays float32 (a float64 accumulator halv
 width). The products that sum over keys (P V in forward, dS K in backward) read V and K
 transposed, a (D, Tk) copy each task makes of its own head in a per-thread buffer, so they are
 dot products over the tile too: as axpy updates they stored a row per term, and ran twice as
-slowly (measured). (A separate parallel transposition call cost a thread wake-up more, 0.1 ms a
-call in the main job's training step.) The
-exponentials of a tile go through the vectorised exp_shifted. The parallel axis is (batch, query
-head) in forward and (batch, K/V head) in backward, where the G query heads that share a K/V head
-are handled by one task: each task owns everything it writes.
+slowly (measured; a separate parallel transposition call cost one more thread wake-up, 0.1 ms
+a call in the main job's training step). The exponentials of a tile go through the vectorised
+exp_shifted. The parallel axis is (batch, query head) in forward and (batch, K/V head) in
+backward, where the G query heads that share a K/V head are handled by one task: each task owns
+everything it writes.
 """
 import math
 
@@ -123,19 +123,20 @@ def _mask_outside(s_row, j0, width, start, end):
 @jit_parallel
 def _attention_forward_loop(q, q0, k, k0, v, v0, vts, n_h, n_hkv, head_major, causal, window,
                             scale, zero, o, lse, scratch, bits, powers, acc, maxes, sums):
-    # q: query head h in slot q0 + h; k: K/V head g in slot k0 + g (one packed qkv array may be
-    # both), and v likewise; vts: (threads, D, Tk) scratch for the values transposed; o: (B, H,
-    # Tq, D) when head_major, else
-    # (B, Tq, H, D); lse: (B, H, Tq). Per task: scratch (2, 4, _TILE) for s and p, bits and
-    # powers (_TILE,), acc (4, D), maxes (4,) in the dtype and sums (4,) float64: each row's
-    # running max and sum (a float64 max would make exp_shifted's arithmetic float64)
+    # q: query head h in slot q0 + h; k, v: K/V head g in slots k0 + g, v0 + g (one packed qkv
+    # array may be all three); o: (B, H, Tq, D) when head_major, else (B, Tq, H, D); lse: (B, H,
+    # Tq); vts: (threads, D, Tk) scratch for the values transposed. Per task: scratch (2, 4,
+    # _TILE) for s and p, bits and powers (_TILE,), acc (4, D), maxes (4,) in the dtype and sums
+    # (4,) float64: each row's running max and sum (a float64 max would make exp_shifted's
+    # arithmetic float64)
     n_b, d = q.shape[0], q.shape[3]
     tq, tk = _length(q, head_major), _length(k, head_major)
     group = n_h // n_hkv
     offset = tk - tq                                  # causal: query i sees keys j <= i + offset
     for task in prange(n_b * n_h):
         b, h = task // n_h, task % n_h
-        hk, qh, kh = h // group, q0 + h, k0 + h // group
+        hk = h // group
+        qh, kh = q0 + h, k0 + hk
         s, p, a = scratch[task, 0], scratch[task, 1], acc[task]
         m, total = maxes[task], sums[task]
         vt = vts[numba.get_thread_id()]
@@ -143,9 +144,9 @@ def _attention_forward_loop(q, q0, k, k0, v, v0, vts, n_h, n_hkv, head_major, ca
         for i0 in range(0, tq, 4):                    # four query rows at a time
             rows = min(4, tq - i0)
             last = i0 + rows - 1                      # rows past the end repeat the last one
-            r0, r1 = _row(q, b, i0, qh, head_major), _row(q, b, min(i0 + 1, last), qh, head_major)
-            r2, r3 = (_row(q, b, min(i0 + 2, last), qh, head_major),
-                      _row(q, b, min(i0 + 3, last), qh, head_major))
+            i1, i2, i3 = min(i0 + 1, last), min(i0 + 2, last), min(i0 + 3, last)
+            r0, r1 = _row(q, b, i0, qh, head_major), _row(q, b, i1, qh, head_major)
+            r2, r3 = _row(q, b, i2, qh, head_major), _row(q, b, i3, qh, head_major)
             a[:] = zero
             m[:] = -np.inf
             total[:] = 0.0
