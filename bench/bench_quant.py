@@ -177,10 +177,10 @@ print(json.dumps({"tokens_per_s": steps / best}))
 
 
 def llama_speed(path, opts, threads):
-    # llama.cpp runs in its own environment: tinygrad_llm sets OMP_WAIT_POLICY=PASSIVE for its
-    # own pools (kernels/cpu/__init__.py), which would make ggml's OpenMP threads sleep between
-    # ops and slow llama.cpp 2-3x (measured)
-    env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY",
+    # llama.cpp runs in its own environment: tinygrad_llm sets OMP_WAIT_POLICY=PASSIVE and
+    # GOMP_SPINCOUNT for its own pools (kernels/cpu/__init__.py), which would make ggml's OpenMP
+    # threads sleep between ops (the passive policy alone slowed llama.cpp 2-3x, measured)
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT",
                                                             "OPENBLAS_THREAD_TIMEOUT")}
     run = subprocess.run([opts["llama_python"], "-c", LLAMA_SCRIPT, path, str(opts["steps"]),
                           str(opts["repeats"]), str(threads)], capture_output=True, text=True,
