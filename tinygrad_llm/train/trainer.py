@@ -113,8 +113,10 @@ class Trainer:
             _, loss = self.model(x, y)
             if c.grad_accum > 1:
                 loss = loss / c.grad_accum
-            loss.backward()
-            total += loss.item()
+            value = loss.item()
+            total += value
+            if math.isfinite(value):          # a non-finite step is dropped below: no backward
+                loss.backward()
         if not math.isfinite(total):
             self.optimizer.zero_grad()
             if c.on_nan == "stop":
