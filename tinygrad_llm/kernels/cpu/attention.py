@@ -231,24 +231,40 @@ def _attention_backward_loop(do, o, q, q0, k, k0, v, v0, kts, n_h, n_hkv, head_m
                 block_start = _visible_start(i0 + offset, window)
                 for j0 in range(block_start, max(block_end, block_start), _TILE):
                     width = min(_TILE, block_end - j0)
-                    for jj in range(width):       # s = q_r . k_j * scale,  dp = do_r . v_j
-                        kj, vj = _row(k, b, j0 + jj, kh, head_major), _row(v, b, j0 + jj, vh,
-                                                                           head_major)
-                        a0 = a1 = a2 = a3 = zero
-                        b0 = b1 = b2 = b3 = zero
-                        for c in range(d):        # 8 independent sums share each k, v load
-                            kc, vc = kj[c], vj[c]
-                            a0 += r0[c] * kc
-                            a1 += r1[c] * kc
-                            a2 += r2[c] * kc
-                            a3 += r3[c] * kc
-                            b0 += g0[c] * vc
-                            b1 += g1[c] * vc
-                            b2 += g2[c] * vc
-                            b3 += g3[c] * vc
+                    for jj in range(0, width, 2):  # two keys at a time: 16 sums share the
+                        jb = min(jj + 1, width - 1)    # row loads (an odd tile's last key pairs
+                        ka = _row(k, b, j0 + jj, kh, head_major)                # with itself)
+                        kb = _row(k, b, j0 + jb, kh, head_major)
+                        va = _row(v, b, j0 + jj, vh, head_major)
+                        vb = _row(v, b, j0 + jb, vh, head_major)
+                        a0 = a1 = a2 = a3 = e0 = e1 = e2 = e3 = zero         # q_r . k_a, k_b
+                        b0 = b1 = b2 = b3 = f0 = f1 = f2 = f3 = zero         # do_r . v_a, v_b
+                        for c in range(d):
+                            q0c, q1c, q2c, q3c = r0[c], r1[c], r2[c], r3[c]
+                            g0c, g1c, g2c, g3c = g0[c], g1[c], g2[c], g3[c]
+                            kac, kbc, vac, vbc = ka[c], kb[c], va[c], vb[c]
+                            a0 += q0c * kac
+                            a1 += q1c * kac
+                            a2 += q2c * kac
+                            a3 += q3c * kac
+                            e0 += q0c * kbc
+                            e1 += q1c * kbc
+                            e2 += q2c * kbc
+                            e3 += q3c * kbc
+                            b0 += g0c * vac
+                            b1 += g1c * vac
+                            b2 += g2c * vac
+                            b3 += g3c * vac
+                            f0 += g0c * vbc
+                            f1 += g1c * vbc
+                            f2 += g2c * vbc
+                            f3 += g3c * vbc
                         s[0, jj], s[1, jj], s[2, jj], s[3, jj] = (a0 * scale, a1 * scale,
                                                                   a2 * scale, a3 * scale)
+                        s[0, jb], s[1, jb], s[2, jb], s[3, jb] = (e0 * scale, e1 * scale,
+                                                                  e2 * scale, e3 * scale)
                         ds[0, jj], ds[1, jj], ds[2, jj], ds[3, jj] = b0, b1, b2, b3
+                        ds[0, jb], ds[1, jb], ds[2, jb], ds[3, jb] = f0, f1, f2, f3
                     for r in range(4):
                         if r >= rows:             # padding rows: no contribution
                             p[r, :width] = zero
