@@ -14,16 +14,16 @@ read in place (PackedAttentionOp), or head-major (B, S, T, D), the (B, H, T, D) 
 `_row` picks a row in either, so neither API copies its inputs.
 
 Speed: every inner loop is a dot product over contiguous rows (reassociated, so it vectorises),
-four at a time sharing each loaded row, or an axpy into one output row; accumulators start from
-a zero of the input's dtype so float32 stays float32 (a float64 accumulator halves the vector
-width). The products that sum over keys (P V in forward, dS K in backward) read V and K
-transposed, a (D, Tk) copy each task makes of its own head in a per-thread buffer, so they are
-dot products over the tile too: as axpy updates they stored a row per term, and ran twice as
-slowly (measured; a separate parallel transposition call cost one more thread wake-up, 0.1 ms
-a call in the main job's training step). The exponentials of a tile go through the vectorised
-exp_shifted. The parallel axis is (batch, query head) in forward and (batch, K/V head) in
-backward, where the G query heads that share a K/V head are handled by one task: each task owns
-everything it writes.
+several sharing each loaded row (four query rows; in backward by two keys too: q.k and do.v make
+16 sums per pass), or an axpy into one output row; accumulators start from a zero of the input's
+dtype so float32 stays float32 (a float64 accumulator halves the vector width). The products that
+sum over keys (P V in forward, dS K in backward) read V and K transposed, a (D, Tk) copy each task
+makes of its own head in a per-thread buffer, so they are dot products over the tile too: as axpy
+updates they stored a row per term, and ran twice as slowly (measured; a separate parallel
+transposition call cost one more thread wake-up, 0.1 ms a call in the main job's training step).
+The exponentials of a tile go through the vectorised exp_shifted. The parallel axis is (batch,
+query head) in forward and (batch, K/V head) in backward, where the G query heads that share a K/V
+head are handled by one task: each task owns everything it writes.
 """
 import math
 
