@@ -15,15 +15,16 @@ read in place (PackedAttentionOp), or head-major (B, S, T, D), the (B, H, T, D) 
 
 Speed: every inner loop is a dot product over contiguous rows (reassociated, so it vectorises),
 several sharing each loaded row (four query rows; in backward by two keys too: q.k and do.v make
-16 sums per pass), or an axpy into one output row; accumulators start from a zero of the input's
-dtype so float32 stays float32 (a float64 accumulator halves the vector width). The products that
-sum over keys (P V in forward, dS K in backward) read V and K transposed, a (D, Tk) copy each task
-makes of its own head in a per-thread buffer, so they are dot products over the tile too: as axpy
-updates they stored a row per term, and ran twice as slowly (measured; a separate parallel
-transposition call cost one more thread wake-up, 0.1 ms a call in the main job's training step).
-The exponentials of a tile go through the vectorised exp_shifted. The parallel axis is (batch,
-query head) in forward and (batch, K/V head) in backward, where the G query heads that share a K/V
-head are handled by one task: each task owns everything it writes.
+16 sums per pass), or an axpy update (backward's dk, dv: two key rows per pass, sharing the query
+rows' loads); accumulators start from a zero of the input's dtype so float32 stays float32 (a
+float64 accumulator halves the vector width). The products that sum over keys (P V in forward,
+dS K in backward) read V and K transposed, a (D, Tk) copy each task makes of its own head in a
+per-thread buffer, so they are dot products over the tile too: as axpy updates they stored a row
+per term, and ran twice as slowly (measured; a separate parallel transposition call cost one more
+thread wake-up, 0.1 ms a call in the main job's training step). The exponentials of a tile go
+through the vectorised exp_shifted. The parallel axis is (batch, query head) in forward and
+(batch, K/V head) in backward, where the G query heads that share a K/V head are handled by one
+task: each task owns everything it writes.
 """
 import math
 
@@ -278,16 +279,27 @@ def _attention_backward_loop(do, o, q, q0, k, k0, v, v0, kts, n_h, n_hkv, head_m
                         row_delta = dl[r]
                         for jj in range(width):   # dS = P * (dP - delta) * scale
                             ds[r, jj] = p[r, jj] * (ds[r, jj] - row_delta) * scale
-                    for jj in range(width):       # dv_j += P^T do,  dk_j += dS^T q
-                        j = j0 + jj
-                        dkj, dvj = _row(dk, b, j, kh, head_major), _row(dv, b, j, vh, head_major)
-                        p0, p1, p2, p3 = p[0, jj], p[1, jj], p[2, jj], p[3, jj]
-                        s0, s1, s2, s3 = ds[0, jj], ds[1, jj], ds[2, jj], ds[3, jj]
-                        # one output row per loop: simple enough for LLVM's alias checks
+                    for jj in range(0, width, 2):  # dv_j += P^T do,  dk_j += dS^T q for keys
+                        jb = min(jj + 1, width - 1)    # a and b: each do_r, q_r load serves both
+                        dva, dvb = _row(dv, b, j0 + jj, vh, head_major), _row(dv, b, j0 + jb, vh,
+                                                                              head_major)
+                        dka, dkb = _row(dk, b, j0 + jj, kh, head_major), _row(dk, b, j0 + jb, kh,
+                                                                              head_major)
+                        pa0, pa1, pa2, pa3 = p[0, jj], p[1, jj], p[2, jj], p[3, jj]
+                        sa0, sa1, sa2, sa3 = ds[0, jj], ds[1, jj], ds[2, jj], ds[3, jj]
+                        if jb == jj:              # an odd tile's last key pairs with itself, at
+                            pb0 = pb1 = pb2 = pb3 = sb0 = sb1 = sb2 = sb3 = zero    # weight 0
+                        else:
+                            pb0, pb1, pb2, pb3 = p[0, jb], p[1, jb], p[2, jb], p[3, jb]
+                            sb0, sb1, sb2, sb3 = ds[0, jb], ds[1, jb], ds[2, jb], ds[3, jb]
                         for c in range(d):
-                            dvj[c] += p0 * g0[c] + p1 * g1[c] + p2 * g2[c] + p3 * g3[c]
+                            x0, x1, x2, x3 = g0[c], g1[c], g2[c], g3[c]
+                            dva[c] += pa0 * x0 + pa1 * x1 + pa2 * x2 + pa3 * x3
+                            dvb[c] += pb0 * x0 + pb1 * x1 + pb2 * x2 + pb3 * x3
                         for c in range(d):
-                            dkj[c] += s0 * r0[c] + s1 * r1[c] + s2 * r2[c] + s3 * r3[c]
+                            x0, x1, x2, x3 = r0[c], r1[c], r2[c], r3[c]
+                            dka[c] += sa0 * x0 + sa1 * x1 + sa2 * x2 + sa3 * x3
+                            dkb[c] += sb0 * x0 + sb1 * x1 + sb2 * x2 + sb3 * x3
                     _add_rows_times4(ds, kt, j0, width, zero,           # dq += dS K
                                      _row(dq, b, i0, qh, head_major),
                                      _row(dq, b, i1, qh, head_major),
