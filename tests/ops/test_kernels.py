@@ -342,3 +342,32 @@ def test_a_nan_input_gives_nan_where_the_reference_does(dtype):
         assert kernels.ran("attention_forward") == "cpu"
         np.testing.assert_array_equal(np.isnan(got), np.isnan(want))
         assert np.isnan(want).any() and not np.isnan(want[0, 1]).any()
+
+
+@pytest.mark.parametrize("head_major", [True, False], ids=["head_major", "token_major"])
+def test_attention_kernel_writes_every_output_element(head_major):
+    """The kernels fill their outputs themselves (o, and dq, dk, dv zeroed by the task that owns
+    each row), so outputs handed over full of NaN must come back equal to the reference: rows
+    that see no key (causal with more queries than keys, a window) included."""
+    from tinygrad_llm.kernels.cpu import attention as cpu_attention
+    rng = np.random.default_rng(0)
+    cases = [(2, 4, 2, 5, 3, 8, True, 0), (1, 3, 3, 17, 17, 4, True, 5),
+             (2, 2, 1, 9, 9, 4, False, 2), (1, 2, 2, 1, 1, 8, True, 0)]
+    for b, h, hkv, tq, tk, d, causal, window in cases:
+        q, do = _x(rng, (b, h, tq, d), np.float32), _x(rng, (b, h, tq, d), np.float32)
+        k, v = _x(rng, (b, hkv, tk, d), np.float32), _x(rng, (b, hkv, tk, d), np.float32)
+        want_o, lse = attention_forward.__wrapped__(q, k, v, None, causal, 0.4, window)
+        want = kernels.reference("attention_backward")(do, q, k, v, want_o, lse, None, causal,
+                                                        0.4, window)
+        lay = (lambda x: x) if head_major else (lambda x: np.ascontiguousarray(
+            x.transpose(0, 2, 1, 3)))
+        back = (lambda x: x) if head_major else (lambda x: x.transpose(0, 2, 1, 3))
+        qs, ks, vs, dos = lay(q), lay(k), lay(v), lay(do)
+        o = np.full_like(qs, np.nan)
+        cpu_attention._forward(qs, 0, ks, 0, vs, 0, h, hkv, head_major, causal, 0.4, window, o)
+        np.testing.assert_allclose(back(o), want_o, atol=1e-5)
+        grads = [np.full_like(a, np.nan) for a in (qs, ks, vs)]
+        cpu_attention._backward(dos, lay(want_o), qs, 0, ks, 0, vs, 0, h, hkv, head_major, lse,
+                                causal, 0.4, window, *grads)
+        for got, ref in zip(grads, want):
+            np.testing.assert_allclose(back(got), ref, atol=1e-4)

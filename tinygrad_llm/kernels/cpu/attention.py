@@ -66,6 +66,14 @@ def _row(x, b, t, slot, head_major):
 
 
 @jit
+def _fill(row, value):
+    """row[:] = value, as a loop: inside a prange body Numba drops a slice assignment to a view
+    that a function returned (`_row(...)[:] = 0` wrote nothing; seen with numba 0.68)."""
+    for c in range(row.shape[0]):
+        row[c] = value
+
+
+@jit
 def _length(x, head_major):
     """The number of tokens T of a head-major or token-major array."""
     return x.shape[2] if head_major else x.shape[1]
@@ -185,7 +193,7 @@ def _attention_forward_loop(q, q0, k, k0, v, v0, vts, n_h, n_hkv, head_major, ca
             for r in range(rows):
                 oi = _row(o, b, i0 + r, h, head_major)
                 if total[r] == 0.0:                   # no key visible: output 0, as the reference
-                    oi[:] = zero
+                    _fill(oi, zero)
                     lse[b, h, i0 + r] = 0.0
                 else:                                 # (a NaN score gives a NaN row, as there)
                     inv = 1.0 / total[r]
@@ -197,8 +205,9 @@ def _attention_forward_loop(q, q0, k, k0, v, v0, vts, n_h, n_hkv, head_major, ca
 @jit_parallel
 def _attention_backward_loop(do, o, q, q0, k, k0, v, v0, kts, n_h, n_hkv, head_major, lse, causal,
                              window, scale, zero, dq, dk, dv, scratch, bits, powers, delta):
-    # layouts as in forward; do, o: (B, H, Tq, D) or (B, Tq, H, D); dq, dk, dv: zero-filled, laid
-    # out as q, k, v; kts: (threads, D, Tk) scratch for the keys transposed; lse: (B, H, Tq).
+    # layouts as in forward; do, o: (B, H, Tq, D) or (B, Tq, H, D); dq, dk, dv: laid out as
+    # q, k, v, each row zeroed by the task that owns it; kts: (threads, D, Tk) scratch for the
+    # keys transposed; lse: (B, H, Tq).
     # Per task: scratch (3, 4, _TILE) for s, p and ds; bits, powers (_TILE,); delta (4,)
     # Each dk_j, dv_j row is loaded and stored once per block of four query rows; rows past the
     # end of a block get p = ds = 0.
@@ -213,6 +222,12 @@ def _attention_backward_loop(do, o, q, q0, k, k0, v, v0, kts, n_h, n_hkv, head_m
         dl = delta[task]
         kt = kts[numba.get_thread_id()]
         _transpose_head(k, b, kh, head_major, kt)
+        for j in range(tk):                   # the task zeroes the rows it accumulates into
+            _fill(_row(dk, b, j, kh, head_major), zero)
+            _fill(_row(dv, b, j, vh, head_major), zero)
+        for h in range(hk * group, (hk + 1) * group):
+            for i in range(tq):
+                _fill(_row(dq, b, i, q0 + h, head_major), zero)
         for h in range(hk * group, (hk + 1) * group):
             qh = q0 + h
             for i0 in range(0, tq, 4):
@@ -308,12 +323,13 @@ def _attention_backward_loop(do, o, q, q0, k, k0, v, v0, kts, n_h, n_hkv, head_m
                                      _row(dq, b, i3, qh, head_major))
 
 
-def _forward(q, q0, k, k0, v, v0, n_h, n_hkv, head_major, causal, scale, window):
-    """o (laid out as q, with H slots) and lse (B, H, Tq)."""
+def _forward(q, q0, k, k0, v, v0, n_h, n_hkv, head_major, causal, scale, window, o=None):
+    """o (laid out as q, with H slots; written whole, into `o` when given) and lse (B, H, Tq)."""
     b, d = q.shape[0], q.shape[3]
     tq, tk = (q.shape[2], k.shape[2]) if head_major else (q.shape[1], k.shape[1])
     tasks = b * n_h
-    o = np.empty((b, n_h, tq, d) if head_major else (b, tq, n_h, d), dtype=q.dtype)
+    if o is None:
+        o = np.empty((b, n_h, tq, d) if head_major else (b, tq, n_h, d), dtype=q.dtype)
     lse = np.empty((b, n_h, tq), dtype=q.dtype)
     _attention_forward_loop(q, q0, k, k0, v, v0, _per_thread(d, tk, q.dtype), n_h, n_hkv,
                             head_major, causal, int(window), q.dtype.type(scale),
@@ -325,7 +341,7 @@ def _forward(q, q0, k, k0, v, v0, n_h, n_hkv, head_major, causal, scale, window)
 
 def _backward(do, o, q, q0, k, k0, v, v0, n_h, n_hkv, head_major, lse, causal, scale, window,
               dq, dk, dv):
-    """do, o laid out as q with H slots; dq, dk, dv zero-filled (they may be one array)."""
+    """do, o laid out as q with H slots; dq, dk, dv written whole (they may be one array)."""
     tasks = q.shape[0] * n_hkv
     tk = k.shape[2] if head_major else k.shape[1]
     _attention_backward_loop(do, o, q, q0, k, k0, v, v0, _per_thread(q.shape[3], tk, q.dtype),
@@ -345,7 +361,7 @@ def attention_forward_cpu(q, k, v, mask, causal, scale, window):
             supports=lambda do, q, k, v, o, lse, mask, *a: _supported(q, k, v, mask))
 def attention_backward_cpu(do, q, k, v, o, lse, mask, causal, scale, window):
     do, q, k, v, o = (np.ascontiguousarray(x) for x in (do, q, k, v, o))
-    dq, dk, dv = np.zeros_like(q), np.zeros_like(k), np.zeros_like(v)
+    dq, dk, dv = np.empty_like(q), np.empty_like(k), np.empty_like(v)
     _backward(do, o, q, 0, k, 0, v, 0, q.shape[1], k.shape[1], True, lse, causal, scale, window,
               dq, dk, dv)
     return dq, dk, dv
@@ -365,7 +381,7 @@ def packed_attention_forward_cpu(qkv, n_head, n_kv_head, causal, scale, window):
 @implements("packed_attention_backward", device="cpu", supports=_packed_supported)
 def packed_attention_backward_cpu(do, qkv, o, lse, n_head, n_kv_head, causal, scale, window):
     qkv = np.ascontiguousarray(qkv)
-    dqkv = np.zeros_like(qkv)
+    dqkv = np.empty_like(qkv)
     _backward(np.ascontiguousarray(do), np.ascontiguousarray(o), qkv, 0, qkv, n_head, qkv,
               n_head + n_kv_head, n_head, n_kv_head, False, lse, causal, scale, window, dqkv,
               dqkv, dqkv)
