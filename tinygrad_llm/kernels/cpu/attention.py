@@ -98,8 +98,9 @@ def _transpose_head(x, b, slot, head_major, out):
 
 
 def _per_thread(d, t, dtype):
-    """One (D, T) transposition buffer per thread (numba.get_thread_id() picks it)."""
-    return np.empty((numba.config.NUMBA_NUM_THREADS, d, t), dtype)
+    """One (D, T) transposition buffer per thread of the coming parallel loop
+    (numba.get_thread_id() picks it, and is below get_num_threads())."""
+    return np.empty((numba.get_num_threads(), d, t), dtype)
 
 
 @jit
