@@ -29,13 +29,10 @@ from numba import prange, typed
 
 from .. import implements
 from ._common import exp_shifted, jit, jit_parallel, row_max
-from .quant import COLUMN_TILE, _tiles, _tiles_parallel, cached_layout
+from .quant import COLUMN_TILE, PARALLEL_BYTES, _tiles, _tiles_parallel, cached_layout
 
-PARALLEL_MODEL_BYTES = 24 << 20   # above this the weights do not stay in cache between tokens
-PARALLEL_BYTES = 1 << 18          # ... and a matrix this large is split over the threads
-# (256 KiB since the workers spin briefly before sleeping, kernels/cpu/__init__.py: 1 MiB left
-# GPT-2 small's Q4_0 qkv and output projections on one thread; 256 KiB took its decoding from
-# 250-290 to 325-360 tokens/s, Q8_0 from 180 to 235, measured in alternating processes)
+PARALLEL_MODEL_BYTES = 24 << 20   # above this the weights do not stay in cache between tokens,
+#                                   and a matrix of PARALLEL_BYTES (quant.py) is split over threads
 N_LAYER_MATS, N_LAYER_VECS = 5, 9  # per layer: qkv, proj, ffn_in, ffn_up, down | 9 vectors
 FLOAT, INT8, NIBBLES = 0, 1, 2     # matrix kinds: float, 8-bit values, 4-bit values
 
