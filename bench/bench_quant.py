@@ -12,13 +12,13 @@ a note when missing), and "gpt2_small", the decoder issue's 12-layer/768-dim mod
 GPT-2 vocabulary). Every Linear, the head and the token embeddings are quantized (as llama.cpp
 files are). Per scheme:
   file_mb          the safetensors checkpoint of the quantized model; gguf_mb for llama.cpp types
-  weight_mb        resident bytes of the model's parameters and buffers
+  weight_mb        resident bytes of the model's weights: parameters, buffers and quantized
+                   layers as they are held (on the CPU their bytes as the kernels' column tiles,
+                   with float32 scales, the only copy: the decode step reads them in place)
   val_ppl, ppl_change_pct, top1_agreement   (shakespeare) perplexity on the validation split,
                    its change vs float32, and how often the argmax matches the float model's
   decode_tokens_per_s  greedy single-token steps after an 8-token prompt (the prefill is not
                    timed), best of `repeats`
-  decode_copy_mb   what the fused decode step holds besides the model (quantized matrices
-                   repacked into its column tiles; float ones are read in place)
 With --llama_python (an interpreter where llama-cpp-python imports), the same GGUF files decoded
 by llama.cpp with the same thread count, in its own process, and ours / llama.cpp.
 Prints one JSON object on the last line.
@@ -126,26 +126,27 @@ def decode_speed(model, opts):
     return opts["steps"] / best
 
 
-def decode_copy_bytes(model):
-    """Bytes the fused decode step keeps besides the model: quantized matrices repacked into
-    column tiles (kernels/cpu/quant.py), float32 scales included. Float matrices are not copied."""
-    from tinygrad_llm.generate.decode_step import DecodeWeights
-    args = DecodeWeights.of(model).kernel_args
-    if not args:
-        return 0
-    mt = args[1]
-    distinct = {id(a): a for lst in (mt[3], mt[4], mt[5]) for a in lst if a.size > 1}
-    return sum(a.nbytes for a in distinct.values())
+def resident_bytes(model):
+    """Bytes the model's weights occupy in memory, each array or quantized layer counted once
+    (a tied table is one PackedWeight)."""
+    held = {}
+    for m in model.modules():
+        for a in [p.data for p in m._parameters.values() if p is not None] + [
+                b for b in m._buffers.values() if b is not None]:
+            held[id(a)] = a.nbytes
+        packed = m.__dict__.get("packed")
+        if packed is not None:
+            held[id(packed)] = packed.nbytes
+    return sum(held.values())
 
 
 def sizes(model, scheme, tmp):
     from tinygrad_llm.quant import save_gguf
     from tinygrad_llm.train import save_checkpoint
-    from tinygrad_llm.train.checkpoint import model_arrays
     path = os.path.join(tmp, "model.safetensors")
     save_checkpoint(path, model)
     out = {"file_mb": round(os.path.getsize(path) / 1e6, 2),
-           "weight_mb": round(sum(a.nbytes for a in model_arrays(model)[0].values()) / 1e6, 2)}
+           "weight_mb": round(resident_bytes(model) / 1e6, 2)}
     gguf_path = None
     if scheme.replace("gptq_", "") in GGML:
         try:
@@ -210,7 +211,6 @@ def bench_model(name, opts, threads):
                     entry["ppl_change_pct"] = round(100 * (ppl / float_ppl - 1), 2)
                     entry["top1_agreement"] = round(float((argmax == float_argmax).mean()), 4)
             entry["decode_tokens_per_s"] = round(decode_speed(model, opts), 1)
-            entry["decode_copy_mb"] = round(decode_copy_bytes(model) / 1e6, 2)
             if gguf_path and opts["llama_python"]:
                 ref = llama_speed(gguf_path, opts, threads)
                 entry["llama_cpp_tokens_per_s"] = round(ref.get("tokens_per_s", 0), 1) or ref

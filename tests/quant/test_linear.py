@@ -15,16 +15,21 @@ from tinygrad_llm.models import GPT, GPTConfig
 from tinygrad_llm.nn import Linear
 from tinygrad_llm.quant import QuantLinear, quantize, quantized_layers
 from tinygrad_llm.quant.formats import (SCHEMES, dequantize_operands, dequantize_weight,
-                                        matmul_operands, quantize_weight)
-from tinygrad_llm.quant.linear import quant_matmul
+                                        quantize_weight)
+from tinygrad_llm.quant.linear import PackedWeight, quant_matmul
 from tinygrad_llm.train import load_checkpoint, save_checkpoint
+from tinygrad_llm.train.checkpoint import model_arrays
 
 SHAPES = [(1, 32, 1), (3, 64, 2), (17, 96, 5), (65, 128, 1), (768, 256, 3)]
 
 
-def operands(scheme, rows, cols, seed=0, group=32, double_quant=False):
+def packed(scheme, rows, cols, seed=0, group=32, double_quant=False):
     w = np.random.default_rng(seed).standard_normal((rows, cols)).astype(np.float32)
-    return matmul_operands(quantize_weight(w, scheme, group, double_quant), scheme)
+    return PackedWeight(scheme, quantize_weight(w, scheme, group, double_quant))
+
+
+def dense(weight):
+    return dequantize_operands(*weight.operands).astype(np.float64)
 
 
 @pytest.mark.parametrize("scheme", SCHEMES)
@@ -32,13 +37,13 @@ def operands(scheme, rows, cols, seed=0, group=32, double_quant=False):
 @pytest.mark.parametrize("scale", [1.0, 1e4])
 def test_kernel_equals_dequantize_then_matmul(scheme, shape, scale):
     rows, cols, tokens = shape
-    ops = operands(scheme, rows, cols, double_quant=rows == 17)
+    weight = packed(scheme, rows, cols, double_quant=rows == 17)
     x = (np.random.default_rng(1).standard_normal((tokens, cols)) * scale).astype(np.float32)
-    want = x.astype(np.float64) @ dequantize_operands(*ops).astype(np.float64).T
-    got = quant_matmul(x, *ops)
+    want = x.astype(np.float64) @ dense(weight).T
+    got = quant_matmul(x, weight)
     assert kernels.ran("quant_matmul") == "cpu"
     with tl.use_kernels(False):
-        ref = quant_matmul(x, *ops)
+        ref = quant_matmul(x, weight)
     assert got.dtype == ref.dtype == np.float32 and got.shape == (tokens, rows)
     tol = 1e-5 * np.abs(want).max()
     np.testing.assert_allclose(got, want, rtol=0, atol=tol)
@@ -49,10 +54,10 @@ def test_kernel_equals_dequantize_then_matmul(scheme, shape, scale):
 def test_int8_rows_of_any_width(cols):
     """int8's block is a whole row, so the one-token kernel's four-rows-per-pass loop has a
     remainder of 1 to 3 rows to take."""
-    ops = operands("int8", 300, cols)
+    weight = packed("int8", 300, cols)
     x = np.random.default_rng(1).standard_normal((1, cols)).astype(np.float32)
-    want = x.astype(np.float64) @ dequantize_operands(*ops).astype(np.float64).T
-    got = quant_matmul(x, *ops)
+    want = x.astype(np.float64) @ dense(weight).T
+    got = quant_matmul(x, weight)
     assert kernels.ran("quant_matmul") == "cpu"
     np.testing.assert_allclose(got, want, rtol=0, atol=1e-5 * np.abs(want).max())
 
@@ -60,10 +65,40 @@ def test_int8_rows_of_any_width(cols):
 @pytest.mark.parametrize("scheme", SCHEMES)
 def test_threaded_rows_agree(scheme, monkeypatch):
     monkeypatch.setattr(cpu_quant, "PARALLEL_BYTES", 0)
-    ops = operands(scheme, 37, 128, seed=2)
+    weight = packed(scheme, 37, 128, seed=2)
     x = np.random.default_rng(3).standard_normal((3, 128)).astype(np.float32)
-    np.testing.assert_allclose(quant_matmul(x, *ops), x @ dequantize_operands(*ops).T,
-                               rtol=0, atol=1e-4)
+    np.testing.assert_allclose(quant_matmul(x, weight), x @ dense(weight).T, rtol=0, atol=1e-4)
+
+
+@pytest.mark.parametrize("scheme", SCHEMES)
+@pytest.mark.parametrize("rows", [1, 255, 257, 300])
+def test_packed_weight_keeps_one_copy_and_gives_the_fields_back(scheme, rows):
+    """On the CPU a PackedWeight holds qweight only as the kernel's column tiles; the row-major
+    fields come back bit for bit, and rows(ids) decodes the same rows as the whole matrix."""
+    w = np.random.default_rng(5).standard_normal((rows, 64)).astype(np.float32) * 3
+    fields = quantize_weight(w, scheme, 32, double_quant=rows == 257)
+    weight = PackedWeight(scheme, fields)
+    assert weight.tiles is not None and "qweight" not in weight._fields
+    small = sum(v.nbytes for k, v in fields.items() if k != "qweight")
+    assert weight.nbytes == weight.tiles.nbytes + small
+    back = weight.fields
+    assert set(back) == set(fields)
+    for name, value in fields.items():
+        assert back[name].dtype == value.dtype and back[name].shape == value.shape, name
+        np.testing.assert_array_equal(back[name], value, name)
+    assert weight.qweight is back["qweight"]          # the same array while it is held
+    ids = np.array([rows - 1, 0, rows // 2, rows - 1])
+    np.testing.assert_array_equal(weight.rows(ids), weight.dequantize()[ids])
+    np.testing.assert_array_equal(weight.dequantize(), dequantize_weight(fields, scheme))
+
+
+def test_packed_weight_made_with_the_kernels_off_runs_the_reference():
+    with tl.use_kernels(False):
+        weight = packed("q4_0", 40, 64)
+    assert weight.tiles is None and "qweight" in weight._fields
+    x = np.random.default_rng(3).standard_normal((2, 64)).astype(np.float32)
+    np.testing.assert_allclose(quant_matmul(x, weight), x @ dense(weight).T, rtol=0, atol=1e-4)
+    assert kernels.ran("quant_matmul") == "reference"
 
 
 @pytest.mark.parametrize("scheme", SCHEMES)
@@ -144,6 +179,32 @@ def test_checkpoint_round_trip_and_size(scheme, tmp_path):
         np.testing.assert_array_equal(fresh(ids).numpy(), model(ids).numpy())
     with pytest.raises(ValueError, match=r"blocks\.0\.attn\.qkv\.(qweight|weight)"):
         tiny_model(n_embd=128).load_state_dict(state)             # quantized into float
+
+
+def test_tied_table_is_held_and_saved_once_and_stays_tied(tmp_path):
+    """With head and embeddings quantized, the tied table is one PackedWeight: its bytes are
+    resident once, written once (the head's keys alias the embedding's), and a load into a
+    fresh model changes both through the one object."""
+    model = quantize(tiny_model(vocab_size=64), "q4_0", include_head=True,
+                     include_embeddings=True)
+    assert model.head.packed is model.tok_emb.packed
+    arrays, aliases = model_arrays(model)
+    pairs = {(k, v) for k, v in aliases.items()}
+    assert pairs in ({("head.qweight", "tok_emb.qweight"), ("head.scale", "tok_emb.scale")},
+                     {("tok_emb.qweight", "head.qweight"), ("tok_emb.scale", "head.scale")})
+    assert not set(aliases) & set(arrays)
+    path = str(tmp_path / "q.safetensors")
+    save_checkpoint(path, model)
+    state, _, _ = load_checkpoint(path)
+    fresh = quantize(tiny_model(vocab_size=64), "q4_0", include_head=True,
+                     include_embeddings=True)
+    tl.manual_seed(9)
+    key = fresh.head.packed.key
+    fresh.load_state_dict(state)
+    assert fresh.head.packed is fresh.tok_emb.packed and fresh.head.packed.key is not key
+    ids = np.random.default_rng(7).integers(0, 64, (1, 16))
+    with no_grad():
+        np.testing.assert_array_equal(fresh(ids).numpy(), model(ids).numpy())
 
 
 def test_bad_input():

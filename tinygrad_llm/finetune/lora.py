@@ -51,7 +51,7 @@ class LoRALinear(Module):
         self.scaling = self.alpha / self.r
         for p in base.parameters():
             p.requires_grad = False
-        device = backend.device_of(base.weight.data if isinstance(base, Linear) else base.qweight)
+        device = base.weight.device if isinstance(base, Linear) else base.packed.device
         dtype = base.weight.dtype if isinstance(base, Linear) else base.dtype
         bound = 1.0 / np.sqrt(base.in_features)
         self.lora_A = init_parameter((self.r, base.in_features), device, dtype, bound=bound)

@@ -61,8 +61,9 @@ def _matrix(layer):
 
 
 def _identity(layer):
-    """The array whose identity says the layer still holds what a plan read."""
-    return layer.qweight if hasattr(layer, "operands") else layer.weight.data
+    """What says, by its identity, that the layer still holds what a plan read: a float weight
+    array, or a quantized layer's PackedWeight key (new whenever its content is replaced)."""
+    return layer.packed.key if hasattr(layer, "packed") else layer.weight.data
 
 
 class _Layer:

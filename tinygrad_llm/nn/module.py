@@ -160,13 +160,7 @@ class Module:
             p.data = p.to(device, dtype).data
             p.grad = None
         for m in self.modules():
-            for name, b in m._buffers.items():
-                if b is None:
-                    continue
-                moved = backend.to_device(b, device) if device is not None else b
-                if dtype is not None and moved.dtype.kind == "f":
-                    moved = moved.astype(dtype)
-                m.register_buffer(name, moved, name in m._persistent)
+            m._move(device, dtype)
         return self
 
     @property
@@ -177,17 +171,50 @@ class Module:
         return "cpu"
 
     # ---- state ----------------------------------------------------------------------------
+    def _move(self, device, dtype):
+        """Move and/or cast this module's own buffers (Module.to moves the parameters, once each
+        even when shared). A module holding arrays outside its buffers extends this."""
+        for name, b in self._buffers.items():
+            if b is None:
+                continue
+            moved = backend.to_device(b, device) if device is not None else b
+            if dtype is not None and moved.dtype.kind == "f":
+                moved = moved.astype(dtype)
+            self.register_buffer(name, moved, name in self._persistent)
+
+    def _save_to_state_dict(self, destination, prefix):
+        """Add this module's own entries (not its children's) to destination: its parameters and
+        persistent buffers. A module that keeps an array in another form than the one it saves
+        (quant/linear.py: a quantized layer's bytes as the CPU kernel's tiles) extends this and
+        _state_slots, as PyTorch modules extend their _save_to_state_dict."""
+        for pname, p in self._parameters.items():
+            destination[prefix + pname] = p.detach()
+        for bname, b in self._buffers.items():
+            if bname in self._persistent and b is not None:
+                destination[prefix + bname] = Tensor(b, device=backend.device_of(b))
+
+    def _state_slots(self, prefix):
+        """{key: (shape, load)} for this module's own entries: the shape a checkpoint's value must
+        have, and load(value, key), which puts it in place."""
+        slots = OrderedDict()
+        for pname, p in self._parameters.items():
+            def load(value, key, p=p):
+                p.data[...] = _to_array(value, p.data, key)
+                p._version[0] += 1
+            slots[prefix + pname] = (p.shape, load)
+        for bname, b in self._buffers.items():
+            if bname in self._persistent and b is not None:
+                def load(value, key, bname=bname):
+                    self.register_buffer(bname, _to_array(value, self._buffers[bname], key), True)
+                slots[prefix + bname] = (b.shape, load)
+        return slots
+
     def state_dict(self):
         """name -> Tensor (sharing the parameter's array) for every parameter and persistent
         buffer; a tied parameter appears under each of its names, as in PyTorch."""
         out = OrderedDict()
         for mname, m in self.named_modules():
-            dot = f"{mname}." if mname else ""
-            for pname, p in m._parameters.items():
-                out[dot + pname] = p.detach()
-            for bname, b in m._buffers.items():
-                if bname in m._persistent and b is not None:
-                    out[dot + bname] = Tensor(b, device=backend.device_of(b))
+            m._save_to_state_dict(out, f"{mname}." if mname else "")
         return out
 
     def load_state_dict(self, state, strict=True):
@@ -197,12 +224,7 @@ class Module:
         exactly (always checked). Returns (missing, unexpected) key lists."""
         targets = OrderedDict()
         for mname, m in self.named_modules():
-            dot = f"{mname}." if mname else ""
-            for pname, p in m._parameters.items():
-                targets[dot + pname] = (m, pname, p)
-            for bname, b in m._buffers.items():
-                if bname in m._persistent and b is not None:
-                    targets[dot + bname] = (m, bname, None)
+            targets.update(m._state_slots(f"{mname}." if mname else ""))
         missing = [k for k in targets if k not in state]
         unexpected = [k for k in state if k not in targets]
         bad_shapes = []
@@ -211,11 +233,9 @@ class Module:
                 if not hasattr(getattr(value, "data", value), "shape"):
                     raise TypeError(f"load_state_dict: {key} must be a Tensor or an array, got "
                                     f"{type(value).__name__}")
-                m, name, p = targets[key]
-                have = p.shape if p is not None else m._buffers[name].shape
-                got = tuple(value.shape)
-                if tuple(have) != got:
-                    bad_shapes.append(f"{key}: checkpoint {got}, model {tuple(have)}")
+                have, got = tuple(targets[key][0]), tuple(value.shape)
+                if have != got:
+                    bad_shapes.append(f"{key}: checkpoint {got}, model {have}")
         problems = []
         if strict and missing:
             problems.append(f"missing keys: {missing}")
@@ -226,15 +246,8 @@ class Module:
         if problems:
             raise ValueError(f"load_state_dict into {type(self).__name__}: " + " | ".join(problems))
         for key, value in state.items():
-            if key not in targets:
-                continue
-            m, name, p = targets[key]
-            if p is not None:
-                p.data[...] = _to_array(value, p.data, key)
-                p._version[0] += 1
-            else:
-                buf = m._buffers[name]
-                m.register_buffer(name, _to_array(value, buf, key), True)
+            if key in targets:
+                targets[key][1](value, key)
         return missing, unexpected
 
     # ---- calling and printing ---------------------------------------------------------------

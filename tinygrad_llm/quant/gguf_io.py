@@ -504,8 +504,7 @@ def _set_linear(parent, attr, layer, weight, bias):
     blocks (as quantize() does)."""
     if isinstance(weight, _Blocks):
         q = QuantLinear(layer.in_features, layer.out_features, weight.scheme,
-                        bias=bias is not None)
-        q._set_fields(weight.fields)
+                        bias=bias is not None, fields=weight.fields)
         layer = q
         setattr(parent, attr, q)
     else:

@@ -169,8 +169,7 @@ def gptq(model, calibration, scheme="q4_0", group_size=64, block=128, damp=0.01)
                                        block, damp)
                 q = QuantLinear(lin.in_features, lin.out_features, scheme, group_size,
                                 lin.bias is not None, device=lin.weight.device,
-                                dtype=lin.weight.dtype)
-                q._set_fields(fields, lin.weight.device)
+                                dtype=lin.weight.dtype, fields=fields)
                 if lin.bias is not None:
                     q.bias.data[...] = lin.bias.data
                 setattr(parent, name, q)

@@ -6,12 +6,15 @@ the dot product) computes y = x W_hat^T straight from the packed fields. The wei
 has no gradient), but x gets one, dx = dy W_hat, so a LoRA adapter on top of a quantized base
 trains through it (QLoRA).
 
-The fields are persistent buffers, so `state_dict()` / checkpoints hold the packed bytes (the
-file shrinks with the weights) and `quantize(model, ...)` followed by `load_state_dict` restores a
-saved quantized model. A float checkpoint into a quantized model, or the reverse, fails in
-load_state_dict with the layer's missing and unexpected keys (weight vs qweight, scale, ...).
+A layer keeps its fields in a PackedWeight: on the CPU the big one (qweight) only as the kernel's
+column tiles, one resident copy. `state_dict()` gives the fields under their own names, row-major
+as formats.py defines them, so checkpoints hold the packed bytes (the file shrinks with the
+weights) and `quantize(model, ...)` followed by `load_state_dict` restores a saved quantized model.
+A float checkpoint into a quantized model, or the reverse, fails in load_state_dict with the
+layer's missing and unexpected keys (weight vs qweight, scale, ...).
 """
 import fnmatch
+import weakref
 
 import numpy as np
 
@@ -20,50 +23,204 @@ from ..kernels import kernel
 from ..nn.layers import Linear, init_parameter
 from ..nn.module import Module
 from ..tensor import Function, Tensor
-from .formats import (SCHEMES, block_size, dequantize_operands, dequantize_weight,
-                      matmul_operands, quantize_weight)
+from .formats import (SCHEMES, block_size, dequantize_operands, matmul_operands,
+                      quantize_weight)
 
-__all__ = ["QuantLinear", "QuantEmbedding", "quantize", "quant_matmul", "quantized_layers"]
+__all__ = ["QuantLinear", "QuantEmbedding", "PackedWeight", "quantize", "quant_matmul",
+           "quantized_layers"]
 
 
-def _dense(operands, like):
-    """The float weight of matmul_operands' form, on `like`'s device and in its dtype."""
-    arrays = [None if a is None else backend.to_numpy(a) for a in operands[:4]]
-    w = dequantize_operands(*arrays, operands[4])
-    return backend.to_device(w, backend.device_of(like)).astype(like.dtype)
+def _dense(weight, like):
+    """A PackedWeight's float matrix, on `like`'s device and in its dtype."""
+    return backend.to_device(weight.dequantize(), backend.device_of(like)).astype(like.dtype)
+
+
+@kernel("quant_pack")           # fast version: kernels/cpu/quant.py (column tiles)
+def quant_pack(qweight, scale, minimum, levels, group):
+    """The form a kernel wants a quantized matrix's bytes kept in, from matmul_operands' form;
+    None keeps qweight as it is (the reference reads the fields themselves)."""
+    return None
 
 
 @kernel("quant_matmul")         # fast version: kernels/cpu/quant.py
-def quant_matmul(x, qweight, scale, minimum, levels, group):
-    """x: (N, in) float -> (N, out) = x W_hat^T in x's dtype, W_hat given in matmul_operands'
-    form (formats.py): decoded here in full, then one matrix product."""
-    return x @ _dense((qweight, scale, minimum, levels, group), x).T
+def quant_matmul(x, weight):
+    """x: (N, in) float -> (N, out) = x W_hat^T in x's dtype, W_hat a PackedWeight: decoded here in
+    full, then one matrix product."""
+    return x @ _dense(weight, x).T
+
+
+class PackedWeight:
+    """One quantized (out, in) matrix as it lives in memory: its scheme and fields (formats.py;
+    what a checkpoint or a GGUF file holds, with qweight the largest by far).
+
+    On the CPU, quant_pack stores qweight only in the layout its kernels read (column tiles), so
+    the bytes are resident once: `qweight` and `fields` rebuild the row-major array when a
+    checkpoint, a GGUF writer or the reference path asks for it. Elsewhere (CuPy, or built with
+    the kernels off) the fields are kept as they are. A tied embedding and head share one
+    PackedWeight; `replace` changes it in place so both see a load."""
+
+    def __init__(self, scheme, fields, device=None):
+        self.scheme = scheme
+        self._store(dict(fields), backend.check_device(device))
+
+    def _store(self, fields, device):
+        fields = {k: backend.to_device(np.ascontiguousarray(backend.to_numpy(v)), device)
+                  for k, v in fields.items()}
+        self.field_specs = {k: (tuple(v.shape), v.dtype) for k, v in sorted(fields.items())}
+        q, *self.scale_operands = matmul_operands(fields, self.scheme)
+        self.tiles = quant_pack(q, *self.scale_operands)
+        if self.tiles is not None:
+            del fields["qweight"]                                  # kept as the tiles only
+        self._fields, self.device = fields, device
+        self._rebuilt = lambda: None             # weak reference to the last rebuilt qweight
+        self.key = object()                      # a new identity whenever the content changes
+
+    @property
+    def qweight(self):
+        """The row-major qweight (rebuilt from the tiles on the CPU; while someone holds the
+        rebuilt array, asking again gives the same one, so a tied table is saved once)."""
+        if self.tiles is None:
+            return self._fields["qweight"]
+        q = self._rebuilt()
+        if q is None:
+            q = self.tiles.row_major()
+            self._rebuilt = weakref.ref(q)
+        return q
+
+    def field(self, name):
+        return self.qweight if name == "qweight" else self._fields[name]
+
+    @property
+    def fields(self):
+        return {name: self.field(name) for name in self.field_specs}
+
+    @property
+    def operands(self):
+        """matmul_operands' form (NF4's double-quantized scales decoded once, at packing)."""
+        return (self.qweight, *self.scale_operands)
+
+    @property
+    def nbytes(self):
+        """Resident bytes: the tiles (on the CPU) and the fields kept as they are."""
+        return (0 if self.tiles is None else self.tiles.nbytes) + sum(
+            v.nbytes for v in self._fields.values())
+
+    def replace(self, name, value):
+        """Put a new array in field `name` (a checkpoint being loaded), in place."""
+        fields = self.fields
+        fields[name] = value
+        self._store(fields, self.device)
+
+    def to(self, device):
+        """Move to `device` in place (a no-op when already there)."""
+        device = backend.check_device(device)
+        if device != self.device:
+            self._store(self.fields, device)
+
+    def rows(self, ids):
+        """W_hat[ids] (len(ids), in) float32, decoding only those rows (an embedding lookup)."""
+        ids = np.asarray(ids, np.int64)
+        scale, minimum, levels, group = self.scale_operands
+        q = (self.tiles.rows(ids) if self.tiles is not None
+             else backend.to_numpy(self._fields["qweight"])[ids])
+        return dequantize_operands(q, backend.to_numpy(scale)[ids],
+                                   None if minimum is None else backend.to_numpy(minimum)[ids],
+                                   None if levels is None else backend.to_numpy(levels), group)
+
+    def dequantize(self):
+        """The float32 (out, in) matrix (a new NumPy array)."""
+        with np.errstate(over="ignore", invalid="ignore"):
+            return dequantize_operands(*(None if a is None else backend.to_numpy(a)
+                                         for a in self.operands[:4]), self.operands[4])
 
 
 class QuantMatmulOp(Function):
     """y = x W_hat^T with W_hat frozen: backward gives x its gradient dy W_hat only."""
 
     @staticmethod
-    def forward(ctx, x, operands):
-        ctx.operands = operands
+    def forward(ctx, x, weight):
+        ctx.weight = weight
         lead = x.shape[:-1]
-        y = quant_matmul(x.reshape(-1, x.shape[-1]), *operands)
+        y = quant_matmul(x.reshape(-1, x.shape[-1]), weight)
         return y.reshape(lead + (y.shape[-1],))
 
     @staticmethod
     def backward(ctx, grad):
-        return (grad @ _dense(ctx.operands, grad),)
+        return (grad @ _dense(ctx.weight, grad),)
 
 
-class QuantLinear(Module):
-    """y = x W_hat^T + b with W stored as `scheme` (formats.SCHEMES): fields as buffers
-    (qweight, scale, and min / absmax / absmax_q... by scheme), bias a Parameter.
+class _Quantized(Module):
+    """What QuantLinear and QuantEmbedding share: a PackedWeight `packed` whose fields the state
+    dict holds under their own names (qweight, scale, ...), rebuilt row-major on the CPU."""
 
-    Build with QuantLinear.from_linear(linear, scheme, group_size, double_quant), or empty (zero
-    fields of the right shapes, for load_state_dict) with QuantLinear(in, out, scheme, ...)."""
+    def _set_fields(self, fields, device=None):
+        self.packed = PackedWeight(self.scheme, fields, device)
+
+    def __getattr__(self, name):
+        """A field by its state-dict name (layer.scale, layer.qweight), as buffers read."""
+        packed = self.__dict__.get("packed")
+        if packed is not None and name in packed.field_specs:
+            return packed.field(name)
+        raise AttributeError(f"{type(self).__name__} has no attribute {name!r}")
+
+    @property
+    def fields(self):
+        return self.packed.fields
+
+    @property
+    def operands(self):
+        return self.packed.operands
+
+    @property
+    def field_names(self):
+        return tuple(self.packed.field_specs)
+
+    @property
+    def device_of_fields(self):
+        return self.packed.device
+
+    @property
+    def weight_nbytes(self):
+        """Bytes the quantized weight occupies in memory (not the bias)."""
+        return self.packed.nbytes
+
+    def dequantize(self):
+        """The float weight (out, in) the fields stand for (a new array, on their device)."""
+        return backend.to_device(self.packed.dequantize().astype(self.dtype), self.packed.device)
+
+    def _move(self, device, dtype):
+        super()._move(device, dtype)
+        if device is not None:
+            self.packed.to(device)
+        if dtype is not None:
+            self.dtype = np.dtype(dtype)
+
+    def _save_to_state_dict(self, destination, prefix):
+        super()._save_to_state_dict(destination, prefix)
+        for name, value in self.packed.fields.items():
+            destination[prefix + name] = Tensor(value, device=self.packed.device)
+
+    def _state_slots(self, prefix):
+        slots = super()._state_slots(prefix)
+        for name, (shape, dtype) in self.packed.field_specs.items():
+            def load(value, key, name=name, dtype=dtype):
+                data = backend.to_numpy(value.data if isinstance(value, Tensor) else value)
+                self.packed.replace(name, np.asarray(data, dtype=dtype))
+            slots[prefix + name] = (shape, load)
+        return slots
+
+
+class QuantLinear(_Quantized):
+    """y = x W_hat^T + b with W stored as `scheme` (formats.SCHEMES) in a PackedWeight `packed`
+    (fields qweight, scale, and min / absmax / absmax_q... by scheme, in the state dict under
+    those names), bias a Parameter.
+
+    Build with QuantLinear.from_linear(linear, scheme, group_size, double_quant), from fields
+    with QuantLinear(in, out, scheme, ..., fields=...), or empty (zero fields of the right
+    shapes, for load_state_dict) with QuantLinear(in, out, scheme, ...)."""
 
     def __init__(self, in_features, out_features, scheme, group_size=64, bias=True,
-                 double_quant=False, device=None, dtype=np.float32):
+                 double_quant=False, device=None, dtype=np.float32, fields=None):
         super().__init__()
         if scheme not in SCHEMES:
             raise ValueError(f"QuantLinear: unknown scheme {scheme!r}; valid schemes: {SCHEMES}")
@@ -74,60 +231,27 @@ class QuantLinear(Module):
         if in_features % block:
             raise ValueError(f"QuantLinear({scheme!r}): in_features={in_features} is not a "
                              f"multiple of the block size {block}")
-        zeros = quantize_weight(np.zeros((out_features, in_features), np.float32), scheme,
-                                group_size, double_quant)
-        self._set_fields(zeros, device)
+        if fields is None:                       # zeros of the right shapes, for load_state_dict
+            fields = quantize_weight(np.zeros((out_features, in_features), np.float32), scheme,
+                                     group_size, double_quant)
+        self._set_fields(fields, device)
         self.bias = init_parameter((out_features,), device, dtype, value=0.0) if bias else None
-
-    def _set_fields(self, fields, device=None):
-        device = backend.check_device(device)
-        self.field_names = tuple(sorted(fields))
-        for name, value in fields.items():
-            self.register_buffer(name, backend.to_device(np.ascontiguousarray(value), device))
 
     @classmethod
     def from_linear(cls, linear, scheme, group_size=64, double_quant=False):
         w = backend.to_numpy(linear.weight.data)
         q = cls(linear.in_features, linear.out_features, scheme, group_size,
-                linear.bias is not None, double_quant, linear.weight.device, w.dtype)
-        q._set_fields(quantize_weight(w, scheme, group_size, double_quant), linear.weight.device)
+                linear.bias is not None, double_quant, linear.weight.device, w.dtype,
+                fields=quantize_weight(w, scheme, group_size, double_quant))
         if linear.bias is not None:
             q.bias.data[...] = linear.bias.data
         return q
-
-    @property
-    def fields(self):
-        return {name: getattr(self, name) for name in self.field_names}
-
-    @property
-    def operands(self):
-        """matmul_operands of the fields, made once (NF4's double-quantized scales decoded)."""
-        key = tuple(id(getattr(self, n)) for n in self.field_names)
-        if getattr(self, "_operands_key", None) != key:
-            object.__setattr__(self, "_operands", matmul_operands(self.fields, self.scheme))
-            object.__setattr__(self, "_operands_key", key)
-        return self._operands
-
-    def dequantize(self):
-        """The float weight (out, in) the fields stand for (a new array)."""
-        w = dequantize_weight({k: backend.to_numpy(v) for k, v in self.fields.items()},
-                              self.scheme)
-        return backend.to_device(w.astype(self.dtype), self.device_of_fields)
-
-    @property
-    def device_of_fields(self):
-        return backend.device_of(self.qweight)
-
-    @property
-    def weight_nbytes(self):
-        """Bytes the quantized weight occupies (the fields, not the bias)."""
-        return sum(v.nbytes for v in self.fields.values())
 
     def forward(self, x):
         if x.shape[-1] != self.in_features:
             raise ValueError(f"QuantLinear: input of shape {x.shape} has last dim {x.shape[-1]}, "
                              f"expected in_features={self.in_features}")
-        y = QuantMatmulOp.apply(x, operands=self.operands)
+        y = QuantMatmulOp.apply(x, weight=self.packed)
         return y if self.bias is None else y + self.bias
 
     def extra_repr(self):
@@ -137,38 +261,29 @@ class QuantLinear(Module):
                 f"bias={self.bias is not None}")
 
 
-class QuantEmbedding(Module):
+class QuantEmbedding(_Quantized):
     """An Embedding whose table is stored quantized: rows are decoded when looked up (a few rows
     per step while decoding). Built from an Embedding, or `tied` to a QuantLinear head that shares
-    the same table (GPT-2's tied embeddings): then both hold the same field arrays, saved once."""
+    the same table (GPT-2's tied embeddings): then both hold one PackedWeight, saved once."""
 
     def __init__(self, source, scheme=None, group_size=64, double_quant=False):
         super().__init__()
-        if isinstance(source, QuantLinear):                      # tied: share the head's fields
+        if isinstance(source, QuantLinear):                      # tied: share the head's table
             self.num_embeddings, self.embedding_dim = source.out_features, source.in_features
             self.scheme, self.dtype = source.scheme, source.dtype
-            fields = source.fields
+            self.packed = source.packed
         else:
             w = backend.to_numpy(source.weight.data)
             self.num_embeddings, self.embedding_dim = w.shape
             self.scheme, self.dtype = scheme, w.dtype
-            fields = quantize_weight(w, scheme, group_size, double_quant)
-        self.field_names = tuple(sorted(fields))
-        for name, value in fields.items():
-            self.register_buffer(name, value)
-
-    fields = QuantLinear.fields
-    operands = QuantLinear.operands
+            self._set_fields(quantize_weight(w, scheme, group_size, double_quant),
+                             source.weight.device)
 
     def forward(self, ids):
         ids = np.asarray(backend.to_numpy(getattr(ids, "data", ids)))
-        q, scale, minimum, levels, group = self.operands
-        rows = ids.reshape(-1)
-        table = dequantize_operands(backend.to_numpy(q)[rows], backend.to_numpy(scale)[rows],
-                                    None if minimum is None else backend.to_numpy(minimum)[rows],
-                                    levels, group)
+        table = self.packed.rows(ids.reshape(-1))
         out = table.reshape(ids.shape + (self.embedding_dim,)).astype(self.dtype)
-        return Tensor._wrap(backend.to_device(out, backend.device_of(self.qweight)))
+        return Tensor._wrap(backend.to_device(out, self.packed.device))
 
     def extra_repr(self):
         return f"{self.num_embeddings}, {self.embedding_dim}, scheme={self.scheme!r}"

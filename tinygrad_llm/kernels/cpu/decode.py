@@ -29,7 +29,7 @@ from numba import prange, typed
 
 from .. import implements
 from ._common import exp_shifted, jit, jit_parallel, row_max
-from .quant import COLUMN_TILE, PARALLEL_BYTES, _tiles, _tiles_parallel, cached_layout
+from .quant import COLUMN_TILE, PARALLEL_BYTES, _tiles, _tiles_parallel
 
 PARALLEL_MODEL_BYTES = 24 << 20   # above this the weights do not stay in cache between tokens,
 #                                   and a matrix of PARALLEL_BYTES (quant.py) is split over threads
@@ -335,21 +335,19 @@ def _decode_loop(ids, start, tables, mt, vecs, k_all, v_all, dims, eps, parallel
 # ---- packing the arguments ----------------------------------------------------------------------
 def _slot(m, dtype):
     """(kind, rows, float matrix, column-major bytes, scales, mins, levels, tabled, offset, group,
-    bytes read per step) of one matrix: a float array, or a quantized layer (its `operands`)."""
+    bytes read per step) of one matrix: a float array, or a quantized layer (its `packed` tiles)."""
     dummy_f, dummy_u8, dummy_f32 = np.zeros((1, 1), dtype), np.zeros((1, 1, 1), np.uint8), \
         np.zeros((1, 1, 1), np.float32)
     no_mins, no_levels = np.zeros((1, 0, 1), np.float32), np.zeros(16, np.float32)
     if isinstance(m, np.ndarray):
         return (FLOAT, m.shape[0], m, dummy_u8, dummy_f32, no_mins, no_levels, False, 0, 1,
                 m.nbytes)
-    operands = m.operands
-    if not all(isinstance(a, np.ndarray) for a in operands[:2]):
+    tiles = m.packed.tiles                       # the layer's own bytes (quant_pack's tiles)
+    if tiles is None:
         return None
-    qT, sT, mT, table, offset, group = cached_layout(*operands)   # shared with QuantLinear
-    kind = INT8 if operands[3] is None else NIBBLES
-    levels = table if table.shape[0] else no_levels
-    return (kind, operands[0].shape[0], dummy_f, qT, sT, mT, levels, table.shape[0] > 0, offset,
-            group, qT.nbytes + sT.nbytes + mT.nbytes)
+    levels = tiles.table if tiles.table.shape[0] else no_levels
+    return (INT8 if tiles.eight else NIBBLES, tiles.out, dummy_f, tiles.q3, tiles.s3, tiles.m3,
+            levels, tiles.table.shape[0] > 0, tiles.offset, tiles.group, tiles.nbytes)
 
 
 def _pack(w):

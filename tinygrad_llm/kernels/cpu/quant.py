@@ -5,12 +5,10 @@ y[i, o] = sum over the blocks b of  scale[b, o] * sum_j value(q[b, j, o]) x[i, b
 (+ min[b, o] * sum_j x[i, b, j] for q4_1), value a signed byte (int8, q8_0), a nibble + offset
 (q4_0: -8, q4_1: 0) or a code book entry (nf4).
 
-The weights are read in a layout made for this loop, column tiles (below): made once per quantized
-array and kept while that array lives (cached_layout; load_state_dict replaces buffers, it never
-writes them in place, so a kept layout cannot go stale).
+The weights are read in a layout made for this loop, column tiles (below). `quant_pack` makes it
+when a quantized layer is built or loaded on the CPU, and the layer keeps only that
+(quant/linear.py's PackedWeight): one resident copy of the bytes, which the decode step reads too.
 """
-import weakref
-
 import numba
 import numpy as np
 from numba import prange
@@ -39,14 +37,14 @@ PARALLEL_BYTES = 1 << 18
 # (n_tiles, in / 2, TILE) for nibbles (byte row 16 b + j holds element 32 b + j in its low nibble
 # and 32 b + j + 16 in its high one), so a tile streams from memory as one run and its running
 # sums (1 KB) stay in L1. Scales and q4_1's mins are float32 (n_tiles, in / group, TILE).
-# Each quantized array is repacked this way once (cached_layout).
+# Each quantized matrix is stored this way on the CPU (ColumnTiles, quant_pack).
 COLUMN_TILE = 256
 
 
 @jit
 def _tile_8bit(qt, st, group, x, y, lo, w):
     """y[i, lo:lo+w] = x[i] W^T over one tile; qt: (in, TILE) bytes holding q + 128 (the sign bit
-    flipped by column_layout), st: (in / group, TILE) float32. The 128 comes out of the sum:
+    flipped by ColumnTiles), st: (in / group, TILE) float32. The 128 comes out of the sum:
     sum_j (b_j - 128) x_j = sum_j b_j x_j - 128 sum_j x_j, so the inner loop is a byte-to-float
     conversion and one multiply-add. Each byte row is decoded once for all t tokens."""
     n, t = x.shape[1], x.shape[0]
@@ -223,65 +221,74 @@ def _tiled(a, fill=0):
     return np.ascontiguousarray(padded.reshape(rows, n_tiles, COLUMN_TILE).transpose(1, 0, 2))
 
 
-def column_layout(qweight, scale, minimum, levels, group):
-    """matmul_operands' row-major form -> (q3, s3, m3, levels or empty, offset, group) for the
-    tile kernels: bytes transposed into column tiles, scales and mins as float32 tiles."""
-    q = np.asarray(qweight)
-    if levels is None:                        # signed bytes stored as q + 128 (see _tile_8bit)
-        q = q.view(np.uint8) ^ np.uint8(0x80)
-    q3 = _tiled(q.view(np.uint8).T)
-    s3 = _tiled(np.asarray(scale, np.float32).T)
-    m3 = (np.zeros((q3.shape[0], 0, COLUMN_TILE), np.float32) if minimum is None
-          else _tiled(np.asarray(minimum, np.float32).T))        # no mins: (n_tiles, 0, TILE)
-    offset, table = 0, np.zeros(0, np.float32)
-    if levels is not None:
-        levels = np.asarray(levels, np.float32)
-        offset = int(levels[0])
-        if not np.array_equal(levels, np.arange(16, dtype=np.float32) + offset):
-            table = levels
-    return q3, s3, m3, table, offset, group
+class ColumnTiles:
+    """A quantized matrix's bytes in the tile layout above, with what the tile kernels read:
+    q3 (n_tiles, in or in / 2, TILE) uint8, s3 and m3 (scales, q4_1's mins) as float32 tiles,
+    table (NF4's 16 levels, else empty) and offset (the integer levels' first value), group.
+
+    On the CPU this is the only resident copy of a quantized layer's bytes (quant/linear.py's
+    PackedWeight); `row_major()` and `rows(ids)` give back matmul_operands' qweight, or some of
+    its rows, for a checkpoint, the reference path or an embedding lookup."""
+
+    def __init__(self, qweight, scale, minimum, levels, group):
+        q = np.asarray(qweight)
+        self.out, self.row_bytes = q.shape
+        self.eight = levels is None
+        self.dtype = q.dtype
+        if self.eight:                       # signed bytes stored as q + 128 (see _tile_8bit)
+            q = q.view(np.uint8) ^ np.uint8(0x80)
+        self.q3 = _tiled(q.view(np.uint8).T)
+        self.s3 = _tiled(np.asarray(scale, np.float32).T)
+        self.m3 = (np.zeros((self.q3.shape[0], 0, COLUMN_TILE), np.float32) if minimum is None
+                   else _tiled(np.asarray(minimum, np.float32).T))   # no mins: (n_tiles, 0, TILE)
+        self.offset, self.table, self.group = 0, np.zeros(0, np.float32), group
+        if levels is not None:
+            levels = np.asarray(levels, np.float32)
+            self.offset = int(levels[0])
+            if not np.array_equal(levels, np.arange(16, dtype=np.float32) + self.offset):
+                self.table = levels
+
+    @property
+    def nbytes(self):
+        return self.q3.nbytes + self.s3.nbytes + self.m3.nbytes
+
+    def _bytes(self, u8):
+        """Stored bytes (..., row_bytes) back to qweight's values and dtype."""
+        return (u8 ^ np.uint8(0x80) if self.eight else u8).view(self.dtype)
+
+    def row_major(self):
+        """qweight (out, row_bytes) as matmul_operands gave it (a new array)."""
+        flat = self.q3.transpose(1, 0, 2).reshape(self.row_bytes, -1)[:, :self.out]
+        return self._bytes(np.ascontiguousarray(flat.T))
+
+    def rows(self, ids):
+        """qweight[ids] (len(ids), row_bytes) without rebuilding the rest."""
+        tile, col = np.divmod(np.asarray(ids, np.int64), COLUMN_TILE)
+        return self._bytes(np.ascontiguousarray(self.q3[tile, :, col]))
+
+    def arguments(self, x, y):
+        """The _tiles / _tiles_parallel arguments (half = 16 passed at run time)."""
+        return (self.q3, self.s3, self.m3, self.table, self.offset, self.group, QK // 2,
+                self.eight, x, y)
 
 
-_LAYOUTS = {}          # id(qweight) -> (weak reference to it, its scale array, the layout)
+@implements("quant_pack", device="cpu", supports=lambda q, *rest: isinstance(q, np.ndarray))
+def quant_pack_cpu(qweight, scale, minimum, levels, group):
+    return ColumnTiles(qweight, scale, minimum, levels, group)
 
 
-def _same(a, b):
-    """The same array, or views of one with the same shape (int8's per-row scale is passed as a
-    fresh (out, 1) view each time)."""
-    return a is b or (a.base is not None and a.base is b.base and a.shape == b.shape)
-
-
-def cached_layout(qweight, scale, minimum, levels, group):
-    """column_layout of these operands, made once and kept while the qweight array lives (the
-    decoder's plan and every QuantLinear forward share it; a tied embedding and head too)."""
-    key = id(qweight)
-    hit = _LAYOUTS.get(key)
-    if hit is not None and hit[0]() is qweight and _same(hit[1], scale):
-        return hit[2]
-    layout = column_layout(qweight, scale, minimum, levels, group)
-    _LAYOUTS[key] = (weakref.ref(qweight, lambda _, key=key: _LAYOUTS.pop(key, None)), scale,
-                     layout)
-    return layout
-
-
-def tile_arguments(layout, eight, x, y):
-    """The _tiles / _tiles_parallel arguments for a layout (half = 16 passed at run time)."""
-    q3, s3, m3, table, offset, group = layout
-    return (q3, s3, m3, table, offset, group, QK // 2, eight, x, y)
-
-
-def _supported(x, qweight, scale, minimum, levels, group):
+def _supported(x, weight):
     return (isinstance(x, np.ndarray) and x.dtype == np.float32 and x.ndim == 2
-            and isinstance(qweight, np.ndarray) and scale.dtype in (np.float16, np.float32))
+            and isinstance(weight.tiles, ColumnTiles))
 
 
 @implements("quant_matmul", device="cpu", supports=_supported)
-def quant_matmul_cpu(x, qweight, scale, minimum, levels, group):
-    layout = cached_layout(qweight, scale, minimum, levels, group)
-    y = np.empty((x.shape[0], qweight.shape[0]), np.float32)
-    args = tile_arguments(layout, levels is None, np.ascontiguousarray(x), y)
-    if numba.get_num_threads() > 1 and layout[0].nbytes >= PARALLEL_BYTES:
+def quant_matmul_cpu(x, weight):
+    tiles = weight.tiles
+    y = np.empty((x.shape[0], tiles.out), np.float32)
+    args = tiles.arguments(np.ascontiguousarray(x), y)
+    if numba.get_num_threads() > 1 and tiles.q3.nbytes >= PARALLEL_BYTES:
         _tiles_parallel(*args)
     else:
-        _tiles(*args, 0, layout[0].shape[0])
+        _tiles(*args, 0, tiles.q3.shape[0])
     return y
