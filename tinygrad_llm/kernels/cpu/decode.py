@@ -126,23 +126,20 @@ def _activate(u, g, kind, e, bits, powers):
     elif kind == 2:
         for i in range(n):
             u[i] = max(u[i], 0.0)
-    elif kind == 1:
+    else:                                 # one exp_shifted site: it is inlined (_common.py)
         for i in range(n):
             z = u[i]
-            e[i] = -2.0 * abs(0.7978845608028654 * (z + 0.044715 * z * z * z))
+            e[i] = (-2.0 * abs(0.7978845608028654 * (z + 0.044715 * z * z * z)) if kind == 1
+                    else -abs(z))
         exp_shifted(e, np.float32(0.0), e, bits, powers, n)
         for i in range(n):
             z = u[i]
-            t = (1.0 - e[i]) / (1.0 + e[i])
-            u[i] = 0.5 * z * (1.0 + (t if z >= 0 else -t))
-    else:
-        for i in range(n):
-            e[i] = -abs(u[i])
-        exp_shifted(e, np.float32(0.0), e, bits, powers, n)
-        for i in range(n):
-            z = u[i]
-            sig = 1.0 / (1.0 + e[i]) if z >= 0 else e[i] / (1.0 + e[i])
-            u[i] = z * sig * g[i]
+            if kind == 1:
+                t = (1.0 - e[i]) / (1.0 + e[i])
+                u[i] = 0.5 * z * (1.0 + (t if z >= 0 else -t))
+            else:
+                sig = 1.0 / (1.0 + e[i]) if z >= 0 else e[i] / (1.0 + e[i])
+                u[i] = z * sig * g[i]
 
 
 @jit
