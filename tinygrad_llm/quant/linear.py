@@ -49,14 +49,20 @@ def quant_matmul(x, weight):
     return x @ _dense(weight, x).T
 
 
+def _same_data(field, operand):
+    """The operand is this field, or a view of it (int8's per-row scale as (out, 1))."""
+    return operand is not None and (operand is field or operand.base is field)
+
+
 class PackedWeight:
     """One quantized (out, in) matrix as it lives in memory: its scheme and fields (formats.py;
     what a checkpoint or a GGUF file holds, with qweight the largest by far).
 
-    On the CPU, quant_pack stores qweight only in the layout its kernels read (column tiles), so
-    the bytes are resident once: `qweight` and `fields` rebuild the row-major array when a
-    checkpoint, a GGUF writer or the reference path asks for it. Elsewhere (CuPy, or built with
-    the kernels off) the fields are kept as they are. A tied embedding and head share one
+    On the CPU, quant_pack stores the bytes and scales only in the layout its kernels read
+    (column tiles): the weight is resident once, and `fields`, `qweight` and `operands` rebuild the
+    row-major arrays when a checkpoint, a GGUF writer or the reference path asks for them. Fields
+    the tiles cannot give back (NF4's double-quantized scale codes) are kept as they are; so is
+    everything on CuPy, or when built with the kernels off. A tied embedding and head share one
     PackedWeight; `replace` changes it in place so both see a load."""
 
     def __init__(self, scheme, fields, device=None):
@@ -67,37 +73,59 @@ class PackedWeight:
         fields = {k: backend.to_device(np.ascontiguousarray(backend.to_numpy(v)), device)
                   for k, v in fields.items()}
         self.field_specs = {k: (tuple(v.shape), v.dtype) for k, v in sorted(fields.items())}
-        q, *self.scale_operands = matmul_operands(fields, self.scheme)
-        self.tiles = quant_pack(q, *self.scale_operands)
+        q, scale, minimum, self.levels, self.group = matmul_operands(fields, self.scheme)
+        self.tiles = quant_pack(q, scale, minimum, self.levels, self.group)
+        self._in_tiles = {}                  # field name -> how to get it back from the tiles
         if self.tiles is not None:
-            del fields["qweight"]                                  # kept as the tiles only
-        self._fields, self.device = fields, device
-        self._rebuilt = lambda: None             # weak reference to the last rebuilt qweight
-        self.key = object()                      # a new identity whenever the content changes
+            self._in_tiles["qweight"] = self.tiles.row_major
+            for name, value in fields.items():
+                if _same_data(value, scale):
+                    self._in_tiles[name] = self.tiles.scales
+                elif _same_data(value, minimum):
+                    self._in_tiles[name] = self.tiles.mins
+            scale = minimum = None                                 # the tiles hold them
+        self._fields = {k: v for k, v in fields.items() if k not in self._in_tiles}
+        self._scale, self._minimum, self.device = scale, minimum, device
+        self._rebuilt = {}                   # name -> weak reference to the last rebuilt array
+        self.key = object()                  # a new identity whenever the content changes
+
+    def field(self, name):
+        """One field as formats.py defines it (rebuilt from the tiles on the CPU; while someone
+        holds a rebuilt array, asking again gives the same one, so a tied table is saved once)."""
+        if name not in self._in_tiles:
+            return self._fields[name]
+        hit = self._rebuilt.get(name)
+        value = hit() if hit is not None else None
+        if value is None:
+            shape, dtype = self.field_specs[name]
+            value = self._in_tiles[name]().reshape(shape).astype(dtype, copy=False)
+            self._rebuilt[name] = weakref.ref(value)
+        return value
 
     @property
     def qweight(self):
-        """The row-major qweight (rebuilt from the tiles on the CPU; while someone holds the
-        rebuilt array, asking again gives the same one, so a tied table is saved once)."""
-        if self.tiles is None:
-            return self._fields["qweight"]
-        q = self._rebuilt()
-        if q is None:
-            q = self.tiles.row_major()
-            self._rebuilt = weakref.ref(q)
-        return q
-
-    def field(self, name):
-        return self.qweight if name == "qweight" else self._fields[name]
+        return self.field("qweight")
 
     @property
     def fields(self):
         return {name: self.field(name) for name in self.field_specs}
 
+    def _scales(self, ids=None):
+        """(scale, minimum) of matmul_operands, or their rows ids, as NumPy arrays."""
+        if self.tiles is not None:
+            return self.tiles.scales(ids), self.tiles.mins(ids)
+        scale, minimum = (None if a is None else backend.to_numpy(a)
+                          for a in (self._scale, self._minimum))
+        if ids is None:
+            return scale, minimum
+        return scale[ids], None if minimum is None else minimum[ids]
+
     @property
     def operands(self):
-        """matmul_operands' form (NF4's double-quantized scales decoded once, at packing)."""
-        return (self.qweight, *self.scale_operands)
+        """matmul_operands' form (NF4's double-quantized scales decoded): NumPy arrays."""
+        q = backend.to_numpy(self.qweight)
+        levels = None if self.levels is None else backend.to_numpy(self.levels)
+        return (q, *self._scales(), levels, self.group)
 
     @property
     def nbytes(self):
@@ -120,18 +148,15 @@ class PackedWeight:
     def rows(self, ids):
         """W_hat[ids] (len(ids), in) float32, decoding only those rows (an embedding lookup)."""
         ids = np.asarray(ids, np.int64)
-        scale, minimum, levels, group = self.scale_operands
-        q = (self.tiles.rows(ids) if self.tiles is not None
+        q = (self.tiles.row_major(ids) if self.tiles is not None
              else backend.to_numpy(self._fields["qweight"])[ids])
-        return dequantize_operands(q, backend.to_numpy(scale)[ids],
-                                   None if minimum is None else backend.to_numpy(minimum)[ids],
-                                   None if levels is None else backend.to_numpy(levels), group)
+        levels = None if self.levels is None else backend.to_numpy(self.levels)
+        return dequantize_operands(q, *self._scales(ids), levels, self.group)
 
     def dequantize(self):
         """The float32 (out, in) matrix (a new NumPy array)."""
         with np.errstate(over="ignore", invalid="ignore"):
-            return dequantize_operands(*(None if a is None else backend.to_numpy(a)
-                                         for a in self.operands[:4]), self.operands[4])
+            return dequantize_operands(*self.operands)
 
 
 class QuantMatmulOp(Function):

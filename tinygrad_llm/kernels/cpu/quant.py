@@ -232,9 +232,9 @@ class ColumnTiles:
     q3 (n_tiles, in or in / 2, TILE) uint8, s3 and m3 (scales, q4_1's mins) as float32 tiles,
     table (NF4's 16 levels, else empty) and offset (the integer levels' first value), group.
 
-    On the CPU this is the only resident copy of a quantized layer's bytes (quant/linear.py's
-    PackedWeight); `row_major()` and `rows(ids)` give back matmul_operands' qweight, or some of
-    its rows, for a checkpoint, the reference path or an embedding lookup."""
+    On the CPU this is the only resident copy of a quantized layer's bytes and scales
+    (quant/linear.py's PackedWeight); `row_major`, `scales` and `mins` give back matmul_operands'
+    arrays, or some of their rows, for a checkpoint, the reference path or an embedding lookup."""
 
     def __init__(self, qweight, scale, minimum, levels, group):
         q = np.asarray(qweight)
@@ -258,19 +258,32 @@ class ColumnTiles:
     def nbytes(self):
         return self.q3.nbytes + self.s3.nbytes + self.m3.nbytes
 
+    def _untiled(self, a3):
+        """The inverse of _tiled: (n_tiles, rows, TILE) -> (out, rows), a new array."""
+        return np.ascontiguousarray(a3.transpose(1, 0, 2).reshape(a3.shape[1], -1)[:, :self.out].T)
+
+    def _rows(self, a3, ids):
+        """Rows ids of _untiled(a3) without rebuilding the rest."""
+        tile, col = np.divmod(np.asarray(ids, np.int64), COLUMN_TILE)
+        return np.ascontiguousarray(a3[tile, :, col])
+
     def _bytes(self, u8):
         """Stored bytes (..., row_bytes) back to qweight's values and dtype."""
         return (u8 ^ np.uint8(0x80) if self.eight else u8).view(self.dtype)
 
-    def row_major(self):
-        """qweight (out, row_bytes) as matmul_operands gave it (a new array)."""
-        flat = self.q3.transpose(1, 0, 2).reshape(self.row_bytes, -1)[:, :self.out]
-        return self._bytes(np.ascontiguousarray(flat.T))
+    def row_major(self, ids=None):
+        """qweight (out, row_bytes) as matmul_operands gave it, or its rows ids (new arrays)."""
+        return self._bytes(self._untiled(self.q3) if ids is None else self._rows(self.q3, ids))
 
-    def rows(self, ids):
-        """qweight[ids] (len(ids), row_bytes) without rebuilding the rest."""
-        tile, col = np.divmod(np.asarray(ids, np.int64), COLUMN_TILE)
-        return self._bytes(np.ascontiguousarray(self.q3[tile, :, col]))
+    def scales(self, ids=None):
+        """The scales (out, in / group) float32, or their rows ids."""
+        return self._untiled(self.s3) if ids is None else self._rows(self.s3, ids)
+
+    def mins(self, ids=None):
+        """q4_1's block mins (out, in / 32) float32 (or rows ids), None for other schemes."""
+        if self.m3.shape[1] == 0:
+            return None
+        return self._untiled(self.m3) if ids is None else self._rows(self.m3, ids)
 
     def arguments(self, x, y):
         """The _tiles / _tiles_parallel arguments (half = 16 passed at run time)."""
