@@ -33,7 +33,7 @@ __all__ = ["LoRALinear", "apply_lora", "lora_layers", "lora_state_dict", "save_a
 
 def _is_projection(module):
     """A Linear, or a quantized one (quant.QuantLinear: in/out features and `dequantize`)."""
-    return isinstance(module, Linear) or (hasattr(module, "operands")
+    return isinstance(module, Linear) or (hasattr(module, "packed")
                                           and hasattr(module, "in_features"))
 
 

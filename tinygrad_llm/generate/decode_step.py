@@ -56,8 +56,8 @@ def _data(p):
 
 def _matrix(layer):
     """A projection's weight: the float array of a Linear/Embedding, or a quantized layer itself
-    (quant/linear.py's QuantLinear / QuantEmbedding: it has `operands` and `dequantize()`)."""
-    return layer if hasattr(layer, "operands") else layer.weight.data
+    (quant/linear.py's QuantLinear / QuantEmbedding: it has `packed` and `dequantize()`)."""
+    return layer if hasattr(layer, "packed") else layer.weight.data
 
 
 def _identity(layer):

@@ -192,23 +192,6 @@ class _Quantized(Module):
     def fields(self):
         return self.packed.fields
 
-    @property
-    def operands(self):
-        return self.packed.operands
-
-    @property
-    def field_names(self):
-        return tuple(self.packed.field_specs)
-
-    @property
-    def device_of_fields(self):
-        return self.packed.device
-
-    @property
-    def weight_nbytes(self):
-        """Bytes the quantized weight occupies in memory (not the bias)."""
-        return self.packed.nbytes
-
     def dequantize(self):
         """The float weight (out, in) the fields stand for (a new array, on their device)."""
         return backend.to_device(self.packed.dequantize().astype(self.dtype), self.packed.device)
