@@ -73,6 +73,7 @@ class PackedWeight:
         fields = {k: backend.to_device(np.ascontiguousarray(backend.to_numpy(v)), device)
                   for k, v in fields.items()}
         self.field_specs = {k: (tuple(v.shape), v.dtype) for k, v in sorted(fields.items())}
+        # levels (formats.py's constant tables) are NumPy arrays on every device
         q, scale, minimum, self.levels, self.group = matmul_operands(fields, self.scheme)
         self.tiles = quant_pack(q, scale, minimum, self.levels, self.group)
         self._in_tiles = {}                  # field name -> how to get it back from the tiles
@@ -123,9 +124,7 @@ class PackedWeight:
     @property
     def operands(self):
         """matmul_operands' form (NF4's double-quantized scales decoded): NumPy arrays."""
-        q = backend.to_numpy(self.qweight)
-        levels = None if self.levels is None else backend.to_numpy(self.levels)
-        return (q, *self._scales(), levels, self.group)
+        return (backend.to_numpy(self.qweight), *self._scales(), self.levels, self.group)
 
     @property
     def nbytes(self):
@@ -150,8 +149,7 @@ class PackedWeight:
         ids = np.asarray(ids, np.int64)
         q = (self.tiles.row_major(ids) if self.tiles is not None
              else backend.to_numpy(self._fields["qweight"])[ids])
-        levels = None if self.levels is None else backend.to_numpy(self.levels)
-        return dequantize_operands(q, *self._scales(ids), levels, self.group)
+        return dequantize_operands(q, *self._scales(ids), self.levels, self.group)
 
     def dequantize(self):
         """The float32 (out, in) matrix (a new NumPy array)."""
