@@ -5,7 +5,7 @@ entry is the best of --repeats runs after a warm-up call, kernel and reference a
 both see the same machine state (Numba's compile is not counted; first calls, which load the
 compiled code from Numba's cache, are reported under "first_call_s").
 
-    python bench/bench_ops.py [--repeats=20] [--vocab=65,1024]
+    python bench/bench_ops.py [--repeats=20] [--vocab=65,1024] [--kernels=attention,layer_norm]
 
 For a one-thread figure: NUMBA_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 python bench/bench_ops.py
 
@@ -29,12 +29,13 @@ SIZES = {"small": dict(B=12, T=64, C=128, H=4), "large": dict(B=16, T=256, C=384
 
 
 def parse(argv):
-    opts = {"repeats": 20, "vocab": [65, 1024]}
+    opts = {"repeats": 20, "vocab": [65, 1024], "kernels": None}
     for arg in argv:
         key, _, value = arg.lstrip("-").partition("=")
         if key not in opts:
             raise SystemExit(f"unknown option --{key}; known: {sorted(opts)}")
-        opts[key] = [int(v) for v in value.split(",")] if key == "vocab" else int(value)
+        opts[key] = ([int(v) for v in value.split(",")] if key == "vocab" else
+                     value.split(",") if key == "kernels" else int(value))
     return opts
 
 
@@ -124,6 +125,8 @@ def main(argv):
     for label, size in SIZES.items():
         results[label] = {}
         for family, (fwd, bwd, funcs) in cases(size, opts["vocab"], rng).items():
+            if opts["kernels"] and family not in opts["kernels"]:
+                continue
             entry = {}
             for phase, call in (("fwd", fwd), ("bwd", bwd)):
                 if call is None:
