@@ -33,7 +33,7 @@ import numpy as np
 from numba import prange
 
 from .. import implements
-from ._common import exp_scratch, exp_shifted, floats, jit, jit_parallel, row_max
+from ._common import exp_shifted, floats, jit, jit_parallel, row_max
 
 _TILE = 256   # keys per tile: each dot product over a tile (P V, dS K) ends in one horizontal sum,
 #              so wider tiles pay fewer; 256 ran the bench's large size 8-13% faster than 64
@@ -133,11 +133,11 @@ def _mask_outside(s_row, j0, width, start, end):
 
 @jit_parallel
 def _attention_forward_loop(q, q0, k, k0, v, v0, vts, n_h, n_hkv, head_major, causal, window,
-                            scale, zero, o, lse, scratch, bits, powers, acc, maxes, sums):
+                            scale, zero, o, lse, scratch, acc, maxes, sums):
     # q: query head h in slot q0 + h; k, v: K/V head g in slots k0 + g, v0 + g (one packed qkv
     # array may be all three); o: (B, H, Tq, D) when head_major, else (B, Tq, H, D); lse: (B, H,
     # Tq); vts: (threads, D, Tk) scratch for the values transposed. Per task: scratch (2, 4,
-    # _TILE) for s and p, bits and powers (_TILE,), acc (4, D), maxes (4,) in the dtype and sums
+    # _TILE) for s and p, acc (4, D), maxes (4,) in the dtype and sums
     # (4,) float64: each row's running max and sum (a float64 max would make exp_shifted's
     # arithmetic float64)
     n_b, d = q.shape[0], q.shape[3]
@@ -188,7 +188,7 @@ def _attention_forward_loop(q, q0, k, k0, v, v0, vts, n_h, n_hkv, head_major, ca
                     total[r] *= rescale
                     for c in range(d):
                         a[r, c] *= rescale
-                    total[r] += exp_shifted(s[r], new_m, p[r], bits[task], powers[task], width)
+                    total[r] += exp_shifted(s[r], new_m, p[r], width)
                     m[r] = new_m
                 _add_rows_times4(p, vt, j0, width, zero, a[0], a[1], a[2], a[3])  # += P V
             for r in range(rows):
@@ -205,11 +205,11 @@ def _attention_forward_loop(q, q0, k, k0, v, v0, vts, n_h, n_hkv, head_major, ca
 
 @jit_parallel
 def _attention_backward_loop(do, o, q, q0, k, k0, v, v0, kts, n_h, n_hkv, head_major, lse, causal,
-                             window, scale, zero, dq, dk, dv, scratch, bits, powers, delta):
+                             window, scale, zero, dq, dk, dv, scratch, delta):
     # layouts as in forward; do, o: (B, H, Tq, D) or (B, Tq, H, D); dq, dk, dv: laid out as
     # q, k, v, each row zeroed by the task that owns it; kts: (threads, D, Tk) scratch for the
     # keys transposed; lse: (B, H, Tq).
-    # Per task: scratch (3, 4, _TILE) for s, p and ds; bits, powers (_TILE,); delta (4,)
+    # Per task: scratch (3, 4, _TILE) for s, p and ds; delta (4,)
     # Each dk_j, dv_j row is loaded and stored once per block of four query rows; rows past the
     # end of a block get p = ds = 0.
     n_b, d = q.shape[0], q.shape[3]
@@ -292,7 +292,7 @@ def _attention_backward_loop(do, o, q, q0, k, k0, v, v0, kts, n_h, n_hkv, head_m
                         _mask_outside(s[r], j0, width, _visible_start(i + offset, window),
                                       _visible_end(i + offset, tk, causal, window))
                         # P, recomputed
-                        exp_shifted(s[r], lse[b, h, i], p[r], bits[task], powers[task], width)
+                        exp_shifted(s[r], lse[b, h, i], p[r], width)
                         row_delta = dl[r]
                         for jj in range(width):   # dS = P * (dP - delta) * scale
                             ds[r, jj] = p[r, jj] * (ds[r, jj] - row_delta) * scale
@@ -335,7 +335,7 @@ def _forward(q, q0, k, k0, v, v0, n_h, n_hkv, head_major, causal, scale, window,
     _attention_forward_loop(q, q0, k, k0, v, v0, _per_thread(d, tk, q.dtype), n_h, n_hkv,
                             head_major, causal, int(window), q.dtype.type(scale),
                             q.dtype.type(0), o, lse, np.empty((tasks, 2, 4, _TILE), q.dtype),
-                            *exp_scratch(tasks, _TILE), np.empty((tasks, 4, d), q.dtype),
+                            np.empty((tasks, 4, d), q.dtype),
                             np.empty((tasks, 4), q.dtype), np.empty((tasks, 4)))
     return o, lse
 
@@ -348,7 +348,7 @@ def _backward(do, o, q, q0, k, k0, v, v0, n_h, n_hkv, head_major, lse, causal, s
     _attention_backward_loop(do, o, q, q0, k, k0, v, v0, _per_thread(q.shape[3], tk, q.dtype),
                              n_h, n_hkv, head_major, np.ascontiguousarray(lse), causal,
                              int(window), q.dtype.type(scale), q.dtype.type(0), dq, dk, dv,
-                             np.empty((tasks, 3, 4, _TILE), q.dtype), *exp_scratch(tasks, _TILE),
+                             np.empty((tasks, 3, 4, _TILE), q.dtype),
                              np.empty((tasks, 4), q.dtype))
 
 

@@ -114,10 +114,10 @@ def _norm(x, w, b, kind, eps, out):
 
 
 @jit
-def _activate(u, g, kind, e, bits, powers):
+def _activate(u, g, kind, e):
     """u = act(u) in place: GELU erf (0), GELU tanh (1), ReLU (2), or silu(u) * g (3, SwiGLU).
     tanh and the sigmoid come from e = exp(-|z|) <= 1 through the vectorised exp_shifted
-    (e, bits, powers: scratch rows): tanh(y) = sign(y) (1 - e) / (1 + e) with e = exp(-2|y|),
+    (e: a scratch row): tanh(y) = sign(y) (1 - e) / (1 + e) with e = exp(-2|y|),
     sigmoid(z) = 1 / (1 + e) for z >= 0 and e / (1 + e) below."""
     n = u.shape[0]
     if kind == 0:
@@ -131,7 +131,7 @@ def _activate(u, g, kind, e, bits, powers):
             z = u[i]
             e[i] = (-2.0 * abs(0.7978845608028654 * (z + 0.044715 * z * z * z)) if kind == 1
                     else -abs(z))
-        exp_shifted(e, np.float32(0.0), e, bits, powers, n)
+        exp_shifted(e, np.float32(0.0), e, n)
         for i in range(n):
             z = u[i]
             if kind == 1:
@@ -155,7 +155,7 @@ def _rope(heads, first, count, cos, sin):
 
 
 @jit
-def _attend(heads, keys, values, n, n_hkv, scale, scores, bits, powers, out, lo, hi):
+def _attend(heads, keys, values, n, n_hkv, scale, scores, out, lo, hi):
     """Query heads lo..hi-1 (rows of heads) against the first n cached keys/values (Hkv, T, D) of
     their group: out[h] = softmax(q_h K_g^T * scale) V_g. Keys and values four at a time, so one
     pass over q (or out) serves four of them."""
@@ -181,7 +181,7 @@ def _attend(heads, keys, values, n, n_hkv, scale, scores, bits, powers, out, lo,
                 a0 += q[e] * k0[e]
             s[j] = a0 * scale
         m = row_max(s, n)
-        exp_shifted(s, m, s, bits[h], powers[h], n)
+        exp_shifted(s, m, s, n)
         total = np.float32(0.0)
         for j in range(n):
             total += s[j]
@@ -201,10 +201,10 @@ def _attend(heads, keys, values, n, n_hkv, scale, scores, bits, powers, out, lo,
 
 
 @jit_parallel
-def _attend_parallel(heads, keys, values, n, n_hkv, scale, scores, bits, powers, out, n_chunks):
+def _attend_parallel(heads, keys, values, n, n_hkv, scale, scores, out, n_chunks):
     n_h = out.shape[0]
     for c in prange(n_chunks):
-        _attend(heads, keys, values, n, n_hkv, scale, scores, bits, powers, out,
+        _attend(heads, keys, values, n, n_hkv, scale, scores, out,
                 c * n_h // n_chunks, (c + 1) * n_h // n_chunks)
 
 
@@ -280,12 +280,8 @@ def _decode_loop(ids, start, tables, mt, vecs, k_all, v_all, dims, eps, parallel
     att = att_heads.reshape((t, n_h * d))
     u, g = np.empty((t, hidden), dt), np.empty((t, hidden), dt)
     e = np.empty(hidden, dt)
-    e_bits = np.empty(hidden, np.int32)
-    e_powers = e_bits.view(np.float32)
     n_max = start + t
     scores = np.empty((n_h, n_max), dt)
-    bits = np.empty((n_h, n_max), np.int32)
-    powers = bits.view(np.float32)
     scale = 1.0 / math.sqrt(d)
     kv_bytes = 2 * n_hkv * d * k_all.itemsize
     for i in range(t):
@@ -308,11 +304,10 @@ def _decode_loop(ids, start, tables, mt, vecs, k_all, v_all, dims, eps, parallel
         for i in range(t):                   # ... then token i attends to positions <= its own
             n = start + i + 1
             if n_chunks > 1 and n * kv_bytes >= parallel_bytes:
-                _attend_parallel(heads[i], keys, values, n, n_hkv, scale, scores, bits, powers,
-                                 att_heads[i], n_chunks)
+                _attend_parallel(heads[i], keys, values, n, n_hkv, scale, scores, att_heads[i],
+                                 n_chunks)
             else:
-                _attend(heads[i], keys, values, n, n_hkv, scale, scores, bits, powers,
-                        att_heads[i], 0, n_h)
+                _attend(heads[i], keys, values, n, n_hkv, scale, scores, att_heads[i], 0, n_h)
         _project(m0 + 1, mt, att, vecs[v0 + 3], y, parallel_bytes, n_chunks)
         x += y
         for i in range(t):
@@ -321,7 +316,7 @@ def _decode_loop(ids, start, tables, mt, vecs, k_all, v_all, dims, eps, parallel
         if act_kind == 3:
             _project(m0 + 3, mt, h, vecs[v0 + 7], g, parallel_bytes, n_chunks)
         for i in range(t):
-            _activate(u[i], g[i], act_kind, e, e_bits, e_powers)
+            _activate(u[i], g[i], act_kind, e)
         _project(m0 + 4, mt, u, vecs[v0 + 8], y, parallel_bytes, n_chunks)
         x += y
     for i in range(t):

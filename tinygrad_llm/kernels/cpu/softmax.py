@@ -10,8 +10,8 @@ import numpy as np
 from numba import prange
 
 from .. import implements
-from ._common import (N_CHUNKS, chunk_bounds, exp_scratch, exp_shifted, exp_shifted_affine, floats,
-                      jit_parallel, row_max)
+from ._common import (N_CHUNKS, chunk_bounds, exp_shifted, exp_shifted_affine, floats, jit_parallel,
+                      row_max)
 
 
 def _supported(logits, targets, *rest, **kwargs):
@@ -19,16 +19,16 @@ def _supported(logits, targets, *rest, **kwargs):
 
 
 @jit_parallel
-def _cross_entropy_forward_loop(logits, targets, ignore_index, smoothing, bounds, scratch, bits,
-                                powers, loss, lse):
-    # logits: (N, V)  targets, loss, lse: (N,)  scratch, bits, powers: (N_CHUNKS, V)
+def _cross_entropy_forward_loop(logits, targets, ignore_index, smoothing, bounds, scratch, loss,
+                                lse):
+    # logits: (N, V)  targets, loss, lse: (N,)  scratch: (N_CHUNKS, V)
     n_rows, v = logits.shape
     for k in prange(len(bounds) - 1):
         e = scratch[k]
         for n in range(bounds[k], bounds[k + 1]):
             row = logits[n]
             m = row_max(row, v)
-            s = exp_shifted(row, m, e, bits[k], powers[k], v)    # sum of e = exp(x - max)
+            s = exp_shifted(row, m, e, v)    # sum of e = exp(x - max)
             total = 0.0
             if smoothing != 0.0:
                 for j in range(v):
@@ -45,8 +45,8 @@ def _cross_entropy_forward_loop(logits, targets, ignore_index, smoothing, bounds
 
 @jit_parallel
 def _cross_entropy_backward_loop(dloss, logits, targets, lse, ignore_index, off, keep, bounds,
-                                 bits, powers, dlogits):
-    # dloss, targets, lse: (N,)  logits, dlogits: (N, V)  bits, powers: (N_CHUNKS, V)
+                                 dlogits):
+    # dloss, targets, lse: (N,)  logits, dlogits: (N, V)
     # off = smoothing / V and keep = 1 - smoothing in the logits' dtype: a float64 scalar in the
     # row loop would turn it into float64 arithmetic (half the vector width; measured 2x slower)
     n_rows, v = logits.shape
@@ -58,7 +58,7 @@ def _cross_entropy_backward_loop(dloss, logits, targets, lse, ignore_index, off,
                 out[:] = 0.0
                 continue
             g = dloss[n]                              # g (softmax - off), softmax recomputed
-            exp_shifted_affine(logits[n], lse[n], g, -g * off, out, bits[k], powers[k], v)
+            exp_shifted_affine(logits[n], lse[n], g, -g * off, out, v)
             out[t] -= g * keep
 
 
@@ -69,7 +69,7 @@ def cross_entropy_forward_cpu(logits, targets, ignore_index, label_smoothing):
     loss, lse = np.empty(n, logits.dtype), np.empty(n, logits.dtype)
     scratch = np.empty((N_CHUNKS, v), logits.dtype)
     _cross_entropy_forward_loop(logits, targets, ignore_index, float(label_smoothing),
-                                chunk_bounds(n), scratch, *exp_scratch(N_CHUNKS, v), loss, lse)
+                                chunk_bounds(n), scratch, loss, lse)
     return loss, lse
 
 
@@ -83,5 +83,5 @@ def cross_entropy_backward_cpu(dloss, logits, targets, lse, ignore_index, label_
                                  np.ascontiguousarray(targets), lse, ignore_index,
                                  dtype(label_smoothing / logits.shape[1]),
                                  dtype(1.0 - label_smoothing), chunk_bounds(logits.shape[0]),
-                                 *exp_scratch(N_CHUNKS, logits.shape[1]), dlogits)
+                                 dlogits)
     return dlogits
