@@ -15,13 +15,15 @@ read in place (PackedAttentionOp), or head-major (B, S, T, D), the (B, H, T, D) 
 
 Speed: every inner loop is a dot product over contiguous rows (reassociated, so it vectorises),
 several sharing each loaded row (four query rows; in backward by two keys too: q.k and do.v make
-16 sums per pass), or an axpy update (backward's dk, dv: two key rows per pass, sharing the query
-rows' loads); accumulators start from a zero of the input's dtype so float32 stays float32 (a
-float64 accumulator halves the vector width). The products that sum over keys (P V in forward,
-dS K in backward) read V and K transposed, a (D, Tk) copy each task makes of its own head in a
-per-thread buffer, so they are dot products over the tile too: as axpy updates they stored a row
-per term, and ran twice as slowly (measured; a separate parallel transposition call cost one more
-thread wake-up, 0.1 ms a call in the main job's training step). The exponentials of a tile go
+16 sums per pass), or an axpy update (backward's dk, dv and dq: two key rows per pass, sharing the
+loads of the query rows and of the keys); accumulators start from a zero of the input's dtype so
+float32 stays float32 (a float64 accumulator halves the vector width). Forward's P V sums over
+keys, so it reads V transposed, a (D, Tk) copy each task makes of its own head in a per-thread
+buffer, and is a dot product over the tile too: as an axpy update per key it stored a row per
+term, and ran twice as slowly (measured; a separate parallel transposition call cost one more
+thread wake-up, 0.1 ms a call in the main job's training step). Backward's dS K is an axpy into
+the block's four dq rows, two keys per load and store of them: against the same dot product over
+a transposed K it ran 4-5% faster (its horizontal sums, one per output element, went). The exponentials of a tile go
 through the vectorised exp_shifted. The parallel axis is (batch, query head) in forward and
 (batch, K/V head) in backward, where the G query heads that share a K/V head are handled by one
 task: each task owns everything it writes.
@@ -204,14 +206,13 @@ def _attention_forward_loop(q, q0, k, k0, v, v0, vts, n_h, n_hkv, head_major, ca
 
 
 @jit_parallel
-def _attention_backward_loop(do, o, q, q0, k, k0, v, v0, kts, n_h, n_hkv, head_major, lse, causal,
+def _attention_backward_loop(do, o, q, q0, k, k0, v, v0, n_h, n_hkv, head_major, lse, causal,
                              window, scale, zero, dq, dk, dv, scratch, delta):
     # layouts as in forward; do, o: (B, H, Tq, D) or (B, Tq, H, D); dq, dk, dv: laid out as
-    # q, k, v, each row zeroed by the task that owns it; kts: (threads, D, Tk) scratch for the
-    # keys transposed; lse: (B, H, Tq).
+    # q, k, v, each row zeroed by the task that owns it; lse: (B, H, Tq).
     # Per task: scratch (3, 4, _TILE) for s, p and ds; delta (4,)
-    # Each dk_j, dv_j row is loaded and stored once per block of four query rows; rows past the
-    # end of a block get p = ds = 0.
+    # Each dk_j, dv_j row is loaded and stored once per block of four query rows, and the four
+    # dq rows once per two keys; rows past the end of a block get p = ds = 0.
     n_b, d = q.shape[0], q.shape[3]
     tq, tk = _length(q, head_major), _length(k, head_major)
     group = n_h // n_hkv
@@ -221,8 +222,6 @@ def _attention_backward_loop(do, o, q, q0, k, k0, v, v0, kts, n_h, n_hkv, head_m
         kh, vh = k0 + hk, v0 + hk
         s, p, ds = scratch[task, 0], scratch[task, 1], scratch[task, 2]      # (4, _TILE) each
         dl = delta[task]
-        kt = kts[numba.get_thread_id()]
-        _transpose_head(k, b, kh, head_major, kt)
         for j in range(tk):                   # the task zeroes the rows it accumulates into
             _fill(_row(dk, b, j, kh, head_major), zero)
             _fill(_row(dv, b, j, vh, head_major), zero)
@@ -245,6 +244,8 @@ def _attention_backward_loop(do, o, q, q0, k, k0, v, v0, kts, n_h, n_hkv, head_m
                     for c in range(d):
                         x += g_r[c] * o_r[c]
                     dl[r] = x
+                dq0, dq1 = _row(dq, b, i0, qh, head_major), _row(dq, b, i1, qh, head_major)
+                dq2, dq3 = _row(dq, b, i2, qh, head_major), _row(dq, b, i3, qh, head_major)
                 block_end = _visible_end(last + offset, tk, causal, window)
                 block_start = _visible_start(i0 + offset, window)
                 for j0 in range(block_start, max(block_end, block_start), _TILE):
@@ -296,8 +297,10 @@ def _attention_backward_loop(do, o, q, q0, k, k0, v, v0, kts, n_h, n_hkv, head_m
                         row_delta = dl[r]
                         for jj in range(width):   # dS = P * (dP - delta) * scale
                             ds[r, jj] = p[r, jj] * (ds[r, jj] - row_delta) * scale
-                    for jj in range(0, width, 2):  # dv_j += P^T do,  dk_j += dS^T q for keys
-                        jb = min(jj + 1, width - 1)    # a and b: each do_r, q_r load serves both
+                    for jj in range(0, width, 2):  # dv_j += P^T do, dk_j += dS^T q for keys a
+                        jb = min(jj + 1, width - 1)    # and b (each do_r, q_r load serves both),
+                        ka = _row(k, b, j0 + jj, kh, head_major)      # and dq_r += dS K
+                        kb = _row(k, b, j0 + jb, kh, head_major)
                         dva, dvb = _row(dv, b, j0 + jj, vh, head_major), _row(dv, b, j0 + jb, vh,
                                                                               head_major)
                         dka, dkb = _row(dk, b, j0 + jj, kh, head_major), _row(dk, b, j0 + jb, kh,
@@ -317,11 +320,12 @@ def _attention_backward_loop(do, o, q, q0, k, k0, v, v0, kts, n_h, n_hkv, head_m
                             x0, x1, x2, x3 = r0[c], r1[c], r2[c], r3[c]
                             dka[c] += sa0 * x0 + sa1 * x1 + sa2 * x2 + sa3 * x3
                             dkb[c] += sb0 * x0 + sb1 * x1 + sb2 * x2 + sb3 * x3
-                    _add_rows_times4(ds, kt, j0, width, zero,           # dq += dS K
-                                     _row(dq, b, i0, qh, head_major),
-                                     _row(dq, b, i1, qh, head_major),
-                                     _row(dq, b, i2, qh, head_major),
-                                     _row(dq, b, i3, qh, head_major))
+                        for c in range(d):
+                            kac, kbc = ka[c], kb[c]
+                            dq0[c] += sa0 * kac + sb0 * kbc
+                            dq1[c] += sa1 * kac + sb1 * kbc
+                            dq2[c] += sa2 * kac + sb2 * kbc
+                            dq3[c] += sa3 * kac + sb3 * kbc
 
 
 def _forward(q, q0, k, k0, v, v0, n_h, n_hkv, head_major, causal, scale, window, o=None):
@@ -344,11 +348,9 @@ def _backward(do, o, q, q0, k, k0, v, v0, n_h, n_hkv, head_major, lse, causal, s
               dq, dk, dv):
     """do, o laid out as q with H slots; dq, dk, dv written whole (they may be one array)."""
     tasks = q.shape[0] * n_hkv
-    tk = k.shape[2] if head_major else k.shape[1]
-    _attention_backward_loop(do, o, q, q0, k, k0, v, v0, _per_thread(q.shape[3], tk, q.dtype),
-                             n_h, n_hkv, head_major, np.ascontiguousarray(lse), causal,
-                             int(window), q.dtype.type(scale), q.dtype.type(0), dq, dk, dv,
-                             np.empty((tasks, 3, 4, _TILE), q.dtype),
+    _attention_backward_loop(do, o, q, q0, k, k0, v, v0, n_h, n_hkv, head_major,
+                             np.ascontiguousarray(lse), causal, int(window), q.dtype.type(scale),
+                             q.dtype.type(0), dq, dk, dv, np.empty((tasks, 3, 4, _TILE), q.dtype),
                              np.empty((tasks, 4), q.dtype))
 
 
