@@ -13,24 +13,21 @@ Layout: each of q, k, v, o (and do, dq, dk, dv) is a 4-D array of (D,) rows, eit
 read in place (PackedAttentionOp), or head-major (B, S, T, D), the (B, H, T, D) API's layout;
 `_row` picks a row in either, so neither API copies its inputs.
 
-Speed: every inner loop is a dot product over contiguous rows (reassociated, so it vectorises),
-several sharing each loaded row (four query rows; in backward by two keys too: q.k and do.v make
-16 sums per pass), or an axpy update (backward's dk, dv and dq: two key rows per pass, sharing the
-loads of the query rows and of the keys); accumulators start from a zero of the input's dtype so
-float32 stays float32 (a float64 accumulator halves the vector width). Forward's P V sums over
-keys, so it reads V transposed, a (D, Tk) copy each task makes of its own head in a per-thread
-buffer, and is a dot product over the tile too: as an axpy update per key it stored a row per
-term, and ran twice as slowly (measured; a separate parallel transposition call cost one more
-thread wake-up, 0.1 ms a call in the main job's training step). Backward's dS K is an axpy into
-the block's four dq rows, two keys per load and store of them: against the same dot product over
-a transposed K it ran 4-5% faster (its horizontal sums, one per output element, went). The exponentials of a tile go
+Speed: every inner loop runs over contiguous (D,) rows and vectorises: either a dot product
+(reassociated) with several sharing each loaded row (the scores q.k of four query rows; in
+backward of two keys too, q.k and do.v making 16 sums per pass), or an axpy update that adds two
+keys' terms per load and store of the rows it updates (forward's acc += P V; backward's dv, dk
+and dq, sharing the loads of the query and key rows). Accumulators start from a zero of the
+input's dtype so float32 stays float32 (a float64 accumulator halves the vector width). P V and
+dS K once read a (D, Tk) transposed copy of V and K, as dot products over the tile; the paired
+axpy updates measured faster (forward 15-20% at the main job's size, backward 4-5%: one
+horizontal sum per output element went) and need no copy. The exponentials of a tile go
 through the vectorised exp_shifted. The parallel axis is (batch, query head) in forward and
 (batch, K/V head) in backward, where the G query heads that share a K/V head are handled by one
 task: each task owns everything it writes.
 """
 import math
 
-import numba
 import numpy as np
 from numba import prange
 
@@ -82,49 +79,6 @@ def _length(x, head_major):
 
 
 @jit
-def _transpose_head(x, b, slot, head_major, out):
-    """out[:, t] = row (b, t, slot) of x: out is (D, T), the transposed copy the sums over keys
-    read, made by each task for its own K/V head. Tokens go in blocks of 16, each output line
-    written whole in turn (a row at a time strides the writes by T: cache-set conflicts, 4x
-    slower, measured)."""
-    d, t = out.shape
-    for j0 in range(0, t, 16):
-        j1 = min(j0 + 16, t)
-        for c in range(d):
-            if head_major:
-                for j in range(j0, j1):
-                    out[c, j] = x[b, slot, j, c]
-            else:
-                for j in range(j0, j1):
-                    out[c, j] = x[b, j, slot, c]
-
-
-def _per_thread(d, t, dtype):
-    """One (D, T) transposition buffer per thread of the coming parallel loop
-    (numba.get_thread_id() picks it, and is below get_num_threads())."""
-    return np.empty((numba.get_num_threads(), d, t), dtype)
-
-
-@jit
-def _add_rows_times4(p, yt, j0, width, zero, a0, a1, a2, a3):
-    """a_r[c] += sum_jj p[r, jj] * yt[c, j0 + jj] for four rows: P @ Y for a tile, with Y stored
-    transposed (yt: (D, T)) so each sum is a dot product over the tile (no store per term)."""
-    for c in range(yt.shape[0]):
-        yc = yt[c, j0:j0 + width]
-        x0 = x1 = x2 = x3 = zero
-        for jj in range(width):
-            w = yc[jj]
-            x0 += p[0, jj] * w
-            x1 += p[1, jj] * w
-            x2 += p[2, jj] * w
-            x3 += p[3, jj] * w
-        a0[c] += x0
-        a1[c] += x1
-        a2[c] += x2
-        a3[c] += x3
-
-
-@jit
 def _mask_outside(s_row, j0, width, start, end):
     """s_row[jj] = -inf where key j0 + jj is outside the row's visible range [start, end)."""
     for jj in range(min(width, max(start - j0, 0))):
@@ -134,13 +88,12 @@ def _mask_outside(s_row, j0, width, start, end):
 
 
 @jit_parallel
-def _attention_forward_loop(q, q0, k, k0, v, v0, vts, n_h, n_hkv, head_major, causal, window,
-                            scale, zero, o, lse, scratch, acc, maxes, sums):
+def _attention_forward_loop(q, q0, k, k0, v, v0, n_h, n_hkv, head_major, causal, window, scale,
+                            zero, o, lse, scratch, acc, maxes, sums):
     # q: query head h in slot q0 + h; k, v: K/V head g in slots k0 + g, v0 + g (one packed qkv
     # array may be all three); o: (B, H, Tq, D) when head_major, else (B, Tq, H, D); lse: (B, H,
-    # Tq); vts: (threads, D, Tk) scratch for the values transposed. Per task: scratch (2, 4,
-    # _TILE) for s and p, acc (4, D), maxes (4,) in the dtype and sums
-    # (4,) float64: each row's running max and sum (a float64 max would make exp_shifted's
+    # Tq). Per task: scratch (2, 4, _TILE) for s and p, acc (4, D), maxes (4,) in the dtype and
+    # sums (4,) float64: each row's running max and sum (a float64 max would make exp_shifted's
     # arithmetic float64)
     n_b, d = q.shape[0], q.shape[3]
     tq, tk = _length(q, head_major), _length(k, head_major)
@@ -149,11 +102,9 @@ def _attention_forward_loop(q, q0, k, k0, v, v0, vts, n_h, n_hkv, head_major, ca
     for task in prange(n_b * n_h):
         b, h = task // n_h, task % n_h
         hk = h // group
-        qh, kh = q0 + h, k0 + hk
+        qh, kh, vh = q0 + h, k0 + hk, v0 + hk
         s, p, a = scratch[task, 0], scratch[task, 1], acc[task]
         m, total = maxes[task], sums[task]
-        vt = vts[numba.get_thread_id()]
-        _transpose_head(v, b, v0 + hk, head_major, vt)
         for i0 in range(0, tq, 4):                    # four query rows at a time
             rows = min(4, tq - i0)
             last = i0 + rows - 1                      # rows past the end repeat the last one
@@ -192,7 +143,22 @@ def _attention_forward_loop(q, q0, k, k0, v, v0, vts, n_h, n_hkv, head_major, ca
                         a[r, c] *= rescale
                     total[r] += exp_shifted(s[r], new_m, p[r], width)
                     m[r] = new_m
-                _add_rows_times4(p, vt, j0, width, zero, a[0], a[1], a[2], a[3])  # += P V
+                a0, a1, a2, a3 = a[0], a[1], a[2], a[3]
+                for jj in range(0, width, 2):         # acc += P V, two keys a pass (an odd
+                    jb = min(jj + 1, width - 1)       # tile's last key pairs with itself at
+                    va = _row(v, b, j0 + jj, vh, head_major)                       # weight 0)
+                    vb = _row(v, b, j0 + jb, vh, head_major)
+                    pa0, pa1, pa2, pa3 = p[0, jj], p[1, jj], p[2, jj], p[3, jj]
+                    if jb == jj:
+                        pb0 = pb1 = pb2 = pb3 = zero
+                    else:
+                        pb0, pb1, pb2, pb3 = p[0, jb], p[1, jb], p[2, jb], p[3, jb]
+                    for c in range(d):
+                        vac, vbc = va[c], vb[c]
+                        a0[c] += pa0 * vac + pb0 * vbc
+                        a1[c] += pa1 * vac + pb1 * vbc
+                        a2[c] += pa2 * vac + pb2 * vbc
+                        a3[c] += pa3 * vac + pb3 * vbc
             for r in range(rows):
                 oi = _row(o, b, i0 + r, h, head_major)
                 if total[r] == 0.0:                   # no key visible: output 0, as the reference
@@ -331,16 +297,16 @@ def _attention_backward_loop(do, o, q, q0, k, k0, v, v0, n_h, n_hkv, head_major,
 def _forward(q, q0, k, k0, v, v0, n_h, n_hkv, head_major, causal, scale, window, o=None):
     """o (laid out as q, with H slots; written whole, into `o` when given) and lse (B, H, Tq)."""
     b, d = q.shape[0], q.shape[3]
-    tq, tk = (q.shape[2], k.shape[2]) if head_major else (q.shape[1], k.shape[1])
+    tq = q.shape[2] if head_major else q.shape[1]
     tasks = b * n_h
     if o is None:
         o = np.empty((b, n_h, tq, d) if head_major else (b, tq, n_h, d), dtype=q.dtype)
     lse = np.empty((b, n_h, tq), dtype=q.dtype)
-    _attention_forward_loop(q, q0, k, k0, v, v0, _per_thread(d, tk, q.dtype), n_h, n_hkv,
-                            head_major, causal, int(window), q.dtype.type(scale),
-                            q.dtype.type(0), o, lse, np.empty((tasks, 2, 4, _TILE), q.dtype),
-                            np.empty((tasks, 4, d), q.dtype),
-                            np.empty((tasks, 4), q.dtype), np.empty((tasks, 4)))
+    _attention_forward_loop(q, q0, k, k0, v, v0, n_h, n_hkv, head_major, causal, int(window),
+                            q.dtype.type(scale), q.dtype.type(0), o, lse,
+                            np.empty((tasks, 2, 4, _TILE), q.dtype),
+                            np.empty((tasks, 4, d), q.dtype), np.empty((tasks, 4), q.dtype),
+                            np.empty((tasks, 4)))
     return o, lse
 
 
