@@ -4,7 +4,8 @@ Speed: libm's tanh/erf/exp are scalar calls that stop LLVM from vectorising the 
 the loop uses rational approximations instead (pure multiply-add-divide, so it vectorises):
 tanh with degree 13/6 odd/even polynomials on |x| <= 7.905 (the form used by Eigen), max error
 3.4e-7, and erf with degree 13/8 on |x| <= 4, max error 4.2e-7: within a few float32 ulps of the
-exact values. float64 (gradcheck) uses libm's exact functions.
+exact values; the normal density's exp is _common's exp_f32. float64 (gradcheck) uses libm's exact
+functions.
 """
 import math
 
@@ -12,7 +13,7 @@ import numpy as np
 from numba import prange
 
 from .. import implements
-from ._common import floats, jit, jit_parallel
+from ._common import exp_f32, floats, jit, jit_parallel
 
 _SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
 _INV_SQRT_2 = 1.0 / math.sqrt(2.0)
@@ -100,7 +101,7 @@ def _gelu_erf_backward_f32(dy, x, dx):
     for i in prange(x.size):
         v = x[i]
         cdf = h * (np.float32(1.0) + _erf_f32(v * r2))
-        dx[i] = dy[i] * (cdf + v * rp * math.exp(-h * v * v))
+        dx[i] = dy[i] * (cdf + v * rp * exp_f32(-h * v * v))
 
 
 # ---- float64 loops (libm, exact) ----------------------------------------------------------------
