@@ -29,13 +29,13 @@ task: each task owns everything it writes.
 import math
 
 import numpy as np
-from numba import prange
+from numba import njit, prange
 
 from .. import implements
-from ._common import exp_shifted, floats, jit, jit_parallel, row_max
+from ._common import FASTMATH, exp_shifted, floats, jit, jit_parallel, row_max
 
-_TILE = 256   # keys per tile: each dot product over a tile (P V, dS K) ends in one horizontal sum,
-#              so wider tiles pay fewer; 256 ran the bench's large size 8-13% faster than 64
+_TILE = 256   # keys per tile: wider tiles make fewer per-tile passes (masks, running maxima, the
+#              rescale of acc); 256 ran the bench's large size 5-10% faster than 64 or 128
 
 
 def _supported(q, k, v, mask, *rest, **kwargs):
@@ -76,6 +76,25 @@ def _fill(row, value):
 def _length(x, head_major):
     """The number of tokens T of a head-major or token-major array."""
     return x.shape[2] if head_major else x.shape[1]
+
+
+@njit(cache=True, fastmath=FASTMATH, error_model="numpy", inline="always")
+def _add_key_pair4(w, ja, jb, ya, yb, zero, a0, a1, a2, a3):
+    """a_r[c] += w[r, ja] ya[c] + w[r, jb] yb[c] for the four rows r of w (4, tile): two keys'
+    terms of P V (forward) or dS K (backward), so each a_r is loaded and stored once per two
+    keys. jb == ja (an odd tile's last key) adds that key once. Inlined: a call per key pair
+    costs as much as its 4 D multiply-adds."""
+    wa0, wa1, wa2, wa3 = w[0, ja], w[1, ja], w[2, ja], w[3, ja]
+    if jb == ja:
+        wb0 = wb1 = wb2 = wb3 = zero
+    else:
+        wb0, wb1, wb2, wb3 = w[0, jb], w[1, jb], w[2, jb], w[3, jb]
+    for c in range(ya.shape[0]):
+        yac, ybc = ya[c], yb[c]
+        a0[c] += wa0 * yac + wb0 * ybc
+        a1[c] += wa1 * yac + wb1 * ybc
+        a2[c] += wa2 * yac + wb2 * ybc
+        a3[c] += wa3 * yac + wb3 * ybc
 
 
 @jit
@@ -144,21 +163,10 @@ def _attention_forward_loop(q, q0, k, k0, v, v0, n_h, n_hkv, head_major, causal,
                     total[r] += exp_shifted(s[r], new_m, p[r], width)
                     m[r] = new_m
                 a0, a1, a2, a3 = a[0], a[1], a[2], a[3]
-                for jj in range(0, width, 2):         # acc += P V, two keys a pass (an odd
-                    jb = min(jj + 1, width - 1)       # tile's last key pairs with itself at
-                    va = _row(v, b, j0 + jj, vh, head_major)                       # weight 0)
-                    vb = _row(v, b, j0 + jb, vh, head_major)
-                    pa0, pa1, pa2, pa3 = p[0, jj], p[1, jj], p[2, jj], p[3, jj]
-                    if jb == jj:
-                        pb0 = pb1 = pb2 = pb3 = zero
-                    else:
-                        pb0, pb1, pb2, pb3 = p[0, jb], p[1, jb], p[2, jb], p[3, jb]
-                    for c in range(d):
-                        vac, vbc = va[c], vb[c]
-                        a0[c] += pa0 * vac + pb0 * vbc
-                        a1[c] += pa1 * vac + pb1 * vbc
-                        a2[c] += pa2 * vac + pb2 * vbc
-                        a3[c] += pa3 * vac + pb3 * vbc
+                for jj in range(0, width, 2):         # acc += P V, two keys a pass
+                    jb = min(jj + 1, width - 1)
+                    _add_key_pair4(p, jj, jb, _row(v, b, j0 + jj, vh, head_major),
+                                   _row(v, b, j0 + jb, vh, head_major), zero, a0, a1, a2, a3)
             for r in range(rows):
                 oi = _row(o, b, i0 + r, h, head_major)
                 if total[r] == 0.0:                   # no key visible: output 0, as the reference
@@ -265,8 +273,6 @@ def _attention_backward_loop(do, o, q, q0, k, k0, v, v0, n_h, n_hkv, head_major,
                             ds[r, jj] = p[r, jj] * (ds[r, jj] - row_delta) * scale
                     for jj in range(0, width, 2):  # dv_j += P^T do, dk_j += dS^T q for keys a
                         jb = min(jj + 1, width - 1)    # and b (each do_r, q_r load serves both),
-                        ka = _row(k, b, j0 + jj, kh, head_major)      # and dq_r += dS K
-                        kb = _row(k, b, j0 + jb, kh, head_major)
                         dva, dvb = _row(dv, b, j0 + jj, vh, head_major), _row(dv, b, j0 + jb, vh,
                                                                               head_major)
                         dka, dkb = _row(dk, b, j0 + jj, kh, head_major), _row(dk, b, j0 + jb, kh,
@@ -286,12 +292,10 @@ def _attention_backward_loop(do, o, q, q0, k, k0, v, v0, n_h, n_hkv, head_major,
                             x0, x1, x2, x3 = r0[c], r1[c], r2[c], r3[c]
                             dka[c] += sa0 * x0 + sa1 * x1 + sa2 * x2 + sa3 * x3
                             dkb[c] += sb0 * x0 + sb1 * x1 + sb2 * x2 + sb3 * x3
-                        for c in range(d):
-                            kac, kbc = ka[c], kb[c]
-                            dq0[c] += sa0 * kac + sb0 * kbc
-                            dq1[c] += sa1 * kac + sb1 * kbc
-                            dq2[c] += sa2 * kac + sb2 * kbc
-                            dq3[c] += sa3 * kac + sb3 * kbc
+                        # and dq_r += dS K
+                        _add_key_pair4(ds, jj, jb, _row(k, b, j0 + jj, kh, head_major),
+                                       _row(k, b, j0 + jb, kh, head_major), zero, dq0, dq1, dq2,
+                                       dq3)
 
 
 def _forward(q, q0, k, k0, v, v0, n_h, n_hkv, head_major, causal, scale, window, o=None):
