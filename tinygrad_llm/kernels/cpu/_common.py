@@ -1,6 +1,6 @@
 """Shared pieces of the Numba kernels: the jit decorators, the `supports` predicate `floats`, the
-fixed row chunking for column reductions, and two vectorisable row primitives (exp_shifted,
-row_max).
+fixed row chunking for column reductions, a vectorisable float32 exp (exp_f32) and the row
+primitives built on it (exp_shifted, exp_shifted_affine), and row_max.
 
 Every loop is compiled with `cache=True` (the first call's compile is paid once per machine) and
 fastmath limited to {'contract', 'reassoc'}: fused multiply-adds and reassociated reductions let
