@@ -112,6 +112,10 @@ def main(argv):
     t0 = time.perf_counter()
     kernels.registered("cpu")                       # imports the kernel modules (no compile yet)
     import_s = time.perf_counter() - t0
+    known = set(cases(dict(B=1, T=3, C=8, H=2), opts["vocab"], rng))
+    unknown = set(opts["kernels"] or ()) - known
+    if unknown:
+        raise SystemExit(f"--kernels: unknown {sorted(unknown)}; known: {sorted(known)}")
     tiny = cases(dict(B=1, T=3, C=8, H=2), [5], rng)
     for family, (fwd, bwd, funcs) in tiny.items():   # first calls: load from cache or compile
         t = time.perf_counter()
