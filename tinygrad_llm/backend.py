@@ -60,16 +60,27 @@ def xp_for(device):
     return np if device == "cpu" else _load_cupy()
 
 
+def _is_device_array(x):
+    """A GPU array (CuPy's, or anything exposing the CUDA array interface); NumPy's scalars and
+    Python numbers are host values that mix with either device."""
+    return not isinstance(x, (np.ndarray, np.generic)) and hasattr(x, "__cuda_array_interface__")
+
+
 def array_module(x):
     """numpy for a NumPy array (or scalar), cupy for a CuPy array: the `xp` an op computes with."""
-    if isinstance(x, (np.ndarray, np.generic)) or _cupy is None:
-        return np
-    return _cupy.get_array_module(x)
+    return _load_cupy() if _is_device_array(x) else np
 
 
 def device_of(x):
     """"cpu" or "cuda" for an array."""
-    return "cpu" if isinstance(x, (np.ndarray, np.generic)) or _cupy is None else "cuda"
+    return "cuda" if _is_device_array(x) else "cpu"
+
+
+def _reset_cuda():
+    """Forget the loaded cupy module and the GPU generator (the tests swap CuPy for a stand-in)."""
+    global _cupy
+    _cupy = None
+    _rngs.pop("cuda", None)
 
 
 def to_device(x, device):

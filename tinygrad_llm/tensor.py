@@ -69,19 +69,21 @@ class Function:
     def apply(cls, *inputs, **params):
         ctx = cls()
         ctx.saved = ()
-        arrays, kind = [], None
+        arrays, kind, first = [], None, None
         needs = False
         for x in inputs:
             if isinstance(x, Tensor):
                 data = x.data
                 if kind is None:
-                    kind = type(data)
+                    kind, first = type(data), data
                 elif type(data) is not kind and _devices_differ(inputs):
                     _raise_mixed_devices(cls, inputs)
                 needs = needs or x.requires_grad
                 arrays.append(data)
             else:
                 arrays.append(x)
+        if kind is not None and kind is not np.ndarray and backend.device_of(first) == "cuda":
+            arrays, params = _to_op_device(arrays, params)
         needs = needs and _grad_enabled
         if needs:
             ctx.needs_grad = tuple(isinstance(x, Tensor) and x.requires_grad for x in inputs)
@@ -109,6 +111,14 @@ class Function:
 
     def __repr__(self):
         return f"<{type(self).__name__}>"
+
+
+def _to_op_device(arrays, params):
+    """Host arrays given to an op on the GPU (ids, masks, tables) are uploaded, as NumPy ids are
+    accepted wherever ids are expected; the transfer is the caller's to avoid in a hot loop."""
+    def up(a):
+        return backend.to_device(a, "cuda") if isinstance(a, np.ndarray) else a
+    return [up(a) for a in arrays], {k: up(v) for k, v in params.items()}
 
 
 def _devices_differ(inputs):
@@ -169,6 +179,8 @@ class Tensor:
     def __init__(self, data, requires_grad=False, device=None, dtype=None):
         if device is None and isinstance(data, Tensor):
             device = data.device
+        elif device is None and backend.device_of(data) == "cuda":
+            device = "cuda"             # a CuPy array stays where it is
         device = backend.check_device(device)
         self.data = _as_array(data, dtype, device)
         self.grad = None
@@ -281,7 +293,12 @@ class Tensor:
         self._version[0] += 1
 
     def _operand(self, other):
-        return other.data if isinstance(other, Tensor) else other
+        """The array of `other` on this tensor's device (a host array is uploaded, a device one
+        brought back, as torch's copy_ does); numbers pass as they are."""
+        o = other.data if isinstance(other, Tensor) else other
+        if hasattr(o, "shape") and not isinstance(o, np.generic):
+            o = backend.to_device(o, self.device)
+        return o
 
     def zero_(self):
         self._check_inplace("zero_")
@@ -580,12 +597,16 @@ def _lift(x, like):
     if isinstance(x, Tensor):
         return x
     xp = backend.array_module(like.data)
-    if isinstance(x, (int, float)) and like.data.dtype.kind == "f":
-        return Tensor._wrap(xp.asarray(x, dtype=like.data.dtype))
-    if hasattr(x, "shape") and backend.device_of(x) != like.device:
-        raise ValueError(f"operand on device {backend.device_of(x)} mixed with a tensor on "
-                         f"{like.device}; move it with .to() first")
-    return Tensor._wrap(xp.asarray(x))
+    if isinstance(x, (int, float, np.number, np.bool_)):
+        # a number (Python's or NumPy's) takes the tensor's float dtype; `full` makes it on the
+        # device without a host-to-device copy
+        dtype = like.data.dtype if like.data.dtype.kind == "f" else None
+        return Tensor._wrap(xp.full((), x, dtype=dtype if dtype is not None else
+                                    np.asarray(x).dtype))
+    if backend.device_of(x) == "cuda" and like.device == "cpu":
+        raise ValueError("operand on device cuda mixed with a tensor on cpu; move it with "
+                         ".to() first")
+    return Tensor._wrap(xp.asarray(backend.to_device(x, like.device)))
 
 
 def _topological_order(root):
