@@ -6,7 +6,8 @@ arrays (what a QuantLinear stores and a checkpoint saves). One decoder serves th
 through 16 levels, times a per-block scale, plus q4_1's min) and `dequantize_operands` expands
 that form (`dequantize_weight` is the two together). Rows are output channels; blocks run along
 the input dimension, so a row's blocks are contiguous and a matrix-vector product streams them
-once.
+once. Quantizing is host work, done once; decoding is written against `xp`, the fields' array
+module, so fields held on a GPU are decoded there (nothing crosses to the host).
 
     int8   per output channel, symmetric: s = max|w_row| / 127, q = round(w / s) in [-127, 127].
            8 bits + one float per row.
@@ -33,6 +34,8 @@ import math
 
 import numpy as np
 
+from ..backend import array_module, to_numpy
+
 __all__ = ["SCHEMES", "GGML_TYPES", "quantize_weight", "dequantize_weight", "to_ggml",
            "from_ggml", "nf4_codebook", "pack_nibbles", "unpack_nibbles", "bits_per_weight",
            "matmul_operands", "dequantize_operands"]
@@ -45,7 +48,7 @@ DQ_BLOCK = 256                            # absmax values per double-quantizatio
 
 
 def _check_matrix(w, block, scheme):
-    w = np.asarray(w)
+    w = np.asarray(to_numpy(w))                      # quantizing is host work, done once
     if w.ndim != 2 or w.dtype.kind != "f":
         raise ValueError(f"quantize({scheme!r}): expected a float (out, in) matrix, got shape "
                          f"{w.shape} dtype {w.dtype}")
@@ -59,16 +62,18 @@ def _check_matrix(w, block, scheme):
 def pack_nibbles(q):
     """q: (..., n) ints in [0, 15], n a multiple of 32 -> (..., n / 2) uint8: in each run of 32,
     byte j = q[j] | q[j + 16] << 4 (ggml's order)."""
-    q = np.asarray(q, dtype=np.uint8)
+    xp = array_module(q)
+    q = xp.asarray(q, dtype=xp.uint8)
     blocks = q.reshape(q.shape[:-1] + (-1, 2, QK // 2))
     return (blocks[..., 0, :] | (blocks[..., 1, :] << 4)).reshape(q.shape[:-1] + (-1,))
 
 
 def unpack_nibbles(packed):
     """The inverse of pack_nibbles: (..., n / 2) uint8 -> (..., n) uint8 in [0, 15]."""
-    packed = np.asarray(packed, dtype=np.uint8)
+    xp = array_module(packed)
+    packed = xp.asarray(packed, dtype=xp.uint8)
     blocks = packed.reshape(packed.shape[:-1] + (-1, QK // 2))
-    q = np.stack([blocks & 0x0F, blocks >> 4], axis=-2)
+    q = xp.stack([blocks & 0x0F, blocks >> 4], axis=-2)
     return q.reshape(packed.shape[:-1] + (-1,))
 
 
@@ -191,10 +196,11 @@ def _nf4_absmax(f):
     """The per-group scales of NF4 fields (stored directly, or rebuilt from double quant)."""
     if "absmax" in f:
         return f["absmax"]
-    codes = f["absmax_q"].reshape(-1).astype(np.float32)
-    start = np.repeat(f["absmax_start"], DQ_BLOCK)[:len(codes)]
-    step = np.repeat(f["absmax_step"], DQ_BLOCK)[:len(codes)]
-    return np.exp(start + codes * step).reshape(f["absmax_q"].shape).astype(np.float32)
+    xp = array_module(f["absmax_q"])
+    codes = f["absmax_q"].reshape(-1).astype(xp.float32)
+    start = xp.repeat(f["absmax_start"], DQ_BLOCK)[:len(codes)]
+    step = xp.repeat(f["absmax_step"], DQ_BLOCK)[:len(codes)]
+    return xp.exp(start + codes * step).reshape(f["absmax_q"].shape).astype(xp.float32)
 
 
 # ---- the table --------------------------------------------------------------------------------
@@ -238,28 +244,32 @@ def matmul_operands(fields, scheme):
     """The fields as one generic form that a matrix product can decode block by block:
     (qweight, scale, minimum, levels, group) where W_hat[o, k] = scale[o, k // group] * value
     (+ minimum[o, k // 32]), value = the int8 qweight[o, k] when levels is None, else
-    levels[nibble k of row o] (4-bit packed, ggml order). minimum is None except for q4_1."""
+    levels[nibble k of row o] (4-bit packed, ggml order). minimum is None except for q4_1.
+    Every array is on the fields' device (levels too: 16 float32)."""
     _check_scheme(scheme)
     q = fields["qweight"]
+    xp = array_module(q)
     if scheme == "int8":
         return q, fields["scale"][:, None], None, None, q.shape[1]
     if scheme == "q8_0":
         return q, fields["scale"], None, None, QK
     if scheme == "nf4":
         absmax = _nf4_absmax(fields)
-        return q, absmax, None, NF4_CODEBOOK, 2 * q.shape[1] // absmax.shape[1]
-    levels = np.arange(16, dtype=np.float32) - (8 if scheme == "q4_0" else 0)
+        return q, absmax, None, xp.asarray(NF4_CODEBOOK), 2 * q.shape[1] // absmax.shape[1]
+    levels = xp.arange(16, dtype=xp.float32) - (8 if scheme == "q4_0" else 0)
     return q, fields["scale"], fields.get("min"), levels, QK
 
 
 def dequantize_operands(qweight, scale, minimum, levels, group):
-    """W_hat (out, in) float32 from matmul_operands' form (the readable decode)."""
-    values = (qweight.astype(np.float32) if levels is None
-              else np.asarray(levels, np.float32)[unpack_nibbles(qweight)])
+    """W_hat (out, in) float32 from matmul_operands' form (the readable decode), on qweight's
+    device."""
+    xp = array_module(qweight)
+    values = (qweight.astype(xp.float32) if levels is None
+              else xp.asarray(levels, dtype=xp.float32)[unpack_nibbles(qweight)])
     out, n = values.shape
-    w = values.reshape(out, n // group, group) * scale.astype(np.float32)[..., None]
+    w = values.reshape(out, n // group, group) * scale.astype(xp.float32)[..., None]
     if minimum is not None:
-        w = w.reshape(out, n // QK, QK) + minimum.astype(np.float32)[..., None]
+        w = w.reshape(out, n // QK, QK) + minimum.astype(xp.float32)[..., None]
     return w.reshape(out, n)
 
 

@@ -499,25 +499,34 @@ def _check_shape(name, value, want, path):
                          f"expected {tuple(want)} from the file's metadata")
 
 
+def _fill(param, value):
+    """Write a host array read from the file into a parameter, wherever the parameter lives (a
+    device array takes a host one only through an explicit upload)."""
+    param.data[...] = backend.to_device(value, param.device)
+
+
 def _set_linear(parent, attr, layer, weight, bias):
     """Put weight (float or _Blocks) and bias into `layer`, swapping in a QuantLinear for
-    blocks (as quantize() does)."""
+    blocks (as quantize() does) on the layer's device."""
     if isinstance(weight, _Blocks):
         q = QuantLinear(layer.in_features, layer.out_features, weight.scheme,
-                        bias=bias is not None, fields=weight.fields)
+                        bias=bias is not None, device=layer.weight.device, fields=weight.fields)
         layer = q
         setattr(parent, attr, q)
     else:
-        layer.weight.data[...] = weight
+        _fill(layer.weight, weight)
     if bias is not None:
-        layer.bias.data[...] = bias
+        _fill(layer.bias, bias)
 
 
-def load_gguf(path, return_tokenizer=False):
-    """A GPT (float32, CPU, eval mode) from a GGUF file of architecture "llama" or "gpt2" (ours,
-    or one llama.cpp's converters wrote). return_tokenizer=True returns (model, tokenizer), the
-    tokenizer a BPETokenizer for a gpt2-style BPE vocabulary, else None."""
+def load_gguf(path, return_tokenizer=False, device=None):
+    """A GPT (float32, eval mode) from a GGUF file of architecture "llama" or "gpt2" (ours, or
+    one llama.cpp's converters wrote), on `device` ("cpu", "cuda"; None: the default device,
+    $TINYGRAD_LLM_DEVICE or "cpu"): each tensor is read on the host and uploaded once, quantized
+    ones as their blocks. return_tokenizer=True returns (model, tokenizer), the tokenizer a
+    BPETokenizer for a gpt2-style BPE vocabulary, else None."""
     gguf = _import_gguf()
+    device = backend.check_device(device)
     if not isinstance(path, (str, os.PathLike)):
         raise TypeError(f"load_gguf: path must be a str or os.PathLike, got {type(path).__name__}")
     if not Path(path).is_file():
@@ -547,11 +556,11 @@ def load_gguf(path, return_tokenizer=False):
         parent, attr, module = _resolve(model, module_path)
         if kind in ("embedding", "position"):
             w = read(base + ".weight", module.weight.shape)
-            module.weight.data[...] = w.dequantize() if isinstance(w, _Blocks) else w
+            _fill(module.weight, w.dequantize() if isinstance(w, _Blocks) else w)
         elif kind == "norm":
-            module.weight.data[...] = read(base + ".weight", (config.n_embd,))
+            _fill(module.weight, read(base + ".weight", (config.n_embd,)))
             if getattr(module, "bias", None) is not None:
-                module.bias.data[...] = read(base + ".bias", (config.n_embd,))
+                _fill(module.bias, read(base + ".bias", (config.n_embd,)))
         elif kind == "linear":
             shape = (module.out_features, module.in_features)
             bias = read(base + ".bias", shape[:1]) if module.bias is not None else None
@@ -569,5 +578,6 @@ def load_gguf(path, return_tokenizer=False):
         raise ValueError(f"load_gguf: {path}: tensors {unknown[:8]} cannot be expressed by a "
                          f"{arch} GPT")
     tokenizer = _read_tokenizer(reader, gguf, path) if return_tokenizer else None
+    model.to(device)                # a no-op when the default device was asked for
     model.eval()
     return (model, tokenizer) if return_tokenizer else model

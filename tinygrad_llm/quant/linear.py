@@ -1,17 +1,23 @@
 """QuantLinear: a Linear layer whose weight is stored quantized, and `quantize(model)`.
 
 The forward never builds the float weight: `quant_matmul` (a kernel; the reference below
-dequantizes and multiplies, the Numba version in kernels/cpu/quant.py decodes each block inside
-the dot product) computes y = x W_hat^T straight from the packed fields. The weight is frozen (it
-has no gradient), but x gets one, dx = dy W_hat, so a LoRA adapter on top of a quantized base
-trains through it (QLoRA).
+dequantizes and multiplies, the Numba version in kernels/cpu/quant.py and the CUDA one in
+kernels/cuda/quant.py decode each block inside the dot product) computes y = x W_hat^T straight
+from the packed fields. The weight is frozen (it has no gradient), but x gets one, dx = dy W_hat,
+so a LoRA adapter on top of a quantized base trains through it (QLoRA).
 
 A layer keeps its fields in a PackedWeight: on the CPU the big one (qweight) only as the kernel's
-column tiles, one resident copy. `state_dict()` gives the fields under their own names, row-major
-as formats.py defines them, so checkpoints hold the packed bytes (the file shrinks with the
-weights) and `quantize(model, ...)` followed by `load_state_dict` restores a saved quantized model.
-A float checkpoint into a quantized model, or the reverse, fails in load_state_dict with the
-layer's missing and unexpected keys (weight vs qweight, scale, ...).
+column tiles, one resident copy; on a GPU all of them row-major on the device, where the CUDA
+kernel (kernels/cuda/quant.py) reads them and the reference decodes them (formats.py is written
+against either array module), so a forward moves no weight between host and device. Quantizing
+(`quantize`, `from_linear`) is host work, done once: the float weight comes over, the fields go
+back.
+
+`state_dict()` gives the fields under their own names, row-major as formats.py defines them, so
+checkpoints hold the packed bytes (the file shrinks with the weights) and `quantize(model, ...)`
+followed by `load_state_dict` restores a saved quantized model. A float checkpoint into a
+quantized model, or the reverse, fails in load_state_dict with the layer's missing and unexpected
+keys (weight vs qweight, scale, ...).
 """
 import fnmatch
 import weakref
@@ -38,11 +44,12 @@ def _dense(weight, like):
 @kernel("quant_pack")           # fast version: kernels/cpu/quant.py (column tiles)
 def quant_pack(qweight, scale, minimum, levels, group):
     """The form a kernel wants a quantized matrix's bytes kept in, from matmul_operands' form;
-    None keeps qweight as it is (the reference reads the fields themselves)."""
+    None keeps the fields as they are, row-major: what the reference reads, and on a GPU the
+    CUDA kernel too."""
     return None
 
 
-@kernel("quant_matmul")         # fast version: kernels/cpu/quant.py
+@kernel("quant_matmul")         # fast versions: kernels/cpu/quant.py, kernels/cuda/quant.py
 def quant_matmul(x, weight):
     """x: (N, in) float -> (N, out) = x W_hat^T in x's dtype, W_hat a PackedWeight: decoded here in
     full, then one matrix product."""
@@ -62,7 +69,9 @@ class PackedWeight:
     (column tiles): the weight is resident once, and `fields`, `qweight` and `operands` rebuild the
     row-major arrays when a checkpoint, a GGUF writer or the reference path asks for them. Fields
     the tiles cannot give back (NF4's double-quantized scale codes) are kept as they are; so is
-    everything on CuPy, or when built with the kernels off. A tied embedding and head share one
+    everything when built with the kernels off. On a GPU the fields stay row-major on the device
+    (quant_pack's reference keeps them: the CUDA kernels, kernels/cuda/quant.py, read that
+    layout), and everything here decodes there. A tied embedding and head share one
     PackedWeight; `replace` changes it in place so both see a load."""
 
     def __init__(self, scheme, fields, device=None):
@@ -70,10 +79,10 @@ class PackedWeight:
         self._store(dict(fields), backend.check_device(device))
 
     def _store(self, fields, device):
-        fields = {k: backend.to_device(np.ascontiguousarray(backend.to_numpy(v)), device)
-                  for k, v in fields.items()}
+        xp = backend.xp_for(device)
+        fields = {k: xp.ascontiguousarray(backend.to_device(v, device)) for k, v in fields.items()}
         self.field_specs = {k: (tuple(v.shape), v.dtype) for k, v in sorted(fields.items())}
-        # levels (formats.py's constant tables) are NumPy arrays on every device
+        # levels (16 float32, or None) live on the device with the fields: made once, here
         q, scale, minimum, self.levels, self.group = matmul_operands(fields, self.scheme)
         self.tiles = quant_pack(q, scale, minimum, self.levels, self.group)
         self._in_tiles = {}                  # field name -> how to get it back from the tiles
@@ -112,19 +121,19 @@ class PackedWeight:
         return {name: self.field(name) for name in self.field_specs}
 
     def _scales(self, ids=None):
-        """(scale, minimum) of matmul_operands, or their rows ids, as NumPy arrays."""
+        """(scale, minimum) of matmul_operands, or their rows ids (on the weight's device)."""
         if self.tiles is not None:
             return self.tiles.scales(ids), self.tiles.mins(ids)
-        scale, minimum = (None if a is None else backend.to_numpy(a)
-                          for a in (self._scale, self._minimum))
+        scale, minimum = self._scale, self._minimum
         if ids is None:
             return scale, minimum
         return scale[ids], None if minimum is None else minimum[ids]
 
     @property
     def operands(self):
-        """matmul_operands' form (NF4's double-quantized scales decoded): NumPy arrays."""
-        return (backend.to_numpy(self.qweight), *self._scales(), self.levels, self.group)
+        """matmul_operands' form (NF4's double-quantized scales decoded), on the weight's device:
+        (qweight, scale, minimum, levels, group)."""
+        return (self.qweight, *self._scales(), self.levels, self.group)
 
     @property
     def nbytes(self):
@@ -145,14 +154,17 @@ class PackedWeight:
             self._store(self.fields, device)
 
     def rows(self, ids):
-        """W_hat[ids] (len(ids), in) float32, decoding only those rows (an embedding lookup)."""
-        ids = np.asarray(ids, np.int64)
+        """W_hat[ids] (len(ids), in) float32 on the weight's device, decoding only those rows
+        (an embedding lookup). ids: int array on either device (a few ids cross, never rows)."""
+        xp = backend.xp_for(self.device)
+        ids = xp.asarray(backend.to_device(ids, self.device), dtype=xp.int64)
         q = (self.tiles.row_major(ids) if self.tiles is not None
-             else backend.to_numpy(self._fields["qweight"])[ids])
-        return dequantize_operands(q, *self._scales(ids), self.levels, self.group)
+             else self._fields["qweight"][ids])
+        with np.errstate(over="ignore", invalid="ignore"):
+            return dequantize_operands(q, *self._scales(ids), self.levels, self.group)
 
     def dequantize(self):
-        """The float32 (out, in) matrix (a new NumPy array)."""
+        """The float32 (out, in) matrix: a new array on the weight's device."""
         with np.errstate(over="ignore", invalid="ignore"):
             return dequantize_operands(*self.operands)
 
@@ -192,7 +204,7 @@ class _Quantized(Module):
 
     def dequantize(self):
         """The float weight (out, in) the fields stand for (a new array, on their device)."""
-        return backend.to_device(self.packed.dequantize().astype(self.dtype), self.packed.device)
+        return self.packed.dequantize().astype(self.dtype, copy=False)
 
     def _move(self, device, dtype):
         super()._move(device, dtype)
@@ -210,8 +222,9 @@ class _Quantized(Module):
         slots = super()._state_slots(prefix)
         for name, (shape, dtype) in self.packed.field_specs.items():
             def load(value, key, name=name, dtype=dtype):
-                data = backend.to_numpy(value.data if isinstance(value, Tensor) else value)
-                self.packed.replace(name, np.asarray(data, dtype=dtype))
+                data = value.data if isinstance(value, Tensor) else value
+                data = backend.to_device(data, self.packed.device)      # once, at load
+                self.packed.replace(name, backend.array_module(data).asarray(data, dtype=dtype))
             slots[prefix + name] = (shape, load)
         return slots
 
@@ -286,10 +299,12 @@ class QuantEmbedding(_Quantized):
                              source.weight.device)
 
     def forward(self, ids):
-        ids = np.asarray(backend.to_numpy(getattr(ids, "data", ids)))
-        table = self.packed.rows(ids.reshape(-1))
-        out = table.reshape(ids.shape + (self.embedding_dim,)).astype(self.dtype)
-        return Tensor._wrap(backend.to_device(out, self.packed.device))
+        ids = ids.data if isinstance(ids, Tensor) else ids
+        if backend.device_of(ids) == "cpu":             # lists and memoryviews too
+            ids = np.asarray(ids)
+        table = self.packed.rows(ids.reshape(-1))                  # on the table's device
+        return Tensor._wrap(table.reshape(ids.shape + (self.embedding_dim,)).astype(self.dtype,
+                                                                                    copy=False))
 
     def extra_repr(self):
         return f"{self.num_embeddings}, {self.embedding_dim}, scheme={self.scheme!r}"
