@@ -5,9 +5,10 @@
     loss.backward(); clip_grad_norm_(model.parameters(), 1.0)
     set_lr(opt, warmup_cosine(step, 6e-4, 6e-5, 100, 5000)); opt.step(); opt.zero_grad()
 
-Reading order: optimizer.py (the base class, state and checkpoints), sgd.py, adam.py, lion.py
-(each an update rule, its reference kernel and its class; the fused CPU kernels are in
-kernels/cpu/optim.py), schedule.py, clip.py.
+Reading order: optimizer.py (the base class, state and checkpoints), flat.py (a GPU group's
+update in one launch), sgd.py, adam.py, lion.py (each an update rule, its reference kernel and its
+class; the fused kernels are in kernels/cpu/optim.py and kernels/cuda/optim.py), schedule.py,
+clip.py.
 """
 from .adam import Adam, AdamW
 from .clip import clip_grad_norm_

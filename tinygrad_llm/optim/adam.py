@@ -1,8 +1,8 @@
 """Adam (Kingma & Ba, 2015) with L2 weight decay, and AdamW (Loshchilov & Hutter, 2019) with
 decoupled weight decay, as torch.optim.Adam and torch.optim.AdamW compute them.
 
-Reading order: the update rule, the reference kernel `adam_update` (fast version:
-kernels/cpu/optim.py), Adam, AdamW.
+Reading order: the update rule, the reference kernel `adam_update` (fast versions:
+kernels/{cpu,cuda}/optim.py), Adam, AdamW.
 """
 import math
 
@@ -22,7 +22,7 @@ __all__ = ["Adam", "AdamW", "adam_update"]
 # The bias corrections c1, c2 (t = the parameter's step count) are computed once per step by the
 # optimizer. Decoupling matters because with L2 the decay is divided by sqrt(v) like the gradient,
 # so parameters with large gradients are barely decayed (Loshchilov & Hutter, 2019).
-@kernel("adam_update")       # fast version: kernels/cpu/optim.py
+@kernel("adam_update")   # fast: kernels/cpu/optim.py, kernels/cuda/optim.py
 def adam_update(p, g, m, v, lr, beta1, beta2, eps, weight_decay, decoupled,
                 bias_correction1, bias_correction2):
     """One Adam (decoupled=False) or AdamW (decoupled=True) step in place on p, m, v; returns
@@ -58,9 +58,8 @@ class Adam(Optimizer):
         group["weight_decay"] = check_number("weight_decay", group["weight_decay"])
         return group
 
-    def _init_state(self, p, group):
-        xp = array_module(p.data)
-        return {"exp_avg": xp.zeros_like(p.data), "exp_avg_sq": xp.zeros_like(p.data)}
+    def _state_names(self, group):
+        return ("exp_avg", "exp_avg_sq")
 
     def _update(self, p, g, state, group):
         beta1, beta2 = group["betas"]

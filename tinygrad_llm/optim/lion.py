@@ -2,8 +2,8 @@
 Algorithms"): the update is the sign of an interpolation of momentum and gradient, so every
 coordinate moves by exactly lr; one state array instead of Adam's two.
 
-Reading order: the update rule, the reference kernel `lion_update` (fast version:
-kernels/cpu/optim.py), the Lion class.
+Reading order: the update rule, the reference kernel `lion_update` (fast versions:
+kernels/{cpu,cuda}/optim.py), the Lion class.
 """
 from ..backend import array_module
 from ..kernels import kernel
@@ -17,7 +17,7 @@ __all__ = ["Lion", "lion_update"]
 #   p = p * (1 - lr * weight_decay) - lr * sign(c)   decoupled decay, as AdamW
 #   m = beta2 * m + (1 - beta2) * g                  the momentum tracks g with the slower beta2
 # sign(0) = 0. The paper suggests an lr 3-10x smaller and a weight decay 3-10x larger than AdamW's.
-@kernel("lion_update")       # fast version: kernels/cpu/optim.py
+@kernel("lion_update")   # fast: kernels/cpu/optim.py, kernels/cuda/optim.py
 def lion_update(p, g, m, lr, beta1, beta2, weight_decay):
     """One Lion step in place on p and m; returns (p, m). p, g, m: same shape and dtype; the
     scalars are Python floats (kept in the arrays' dtype by NumPy)."""
@@ -44,8 +44,8 @@ class Lion(Optimizer):
         group["weight_decay"] = check_number("weight_decay", group["weight_decay"])
         return group
 
-    def _init_state(self, p, group):
-        return {"exp_avg": array_module(p.data).zeros_like(p.data)}
+    def _state_names(self, group):
+        return ("exp_avg",)
 
     def _update(self, p, g, state, group):
         beta1, beta2 = group["betas"]

@@ -12,8 +12,12 @@ parameter's device, in its dtype) and "step", the number of updates it has recei
 id(), key the state, so a checkpoint loads into a freshly built model.
 
 A subclass defines three things: `_check_group(group)` (validate and normalise hyperparameters),
-`_init_state(p, group)` (the zeroed arrays of one parameter) and `_update(p, g, state, group)`,
-which calls its fused update kernel once per parameter.
+`_state_names(group)` (the names of a parameter's state arrays, each starting at zero) and
+`_update(p, g, state, group)`, which calls its fused update kernel on one parameter's arrays.
+
+On the CPU, step() calls `_update` once per parameter. On a GPU a group whose parameters all have
+gradients is updated in one launch: its parameters, state and gradients are packed into flat
+device arrays and `_update` runs once over them (flat.py explains how, and what it keeps).
 """
 import math
 import numbers
@@ -23,6 +27,7 @@ import numpy as np
 from .. import backend
 from ..nn.layers import Embedding
 from ..tensor import Tensor
+from .flat import FlatGroup, gpu_grads
 
 __all__ = ["Optimizer", "flatten_state_dict", "unflatten_state_dict",
            "param_groups_for_weight_decay"]
@@ -74,6 +79,7 @@ class Optimizer:
         self.defaults = self._check_group(dict(defaults))
         self.param_groups = []
         self.state = {}          # parameter index -> {"step": int, state name: array}
+        self._flat = {}          # group position -> FlatGroup (GPU groups, see flat.py)
         for group in _as_groups(params):
             self.add_param_group(group)
 
@@ -81,7 +87,7 @@ class Optimizer:
     def _check_group(self, group):
         raise NotImplementedError
 
-    def _init_state(self, p, group):
+    def _state_names(self, group):
         raise NotImplementedError
 
     def _update(self, p, g, state, group):
@@ -123,6 +129,11 @@ class Optimizer:
     def _parameters(self):
         return [p for group in self.param_groups for p in group["params"]]
 
+    def _init_state(self, p, group):
+        """A new parameter's state: step 0 and a zeroed array per state name."""
+        xp = backend.array_module(p.data)
+        return {"step": 0, **{name: xp.zeros_like(p.data) for name in self._state_names(group)}}
+
     # ---- a step -----------------------------------------------------------------------------
     def zero_grad(self, set_to_none=True):
         """Drop every parameter's gradient (set_to_none=False zeroes it in place instead)."""
@@ -137,7 +148,11 @@ class Optimizer:
         closure, if given, re-evaluates the model and returns the loss, which step returns."""
         loss = closure() if closure is not None else None
         index = 0
-        for group in self.param_groups:
+        for k, group in enumerate(self.param_groups):
+            if (backend.device_of(group["params"][0].data) == "cuda"
+                    and self._step_flat(k, group, index)):
+                index += len(group["params"])
+                continue
             for p in group["params"]:
                 if p.grad is not None:
                     g = p.grad.data if isinstance(p.grad, Tensor) else p.grad
@@ -148,12 +163,39 @@ class Optimizer:
                         g = g.astype(p.dtype)
                     state = self.state.get(index)
                     if state is None:
-                        state = self.state[index] = {"step": 0, **self._init_state(p, group)}
+                        state = self.state[index] = self._init_state(p, group)
                     state["step"] += 1
                     self._update(p, g, state, group)
                     p._version[0] += 1            # autograd's in-place edit counter
                 index += 1
         return loss
+
+    def _step_flat(self, k, group, first):
+        """Update GPU group `k` (parameters `first`, `first` + 1, ...) in one launch through its
+        flat buffers; False, having changed nothing, where that does not apply (flat.py)."""
+        params = group["params"]
+        grads = gpu_grads(params)
+        if grads is None:
+            return False
+        names = tuple(self._state_names(group))
+        keys = {"step", *names}
+        states = [self.state.get(first + j) for j in range(len(params))]
+        if any(s is not None and set(s) != keys for s in states):
+            return False                    # the per-parameter loop adds the missing arrays
+        xp = backend.array_module(params[0].data)
+        packed = self._flat.get(k)
+        if packed is None or not packed.current(params, states, names):
+            packed = self._flat[k] = FlatGroup(params, states, names, xp)
+            states = packed.states
+            for j, s in enumerate(states):
+                self.state[first + j] = s
+        for s in states:
+            s["step"] += 1
+        packed.gather(grads, xp)
+        packed.update(self._update, group, states)
+        for p in params:
+            p._version[0] += 1              # autograd's in-place edit counter
+        return True
 
     # ---- saving and restoring ---------------------------------------------------------------
     def state_dict(self):
@@ -194,7 +236,7 @@ class Optimizer:
                 raise ValueError(f"load_state_dict: state for parameter {i}, but this optimizer "
                                  f"has {len(owners)} parameters")
             p, hyper = owners[i]
-            expected = set(self._init_state(p, hyper)) | {"step"}
+            expected = set(self._state_names(hyper)) | {"step"}
             if set(saved) != expected:
                 raise ValueError(f"load_state_dict: parameter {i} has state keys "
                                  f"{sorted(saved)}, expected {sorted(expected)}")

@@ -1,8 +1,8 @@
 """Stochastic gradient descent with momentum, Nesterov momentum and L2 weight decay, following
 torch.optim.SGD's update (Sutskever et al., 2013 for the momentum forms).
 
-Reading order: the update rule, the reference kernel `sgd_update` (fast version:
-kernels/cpu/optim.py), the SGD class.
+Reading order: the update rule, the reference kernel `sgd_update` (fast versions:
+kernels/{cpu,cuda}/optim.py), the SGD class.
 """
 from ..backend import array_module
 from ..kernels import kernel
@@ -19,7 +19,7 @@ __all__ = ["SGD", "sgd_update"]
 # The optimizer starts b at zero and passes dampening = 0 on the first step, which gives b = d
 # exactly; momentum = 0 keeps no buffer (b is None). Hyperparameters arrive as Python floats, which
 # NumPy keeps in the arrays' dtype (an np.float64 would turn float32 math into float64).
-@kernel("sgd_update")        # fast version: kernels/cpu/optim.py
+@kernel("sgd_update")   # fast: kernels/cpu/optim.py, kernels/cuda/optim.py
 def sgd_update(p, g, b, lr, momentum, dampening, weight_decay, nesterov):
     """One SGD step in place on p (and the momentum buffer b, or None); returns (p, b).
     p, g, b: same shape and dtype; the scalars are Python floats (bools for nesterov)."""
@@ -55,10 +55,8 @@ class SGD(Optimizer):
                              f"momentum={group['momentum']}, dampening={group['dampening']}")
         return group
 
-    def _init_state(self, p, group):
-        if not group["momentum"]:
-            return {}                                     # plain SGD keeps no state
-        return {"momentum_buffer": array_module(p.data).zeros_like(p.data)}
+    def _state_names(self, group):
+        return ("momentum_buffer",) if group["momentum"] else ()     # plain SGD keeps none
 
     def _update(self, p, g, state, group):
         buffer = state.get("momentum_buffer")

@@ -39,11 +39,19 @@ def _digest(tensors):
     return h.hexdigest()
 
 
+def _memory(a):
+    """Where an array's elements are: its first element's address, shape, strides and dtype.
+    Tied entries share it; views of one buffer (on a GPU the optimizer packs a group's parameters
+    into one, optim/flat.py) share a .base but not this."""
+    face = getattr(a, "__cuda_array_interface__", None) or a.__array_interface__
+    return face["data"][0], a.shape, a.strides, a.dtype.str
+
+
 def model_arrays(model):
     """(name -> NumPy array for each distinct parameter/buffer, aliases {tied name: first name})."""
     arrays, first, aliases = {}, {}, {}
     for name, tensor in model.state_dict().items():
-        key = id(tensor.data) if tensor.data.base is None else id(tensor.data.base)
+        key = _memory(tensor.data)
         if key in first:
             aliases[name] = first[key]
             continue
