@@ -8,14 +8,18 @@ import os
 
 import numpy as np
 
-__all__ = ["DEVICES", "default_device", "check_device", "array_module", "device_of", "xp_for",
-           "to_device", "to_numpy", "scatter_add", "rng", "manual_seed", "get_rng_state",
-           "set_rng_state"]
+__all__ = ["DeviceUnavailable", "DEVICES", "default_device", "check_device", "array_module",
+           "device_of", "xp_for", "to_device", "to_numpy", "scatter_add", "rng", "generator", "manual_seed",
+           "get_rng_state", "set_rng_state"]
 
 DEVICES = ("cpu", "cuda")
 _CUDA_HINT = ("install CuPy with the extra that matches your CUDA toolkit: "
               "pip install 'tinygrad_llm[cuda12]' or 'tinygrad_llm[cuda13]'")
 _cupy = None          # the cupy module once a "cuda" tensor has been asked for
+
+
+class DeviceUnavailable(RuntimeError):
+    """Device "cuda" was asked for and cannot be used (no CuPy, no driver, no GPU)."""
 
 
 def _load_cupy():
@@ -25,15 +29,16 @@ def _load_cupy():
         try:
             import cupy
         except ImportError as e:
-            raise RuntimeError(
+            raise DeviceUnavailable(
                 f"device 'cuda' needs CuPy, which is not installed: {_CUDA_HINT}") from e
         try:
             n = cupy.cuda.runtime.getDeviceCount()
         except Exception as e:      # CUDA driver missing or broken: say so, don't crash later
-            raise RuntimeError(
+            raise DeviceUnavailable(
                 f"device 'cuda' asked for, but CuPy finds no usable GPU ({e})") from e
         if n == 0:
-            raise RuntimeError("device 'cuda' asked for, but CuPy finds no GPU on this machine")
+            raise DeviceUnavailable("device 'cuda' asked for, but CuPy finds no GPU on this "
+                                    "machine")
         _cupy = cupy
     return _cupy
 
@@ -83,13 +88,14 @@ def _reset_cuda():
     _rngs.pop("cuda", None)
 
 
-def to_device(x, device):
-    """Move array `x` to `device` (a no-op when it is already there)."""
-    if device_of(x) == device:
-        return x
-    if device == "cpu":
-        return _cupy.asnumpy(x)
-    return _load_cupy().asarray(x)
+def to_device(x, device, dtype=None):
+    """Array `x` on `device` (a no-op when it is already there), optionally cast to `dtype`
+    (on the device: a float32 array is never sent as float64). Lists and numbers become arrays."""
+    if not hasattr(x, "shape"):
+        x = np.asarray(x)
+    if device_of(x) != device:
+        x = _load_cupy().asnumpy(x) if device == "cpu" else _load_cupy().asarray(x)
+    return x if dtype is None or x.dtype == dtype else x.astype(dtype)
 
 
 def to_numpy(x):
@@ -97,36 +103,54 @@ def to_numpy(x):
     return to_device(x, "cpu")
 
 
-# ---- random numbers: one seeded generator per device (resume and CPU/GPU parity rely on it) ----
-_rngs = {}
+# ---- random numbers: seeded generators per device (resume and CPU/GPU parity rely on them) -----
+# Two kinds, both reseeded by manual_seed. `generator(device)`: the counter-based Philox stream
+# (random.py) behind dropout and sampling; its state is two ints, and the same state draws the
+# same numbers on every device. `rng(device)`: NumPy's (or CuPy's) default_rng, which weight
+# initialisation draws from on the host, once, before training; checkpoints don't need it.
+_rngs = {}            # device -> numpy / cupy Generator
+_generators = {}      # device -> random.Generator (Philox)
 _seed = 0
 
 
 def rng(device="cpu"):
-    """The seeded generator of `device` (numpy.random.Generator or cupy.random.Generator)."""
+    """The seeded NumPy / CuPy generator of `device` (weight initialisation, tl.randn)."""
     g = _rngs.get(device)
     if g is None:
         g = _rngs[device] = xp_for(device).random.default_rng(_seed)
     return g
 
 
+def generator(device="cpu"):
+    """The device's Philox generator (tinygrad_llm.random.Generator), seeded by manual_seed:
+    every device starts from the same (seed, offset 0), so the same draws give the same bits."""
+    g = _generators.get(device)
+    if g is None:
+        # random.py sits above this module (it dispatches to a kernel): imported on first use
+        from .random import Generator
+        g = _generators[device] = Generator(device, _seed)
+    return g
+
+
 def manual_seed(seed):
-    """Reseed every device's generator, as torch.manual_seed does."""
+    """Reseed every device's generators, as torch.manual_seed does."""
     global _seed
-    if not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise ValueError(f"seed: expected a non-negative int, got {seed!r}")
+    if isinstance(seed, (bool, np.bool_)) or not isinstance(seed, (int, np.integer)) \
+            or not 0 <= seed < 2 ** 64:
+        raise ValueError(f"seed: expected an int in [0, 2**64), got {seed!r}")
     _seed = int(seed)
     _rngs.clear()
+    _generators.clear()
 
 
-def get_rng_state():
-    """The CPU generator's state as a JSON-able dict (for checkpoints)."""
-    return rng("cpu").bit_generator.state
+def get_rng_state(device="cpu"):
+    """[seed, offset] of `device`'s Philox generator: two ints, JSON-able (for checkpoints)."""
+    return list(generator(device).get_state())
 
 
-def set_rng_state(state):
-    """Restore the CPU generator from get_rng_state()'s dict."""
-    rng("cpu").bit_generator.state = state
+def set_rng_state(state, device="cpu"):
+    """Resume `device`'s Philox generator from get_rng_state()'s pair (saved on any device)."""
+    generator(device).set_state(state)
 
 
 def scatter_add(out, index, values):

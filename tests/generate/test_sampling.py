@@ -6,16 +6,17 @@ import pytest
 import tinygrad_llm as tl
 from tinygrad_llm.generate import (SamplingConfig, apply_penalties, filter_logits, generate,
                                    next_tokens, probabilities, stream)
+from tinygrad_llm.generate.sampling import sample
 from tinygrad_llm.models import GPT, GPTConfig
+from tinygrad_llm.random import Generator
 
 LOGITS = np.log(np.array([[0.05, 0.30, 0.10, 0.25, 0.02, 0.20, 0.08]]))
 CHI2_P001 = {1: 10.83, 2: 13.82, 3: 16.27, 4: 18.47, 5: 20.52, 6: 22.46}   # df -> critical
 
 
 def draws(config, n=6000, seed=0):
-    rng = np.random.default_rng(seed)
     logits = np.repeat(LOGITS, n, axis=0)
-    ids, _ = next_tokens(logits, config, rng)
+    ids, _ = next_tokens(logits, config, Generator("cpu", seed))
     return np.bincount(ids, minlength=LOGITS.shape[1])
 
 
@@ -37,7 +38,7 @@ def renormalised(keep):
 
 def test_greedy_is_argmax():
     ids, p = next_tokens(np.array([[0.1, 3.0, -1.0], [5.0, 1.0, 5.0]]), SamplingConfig(0.0),
-                         np.random.default_rng(0))
+                         Generator("cpu", 0))
     assert ids.tolist() == [1, 0] and p[0].tolist() == [0, 1, 0]
 
 
@@ -178,3 +179,64 @@ def test_model_generate_method():
     model = model_for("gpt2")
     np.testing.assert_array_equal(model.generate(np.array([[1, 2]]), 5, temperature=0),
                                   generate(model, np.array([[1, 2]]), 5, temperature=0))
+
+
+# ---- on the device: the draw stays there, the same seed picks the same ids --------------------
+SETTINGS = [dict(temperature=0), dict(temperature=0.8, top_k=5),
+            dict(temperature=1.0, top_p=0.8, min_p=0.05, repetition_penalty=1.3,
+                 frequency_penalty=0.1, presence_penalty=0.2)]
+
+
+@pytest.mark.parametrize("settings", SETTINGS, ids=["greedy", "top_k", "top_p_penalties"])
+def test_sampling_on_the_device_reads_nothing_and_matches_the_cpu(standin_cuda, settings):
+    from tinygrad_llm import backend
+    from tinygrad_llm.generate.sampling import next_ids
+    rng = np.random.default_rng(3)
+    logits = (rng.standard_normal((4, 37)) * 3).astype(np.float32)
+    counts = rng.integers(0, 3, (4, 37)).astype(np.float32)
+    config = SamplingConfig(**settings)
+    want = next_ids(logits, config, Generator("cpu", 7), counts)
+    dev_logits, dev_counts = (backend.to_device(a, "cuda") for a in (logits, counts))
+    with standin_cuda.measure() as c:
+        ids = next_ids(dev_logits, config, Generator("cuda", 7), dev_counts)
+        ids2, p = next_tokens(dev_logits, config, Generator("cuda", 7), dev_counts)
+    assert c.syncs == 0 and c.d2h_bytes == 0 and c.h2d_bytes == 0
+    assert c.upcasts == 0, c.upcast_sites
+    assert backend.device_of(ids) == "cuda" and p.dtype == np.float32
+    np.testing.assert_array_equal(backend.to_numpy(ids), want)
+    np.testing.assert_array_equal(backend.to_numpy(ids2), want)
+
+
+def test_sample_never_draws_a_zero_probability_token():
+    class Zero:                                   # a generator stuck at u = 0 (once in 2^24)
+        def random(self, shape, dtype):
+            return np.zeros(shape, dtype)
+
+    class AlmostOne:
+        def random(self, shape, dtype):
+            return np.full(shape, 1 - 2.0 ** -24, dtype)
+    p = np.array([[0.0, 0.0, 0.3, 0.0, 0.7, 0.0]], np.float32)
+    assert sample(p, Zero()).tolist() == [2]
+    assert sample(p, AlmostOne()).tolist() == [4]
+
+
+@pytest.mark.parametrize("settings", SETTINGS[1:], ids=["top_k", "top_p_penalties"])
+def test_generate_session_and_speculative_on_the_device_match_the_cpu(standin_cuda, settings):
+    from tinygrad_llm.generate import DecodeSession
+    from tinygrad_llm.generate.speculative import speculative_generate
+    prompts = np.array([[1, 2, 3], [4, 5, 6]])
+    with tl.use_kernels(False):              # the CUDA simulator would take minutes
+        cpu, gpu = model_for("llama"), model_for("llama").to("cuda")
+        np.testing.assert_array_equal(generate(gpu, prompts, 8, seed=3, **settings),
+                                      generate(cpu, prompts, 8, seed=3, **settings))
+        a, b = DecodeSession(cpu, seed=4, **settings), DecodeSession(gpu, seed=4, **settings)
+        a.feed([1, 2])
+        b.feed([1, 2])
+        assert list(a.generate(6)) == list(b.generate(6))
+        assert a.generator.get_state() == b.generator.get_state()
+        small = {k: settings[k] for k in ("temperature", "top_k", "top_p", "min_p")
+                 if k in settings}
+        for seed in range(3):
+            want, _ = speculative_generate(cpu, cpu, prompts[0], 6, k=2, seed=seed, **small)
+            out, _ = speculative_generate(gpu, gpu, prompts[0], 6, k=2, seed=seed, **small)
+            np.testing.assert_array_equal(out, want)

@@ -19,11 +19,11 @@ VOCAB = 11
 DATA = (np.arange(3000) * 7 % VOCAB).astype(np.int64)       # a learnable periodic stream
 
 
-def _trainer(tmp_path, seed=0, dropout=0.1, **overrides):
+def _trainer(tmp_path, seed=0, dropout=0.1, device="cpu", **overrides):
     tl.manual_seed(seed)
     config = GPTConfig.preset("gpt2", n_layer=1, n_head=2, n_embd=16, block_size=8,
                               vocab_size=VOCAB, dropout=dropout)
-    model = GPT(config)
+    model = GPT(config).to(device)
     opt = AdamW(param_groups_for_weight_decay(model, 0.1), lr=1e-2)
     train = dict(batch_size=4, block_size=8, max_iters=6, eval_interval=100, eval_iters=2,
                  warmup_iters=2, learning_rate=1e-2, seed=5, out_dir=str(tmp_path),
@@ -54,6 +54,42 @@ def test_resume_is_bit_identical(tmp_path):
     assert losses == losses_straight       # exact equality, dropout included
     a, b = _params(straight.model), _params(resumed.model)
     assert all(np.array_equal(a[k], b[k]) for k in a)
+
+
+def test_resume_after_dropout_on_the_device_is_bit_identical(standin_cuda, tmp_path):
+    # the references: under the CUDA simulator a model's worth of kernels would take minutes
+    with tl.use_kernels(False):
+        straight = _trainer(tmp_path / "a", device="cuda")
+        expected = [straight.train_step() for _ in range(4)]
+        first = _trainer(tmp_path / "b", device="cuda")
+        losses = [first.train_step() for _ in range(2)]
+        path = str(tmp_path / "b" / "mid.safetensors")
+        first.save(path)
+        _, _, record = load_checkpoint(path)
+        assert record["generator"] == list(tl.backend.get_rng_state("cuda"))   # two ints
+        assert all(type(v) is int for v in record["generator"])
+        tl.manual_seed(123)
+        resumed = _trainer(tmp_path / "c", seed=99, device="cuda")
+        resumed.load(path)
+        losses += [resumed.train_step() for _ in range(2)]
+    assert losses == expected                  # exact: the same dropout masks after the resume
+    a, b = _params(straight.model), _params(resumed.model)
+    assert all(np.array_equal(a[k], b[k]) for k in a)
+
+
+def test_a_cpu_checkpoint_resumes_the_same_dropout_stream_on_the_device(standin_cuda, tmp_path):
+    with tl.use_kernels(False):
+        on_cpu = _trainer(tmp_path / "a")
+        [on_cpu.train_step() for _ in range(2)]
+        path = str(tmp_path / "a" / "mid.safetensors")
+        on_cpu.save(path)
+        expected = [on_cpu.train_step() for _ in range(2)]
+        on_gpu = _trainer(tmp_path / "b", seed=99, device="cuda")
+        on_gpu.load(path)
+        assert tl.backend.get_rng_state("cuda") == load_checkpoint(path)[2]["generator"]
+        losses = [on_gpu.train_step() for _ in range(2)]
+    # other masks would move the loss by far more than the devices' rounding
+    np.testing.assert_allclose(losses, expected, rtol=1e-6)
 
 
 def test_fit_writes_log_checkpoint_and_evaluates(tmp_path):

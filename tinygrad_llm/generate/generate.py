@@ -15,15 +15,17 @@ When a cached sequence reaches the model's position limit, the context shifts: t
 rebuilt from the most recent half of the window, and decoding continues (as llama.cpp does).
 
 Token selection is sampling.py's: penalties, then temperature / top-k / top-p / min-p, then a
-draw from a seeded generator; temperature 0 is greedy.
+draw from a seeded Philox generator, all on the model's device; temperature 0 is greedy. Only the
+sampled ids come back to the host: one (B,) read per step.
 """
 import numpy as np
 
 from .. import backend
+from ..random import Generator
 from ..tensor import no_grad
 from .decode_step import forward_logits
 from .kv_cache import make_caches
-from .sampling import SamplingConfig, next_tokens
+from .sampling import SamplingConfig, next_ids
 
 __all__ = ["generate", "stream", "prepare_prompts"]
 
@@ -72,12 +74,12 @@ class _Context:
         self.caches = None
 
     def _forward(self, start, stop, offset):
-        """Logits of the last column for columns start..stop-1, the caches (if any) holding
-        columns start - offset .. start - 1 of the current window."""
+        """(B, V) logits of the last column, on the model's device, for columns start..stop-1,
+        the caches (if any) holding columns start - offset .. start - 1 of the current window."""
         tokens, mask = self.tokens[:, start:stop], self.mask[:, self.window_start:stop]
         if len(tokens) == 1:             # one row: no padding, positions offset..
             logits = forward_logits(self.model, tokens[0], self.caches, offset)
-            return backend.to_numpy(logits[-1:]).astype(np.float64)
+            return logits[-1:]
         positions = None
         if self.absolute:
             positions = (np.cumsum(mask, axis=1) - 1).clip(0)[:, -tokens.shape[1]:]
@@ -85,7 +87,7 @@ class _Context:
         logits = self.model(backend.to_device(tokens, self.model.device),
                             padding_mask=mask if padded else None, caches=self.caches,
                             offset=offset, positions=positions)
-        return backend.to_numpy(logits.data[:, -1]).astype(np.float64)
+        return logits.data[:, -1]
 
     def logits(self):
         """The next-token logits of every row, given all columns so far."""
@@ -135,14 +137,16 @@ def stream(model, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None, 
     stop_strings = [stop_strings] if isinstance(stop_strings, str) else list(stop_strings or [])
     stops = _stop_ids(stop_ids)
     prompts, _ = prepare_prompts(idx)
-    rng = np.random.default_rng(seed)
+    generator = Generator(model.device, seed)
     ctx = _Context(model, prompts, max_new_tokens, use_cache)
     vocab = model.config.vocab_size
-    counts = None
-    if config.penalised:
-        counts = np.zeros((len(prompts), vocab))
+    counts = rows = None
+    if config.penalised:             # (B, V) on the device, updated there with each step's ids
+        counts = np.zeros((len(prompts), vocab), dtype=np.float32)
         for i, p in enumerate(prompts):
             np.add.at(counts[i], p[p < vocab], 1)
+        counts = backend.to_device(counts, model.device)
+        rows = backend.xp_for(model.device).arange(len(prompts))
     done = np.zeros(len(prompts), dtype=bool)
     outputs = [[] for _ in prompts]
     was_training = model.training
@@ -150,13 +154,13 @@ def stream(model, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None, 
     try:
         with no_grad():
             for _ in range(int(max_new_tokens)):
-                ids, _ = next_tokens(ctx.logits(), config, rng, counts)
-                ids = np.where(done, -1, ids)
+                ids = next_ids(ctx.logits(), config, generator, counts)
+                if counts is not None:       # stopped rows too: their output is no longer read
+                    counts[rows, ids] += 1
+                ids = np.where(done, -1, backend.to_numpy(ids))   # the step's one read
                 yield ids.copy()
                 for i in np.flatnonzero(~done):
                     outputs[i].append(int(ids[i]))
-                    if counts is not None:
-                        counts[i, ids[i]] += 1
                     if int(ids[i]) in stops or (stop_strings and any(
                             tokenizer.decode(outputs[i]).endswith(s) for s in stop_strings)):
                         done[i] = True

@@ -19,14 +19,17 @@ raises ValueError, unless the session was made with `context_shift=True`: then t
 rebuilt from the most recent half of the window plus the new ids (llama.cpp's context shift, as
 generate.py does), which re-runs those kept tokens once and forgets everything older.
 
-Sampling is sampling.py's (temperature 0 is greedy); penalties count the tokens in the cache.
+Sampling is sampling.py's (temperature 0 is greedy), on the model's device from a Philox
+generator: only the sampled id comes back to the host. Penalties count the tokens in the cache.
 """
 import numpy as np
 
 from .. import backend
+from ..random import Generator
+from ..tensor import array_of
 from .decode_step import forward_logits, inference
 from .kv_cache import make_caches
-from .sampling import SamplingConfig, next_tokens
+from .sampling import SamplingConfig, next_ids
 
 __all__ = ["DecodeSession", "SAMPLING_KEYS"]
 
@@ -46,7 +49,8 @@ class DecodeSession:
     """One sequence decoded incrementally with persistent KV caches.
 
     model: a GPT. max_len: the window in positions (default and maximum: the model's
-    max_positions). seed: the sampler's generator (kept across generate calls). context_shift:
+    max_positions). seed: the sampler's Philox generator (`generator`, kept across generate
+    calls; its get_state() / set_state() pair resumes the draws). context_shift:
     when a feed would pass max_len, keep the most recent half of the window instead of raising.
     **sampling: SamplingConfig's settings (temperature, top_k, top_p, min_p, penalties),
     overridable per generate call."""
@@ -62,7 +66,7 @@ class DecodeSession:
         self.context_shift = bool(context_shift)
         self.sampling = dict(sampling)
         _sampling_config(self.sampling)                      # check the settings now
-        self.rng = np.random.default_rng(seed)
+        self.generator = Generator(model.device, seed)
         self.tokens_fed = 0            # tokens run through the model (re-fed ones included)
         self.shifts = 0                # context shifts so far
         self.reset()
@@ -72,7 +76,7 @@ class DecodeSession:
         """Forget the sequence (fresh caches); the sampler's generator keeps its state."""
         self.caches = make_caches(self.model, 1, self.max_len)
         self._tokens = []
-        self._logits = None
+        self._logits = None            # (V,) on the model's device
 
     @property
     def length(self):
@@ -86,12 +90,13 @@ class DecodeSession:
 
     @property
     def logits(self):
-        """(V,) float64 logits predicting the next token (None before the first feed)."""
-        return self._logits
+        """(V,) float64 host copy of the logits predicting the next token (None before the first
+        feed)."""
+        return None if self._logits is None else backend.to_numpy(self._logits).astype(np.float64)
 
     # ---- feeding ---------------------------------------------------------------------------
     def _check_ids(self, ids):
-        a = np.asarray(backend.to_numpy(getattr(ids, "data", ids)))
+        a = np.asarray(backend.to_numpy(array_of(ids)))
         if a.ndim == 2 and a.shape[0] == 1:
             a = a[0]
         if a.ndim != 1 or (a.size and a.dtype.kind not in "iu"):
@@ -106,18 +111,24 @@ class DecodeSession:
         return [int(t) for t in a]
 
     def _run(self, ids):
-        """Append ids to the caches at the current offset; store the last position's logits."""
+        """Append ids to the caches at the current offset; keep the last position's logits on
+        the device."""
         with inference(self.model):
             logits = forward_logits(self.model, ids, self.caches, len(self._tokens))
         self._tokens += ids
         self.tokens_fed += len(ids)
-        self._logits = backend.to_numpy(logits[-1]).astype(np.float64)
+        self._logits = logits[-1]
 
     def feed(self, ids):
         """Append ids ((T,) or (1, T) ints) to the sequence, running only them through the
-        model. Returns the (V,) float64 logits of the last position. ValueError when the window
-        would overflow (unless context_shift, which rebuilds from the most recent half)."""
-        ids = self._check_ids(ids)
+        model. Returns the (V,) float64 logits of the last position (a host copy). ValueError
+        when the window would overflow (unless context_shift, which rebuilds from the most recent
+        half)."""
+        self._feed(self._check_ids(ids))
+        return self.logits
+
+    def _feed(self, ids):
+        """feed() without the checks and without copying the logits to the host."""
         if self.length + len(ids) > self.max_len:
             if not self.context_shift or len(ids) > self.max_len:
                 raise ValueError(
@@ -131,7 +142,6 @@ class DecodeSession:
             self.shifts += 1
             ids = kept + ids
         self._run(ids)
-        return self._logits
 
     # ---- decoding --------------------------------------------------------------------------
     def generate(self, max_new_tokens, stop_ids=(), **sampling):
@@ -151,13 +161,15 @@ class DecodeSession:
     def _decode(self, max_new_tokens, config, stops):
         # (a separate generator so that generate's argument errors raise at the call)
         vocab = self.model.config.vocab_size
+        xp = backend.xp_for(self.model.device)
         for _ in range(max_new_tokens):
             counts = None
             if config.penalised:          # what the cache holds (a context shift forgets)
-                counts = np.bincount(self.tokens, minlength=vocab)[None].astype(np.float64)
-            ids, _ = next_tokens(self._logits[None], config, self.rng, counts)
-            token = int(ids[0])
-            self.feed([token])
+                tokens = backend.to_device(self.tokens, self.model.device)
+                counts = xp.bincount(tokens, minlength=vocab)[None]
+            ids = next_ids(self._logits[None], config, self.generator, counts)
+            token = int(backend.to_numpy(ids)[0])           # the one read per token
+            self._feed([token])
             yield token
             if token in stops:
                 return

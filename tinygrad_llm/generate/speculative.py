@@ -21,29 +21,49 @@ is the target's argmax, so the output equals the target's own greedy output toke
 
 Both models keep KV caches; rejected tokens are dropped with `truncate`. The sampling filters
 (temperature, top-k, top-p, min-p) apply to p and q alike, so the output follows the target's
-filtered distribution. One sequence at a time (batch 1).
+filtered distribution. One sequence at a time (batch 1). p and q stay on the models' device, as
+do the draws (a Philox generator): a round reads back each draft id, the k accept flags and the
+one replacement or bonus id, never a distribution.
 """
 import numpy as np
 
 from .. import backend
+from ..backend import array_module
+from ..random import Generator
 from ..tensor import no_grad
 from .decode_step import forward_logits
 from .generate import _stop_ids, prepare_prompts
 from .kv_cache import LinearAttentionState, make_caches
-from .sampling import SamplingConfig, filter_logits, probabilities, sample
+from .sampling import SamplingConfig, distribution, pick, sample
 
 __all__ = ["speculative_generate"]
 
 
-def _distributions(logits, config):
-    """(n, V) logits -> (n, V) float64 next-token distributions under the sampling settings."""
-    logits = np.asarray(logits, dtype=np.float64)
-    if config.greedy:
-        p = np.zeros_like(logits)
-        p[np.arange(len(logits)), logits.argmax(axis=-1)] = 1.0
-        return p
-    return probabilities(filter_logits(logits, config.temperature, config.top_k, config.top_p,
-                                       config.min_p))
+def _read_id(ids):
+    """The one id of a (1,) device array, as a Python int (a read from the device)."""
+    return int(backend.to_numpy(ids)[0])
+
+
+def _verify(p, q, drafted, generator):
+    """(accepted, last): how many drafts the round keeps, and the token after them: the
+    replacement drawn from the residual at the first rejection, or a bonus draw from p's last row.
+
+    p: (n + 1, V) target distributions; q: n (1, V) draft ones; drafted: n (1,) draft ids; all on
+    one device. Accepting d_i when u_i < p_i(d_i) / q_i(d_i) is accepting with probability
+    min(1, p/q), as u_i < 1; all n flags are drawn and read at once (the rule stops at the first
+    rejection, so flags after it are not used)."""
+    xp = array_module(p)
+    n = len(q)
+    if n:
+        q, drafted, rows = xp.concatenate(q), xp.concatenate(drafted), xp.arange(n)   # (n, V)
+        u = generator.random(n, dtype=p.dtype)
+        accepted = backend.to_numpy(u < p[rows, drafted] / q[rows, drafted])     # (n,) bool
+        rejected = np.flatnonzero(~accepted)
+        if rejected.size:
+            j = int(rejected[0])
+            residual = xp.maximum(p[j:j + 1] - q[j:j + 1], 0.0)   # sample() normalises it
+            return j, _read_id(sample(residual, generator))
+    return n, _read_id(sample(p[n:], generator))
 
 
 class _Model:
@@ -59,7 +79,7 @@ class _Model:
         logits = forward_logits(self.model, tokens, self.caches, self.length)
         self.length += len(tokens)
         self.calls += 1
-        return _distributions(backend.to_numpy(logits), self.config)
+        return distribution(logits, self.config)           # (t, V) on the model's device
 
     def truncate(self, length):
         for c in self.caches:
@@ -82,6 +102,9 @@ def speculative_generate(target, draft, idx, max_new_tokens, k=4, temperature=0.
     if len(prompts) != 1:
         raise ValueError(f"speculative_generate: one prompt at a time, got a batch of "
                          f"{len(prompts)}")
+    if target.device != draft.device:
+        raise ValueError(f"speculative_generate: the models are on different devices (target "
+                         f"{target.device}, draft {draft.device}); move one with .to()")
     if target.config.vocab_size != draft.config.vocab_size:
         raise ValueError(f"speculative_generate: the models' vocabularies differ (target "
                          f"{target.config.vocab_size}, draft {draft.config.vocab_size})")
@@ -92,7 +115,7 @@ def speculative_generate(target, draft, idx, max_new_tokens, k=4, temperature=0.
         raise ValueError(f"speculative_generate: prompt {len(seq)} + max_new_tokens "
                          f"{max_new_tokens} exceed the models' {limit} positions")
     stops = _stop_ids(stop_ids)
-    rng = np.random.default_rng(seed)
+    generator = Generator(target.device, seed)
     stats = {"proposed": 0, "accepted": 0}
     models = []
     for m in (target, draft):
@@ -114,26 +137,18 @@ def speculative_generate(target, draft, idx, max_new_tokens, k=4, temperature=0.
                 n_draft = int(min(k, max_new_tokens - generated, limit - len(seq)))
                 start = len(seq)
                 # the draft proposes n_draft tokens, one step at a time
-                pending, proposals, q = seq[drf.length:], [], []
+                pending, proposals, q, drafted = seq[drf.length:], [], [], []
                 for _ in range(n_draft):
-                    qi = drf.feed(pending)[-1]
-                    d = int(sample(qi[None], rng)[0]) if not config.greedy else int(qi.argmax())
-                    proposals.append(d)
+                    qi = drf.feed(pending)[-1:]                    # (1, V)
+                    d = pick(qi, config, generator)                 # (1,) on the device
+                    proposals.append(_read_id(d))
                     q.append(qi)
-                    pending = [d]
+                    drafted.append(d)
+                    pending = proposals[-1:]
                 # the target scores the last token and every proposal in one pass
-                p = tgt.feed([seq[-1]] + proposals) if n_draft else tgt.feed([seq[-1]])
-                new = []
-                for i, d in enumerate(proposals):
-                    if rng.random() < min(1.0, p[i, d] / q[i][d]):
-                        new.append(d)
-                        continue
-                    residual = np.maximum(p[i] - q[i], 0.0)
-                    new.append(int(sample(residual[None] / residual.sum(), rng)[0]))
-                    break
-                else:
-                    new.append(int(sample(p[len(proposals)][None], rng)[0]))
-                accepted = len(new) - 1 if len(new) <= len(proposals) else len(proposals)
+                p = tgt.feed([seq[-1]] + proposals)                 # (n_draft + 1, V)
+                accepted, last = _verify(p, q, drafted, generator)
+                new = proposals[:accepted] + [last]
                 stats["proposed"] += len(proposals)
                 stats["accepted"] += accepted
                 new = new[:max_new_tokens - generated]

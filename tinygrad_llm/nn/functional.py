@@ -10,6 +10,7 @@ from ..ops import (AttentionOp, CrossEntropyOp, DropoutOp, EmbeddingOp, GeluOp, 
                    LinearOp, LogSoftmaxOp, RMSNormOp, SoftmaxOp, WhereOp)
 from ..ops.linear_attention import linear_attention
 from ..ops.softmax import REDUCTIONS
+from ..random import Generator
 from ..tensor import Tensor, _lift
 
 __all__ = ["relu", "gelu", "silu", "sigmoid", "tanh", "softmax", "log_softmax", "cross_entropy",
@@ -17,14 +18,25 @@ __all__ = ["relu", "gelu", "silu", "sigmoid", "tanh", "softmax", "log_softmax", 
            "linear", "where", "masked_fill", "linear_attention"]
 
 
-def _ids(ids, device, name):
-    """Integer ids as an array on `device` (accepts a Tensor, an array or a list)."""
+def _ids(ids, device, name, limit=None, ignore=None):
+    """Integer ids as an array on `device` (accepts a Tensor, an array or a list). Ids in
+    [0, limit) (or equal to `ignore`) are checked while they are on the host: on the way to the
+    GPU here, and by the op itself on the CPU; ids already on the GPU are not read back."""
     a = ids.data if isinstance(ids, Tensor) else ids
     if not hasattr(a, "dtype"):
         a = np.asarray(a)
     if a.dtype.kind not in "iu":
         raise TypeError(f"{name}: expected integer ids, got dtype {a.dtype}")
+    if limit is not None and device != "cpu" and backend.device_of(a) == "cpu":
+        _check_range(name, a, limit, ignore)
     return backend.to_device(a, device)
+
+
+def _check_range(name, a, limit, ignore):
+    bad = ((a < 0) | (a >= limit)) & (a != ignore)
+    if bad.any():
+        raise ValueError(f"{name} {int(a[bad].reshape(-1)[0])} is out of range [0, {limit})"
+                         + ("" if ignore is None else f" (and is not ignore_index={ignore})"))
 
 
 def _array(x, device):
@@ -75,15 +87,13 @@ def cross_entropy(logits, targets, ignore_index=-100, reduction="mean", label_sm
         raise ValueError(f"cross_entropy: reduction must be one of {REDUCTIONS}, got {reduction!r}")
     if not 0.0 <= label_smoothing <= 1.0:
         raise ValueError(f"cross_entropy: label_smoothing must be in [0, 1], got {label_smoothing}")
-    t = _ids(targets, logits.device, "cross_entropy targets")
+    v = logits.shape[-1]
+    t = _ids(targets, logits.device, "cross_entropy: target", v, ignore_index)
     if t.shape != logits.shape[:-1]:
         raise ValueError(f"cross_entropy: targets of shape {t.shape} do not match logits of "
                          f"shape {logits.shape} (expected targets {logits.shape[:-1]})")
-    v = logits.shape[-1]
-    bad = (t != ignore_index) & ((t < 0) | (t >= v))
-    if bad.any():
-        raise ValueError(f"cross_entropy: target {int(t[bad].reshape(-1)[0])} is out of range "
-                         f"[0, {v}) (and is not ignore_index={ignore_index})")
+    if backend.device_of(t) == "cpu":
+        _check_range("cross_entropy: target", t, v, ignore_index)
     loss = CrossEntropyOp.apply(logits.reshape(-1, v), t.reshape(-1), ignore_index=ignore_index,
                                 reduction=reduction, label_smoothing=label_smoothing)
     return loss.reshape(t.shape) if reduction == "none" else loss
@@ -105,21 +115,21 @@ def rms_norm(x, weight=None, eps=1e-6):
 
 def embedding(ids, weight):
     """Rows of `weight` (V, C) picked by integer `ids` (...) -> (..., C)."""
-    return EmbeddingOp.apply(weight, _ids(ids, weight.device, "embedding"))  # the op checks range
+    return EmbeddingOp.apply(weight, _ids(ids, weight.device, "embedding: id", weight.shape[0]))
 
 
 def dropout(x, p=0.5, training=True, seed=None):
     """Zero each element with probability p and scale the rest by 1/(1-p); identity when not
-    training or p == 0. `seed` gives a reproducible mask; otherwise the device's generator is used
-    (seeded by tl.manual_seed)."""
+    training or p == 0. The mask comes from the device's Philox generator (seeded by
+    tl.manual_seed, resumed from a checkpoint's two ints), or from a fresh one of `seed`: the same
+    seed gives the same mask on the CPU and the GPU."""
     if not 0.0 <= p <= 1.0:
         raise ValueError(f"dropout: p must be in [0, 1], got {p}")
     if not training or p == 0.0:
         return x
     if p == 1.0:
         return x * 0.0
-    xp = backend.xp_for(x.device)
-    gen = backend.rng(x.device) if seed is None else xp.random.default_rng(seed)
+    gen = backend.generator(x.device) if seed is None else Generator(x.device, seed)
     return DropoutOp.apply(x, p=p, generator=gen)
 
 

@@ -5,9 +5,11 @@ Reading order: TrainConfig (every knob, nanoGPT's names), then Trainer: the lear
 one step, evaluation, the loop (`fit`), and the checkpoint record that makes resume exact.
 
 What "bit-identical" needs: the parameters, the optimizer's moments, the step, the generator that
-draws batch offsets, and the library's generator (dropout) — all in the checkpoint. Evaluation
-draws from its own generator seeded by (seed, step), so evaluating never moves the training
-stream, and a resumed run sees exactly the batches and dropout masks the uninterrupted one saw.
+draws batch offsets, and the library's Philox generator (dropout masks; its state is two ints,
+and the same state draws the same masks on the CPU and the GPU) — all in the checkpoint.
+Evaluation draws from its own generator seeded by (seed, step), so evaluating never moves the
+training stream, and a resumed run sees exactly the batches and dropout masks the uninterrupted
+one saw, on whichever device it resumes.
 
 Ctrl-C sets a flag that the loop reads between steps: the step in flight finishes, a checkpoint is
 written, and fit() returns. A second Ctrl-C interrupts at once.
@@ -107,16 +109,15 @@ class Trainer:
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         self.model.train()
-        total = 0.0
+        total = None
         for _ in range(c.grad_accum):
             x, y = self._batch(self.train_data, self.data_rng)
             _, loss = self.model(x, y)
             if c.grad_accum > 1:
                 loss = loss / c.grad_accum
-            value = loss.item()
-            total += value
-            if math.isfinite(value):          # a non-finite step is dropped below: no backward
-                loss.backward()
+            loss.backward()                   # a non-finite step's gradients are dropped below
+            total = loss.data if total is None else total + loss.data
+        total = total.item()                  # the step's one read of the loss: on a GPU, a sync
         if not math.isfinite(total):
             self.optimizer.zero_grad()
             if c.on_nan == "stop":
@@ -211,7 +212,7 @@ class Trainer:
         record = dict(self.record)
         record.update(step=self.step, train_config=dataclasses.asdict(self.config),
                       data_rng=get_rng_state(self.data_rng),
-                      library_rng=backend.get_rng_state(),
+                      generator=backend.get_rng_state(self.model.device),   # [seed, offset]
                       history=self.history, skipped=self.skipped)
         save_checkpoint(path, self.model, self.optimizer, record)
 
@@ -222,7 +223,8 @@ class Trainer:
         self.optimizer.load_state_dict(unflatten_state_dict(opt_arrays, record["optimizer"]))
         self.step = record["step"]
         set_rng_state(self.data_rng, record["data_rng"])
-        backend.set_rng_state(record["library_rng"])
+        if "generator" in record:         # (checkpoints before the Philox generator lack it)
+            backend.set_rng_state(record["generator"], self.model.device)
         self.history = record.get("history", [])
         self.skipped = record.get("skipped", 0)
         return record

@@ -28,4 +28,4 @@ import numba  # noqa: E402
 numba.config.THREADING_LAYER_PRIORITY = ["omp", "tbb", "workqueue"]
 
 from . import (activation, attention, bpe, decode, embedding, norm, optim,  # noqa: E402,F401
-               quant, softmax)
+               quant, random, softmax)
