@@ -31,7 +31,8 @@ def dispatcher(name):
                 return value
     for module in ("tinygrad_llm.optim.adam", "tinygrad_llm.optim.lion",
                    "tinygrad_llm.optim.sgd", "tinygrad_llm.quant.linear",
-                   "tinygrad_llm.generate.decode_step", "tinygrad_llm.ops.activation"):
+                   "tinygrad_llm.generate.decode_step", "tinygrad_llm.ops.activation",
+                   "tinygrad_llm.random"):
         mod = importlib.import_module(module)
         for value in vars(mod).values():
             if getattr(value, "kernel_name", None) == name:
@@ -67,11 +68,14 @@ def assert_close(name, got, want, dtype, scale_of=None, tolerance=None):
 
 
 def check(name, maker, dtype, min_cases=3, **tol):
-    """Run every case of `maker` on the device and on the host reference; compare."""
+    """Run every case of `maker` on the device and on the host reference; compare.
+    `scale_of` may be a function of a case's arguments (a per-case condition factor)."""
     rng = np.random.default_rng(0)
     fast, reference = dispatcher(name), kernels.reference(name)
     n = 0
+    scale_of = tol.pop("scale_of", None)
     for args in maker(rng, dtype):
+        tol["scale_of"] = scale_of(*args) if callable(scale_of) else scale_of
         want = reference(*[a.copy() if isinstance(a, np.ndarray) else a for a in args])
         with tl.use_kernels(True):
             got = fast(*[up(a) for a in args])

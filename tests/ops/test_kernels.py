@@ -205,7 +205,8 @@ CONDITION = {  # float32 error grows with these; both implementations round diff
 TESTED_ELSEWHERE = {"bpe_learn_merges": "tests/tokenizers/test_bpe.py",
                     "decode_step": "tests/generate/test_decode_step.py",
                     "quant_matmul": "tests/quant/test_linear.py",
-                    "quant_pack": "tests/quant/test_linear.py"}
+                    "quant_pack": "tests/quant/test_linear.py",
+                    "philox_uniform": "tests/test_random.py"}
 
 
 def test_every_registered_kernel_has_parity_cases():

@@ -9,6 +9,7 @@ defaults here (uniform +-1/sqrt(fan_in) for Linear, N(0, 1) for Embedding); mode
 import numpy as np
 
 from .. import backend
+from ..ops.activation import SwigluOp
 from . import functional as F
 from .module import Module, Parameter
 
@@ -153,4 +154,4 @@ class SwiGLU(Module):
         self.dropout = Dropout(dropout)
 
     def forward(self, x):
-        return self.dropout(self.down(F.silu(self.gate(x)) * self.up(x)))
+        return self.dropout(self.down(SwigluOp.apply(self.gate(x), self.up(x))))

@@ -5,14 +5,14 @@
 
 The backward's scatter-add is the `embedding_backward` kernel: `np.add.at` is correct but slow.
 """
-from ..backend import array_module, scatter_add
+from ..backend import array_module, device_of, scatter_add
 from ..kernels import kernel
 from ..tensor import Function
 
 __all__ = ["EmbeddingOp", "embedding_backward", "check_ids"]
 
 
-@kernel("embedding_backward")        # fast version: kernels/cpu/embedding.py
+@kernel("embedding_backward")        # fast versions: kernels/{cpu,cuda}/embedding.py
 def embedding_backward(dy, ids, num_embeddings):
     """dy: (N, C), ids: (N,) -> dW (V, C)."""
     xp = array_module(dy)
@@ -22,10 +22,12 @@ def embedding_backward(dy, ids, num_embeddings):
 
 
 def check_ids(name, ids, limit):
-    """Raise a ValueError naming the first id outside [0, limit)."""
+    """Raise a ValueError naming the first id outside [0, limit). Ids already on the GPU are not
+    read back for this (a host sync per call); F.embedding checks ids while they are still on the
+    host, and PyTorch's CUDA kernels likewise leave device ids to an assert on the device."""
     if ids.dtype.kind not in "iu":
         raise TypeError(f"{name}: ids must be integers, got dtype {ids.dtype}")
-    if ids.size and (int(ids.min()) < 0 or int(ids.max()) >= limit):
+    if device_of(ids) == "cpu" and ids.size and (int(ids.min()) < 0 or int(ids.max()) >= limit):
         bad = ids[(ids < 0) | (ids >= limit)].reshape(-1)[0]
         raise ValueError(f"{name}: id {int(bad)} is out of range [0, {limit})")
 

@@ -15,11 +15,16 @@ Llama, so that its q_proj / k_proj weights load without permuting rows.
 Interleaved RoPE (Meta's original checkpoints, GPT-J) pairs dims 2i and 2i + 1 instead; both are
 the same rotation up to a fixed permutation of the q/k projection rows. The tables are constants:
 they get no gradient. Only cos and sin are saved for backward; x is not needed.
+
+rope_forward / rope_backward and their packed versions are the references of the CUDA kernels in
+kernels/cuda/rope.py (one pass, no concatenation); there is no Numba kernel, so the CPU runs them.
 """
 from ..backend import array_module
+from ..kernels import kernel
 from ..tensor import Function
 
-__all__ = ["RopeOp", "PackedRopeOp", "rotate_half", "rotate_half_transpose"]
+__all__ = ["RopeOp", "PackedRopeOp", "rotate_half", "rotate_half_transpose", "rope_forward",
+           "rope_backward", "packed_rope_forward", "packed_rope_backward"]
 
 
 def rotate_half(x):
@@ -52,6 +57,18 @@ def _check_tables(x, cos, sin):
                              f"{want} to match x of shape {x.shape}")
 
 
+@kernel("rope_forward")              # fast version: kernels/cuda/rope.py
+def rope_forward(x, cos, sin):
+    """x: (..., T, D), cos, sin: (T, D) in x's dtype -> y, same shape as x."""
+    return x * cos + rotate_half(x) * sin
+
+
+@kernel("rope_backward")
+def rope_backward(dy, cos, sin):
+    """dy: (..., T, D) -> dx."""
+    return dy * cos + rotate_half_transpose(dy * sin)
+
+
 class RopeOp(Function):
     """RopeOp.apply(x, cos=..., sin=...): x (..., T, D) rotated by the (T, D) tables, which are
     already sliced to the positions of x. The tables are cast to x's dtype."""
@@ -61,18 +78,38 @@ class RopeOp(Function):
         _check_tables(x, cos, sin)
         cos, sin = cos.astype(x.dtype, copy=False), sin.astype(x.dtype, copy=False)
         ctx.save(cos, sin)
-        return x * cos + rotate_half(x) * sin
+        return rope_forward(x, cos, sin)
 
     # dx = dy * cos + rotate_half^T(dy * sin)
     @staticmethod
     def backward(ctx, dy):
         cos, sin = ctx.saved
-        return dy * cos + rotate_half_transpose(dy * sin)
+        return rope_backward(dy, cos, sin)
 
 
 # ---- RoPE on a packed projection -------------------------------------------------------------
 #   qkv: (B, T, S, D) with the first n_rotated slots (query and key heads) rotated and the rest
 #   (value heads) passed through; cos, sin: (T, D), broadcast over the slots. Same math as above.
+@kernel("packed_rope_forward")       # fast version: kernels/cuda/rope.py
+def packed_rope_forward(qkv, cos, sin, n_rotated):
+    """qkv: (B, T, S, D), cos, sin: (T, D) in qkv's dtype -> y, same shape as qkv."""
+    cos, sin = cos[:, None], sin[:, None]                          # (T, 1, D)
+    y = qkv.copy()
+    x = qkv[:, :, :n_rotated]
+    y[:, :, :n_rotated] = x * cos + rotate_half(x) * sin
+    return y
+
+
+@kernel("packed_rope_backward")
+def packed_rope_backward(dy, cos, sin, n_rotated):
+    """dy: (B, T, S, D) -> dqkv."""
+    cos, sin = cos[:, None], sin[:, None]
+    dx = dy.copy()
+    g = dy[:, :, :n_rotated]
+    dx[:, :, :n_rotated] = g * cos + rotate_half_transpose(g * sin)
+    return dx
+
+
 class PackedRopeOp(Function):
     @staticmethod
     def forward(ctx, qkv, cos=None, sin=None, n_rotated=0):
@@ -80,20 +117,12 @@ class PackedRopeOp(Function):
             raise ValueError(f"rope: expected qkv (B, T, S, D) and 0 < n_rotated <= S, got shape "
                              f"{qkv.shape} and n_rotated={n_rotated}")
         _check_tables(qkv[:, :, 0], cos, sin)
-        cos = cos.astype(qkv.dtype, copy=False)[:, None]          # (T, 1, D)
-        sin = sin.astype(qkv.dtype, copy=False)[:, None]
+        cos, sin = cos.astype(qkv.dtype, copy=False), sin.astype(qkv.dtype, copy=False)
         ctx.save(cos, sin)
         ctx.n_rotated = n_rotated
-        y = qkv.copy()
-        x = qkv[:, :, :n_rotated]
-        y[:, :, :n_rotated] = x * cos + rotate_half(x) * sin
-        return y
+        return packed_rope_forward(qkv, cos, sin, n_rotated)
 
     @staticmethod
     def backward(ctx, dy):
         cos, sin = ctx.saved
-        n = ctx.n_rotated
-        dx = dy.copy()
-        g = dy[:, :, :n]
-        dx[:, :, :n] = g * cos + rotate_half_transpose(g * sin)
-        return dx
+        return packed_rope_backward(dy, cos, sin, ctx.n_rotated)

@@ -53,7 +53,7 @@ class LogSoftmaxOp(Function):
         return dy - xp.exp(y) * dy.sum(axis=ctx.axis, keepdims=True)
 
 
-@kernel("cross_entropy_forward")     # fast version: kernels/cpu/softmax.py
+@kernel("cross_entropy_forward")     # fast versions: kernels/{cpu,cuda}/softmax.py
 def cross_entropy_forward(logits, targets, ignore_index, label_smoothing):
     """logits: (N, V), targets: (N,) int -> loss per row (N,) (0 where ignored), lse (N,)."""
     xp = array_module(logits)
@@ -96,8 +96,10 @@ class CrossEntropyOp(Function):
             return loss
         if reduction == "sum":
             return loss.sum()
-        ctx.count = int((targets != ignore_index).sum())
-        return xp.asarray(loss.sum() / ctx.count if ctx.count else xp.nan, dtype=logits.dtype)
+        # the count stays an array: on a GPU, int() of it would wait for the device
+        count = (targets != ignore_index).sum().astype(logits.dtype)
+        ctx.count = xp.maximum(count, 1)
+        return xp.where(count > 0, loss.sum() / ctx.count, xp.nan).astype(logits.dtype)
 
     @staticmethod
     def backward(ctx, dy):
@@ -108,7 +110,7 @@ class CrossEntropyOp(Function):
         elif ctx.reduction == "sum":
             dloss = xp.broadcast_to(dy, targets.shape)
         else:
-            dloss = xp.broadcast_to(dy / max(ctx.count, 1), targets.shape)
+            dloss = xp.broadcast_to(dy / ctx.count, targets.shape)
         dlogits = cross_entropy_backward(dloss, logits, targets, lse, ctx.ignore_index,
                                          ctx.label_smoothing)
         return dlogits, None

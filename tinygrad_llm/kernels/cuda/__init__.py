@@ -14,4 +14,5 @@ from ._common import launch_count
 
 __all__ = ["launch_count"]
 
-from . import norm  # noqa: E402,F401
+from . import (activation, attention, embedding, norm, optim, quant,  # noqa: E402,F401
+               random, rope, softmax)

@@ -71,7 +71,13 @@ def _device_arg(a):
     if not hasattr(a, "__cuda_array_interface__"):
         return a                                  # scalars
     if SIMULATOR:
-        return _host_view(a)
+        view = _host_view(a)
+        if view.flags.c_contiguous or view.flags.f_contiguous:
+            return view
+        # the simulator cannot copy a strided view (a transpose, a slice of slots) in and out:
+        # handed over as a simulated device array, the kernel reads and writes it in place
+        from numba.cuda.simulator.cudadrv.devicearray import FakeCUDAArray
+        return FakeCUDAArray(view)
     return cuda.as_cuda_array(a, sync=False)
 
 

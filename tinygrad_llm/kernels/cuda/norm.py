@@ -80,7 +80,8 @@ def layer_norm_forward(x, w, b, eps):
 @cuda.jit(cache=True)
 def _norm_dx_kernel(dy, x, w, mu, r, centred, dx):
     # dy, x, dx: (N, C)  w: (C,)  mu, r: (N,); block n owns row n
-    # LayerNorm (centred): dx = r (g - mean(g) - xh mean(g xh));  RMSNorm: dx = r (g - xh mean(g xh))
+    # LayerNorm (centred): dx = r (g - mean(g) - xh mean(g xh))
+    # RMSNorm:              dx = r (g - xh mean(g xh))
     n, t = cuda.blockIdx.x, cuda.threadIdx.x
     c = x.shape[1]
     partial = cuda.shared.array(THREADS, float64)
@@ -101,7 +102,8 @@ def _norm_dx_kernel(dy, x, w, mu, r, centred, dx):
 
 @cuda.jit(cache=True)
 def _norm_dw_kernel(dy, x, mu, r, centred, has_bias, dw, db):
-    # dw[j] = sum over n of dy[n, j] xh[n, j],  db[j] = sum over n of dy[n, j]; thread j owns column j
+    # dw[j] = sum over n of dy[n, j] xh[n, j],  db[j] = sum over n of dy[n, j]
+    # thread j owns column j
     j = cuda.grid(1)
     if j >= x.shape[1]:
         return
