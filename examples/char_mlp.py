@@ -16,6 +16,7 @@ import time
 
 import tinygrad_llm as tl  # before NumPy: it sets OpenBLAS's thread timeout (see its docstring)
 import tinygrad_llm.nn.functional as F
+from tinygrad_llm.train import run_main
 import numpy as np
 
 BUILT_IN = """To be, or not to be, that is the question:
@@ -163,4 +164,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    run_main(main)

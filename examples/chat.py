@@ -23,6 +23,7 @@ import tinygrad_llm as tl  # noqa: F401  (first: it tunes the thread pools befor
 from tinygrad_llm.generate import DecodeSession
 from tinygrad_llm.tokenizers import ChatTemplate, tokenizer_from_dict
 from tinygrad_llm.train import CheckpointError, load_model, parse_overrides, split_overrides
+from tinygrad_llm.train import run_main
 
 REPLACEMENT = "\ufffd"          # what decode gives for the bytes of an unfinished character
 
@@ -157,4 +158,4 @@ def main(argv, stdin=sys.stdin, out=sys.stdout):
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    run_main(main)

@@ -50,6 +50,7 @@ from tinygrad_llm.finetune import SFTBatcher  # noqa: E402
 from tinygrad_llm.finetune.sft import segment_mask  # noqa: E402
 from tinygrad_llm.tokenizers import CHAT_SPECIAL_TOKENS, BPETokenizer, ChatTemplate  # noqa: E402
 from tinygrad_llm.train import load_model, parse_overrides, split_overrides  # noqa: E402
+from tinygrad_llm.train import run_main  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import chat  # noqa: E402
@@ -320,4 +321,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    run_main(main)

@@ -44,6 +44,7 @@ from tinygrad_llm.optim import AdamW, LambdaLR, clip_grad_norm_, warmup_cosine  
 from tinygrad_llm.tokenizers import tokenizer_from_dict  # noqa: E402
 from tinygrad_llm.train import (CheckpointError, load_model,  # noqa: E402
                                 parse_overrides, split_overrides)
+from tinygrad_llm.train import run_main  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import train_mlm  # noqa: E402
@@ -244,4 +245,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    run_main(main)

@@ -46,6 +46,7 @@ from tinygrad_llm.optim import (AdamW, clip_grad_norm_, param_groups_for_weight_
 from tinygrad_llm.tokenizers import tokenizer_from_dict  # noqa: E402
 from tinygrad_llm.train import (TrainConfig, Trainer, load_model, parse_overrides,  # noqa: E402
                                 save_checkpoint, split_overrides)
+from tinygrad_llm.train import run_main  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import train_shakespeare  # noqa: E402
@@ -190,4 +191,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    run_main(main)

@@ -37,6 +37,7 @@ from tinygrad_llm.finetune.tasks import answer_is_correct, preference_pairs  # n
 from tinygrad_llm.optim import AdamW, clip_grad_norm_  # noqa: E402
 from tinygrad_llm.train import (parse_overrides, save_checkpoint,  # noqa: E402
                                 split_overrides)
+from tinygrad_llm.train import run_main  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import finetune_sft  # noqa: E402
@@ -173,4 +174,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    run_main(main)

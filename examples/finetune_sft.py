@@ -31,6 +31,7 @@ from tinygrad_llm.optim import AdamW, clip_grad_norm_, set_lr, warmup_cosine  # 
 from tinygrad_llm.tokenizers import ChatTemplate, tokenizer_from_dict  # noqa: E402
 from tinygrad_llm.train import (load_model, parse_overrides, save_checkpoint,  # noqa: E402
                                 split_overrides)
+from tinygrad_llm.train import run_main  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import train_shakespeare  # noqa: E402
@@ -172,4 +173,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    run_main(main)

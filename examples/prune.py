@@ -38,6 +38,7 @@ from tinygrad_llm.finetune import apply_masks, magnitude_prune, prune_2_4, spars
 from tinygrad_llm.optim import AdamW  # noqa: E402
 from tinygrad_llm.train import (TrainConfig, Trainer, load_model, parse_overrides,  # noqa: E402
                                 split_overrides)
+from tinygrad_llm.train import run_main  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from distill import char_data, ensure_char_model, evaluate  # noqa: E402
@@ -205,4 +206,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    run_main(main)

@@ -15,7 +15,6 @@ line at the end.
 import dataclasses
 import json
 import os
-import sys
 import time
 
 import tinygrad_llm as tl  # noqa: F401  (first: it tunes the thread pools before NumPy loads)
@@ -28,6 +27,7 @@ from tinygrad_llm.quant import gptq, quantize, save_gguf  # noqa: E402
 from tinygrad_llm.tokenizers import tokenizer_from_dict  # noqa: E402
 from tinygrad_llm.train import (load_model, parse_overrides, save_checkpoint,  # noqa: E402
                                 split_overrides)
+from tinygrad_llm.train import run_main  # noqa: E402
 
 
 @dataclasses.dataclass
@@ -119,4 +119,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    run_main(main)

@@ -35,6 +35,7 @@ from tinygrad_llm.models import GPT, GPTConfig  # noqa: E402
 from tinygrad_llm.optim import AdamW, LambdaLR, clip_grad_norm_, warmup_cosine  # noqa: E402
 from tinygrad_llm.train import (CheckpointError, load_checkpoint,  # noqa: E402
                                 parse_overrides, save_checkpoint, split_overrides)
+from tinygrad_llm.train import run_main  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import dpo  # noqa: E402
@@ -156,4 +157,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    run_main(main)

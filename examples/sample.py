@@ -8,12 +8,12 @@ and prints the prompt with its continuation, then one JSON line with the setting
 """
 import dataclasses
 import json
-import sys
 
 import tinygrad_llm as tl  # noqa: F401  (first: it tunes the thread pools before NumPy loads)
 from tinygrad_llm.generate import generate
 from tinygrad_llm.tokenizers import tokenizer_from_dict
 from tinygrad_llm.train import load_model, parse_overrides, split_overrides
+from tinygrad_llm.train import run_main
 
 
 @dataclasses.dataclass
@@ -48,4 +48,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    run_main(main)

@@ -28,6 +28,7 @@ import numpy as np
 from tinygrad_llm.generate import generate, speculative_generate
 from tinygrad_llm.tokenizers import tokenizer_from_dict
 from tinygrad_llm.train import load_model, parse_overrides, split_overrides
+from tinygrad_llm.train import run_main  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import train_shakespeare  # noqa: E402
@@ -104,4 +105,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    run_main(main)

@@ -17,7 +17,6 @@ JSON object with the headline numbers.
 """
 import dataclasses
 import json
-import sys
 import time
 
 import numpy as np
@@ -30,6 +29,7 @@ from tinygrad_llm.optim import (AdamW, clip_grad_norm_, param_groups_for_weight_
                                 warmup_cosine)
 from tinygrad_llm.tokenizers import WordPieceTokenizer
 from tinygrad_llm.train import parse_overrides, save_checkpoint, split_overrides
+from tinygrad_llm.train import run_main
 
 
 @dataclasses.dataclass
@@ -181,4 +181,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    run_main(main)

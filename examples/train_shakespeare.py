@@ -13,7 +13,6 @@ import dataclasses
 import json
 import math
 import os
-import sys
 import time
 
 import tinygrad_llm as tl
@@ -24,6 +23,7 @@ from tinygrad_llm.optim import AdamW, param_groups_for_weight_decay
 from tinygrad_llm.tokenizers import CHAT_SPECIAL_TOKENS, BPETokenizer, CharTokenizer
 from tinygrad_llm.train import (TrainConfig, Trainer, load_checkpoint, parse_overrides,
                                 split_overrides)
+from tinygrad_llm.train import run_main
 
 
 @dataclasses.dataclass
@@ -146,4 +146,4 @@ def _check_resume(path, config, model_kw):
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    run_main(main)

@@ -1,6 +1,7 @@
 """The package's arrows and bans, read from its source with `ast` (nothing is imported):
 ops ↛ nn ↛ models ↛ train/generate; cupy only in backend.py and kernels/cuda/; numba only in
-kernels/cpu/ and kernels/cuda/, every jit compiled with cache=True; no pickle, exec or eval; no torch/transformers.
+kernels/cpu/ and kernels/cuda/, every jit compiled with cache=True; no pickle, exec or eval; no
+torch/transformers.
 
 Each rule is a function from (path, tree) to a list of violations; the last tests plant a
 violation in a snippet for every rule, so that a rule that cannot fail is caught too.

@@ -17,7 +17,8 @@ def _public(module):
     return {n for n in vars(module) if not n.startswith("_")}
 
 
-@pytest.mark.parametrize("module,real", [(standin.cupy, "cupy"), (standin.cupy.random, "cupy.random"),
+@pytest.mark.parametrize("module,real", [(standin.cupy, "cupy"),
+                                         (standin.cupy.random, "cupy.random"),
                                          (standin.cupy.cuda, "cupy.cuda"),
                                          (standin.cupyx, "cupyx")])
 def test_every_name_offered_exists_in_cupy(module, real):

@@ -17,7 +17,7 @@ import numpy as np
 from . import backend
 
 __all__ = ["Tensor", "Function", "IndexedGrad", "no_grad", "enable_grad", "is_grad_enabled",
-           "unbroadcast"]
+           "unbroadcast", "array_of"]
 
 # ---- grad mode ------------------------------------------------------------------------------
 _grad_enabled = True
@@ -117,6 +117,8 @@ def _to_op_device(arrays, params):
     """Host arrays given to an op on the GPU (ids, masks, tables) are uploaded, as NumPy ids are
     accepted wherever ids are expected; the transfer is the caller's to avoid in a hot loop."""
     def up(a):
+        if isinstance(a, tuple):                                # an index of several arrays
+            return tuple(up(e) for e in a)
         return backend.to_device(a, "cuda") if isinstance(a, np.ndarray) else a
     return [up(a) for a in arrays], {k: up(v) for k, v in params.items()}
 
@@ -589,6 +591,12 @@ class Tensor:
 
     def masked_fill(self, mask, value):
         return _ops.MaskedFillOp.apply(self, self._operand(mask), value=value)
+
+
+def array_of(x):
+    """The array behind a Tensor, or `x` itself (an array, a list, None). Not getattr(x, "data"):
+    a NumPy array's .data is a memoryview and a CuPy array's a device pointer."""
+    return x.data if isinstance(x, Tensor) else x
 
 
 def _lift(x, like):

@@ -17,7 +17,8 @@ It counts, in `counters` (or per block with `measure()`):
 - `launches`: array operations that would launch a kernel (views do not), plus the library's own
   CUDA kernels (`tinygrad_llm.kernels.cuda` adds its launches through `count_launch`);
 - `upcasts`: float64 arrays made from no float64 input (a default-dtype `zeros`, a NumPy float64
-  scalar times a float32 array, a Python float through `asarray`); `upcast_sites` says where.
+  scalar times a float32 array, a Python float through `asarray`); `upcast_sites` and
+  `sync_sites` say where (the innermost library line).
 
 `install()` / `uninstall()` put the modules in `sys.modules` as `cupy` and `cupyx`;
 `tests/conftest.py` does it for the `device` fixture's "cuda" case when no GPU is present.
@@ -56,12 +57,14 @@ class Counters:
     launches: int = 0
     upcasts: int = 0
     upcast_sites: list = dataclasses.field(default_factory=list)
+    sync_sites: list = dataclasses.field(default_factory=list)
 
     def minus(self, before):
         return Counters(self.syncs - before.syncs, self.d2h_bytes - before.d2h_bytes,
                         self.h2d_bytes - before.h2d_bytes, self.launches - before.launches,
                         self.upcasts - before.upcasts,
-                        self.upcast_sites[len(before.upcast_sites):])
+                        self.upcast_sites[len(before.upcast_sites):],
+                        self.sync_sites[len(before.sync_sites):])
 
 
 counters = Counters()
@@ -70,7 +73,8 @@ counters = Counters()
 @contextlib.contextmanager
 def measure():
     """Count what the block does: `with measure() as c: ...`, then c.syncs, c.h2d_bytes, ..."""
-    before = dataclasses.replace(counters, upcast_sites=list(counters.upcast_sites))
+    before = dataclasses.replace(counters, upcast_sites=list(counters.upcast_sites),
+                                 sync_sites=list(counters.sync_sites))
     result = Counters()
     try:
         yield result
@@ -91,6 +95,7 @@ def _site():
 def _sync(a):
     counters.syncs += 1
     counters.d2h_bytes += a.nbytes
+    counters.sync_sites.append(_site())
 
 
 def count_launch(n=1):
@@ -219,6 +224,11 @@ class _Flags:
                 "OWNDATA": self.owndata}[key]
 
 
+class _MemoryPointer:
+    def __init__(self, a):
+        self.ptr = a.__array_interface__["data"][0]
+
+
 class _Device:
     id = 0
 
@@ -258,6 +268,9 @@ class ndarray:
     device = property(lambda self: _Device())
     T = property(lambda self: _wrap(self._a.T))
     base = property(lambda self: None if self._a.base is None else _wrap(self._a.base))
+    # CuPy's .data is a MemoryPointer, not the array: code that reads `getattr(x, "data", x)`
+    # to unwrap a Tensor gets a pointer here, as it would on a GPU
+    data = property(lambda self: _MemoryPointer(self._a))
 
     @property
     def __cuda_array_interface__(self):
@@ -545,7 +558,7 @@ _ARRAY_FUNCS = ["concatenate", "stack", "broadcast_to", "take", "take_along_axis
                 "argmax", "bincount", "tril", "triu", "matmul", "sum", "cumsum", "sort", "einsum",
                 "outer", "nonzero", "flip", "expand_dims", "squeeze", "round", "all", "any",
                 "put_along_axis", "repeat", "searchsorted", "unique", "ravel", "count_nonzero",
-                "amax", "max", "mean", "pad"]
+                "amax", "max", "mean", "pad", "partition", "argpartition"]
 _CREATION = ["zeros", "ones", "empty", "full", "arange", "eye", "linspace"]
 _LIKE = ["zeros_like", "ones_like", "empty_like", "full_like"]
 _PASSTHROUGH = ["float16", "float32", "float64", "int8", "int16", "int32", "int64", "uint8",

@@ -15,12 +15,10 @@ objective this loss solves in closed form).
 
 log pi(y | x) is summed over the response tokens only (`sequence_logprobs` with a loss mask).
 """
-import numpy as np
-
 from .. import backend
 from ..nn import functional as F
 from ..ops import StackOp
-from ..tensor import Tensor
+from ..tensor import Tensor, array_of
 
 __all__ = ["sequence_logprobs", "dpo_loss", "log_sigmoid"]
 
@@ -34,13 +32,15 @@ def log_sigmoid(z):
 def sequence_logprobs(model, ids, learn):
     """ids: (B, T) token ids, learn: (B, T) bool (the response tokens) -> Tensor (B,): the sum of
     log p(ids[t] | ids[<t]) over the positions t >= 1 where learn[t]."""
-    ids, learn = np.asarray(ids), np.asarray(learn, dtype=bool)
+    device = next(iter(model.parameters())).device
+    ids = backend.to_device(array_of(ids), device)
+    xp = backend.array_module(ids)
     logits = model(ids[:, :-1])                                         # (B, T-1, V)
     logp = F.log_softmax(logits, axis=-1)
-    picked = logp[np.arange(ids.shape[0])[:, None], np.arange(ids.shape[1] - 1)[None, :],
+    picked = logp[xp.arange(ids.shape[0])[:, None], xp.arange(ids.shape[1] - 1)[None, :],
                   ids[:, 1:]]                                           # (B, T-1)
-    mask = backend.to_device(learn[:, 1:].astype(logits.dtype), logits.device)
-    return (picked * Tensor._wrap(mask)).sum(axis=-1)
+    mask = backend.to_device(array_of(learn), device, bool)[:, 1:]
+    return (picked * Tensor._wrap(mask.astype(logits.dtype))).sum(axis=-1)
 
 
 def dpo_loss(policy_chosen, policy_rejected, ref_chosen, ref_rejected, beta=0.1):
@@ -50,15 +50,17 @@ def dpo_loss(policy_chosen, policy_rejected, ref_chosen, ref_rejected, beta=0.1)
     chosen_reward and rejected_reward (means)."""
     if not beta > 0:
         raise ValueError(f"dpo_loss: beta must be > 0, got {beta!r}")
-    ref_c = np.asarray(backend.to_numpy(getattr(ref_chosen, "data", ref_chosen)))
-    ref_r = np.asarray(backend.to_numpy(getattr(ref_rejected, "data", ref_rejected)))
-    chosen = (policy_chosen - Tensor._wrap(backend.to_device(
-        ref_c.astype(policy_chosen.dtype), policy_chosen.device))) * beta
-    rejected = (policy_rejected - Tensor._wrap(backend.to_device(
-        ref_r.astype(policy_rejected.dtype), policy_rejected.device))) * beta
+    def reference(r):         # the reference's log-probs, on the policy's device and dtype
+        return Tensor._wrap(backend.to_device(array_of(r), policy_chosen.device,
+                                              policy_chosen.dtype))
+    chosen = (policy_chosen - reference(ref_chosen)) * beta
+    rejected = (policy_rejected - reference(ref_rejected)) * beta
     margin = chosen - rejected
     loss = -log_sigmoid(margin).mean()
-    m, c, r = (backend.to_numpy(t.data) for t in (margin, chosen, rejected))
-    stats = {"reward_accuracy": float((m > 0).mean()), "reward_margin": float(m.mean()),
-             "chosen_reward": float(c.mean()), "rejected_reward": float(r.mean())}
+    xp = backend.array_module(margin.data)
+    m, c, r = margin.data, chosen.data, rejected.data
+    stats = xp.stack([(m > 0).mean(dtype=m.dtype), m.mean(), c.mean(), r.mean()])
+    accuracy, margin_mean, c_mean, r_mean = backend.to_numpy(stats).tolist()   # one read
+    stats = {"reward_accuracy": accuracy, "reward_margin": margin_mean,
+             "chosen_reward": c_mean, "rejected_reward": r_mean}
     return loss, stats

@@ -21,7 +21,7 @@ from .. import backend
 from ..nn import functional as F
 from ..nn.layers import Linear
 from ..nn.module import Module
-from ..tensor import Tensor
+from ..tensor import Tensor, array_of
 from .dpo import log_sigmoid
 
 __all__ = ["SequenceHead", "bradley_terry_loss", "distillation_loss"]
@@ -44,16 +44,18 @@ class SequenceHead(Module):
     def forward(self, idx, lengths=None):
         """idx: (B, T) ids, right-padded; lengths: (B,) real tokens per row (default T) ->
         (B, n_out), or (B,) when n_out == 1."""
-        idx = np.asarray(backend.to_numpy(getattr(idx, "data", idx)))
+        idx = array_of(idx)                    # ids stay where they are
+        idx = idx if hasattr(idx, "shape") else np.asarray(idx)
         b, t = idx.shape
-        lengths = np.full(b, t) if lengths is None else np.asarray(lengths)
+        lengths = np.full(b, t) if lengths is None else np.asarray(lengths)   # (B,) on the host
         if lengths.shape != (b,) or lengths.min() < 1 or lengths.max() > t:
             raise ValueError(f"SequenceHead: lengths must be (B,) = ({b},) ints in [1, {t}], "
                              f"got {lengths!r}")
         mask = np.arange(t)[None, :] < lengths[:, None]
         if self.decoder:
             h = self.backbone.hidden_states(idx)          # causal: padding after is never seen
-            pooled = h[np.arange(b), lengths - 1]
+            xp = backend.array_module(h.data)
+            pooled = h[xp.arange(b), backend.to_device(lengths - 1, h.device)]
         else:
             h = self.backbone(idx, padding_mask=None if mask.all() else mask)
             pooled = h[:, 0]
@@ -64,7 +66,7 @@ class SequenceHead(Module):
 def bradley_terry_loss(r_chosen, r_rejected):
     """(loss Tensor, accuracy): -mean log sigmoid(r_w - r_l) and how often r_w > r_l."""
     margin = r_chosen - r_rejected
-    accuracy = float((backend.to_numpy(margin.data) > 0).mean())
+    accuracy = float((margin.data > 0).mean())         # one read (a sync on a GPU)
     return -log_sigmoid(margin).mean(), accuracy
 
 
@@ -77,16 +79,17 @@ def distillation_loss(student_logits, teacher_logits, targets=None, temperature=
     if alpha < 1.0 and targets is None:
         raise ValueError("distillation_loss: alpha < 1 mixes in the hard-label loss, which needs "
                          "targets")
-    t = np.asarray(backend.to_numpy(getattr(teacher_logits, "data", teacher_logits)),
-                   dtype=np.float64) / temperature
-    p_teacher = np.exp(t - t.max(-1, keepdims=True))
-    p_teacher /= p_teacher.sum(-1, keepdims=True)
-    log_p_teacher = np.log(np.maximum(p_teacher, 1e-300))
+    # the teacher's softmax on the student's device and in its dtype (no host round trip)
+    t = backend.to_device(array_of(teacher_logits), student_logits.device,
+                          student_logits.dtype) * (1.0 / temperature)
+    xp = backend.array_module(t)
+    t = t - t.max(axis=-1, keepdims=True)
+    log_p_teacher = t - xp.log(xp.exp(t).sum(axis=-1, keepdims=True))   # exact log-softmax
+    p_teacher = xp.exp(log_p_teacher)
     log_q = F.log_softmax(student_logits * (1.0 / temperature), axis=-1)
-    teacher = Tensor._wrap(backend.to_device(p_teacher.astype(student_logits.dtype),
-                                             student_logits.device))
-    entropy = float((p_teacher * log_p_teacher).sum(-1).mean())
-    kl = -(teacher * log_q).sum(axis=-1).mean() + entropy     # KL(p || q) = -H(p, q) ... + H
+    teacher = Tensor._wrap(p_teacher)
+    entropy = Tensor._wrap((p_teacher * log_p_teacher).sum(axis=-1).mean())   # -H(p), a constant
+    kl = -(teacher * log_q).sum(axis=-1).mean() + entropy     # KL(p || q) = H(p, q) - H(p)
     loss = kl * (alpha * temperature ** 2)
     if alpha < 1.0:
         loss = loss + F.cross_entropy(student_logits, targets) * (1.0 - alpha)

@@ -18,6 +18,7 @@ from ..nn import functional as F
 from ..nn.block import TransformerBlock
 from ..nn.layers import Embedding, LayerNorm, Linear
 from ..nn.module import Module, ModuleList
+from ..tensor import array_of
 from .gpt import (init_gpt2_weights, make_attention, make_ffn, make_norm, make_positions,
                   position_bias)
 
@@ -80,7 +81,7 @@ class Encoder(Module):
 
     def forward(self, idx, padding_mask=None):
         """idx: (B, T) ids, padding_mask: (B, T) bool (True = real token) -> hidden (B, T, C)."""
-        idx = getattr(idx, "data", idx)
+        idx = array_of(idx)
         idx = np.asarray(idx) if not hasattr(idx, "shape") else idx
         b, t = idx.shape
         if t > self.config.max_positions:
@@ -118,7 +119,7 @@ class Encoder(Module):
         elif padding_mask is None:
             pooled = h.mean(axis=1)
         else:
-            m = np.asarray(backend.to_numpy(getattr(padding_mask, "data", padding_mask)), bool)
+            m = np.asarray(backend.to_numpy(array_of(padding_mask)), bool)
             w = (m / m.sum(axis=1, keepdims=True)).astype(h.dtype)[:, :, None]
             pooled = (h * backend.to_device(w, h.device)).sum(axis=1)
         return self.cls_head(self.cls_dense(pooled).tanh())

@@ -23,7 +23,7 @@ from ..nn.module import Module, ModuleList
 from ..nn.moe import MoE
 from ..nn.positions import (ALiBi, LearnedPositions, RotaryEmbedding, SinusoidalPositions,
                             T5RelativeBias)
-from ..tensor import no_grad
+from ..tensor import array_of, no_grad
 
 __all__ = ["GPTConfig", "GPT", "PRESETS", "init_gpt2_weights", "position_bias"]
 
@@ -261,7 +261,7 @@ class GPT(Module):
                       attn_mask=None):
         """The final (normed) hidden states (B, T, C) that the head reads: what a reward or
         classification head sits on (finetune/heads.py). Arguments as forward's."""
-        idx = self._check_ids(getattr(idx, "data", idx), offset)
+        idx = self._check_ids(array_of(idx), offset)
         b, t = idx.shape
         x = self.tok_emb(idx)                                       # (B, T, C)
         if self.pos_emb is not None:
@@ -269,7 +269,8 @@ class GPT(Module):
                      else self.pos_emb.rows(positions))
         bias = position_bias(self.pos_bias, t, t + offset, x)
         if attn_mask is not None:
-            attn_mask = backend.to_device(np.asarray(attn_mask, dtype=x.dtype), x.device)
+            attn_mask = backend.to_device(array_of(attn_mask), x.device,
+                                          x.dtype)
             bias = attn_mask if bias is None else bias + attn_mask
         shared = None
         for layer, block in enumerate(self.blocks):

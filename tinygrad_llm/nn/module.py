@@ -11,7 +11,7 @@ from collections import OrderedDict
 import numpy as np
 
 from .. import backend
-from ..tensor import Tensor
+from ..tensor import Tensor, array_of
 
 __all__ = ["Parameter", "Module", "ModuleList", "Sequential", "ModuleDict"]
 
@@ -230,7 +230,7 @@ class Module:
         bad_shapes = []
         for key, value in state.items():
             if key in targets:
-                if not hasattr(getattr(value, "data", value), "shape"):
+                if not hasattr(array_of(value), "shape"):
                     raise TypeError(f"load_state_dict: {key} must be a Tensor or an array, got "
                                     f"{type(value).__name__}")
                 have, got = tuple(targets[key][0]), tuple(value.shape)

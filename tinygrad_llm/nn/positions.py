@@ -21,7 +21,7 @@ import numpy as np
 
 from .. import backend
 from ..ops.rope import PackedRopeOp, RopeOp
-from ..tensor import Tensor
+from ..tensor import Tensor, array_of
 from .layers import init_parameter
 from .module import Module
 
@@ -36,11 +36,15 @@ def _positive_int(name, value):
 
 
 def _check_positions(owner, positions, limit, limit_name):
-    """An int array of positions, each in [0, limit)."""
-    positions = np.asarray(positions)
+    """An int array of positions, each in [0, limit) (checked while on the host: reading GPU
+    positions back would cost a sync per call)."""
+    positions = array_of(positions)
+    if not hasattr(positions, "shape"):
+        positions = np.asarray(positions)
     if positions.dtype.kind not in "iu":
         raise ValueError(f"{owner}: positions must be integers, got dtype {positions.dtype}")
-    if positions.size and (positions.min() < 0 or positions.max() >= limit):
+    if backend.device_of(positions) == "cpu" and positions.size and (
+            positions.min() < 0 or positions.max() >= limit):
         raise ValueError(f"{owner}: positions span {positions.min()}..{positions.max()}, outside "
                          f"[0, {limit_name}={limit})")
     return positions

@@ -2,14 +2,33 @@
 
 Each override names a field of one of the given dataclasses; its value is converted to the field's
 type (int, float, bool, str, or None for optional fields) and checked. Unknown keys and values
-that don't convert raise ValueError listing what is valid.
+that don't convert raise OptionError (a ValueError) listing what is valid. `run_main(main, argv)`
+is how the examples start: a bad option or an unusable device is one line on stderr and exit
+status 2, as a command-line tool answers, not a traceback.
 """
 import dataclasses
+import sys
 import typing
 
-__all__ = ["parse_overrides", "split_overrides"]
+from ..backend import DeviceUnavailable
+
+__all__ = ["parse_overrides", "split_overrides", "OptionError", "run_main"]
 
 _TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
+
+
+class OptionError(ValueError):
+    """A command-line option that is unknown or whose value does not convert."""
+
+
+def run_main(main, argv=None):
+    """Call main(argv) (default sys.argv[1:]); an OptionError or DeviceUnavailable becomes one
+    line on stderr and exit status 2."""
+    try:
+        return main(sys.argv[1:] if argv is None else argv)
+    except (OptionError, DeviceUnavailable) as e:
+        print(f"{sys.argv[0]}: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 def _field_type(cls, field):
@@ -25,23 +44,23 @@ def _convert(key, text, kind, default):
             return True
         if text.lower() in _FALSE:
             return False
-        raise ValueError(f"--{key}: expected a boolean (true/false), got {text!r}")
+        raise OptionError(f"--{key}: expected a boolean (true/false), got {text!r}")
     if kind is int or (isinstance(default, int) and kind not in (float, str, dict)):
         try:
             return int(text)
         except ValueError:
-            raise ValueError(f"--{key}: expected an integer, got {text!r}") from None
+            raise OptionError(f"--{key}: expected an integer, got {text!r}") from None
     if kind is float:
         try:
             return float(text)
         except ValueError:
-            raise ValueError(f"--{key}: expected a number, got {text!r}") from None
+            raise OptionError(f"--{key}: expected a number, got {text!r}") from None
     if kind is dict:
         import json
         try:
             return json.loads(text)
         except ValueError:
-            raise ValueError(f"--{key}: expected a JSON object, got {text!r}") from None
+            raise OptionError(f"--{key}: expected a JSON object, got {text!r}") from None
     return text
 
 
@@ -50,7 +69,7 @@ def parse_overrides(argv):
     out = {}
     for arg in argv:
         if not arg.startswith("--"):
-            raise ValueError(f"expected --key=value arguments, got {arg!r}")
+            raise OptionError(f"expected --key=value arguments, got {arg!r}")
         key, eq, value = arg[2:].partition("=")
         out[key.replace("-", "_")] = value if eq else "true"
     return out
@@ -67,7 +86,7 @@ def split_overrides(overrides, *classes):
             fields.setdefault(f.name, (i, cls, f))
     unknown = sorted(set(overrides) - set(fields))
     if unknown:
-        raise ValueError(f"unknown options {['--' + k for k in unknown]}; valid options: "
+        raise OptionError(f"unknown options {['--' + k for k in unknown]}; valid options: "
                          f"{sorted('--' + k for k in fields)}")
     out = [{} for _ in classes]
     for key, text in overrides.items():
