@@ -21,10 +21,14 @@ from numba import config, cuda
 
 from ...backend import xp_for
 
-__all__ = ["SIMULATOR", "THREADS", "launch", "launch_count", "floats", "blocks_for", "cupy"]
+__all__ = ["SIMULATOR", "THREADS", "MAX_BLOCKS", "launch", "launch_count", "floats", "blocks_for",
+           "grid_for", "block_sum", "cupy"]
 
 SIMULATOR = bool(config.ENABLE_CUDASIM)
 THREADS = 8 if SIMULATOR else 256       # threads per block for row-parallel kernels
+# grid-stride kernels cap their grid: 1024 x 256 threads fill an H100 (132 SMs x 2048 threads);
+# under the simulator 2 blocks, so that small tests still take the stride loop
+MAX_BLOCKS = 2 if SIMULATOR else 1024
 _launches = 0
 
 
@@ -46,6 +50,28 @@ def floats(*arrays):
 
 def blocks_for(n, threads=None):
     return max(1, -(-n // (threads or THREADS)))
+
+
+def grid_for(n):
+    """Blocks for a grid-stride loop over n elements: enough to cover them, at most MAX_BLOCKS."""
+    return min(blocks_for(n), MAX_BLOCKS)
+
+
+@cuda.jit(device=True)
+def block_sum(partial, value):
+    """The sum of `value` over the block's threads (every thread gets it)."""
+    t = cuda.threadIdx.x
+    partial[t] = value
+    cuda.syncthreads()
+    step = THREADS // 2
+    while step > 0:
+        if t < step:
+            partial[t] += partial[t + step]
+        cuda.syncthreads()
+        step //= 2
+    total = partial[0]
+    cuda.syncthreads()          # partial is reused by the next reduction
+    return total
 
 
 def _host_view(a):

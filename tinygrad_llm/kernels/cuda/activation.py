@@ -2,7 +2,7 @@
 
 References: ops/activation.py (same arguments, same results; the math is written there).
 Elementwise over the flattened arrays: one thread per element in a grid-stride loop (thread i
-takes elements i, i + grid, ...). The grid is capped at MAX_BLOCKS: on a GPU enough blocks to fill
+takes elements i, i + grid, ...). The grid is capped (_common.grid_for): on a GPU enough blocks to fill
 the device (more would only queue), under the simulator two, so that the tests' small sizes
 already walk the stride loop.
 
@@ -17,17 +17,13 @@ import numpy as np
 from numba import cuda
 
 from .. import implements
-from ._common import SIMULATOR, THREADS, blocks_for, cupy, floats, launch
+from ._common import THREADS, cupy, floats, grid_for, launch
 
-MAX_BLOCKS = 2 if SIMULATOR else 1024       # 1024 x 256 threads: an H100's 132 SMs, full
 
 _SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
 _INV_SQRT_2 = 1.0 / math.sqrt(2.0)
 _INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
 
-
-def _grid(n):
-    return min(blocks_for(n), MAX_BLOCKS)
 
 
 def _constants(dtype):
@@ -75,7 +71,7 @@ def gelu_forward(x, approximate):
     x = cp.ascontiguousarray(x)
     y = cp.empty_like(x)
     if x.size:
-        launch(_gelu_forward_kernel, _grid(x.size), THREADS, x.reshape(-1), y.reshape(-1),
+        launch(_gelu_forward_kernel, grid_for(x.size), THREADS, x.reshape(-1), y.reshape(-1),
                approximate == "tanh", _constants(x.dtype))
     return y
 
@@ -87,7 +83,7 @@ def gelu_backward(dy, x, approximate):
     dy, x = cp.ascontiguousarray(dy), cp.ascontiguousarray(x)
     dx = cp.empty_like(x)
     if x.size:
-        launch(_gelu_backward_kernel, _grid(x.size), THREADS, dy.reshape(-1), x.reshape(-1),
+        launch(_gelu_backward_kernel, grid_for(x.size), THREADS, dy.reshape(-1), x.reshape(-1),
                dx.reshape(-1), approximate == "tanh", _constants(x.dtype))
     return dx
 
@@ -127,7 +123,7 @@ def swiglu_forward(gate, up):
     cp = cupy()
     y = cp.empty(gate.shape, dtype=gate.dtype)
     if y.size:
-        launch(_swiglu_forward_kernel, _grid(y.size), THREADS, *_flat(cp, gate, up),
+        launch(_swiglu_forward_kernel, grid_for(y.size), THREADS, *_flat(cp, gate, up),
                y.reshape(-1), gate.dtype.type(1.0))
     return y
 
@@ -138,6 +134,6 @@ def swiglu_backward(dy, gate, up):
     dgate = cp.empty(gate.shape, dtype=gate.dtype)
     dup = cp.empty(gate.shape, dtype=gate.dtype)
     if dgate.size:
-        launch(_swiglu_backward_kernel, _grid(dgate.size), THREADS, *_flat(cp, dy, gate, up),
+        launch(_swiglu_backward_kernel, grid_for(dgate.size), THREADS, *_flat(cp, dy, gate, up),
                dgate.reshape(-1), dup.reshape(-1), gate.dtype.type(1.0))
     return dgate, dup

@@ -13,28 +13,11 @@ import math
 from numba import cuda, float64
 
 from .. import implements
-from ._common import THREADS, blocks_for, cupy, floats, launch
+from ._common import THREADS, block_sum, blocks_for, cupy, floats, launch
 
 
 def _supported(x, w, *rest, **kwargs):
     return x.ndim == 2 and floats(x, w)
-
-
-@cuda.jit(device=True)
-def _block_sum(partial, value):
-    """The sum of `value` over the block's threads (every thread gets it)."""
-    t = cuda.threadIdx.x
-    partial[t] = value
-    cuda.syncthreads()
-    step = THREADS // 2
-    while step > 0:
-        if t < step:
-            partial[t] += partial[t + step]
-        cuda.syncthreads()
-        step //= 2
-    total = partial[0]
-    cuda.syncthreads()          # partial is reused by the next reduction
-    return total
 
 
 # ---- LayerNorm ----------------------------------------------------------------------------------
@@ -47,12 +30,12 @@ def _layer_norm_forward_kernel(x, w, b, has_bias, eps, y, mu, r):
     s = 0.0
     for j in range(t, c, THREADS):
         s += x[n, j]
-    m = _block_sum(partial, s) / c
+    m = block_sum(partial, s) / c
     v = 0.0
     for j in range(t, c, THREADS):
         d = x[n, j] - m
         v += d * d
-    rs = 1.0 / math.sqrt(_block_sum(partial, v) / c + eps)
+    rs = 1.0 / math.sqrt(block_sum(partial, v) / c + eps)
     for j in range(t, c, THREADS):
         out = (x[n, j] - m) * rs * w[j]
         if has_bias:
@@ -93,8 +76,8 @@ def _norm_dx_kernel(dy, x, w, mu, r, centred, dx):
         g = dy[n, j] * w[j]
         sg += g
         sgx += g * (x[n, j] - m) * rs
-    g_mean = _block_sum(partial, sg) / c if centred else 0.0
-    gx_mean = _block_sum(partial, sgx) / c
+    g_mean = block_sum(partial, sg) / c if centred else 0.0
+    gx_mean = block_sum(partial, sgx) / c
     for j in range(t, c, THREADS):
         xh = (x[n, j] - m) * rs
         dx[n, j] = rs * (dy[n, j] * w[j] - g_mean - xh * gx_mean)
@@ -146,7 +129,7 @@ def _rms_norm_forward_kernel(x, w, eps, y, r):
     s = 0.0
     for j in range(t, c, THREADS):
         s += x[n, j] * x[n, j]
-    rs = 1.0 / math.sqrt(_block_sum(partial, s) / c + eps)
+    rs = 1.0 / math.sqrt(block_sum(partial, s) / c + eps)
     for j in range(t, c, THREADS):
         y[n, j] = x[n, j] * rs * w[j]
     if t == 0:

@@ -5,7 +5,7 @@ optim/clip.py (grad_squared_norms). Same arguments, same results.
 
 Updates: one thread per element in a grid-stride loop (thread i takes elements i, i + grid, ...),
 reading p, g and the state once and writing p and the state once: the array references make four
-to six full passes, each a launch. The grid is capped at MAX_BLOCKS: on a GPU enough blocks to
+to six full passes, each a launch. The grid is capped (_common.grid_for): on a GPU enough blocks to
 fill the device (more would only queue), under the simulator two, so that the tests' small sizes
 already walk the stride loop. On a GPU the optimizer calls these once per parameter group, on flat
 buffers (optim/flat.py), so the launch count does not grow with the number of parameters.
@@ -24,14 +24,9 @@ import math
 from numba import cuda, float64
 
 from .. import implements
-from ._common import SIMULATOR, THREADS, blocks_for, cupy, floats, launch
-from .norm import _block_sum
-
-MAX_BLOCKS = 2 if SIMULATOR else 1024     # x 256 threads: what an H100 (132 SMs x 2048) holds
+from ._common import MAX_BLOCKS, THREADS, block_sum, cupy, floats, grid_for, launch
 
 
-def _grid(n):
-    return min(blocks_for(n), MAX_BLOCKS)
 
 
 def _fits(p, g, *state):
@@ -71,7 +66,7 @@ def sgd_update(p, g, b, lr, momentum, dampening, weight_decay, nesterov):
     # a separate dummy: one launch never gets two arguments over the same memory (_common.py)
     buffer = b.reshape(-1) if has_buffer else cupy().empty_like(p, shape=1)
     if p.size:
-        launch(_sgd_kernel, _grid(p.size), THREADS, p.reshape(-1), _flat_grad(g), buffer,
+        launch(_sgd_kernel, grid_for(p.size), THREADS, p.reshape(-1), _flat_grad(g), buffer,
                has_buffer, bool(nesterov), f(lr), f(momentum), f(1.0 - dampening),
                f(weight_decay))
     return p, b
@@ -101,7 +96,7 @@ def adam_update(p, g, m, v, lr, beta1, beta2, eps, weight_decay, decoupled, bias
     decay = 1.0 - lr * weight_decay if decoupled else 1.0
     l2 = 0.0 if decoupled else weight_decay
     if p.size:
-        launch(_adam_kernel, _grid(p.size), THREADS, p.reshape(-1), _flat_grad(g), m.reshape(-1),
+        launch(_adam_kernel, grid_for(p.size), THREADS, p.reshape(-1), _flat_grad(g), m.reshape(-1),
                v.reshape(-1), f(decay), f(l2), f(beta1), f(1.0 - beta1), f(beta2),
                f(1.0 - beta2), f(lr / bias_correction1), f(math.sqrt(bias_correction2)), f(eps))
     return p, m, v
@@ -139,7 +134,7 @@ def _lion_kernel(p, g, m, decay, lr, beta1, one_minus_beta1, beta2, one_minus_be
 def lion_update(p, g, m, lr, beta1, beta2, weight_decay):
     f = p.dtype.type
     if p.size:
-        launch(_lion_kernel, _grid(p.size), THREADS, p.reshape(-1), _flat_grad(g), m.reshape(-1),
+        launch(_lion_kernel, grid_for(p.size), THREADS, p.reshape(-1), _flat_grad(g), m.reshape(-1),
                f(1.0 - lr * weight_decay), f(lr), f(beta1), f(1.0 - beta1), f(beta2),
                f(1.0 - beta2))
     return p, m
@@ -164,7 +159,7 @@ def _sum_squares_kernel(g, k, partial):
     for i in range(cuda.grid(1), g.shape[0], cuda.gridsize(1)):
         x = float64(g[i])           # a float32 square would round every term
         s += x * x
-    total = _block_sum(shared, s)
+    total = block_sum(shared, s)
     if cuda.threadIdx.x == 0:
         _store_pair(partial[k], cuda.blockIdx.x, total)
 
@@ -177,7 +172,7 @@ def _sum_pairs_kernel(partial, out):
     s = 0.0
     for j in range(t, partial.shape[1], THREADS):
         s += float64(partial[k, j, 0]) + float64(partial[k, j, 1])
-    total = _block_sum(shared, s)
+    total = block_sum(shared, s)
     if t == 0:
         _store_pair(out, k, total)
 
@@ -193,7 +188,7 @@ def grad_squared_norms(out, grads):
     partial = cupy().zeros_like(out, shape=(len(grads), MAX_BLOCKS, 2))
     for k, g in enumerate(grads):
         if g.size:
-            launch(_sum_squares_kernel, _grid(g.size), THREADS, _flat_grad(g), k, partial)
+            launch(_sum_squares_kernel, grid_for(g.size), THREADS, _flat_grad(g), k, partial)
     if grads:
         launch(_sum_pairs_kernel, len(grads), THREADS, partial, out)
     return out

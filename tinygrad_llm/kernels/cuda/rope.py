@@ -14,13 +14,9 @@ products do, rather than assuming the halves repeat.
 from numba import cuda
 
 from .. import implements
-from ._common import SIMULATOR, THREADS, blocks_for, cupy, floats, launch
-
-MAX_BLOCKS = 2 if SIMULATOR else 1024       # 1024 x 256 threads: an H100's 132 SMs, full
+from ._common import THREADS, cupy, floats, grid_for, launch
 
 
-def _grid(n):
-    return min(blocks_for(n), MAX_BLOCKS)
 
 
 @cuda.jit(cache=True)
@@ -64,7 +60,7 @@ def _run(kernel, x, cos, sin, slots, n_rotated):
     out = cp.empty_like(x)
     d = x.shape[-1]
     if x.size:
-        launch(kernel, _grid(x.size // 2), THREADS, x.reshape(-1, d), cp.ascontiguousarray(cos),
+        launch(kernel, grid_for(x.size // 2), THREADS, x.reshape(-1, d), cp.ascontiguousarray(cos),
                cp.ascontiguousarray(sin), slots, n_rotated, out.reshape(-1, d))
     return out
 
