@@ -17,11 +17,16 @@ math as one loop over the layers:
         x = x + W_down act(W_up norm2(x) + b) + b            (SwiGLU: silu(W_gate h) * W_up h)
     logits = W_head norm(x)
 
-`decode_step` below is that loop in NumPy: the readable reference, and what runs on the GPU.
-kernels/cpu/decode.py is the same loop in one Numba call per step, with the large matrix-vector
-products split over threads. Both read the model's own parameter arrays (nothing is copied) and
-write K/V straight into the cache's storage: `make_caches` gives a batch-1 model caches that are
-views of two stacked buffers (L, Hkv, T, D), which the DecodePlan holds.
+`decode_step` below is that loop as array code (NumPy or CuPy): the readable reference, and what
+runs on the GPU, where its pieces dispatch to the CUDA kernels (norms, RoPE, GELU/SwiGLU,
+quant_matmul for quantized layers, and decode_attention, kernels/cuda/decode.py: the attention
+over the cache in one launch). On a GPU a step stays there: the ids are gathered on the device,
+every array keeps the model's dtype, nothing is read back; the one read per token is the sampled
+id, in generate(). kernels/cpu/decode.py is the same loop in one Numba call per step, with the
+large matrix-vector products split over threads. Both read the model's own parameter arrays
+(nothing is copied) and write K/V straight into the cache's storage: `make_caches` gives a
+batch-1 model caches that are views of two stacked buffers (L, Hkv, T, D), which the DecodePlan
+holds.
 
 `DecodePlan.reason(model)` says why a model cannot take this path (post-LN, sliding windows,
 linear attention, KV sharing, mixtures of experts, ALiBi/T5 biases, float16); those decode through
@@ -29,6 +34,7 @@ the model's forward, which is always correct. `forward_logits` is the one entry 
 call: the plan when it applies, the model's forward otherwise.
 """
 import contextlib
+import math
 import weakref
 
 import numpy as np
@@ -36,13 +42,15 @@ import numpy as np
 from .. import backend
 from ..kernels import kernel
 from ..nn.layers import SwiGLU
-from ..ops.activation import gelu_forward
-from ..ops.norm import layer_norm_forward, rms_norm_forward
 from ..nn.positions import LearnedPositions, SinusoidalPositions
-from ..tensor import is_grad_enabled, no_grad
+from ..ops.activation import gelu_forward, swiglu_forward
+from ..ops.norm import layer_norm_forward, rms_norm_forward
+from ..ops.rope import rope_forward
+from ..quant.linear import quant_matmul
+from ..tensor import array_of, is_grad_enabled, no_grad
 
-__all__ = ["DecodePlan", "DecodeWeights", "decode_step", "forward_logits", "inference",
-           "MAX_STEP_TOKENS"]
+__all__ = ["DecodePlan", "DecodeWeights", "decode_step", "decode_attention", "forward_logits",
+           "inference", "MAX_STEP_TOKENS"]
 
 MAX_STEP_TOKENS = 16      # longer feeds (a prompt) run through the model's batched forward
 NORMS = {"layernorm": 0, "rmsnorm": 1}
@@ -150,6 +158,9 @@ class DecodePlan:
         shape = (w.n_layer, w.n_kv_head, self.max_len, w.head_dim)
         self.k_all = xp.zeros(shape, w.dtype)
         self.v_all = xp.zeros(shape, w.dtype)
+        # each layer's (1, Hkv, max_len, D) views, the storage make_caches gives its KVCaches:
+        # `ready` knows them by identity (a CuPy view's .base need not be k_all itself)
+        self.storage = [(k[None], v[None]) for k, v in zip(self.k_all, self.v_all)]
 
     @staticmethod
     def reason(model):
@@ -177,79 +188,100 @@ class DecodePlan:
         """True when a step can run: no autograd, eval mode, `caches` still this plan's views and
         all holding `offset` tokens, and the model still on the arrays the plan read (.to()
         replaces them; load_state_dict and the optimizers write in place)."""
-        k_all = self.k_all
         return (not model.training and not is_grad_enabled()
                 and _identity(model.tok_emb) is self.weights.identity[0]
-                and all(c.length == offset and c.k.base is k_all for c in caches))
+                and len(caches) == len(self.storage)
+                and all(c.length == offset and c.k is k and c.v is v
+                        for c, (k, v) in zip(caches, self.storage)))
 
 
 # ---- the reference step ---------------------------------------------------------------------
-def _norm(x, w, b, kind, eps):
-    """The model's LayerNorm (kind 0) or RMSNorm (kind 1) of one vector (ops/norm.py's)."""
-    if kind == 1:
-        return rms_norm_forward(x[None], w, eps)[0][0]
-    return layer_norm_forward(x[None], w, b, eps)[0][0]
+# Every array below is in the model's dtype and on its device: the scale is a scalar of that dtype
+# (a NumPy float64 scalar would turn a float32 step into float64), and the ids stay on the device
+# (the token rows are gathered there), so a step on a GPU never waits for the host. The t tokens
+# of a step travel together, as (t, C) rows: one matrix product per projection reads each weight
+# once per step, not once per token.
+def _norm(x, w_b, weights):
+    """The model's LayerNorm or RMSNorm of rows x (t, C) (ops/norm.py's, a kernel on a GPU)."""
+    w, b = w_b
+    if weights.norm_kind == 1:
+        return rms_norm_forward(x, w, weights.eps)[0]
+    return layer_norm_forward(x, w, b, weights.eps)[0]
 
 
 def _linear(x, w_b):
+    """x: (t, in) -> x W^T + b (t, out). W is a float (out, in) array (one GEMM) or a quantized
+    layer, whose PackedWeight quant_matmul multiplies without decoding the whole matrix."""
     w, b = w_b
-    y = (w if hasattr(w, "shape") else w.dequantize()) @ x       # a quantized layer: decoded
+    y = x @ w.T if hasattr(w, "shape") else quant_matmul(x, w.packed)
     return y if b is None else y + b
 
 
-def _activation(u, kind):
-    """GELU (erf), GELU (tanh), ReLU, or SiLU (SwiGLU's gate) of a vector."""
-    xp = backend.array_module(u)
-    if kind in (0, 1):
-        return gelu_forward(u, "tanh" if kind == 1 else "none")           # ops/activation.py's
-    if kind == 2:
-        return xp.maximum(u, 0)
-    return u / (1 + xp.exp(-u))
+def _embed(table, ids):
+    """Token rows (t, C) for ids (t,) on the table's device: a gather, or a quantized table's
+    rows decoded (QuantEmbedding)."""
+    return table[ids] if hasattr(table, "shape") else array_of(table(ids))
 
 
-def _rope(x, cos, sin):
-    """x: (heads, D) rotated by one position's tables (D,): pairs (i, i + D/2)."""
-    half = x.shape[-1] // 2
-    rotated = backend.array_module(x).concatenate([-x[:, half:], x[:, :half]], axis=1)
-    return x * cos + rotated * sin
+def _feed_forward(h, layer, kind):
+    """W_down act(W_in h + b) + b for rows h (t, C); SwiGLU: silu(W_gate h) * (W_up h)."""
+    u = _linear(h, layer.ffn_in)
+    if kind == 3:
+        u = swiglu_forward(u, _linear(h, layer.ffn_up))                  # ops/activation.py's
+    elif kind == 2:
+        u = backend.array_module(u).maximum(u, 0)
+    else:
+        u = gelu_forward(u, "tanh" if kind == 1 else "none")
+    return _linear(u, layer.down)
+
+
+@kernel("decode_attention")   # fast version: kernels/cuda/decode.py
+def decode_attention(q, keys, values, start, scale):
+    """Attention of a step's queries over the cache.
+
+    q: (H, t, D), the queries of positions start .. start + t - 1; keys, values: (Hkv, n, D),
+    the cache through the step's own tokens (n = start + t). Query i sees keys 0 .. start + i;
+    query head h reads K/V head h // G, G = H / Hkv (grouped by a reshape, never repeated).
+    Returns o (H, t, D) = softmax(q K^T * scale) V, in q's dtype."""
+    xp = backend.array_module(q)
+    h, t, d = q.shape
+    hkv, n = keys.shape[:2]
+    g = h // hkv
+    qg = q.reshape(hkv, g * t, d) * q.dtype.type(scale)          # (Hkv, G t, D): rows (h, i)
+    s = qg @ keys.transpose(0, 2, 1)                               # (Hkv, G t, n)
+    if t > 1:                                  # a step's later tokens are hidden from earlier
+        future = xp.arange(n) > xp.arange(start, start + t)[:, None]            # (t, n)
+        s = xp.where(future, q.dtype.type(-np.inf), s.reshape(hkv, g, t, n))
+        s = s.reshape(hkv, g * t, n)
+    p = xp.exp(s - s.max(axis=-1, keepdims=True))
+    p /= p.sum(axis=-1, keepdims=True)
+    return (p @ values).reshape(h, t, d)
 
 
 @kernel("decode_step")        # fast version: kernels/cpu/decode.py
 def decode_step(ids, start, plan):
-    """ids: (t,) int64 tokens at positions start .. start + t - 1, after `start` cached ones.
-    Appends their K/V to the plan's storage; returns (t, V) logits in the weights' dtype."""
+    """ids: (t,) int64 tokens at positions start .. start + t - 1, after `start` cached ones, on
+    the plan's device. Appends their K/V to the plan's storage; returns (t, V) logits in the
+    weights' dtype."""
     w = plan.weights
-    xp = backend.xp_for(plan.device)
     H, Hkv, D = w.n_head, w.n_kv_head, w.head_dim
-    group = H // Hkv
-    out = []
-    for i, token in enumerate(backend.to_numpy(ids).tolist()):
-        pos = start + i
-        x = (w.tok_emb[token] if hasattr(w.tok_emb, "shape")
-             else w.tok_emb(np.array([token])).data[0])          # a quantized table's row
-        if w.pos_kind == 1:
-            x = x + w.pos_table[pos]
-        for layer, K, V in zip(w.layers, plan.k_all, plan.v_all):
-            h = _norm(x, *layer.norm1, w.norm_kind, w.eps)
-            qkv = _linear(h, layer.qkv).reshape(H + 2 * Hkv, D)
-            q, k, v = qkv[:H], qkv[H:H + Hkv], qkv[H + Hkv:]
-            if w.pos_kind == 2:
-                q, k = _rope(q, w.cos[pos], w.sin[pos]), _rope(k, w.cos[pos], w.sin[pos])
-            K[:, pos], V[:, pos] = k, v
-            keys = K[:, :pos + 1].repeat(group, axis=0)                 # (H, n, D)
-            values = V[:, :pos + 1].repeat(group, axis=0)
-            scores = (keys @ q[:, :, None])[:, :, 0] / np.sqrt(D)       # (H, n)
-            p = xp.exp(scores - scores.max(axis=1, keepdims=True))
-            p /= p.sum(axis=1, keepdims=True)
-            o = (p[:, None, :] @ values)[:, 0]                         # (H, D)
-            x = x + _linear(o.reshape(-1), layer.proj)
-            h = _norm(x, *layer.norm2, w.norm_kind, w.eps)
-            u = _activation(_linear(h, layer.ffn_in), w.act_kind)
-            if layer.ffn_up[0] is not None:
-                u = u * _linear(h, layer.ffn_up)
-            x = x + _linear(u, layer.down)
-        out.append(_linear(_norm(x, *w.norm, w.norm_kind, w.eps), (w.head, None)))
-    return xp.stack(out).astype(w.dtype)
+    t = ids.shape[0]
+    stop = start + t
+    scale = 1.0 / math.sqrt(D)
+    x = _embed(w.tok_emb, ids)                                           # (t, C)
+    if w.pos_kind == 1:
+        x = x + w.pos_table[start:stop]
+    for layer, K, V in zip(w.layers, plan.k_all, plan.v_all):             # K, V: (Hkv, T, D)
+        h = _norm(x, layer.norm1, w)
+        qkv = _linear(h, layer.qkv).reshape(t, H + 2 * Hkv, D).transpose(1, 0, 2)   # (S, t, D)
+        qk, v = qkv[:H + Hkv], qkv[H + Hkv:]
+        if w.pos_kind == 2:                    # one pass over the query and key heads
+            qk = rope_forward(qk, w.cos[start:stop], w.sin[start:stop])
+        K[:, start:stop], V[:, start:stop] = qk[H:], v                  # append to the cache
+        o = decode_attention(qk[:H], K[:, :stop], V[:, :stop], start, scale)    # (H, t, D)
+        x = x + _linear(o.transpose(1, 0, 2).reshape(t, H * D), layer.proj)
+        x = x + _feed_forward(_norm(x, layer.norm2, w), layer, w.act_kind)
+    return _linear(_norm(x, w.norm, w), (w.head, None))
 
 
 # ---- the decoders' entry point ---------------------------------------------------------------

@@ -66,9 +66,11 @@ class KVCache:
 
     # ---- storage -------------------------------------------------------------------------
     def _slots(self, start, n):
-        """Buffer indices of positions start .. start + n - 1."""
-        idx = np.arange(start, start + n)
-        return idx % self.capacity if self.window is not None else idx
+        """Buffer indices of positions start .. start + n - 1: a slice when they are contiguous
+        (no window), so a write on a GPU is a plain copy, not an index array sent over first."""
+        if self.window is None:
+            return slice(start, start + n)
+        return np.arange(start, start + n) % self.capacity
 
     def _write(self, k, v):
         n = k.shape[2]
@@ -96,7 +98,7 @@ class KVCache:
     def _stored(self):
         """Buffer indices of the stored positions, oldest first."""
         if self.window is None:
-            return slice(0, self.length) if not self.int8 else np.arange(self.length)
+            return slice(0, self.length)
         n = min(self.length, self.capacity)
         return self._slots(self.length - n, n)
 
@@ -222,9 +224,8 @@ def make_caches(model, batch, max_len, dtype=None, slack=16):
     if batch == 1 and DecodePlan.reason(model) is None and dtype in (None, model_dtype()):
         plan = DecodePlan(model, max_len)
         caches = CacheList(KVCache(1, plan.weights.n_kv_head, plan.weights.head_dim, max_len,
-                                   dtype=model_dtype(), device=model.device,
-                                   storage=(k[None], v[None]))
-                           for k, v in zip(plan.k_all, plan.v_all))
+                                   dtype=model_dtype(), device=model.device, storage=storage)
+                           for storage in plan.storage)
         caches.plan = plan
         return caches
     caches = CacheList()

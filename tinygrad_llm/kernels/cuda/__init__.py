@@ -14,5 +14,5 @@ from ._common import launch_count
 
 __all__ = ["launch_count"]
 
-from . import (activation, attention, embedding, norm, optim, quant,  # noqa: E402,F401
-               random, rope, softmax)
+from . import (activation, attention, decode, embedding, norm, optim,  # noqa: E402,F401
+               quant, random, rope, softmax)
