@@ -10,6 +10,10 @@ One DecodeSession holds the conversation: each user turn feeds only its new toke
 <|end|>, are already in the cache. The reply streams to stdout as it is made and ends at the
 template's stop token (or after max_new_tokens, when an <|end|> is fed to close the turn).
 
+--dtype=float16 (or bfloat16; device cuda) runs the prompt's batched forward under tl.autocast
+(its matmuls in that dtype over the float32 weights); the batch-1 decode step reads the weights
+as stored, in float32.
+
 Commands: /reset clears the conversation, /quit (or end of input) exits. At the end one JSON
 line: turns, tokens generated, decode tokens/s, prefill tokens (total and per turn), tokens
 each turn ran through the model (prefill, reply, a closing <|end|>; more after a context shift).
@@ -19,10 +23,11 @@ import json
 import sys
 import time
 
-import tinygrad_llm as tl  # noqa: F401  (first: it tunes the thread pools before NumPy loads)
+import tinygrad_llm as tl  # (first: it tunes the thread pools before NumPy loads)
 from tinygrad_llm.generate import DecodeSession
 from tinygrad_llm.tokenizers import ChatTemplate, tokenizer_from_dict
-from tinygrad_llm.train import CheckpointError, load_model, parse_overrides, split_overrides
+from tinygrad_llm.train import (CheckpointError, OptionError, load_model, parse_overrides,
+                                split_overrides)
 from tinygrad_llm.train import run_main
 
 REPLACEMENT = "\ufffd"          # what decode gives for the bytes of an unfinished character
@@ -39,6 +44,7 @@ class ChatArgs:
     top_p: float = None
     seed: int = 0
     device: str = "cpu"
+    dtype: str = "float32"           # "float16" / "bfloat16": autocast's matmuls (device cuda)
 
 
 def load(args):
@@ -130,6 +136,14 @@ class Chat:
 def main(argv, stdin=sys.stdin, out=sys.stdout):
     (kw,) = split_overrides(parse_overrides(argv), ChatArgs)
     args = ChatArgs(**kw)
+    problem = tl.amp.dtype_problem(args.dtype, args.device)
+    if problem:
+        raise OptionError(f"--dtype={args.dtype}: {problem}")
+    with tl.autocast(args.dtype):               # the weights are cast once, for the whole chat
+        return _converse(args, stdin, out)
+
+
+def _converse(args, stdin, out):
     chat = Chat(*load(args), args, out=out)
     if args.prompt is not None:
         chat.turn(args.prompt)

@@ -4,6 +4,8 @@
     python examples/train_shakespeare.py --preset=llama --n_layer=6 --max_iters=3000
     python examples/train_shakespeare.py --resume            # continue from out_dir's checkpoint
     python examples/train_shakespeare.py --tokenizer=bpe --vocab_size=1024   # byte-level BPE
+    python examples/train_shakespeare.py --device=cuda --dtype=float16       # mixed precision
+    python examples/train_shakespeare.py --device=cuda --tf32                # TF32 matmuls
 
 Follows nanoGPT's train.py order: configuration, data, model, optimizer, loop (with evaluation
 and checkpoints), sample, and a final JSON line with the headline numbers. Every field of
@@ -21,8 +23,8 @@ from tinygrad_llm.generate import generate
 from tinygrad_llm.models import GPT, GPTConfig
 from tinygrad_llm.optim import AdamW, param_groups_for_weight_decay
 from tinygrad_llm.tokenizers import CHAT_SPECIAL_TOKENS, BPETokenizer, CharTokenizer
-from tinygrad_llm.train import (TrainConfig, Trainer, load_checkpoint, parse_overrides,
-                                split_overrides)
+from tinygrad_llm.train import (OptionError, TrainConfig, Trainer, load_checkpoint,
+                                parse_overrides, split_overrides)
 from tinygrad_llm.train import run_main
 
 
@@ -39,6 +41,7 @@ class RunArgs:
     sample_tokens: int = 500
     temperature: float = 0.8
     top_k: int = 40
+    tf32: bool = False           # float32 matmuls on TF32 tensor cores (a GPU; no-op on the CPU)
 
 
 # The default model: a small GPT-2 over characters. Sized so that a 2-core CPU reaches
@@ -54,6 +57,12 @@ def main(argv):
     run_kw, train_kw, model_kw = split_overrides(overrides, RunArgs, TrainConfig, GPTConfig)
     run = RunArgs(**run_kw)
     train_config = TrainConfig(**{**TRAIN_DEFAULTS, **train_kw})
+    # --dtype=float16 / bfloat16: matmuls under tl.autocast, float32 master weights (GPU only)
+    problem = tl.amp.dtype_problem(train_config.dtype, run.device)
+    if problem:
+        raise OptionError(f"--dtype={train_config.dtype}: {problem}")
+    if run.tf32:
+        tl.backend.allow_tf32(True)
     tl.manual_seed(train_config.seed)
 
     # data: tiny Shakespeare as characters or BPE tokens, 90% train / 10% val
@@ -100,8 +109,9 @@ def main(argv):
 
     # a sample from the trained model
     prompt = tokenizer.encode("\n")[None]
-    out = generate(model, prompt, run.sample_tokens, temperature=run.temperature,
-                   top_k=run.top_k, seed=train_config.seed)
+    with tl.autocast(train_config.dtype):
+        out = generate(model, prompt, run.sample_tokens, temperature=run.temperature,
+                       top_k=run.top_k, seed=train_config.seed)
     print("-" * 40)
     print(tokenizer.decode(out[0].tolist()))
     print("-" * 40)
@@ -110,7 +120,7 @@ def main(argv):
               "tokenizer": run.tokenizer, "vocab_size": tokenizer.vocab_size,
               "train_loss": round(last["train_loss"], 4) if last else None,
               "steps": trainer.step, "wall_s": round(wall, 1),
-              "parameters": model.num_parameters(),
+              "parameters": model.num_parameters(), "dtype": train_config.dtype,
               "checkpoint": trainer.ckpt_path if train_config.checkpoint else None}
     print(json.dumps(result))
     return result

@@ -1,7 +1,8 @@
 """tinygrad_llm: a large-language-model library written from scratch over NumPy / CuPy.
 
 Public surface (PyTorch-shaped): Tensor and its autograd, no_grad, manual_seed, gradcheck,
-cat / stack / where, constructors (zeros, ones, randn, ...), the kernel switch use_kernels.
+cat / stack / where, constructors (zeros, ones, randn, ...), the kernel switch use_kernels,
+autocast (mixed precision, amp.py).
 Layers live in tinygrad_llm.nn (functional API: tinygrad_llm.nn.functional).
 """
 import os
@@ -36,6 +37,7 @@ def _keep_freed_memory():
 _keep_freed_memory()
 
 from .backend import manual_seed  # noqa: E402
+from .amp import autocast  # noqa: E402
 from .factory import arange, full, ones, ones_like, rand, randn, tensor, zeros, zeros_like
 from .gradcheck import GradcheckError, gradcheck
 from .kernels import kernels_enabled, use_kernels
@@ -47,7 +49,7 @@ __version__ = "0.1.0"
 __all__ = ["Tensor", "no_grad", "enable_grad", "is_grad_enabled", "manual_seed", "gradcheck",
            "GradcheckError", "cat", "stack", "split", "where", "use_kernels", "kernels_enabled",
            "tensor", "zeros", "ones", "full", "arange", "randn", "rand", "zeros_like", "ones_like",
-           "unbroadcast", "nn"]
+           "unbroadcast", "nn", "autocast"]
 
 
 def cat(tensors, axis=0):

@@ -1,21 +1,24 @@
 """Devices and array modules: the one place that knows about NumPy versus CuPy.
 
 Reading order: device names -> array_module (which `xp` an op uses) -> transfers -> random
-generators. Every other module asks this one; only this file imports cupy (lazily, so that a
-machine without a GPU never pays for it or fails on it).
+generators -> the TF32 switch. Every other module asks this one; only this file imports cupy
+(lazily, so that a machine without a GPU never pays for it or fails on it).
 """
+import contextlib
 import os
 
 import numpy as np
 
 __all__ = ["DeviceUnavailable", "DEVICES", "default_device", "check_device", "array_module",
-           "device_of", "xp_for", "to_device", "to_numpy", "scatter_add", "rng", "generator", "manual_seed",
-           "get_rng_state", "set_rng_state"]
+           "device_of", "xp_for", "reads_are_free", "to_device", "to_numpy", "scatter_add", "rng",
+           "generator", "manual_seed", "get_rng_state", "set_rng_state", "allow_tf32",
+           "tf32_allowed"]
 
 DEVICES = ("cpu", "cuda")
 _CUDA_HINT = ("install CuPy with the extra that matches your CUDA toolkit: "
               "pip install 'tinygrad_llm[cuda12]' or 'tinygrad_llm[cuda13]'")
 _cupy = None          # the cupy module once a "cuda" tensor has been asked for
+_tf32 = None          # allow_tf32's setting; None: never set, CuPy's own default stands
 
 
 class DeviceUnavailable(RuntimeError):
@@ -40,6 +43,8 @@ def _load_cupy():
             raise DeviceUnavailable("device 'cuda' asked for, but CuPy finds no GPU on this "
                                     "machine")
         _cupy = cupy
+        if _tf32 is not None:
+            _set_tf32(cupy, _tf32)
     return _cupy
 
 
@@ -79,6 +84,13 @@ def array_module(x):
 def device_of(x):
     """"cpu" or "cuda" for an array."""
     return "cuda" if _is_device_array(x) else "cpu"
+
+
+def reads_are_free(device):
+    """Whether reading a device value on the host costs nothing: true on the CPU; on a GPU a read
+    waits for every queued kernel (a sync). Code whose shapes depend on data (MoE routing) picks
+    between exact host-sized work and static shapes with this, not with a device name."""
+    return device == "cpu"
 
 
 def _reset_cuda():
@@ -160,3 +172,43 @@ def scatter_add(out, index, values):
     else:
         import cupyx
         cupyx.scatter_add(out, index, values)
+
+
+# ---- TF32: float32 matmuls on tensor cores ----------------------------------------------------
+# TF32 (Ampere and newer) rounds a float32 GEMM's inputs to 10 mantissa bits and accumulates in
+# float32: ~8x the float32 GEMM rate, with errors ~1e-3 relative instead of ~1e-6. Off by default,
+# as in PyTorch since 1.12; the switch is an opt-in, like use_kernels.
+def _set_tf32(cupy, enabled):
+    """CuPy's switch: the cuBLAS compute type of float32 products. Its CUPY_TF32 environment
+    variable sets the same thing, but only when read at the first float32 product; this call
+    takes effect at any time. (On a GPU older than Ampere, CuPy warns and keeps float32.)"""
+    modes = cupy._core._routines_linalg
+    cupy._core.set_compute_type(np.float32, modes.COMPUTE_TYPE_TF32 if enabled
+                                else modes.COMPUTE_TYPE_DEFAULT)
+
+
+def allow_tf32(enabled=True):
+    """Let cuBLAS run float32 matrix products on TF32 tensor cores (True) or not (False). Applies
+    now if CuPy is loaded, else when it loads; a no-op on the CPU, whose BLAS has no TF32 (and on
+    a machine without CuPy). Also usable as `with allow_tf32(True): ...`, which restores the
+    previous setting on exit."""
+    global _tf32
+    previous, _tf32 = _tf32, bool(enabled)
+    if _cupy is not None:
+        _set_tf32(_cupy, _tf32)
+
+    @contextlib.contextmanager
+    def restore():
+        global _tf32
+        try:
+            yield
+        finally:
+            _tf32 = previous
+            if _cupy is not None:
+                _set_tf32(_cupy, bool(previous))
+    return restore()
+
+
+def tf32_allowed():
+    """True after allow_tf32(True): float32 products may use TF32 on a GPU that has it."""
+    return bool(_tf32)

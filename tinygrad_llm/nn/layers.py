@@ -8,7 +8,7 @@ defaults here (uniform +-1/sqrt(fan_in) for Linear, N(0, 1) for Embedding); mode
 """
 import numpy as np
 
-from .. import backend
+from .. import amp, backend
 from ..ops.activation import SwigluOp
 from . import functional as F
 from .module import Module, Parameter
@@ -29,7 +29,8 @@ def init_parameter(shape, device=None, dtype=np.float32, std=None, bound=None, v
 
 
 class Linear(Module):
-    """y = x W^T + b, with W (out_features, in_features) as in PyTorch: (..., in) -> (..., out)."""
+    """y = x W^T + b, with W (out_features, in_features) as in PyTorch: (..., in) -> (..., out).
+    Inside tl.autocast the product runs in float16 / bfloat16 over the float32 weight (amp.py)."""
 
     def __init__(self, in_features, out_features, bias=True, device=None, dtype=np.float32):
         super().__init__()
@@ -42,6 +43,8 @@ class Linear(Module):
         if x.shape[-1] != self.in_features:
             raise ValueError(f"Linear: input of shape {x.shape} has last dim {x.shape[-1]}, "
                              f"expected in_features={self.in_features}")
+        if amp.autocast_dtype() is not None:        # the product in float16 (amp.py)
+            return amp.linear(x, self.weight, self.bias)
         return F.linear(x, self.weight, self.bias)
 
     def extra_repr(self):

@@ -11,6 +11,11 @@ Evaluation draws from its own generator seeded by (seed, step), so evaluating ne
 training stream, and a resumed run sees exactly the batches and dropout masks the uninterrupted
 one saw, on whichever device it resumes.
 
+Mixed precision (`dtype`): "float16" or "bfloat16" runs each forward and loss under tl.autocast
+(amp.py: the matmuls in that dtype, the float32 parameters as masters); float16 adds a GradScaler
+(optim/scaler.py), whose scale is part of the checkpoint. Its inf check is the clipping norm's
+read, so a step still reads the device twice.
+
 Ctrl-C sets a flag that the loop reads between steps: the step in flight finishes, a checkpoint is
 written, and fit() returns. A second Ctrl-C interrupts at once.
 """
@@ -23,10 +28,10 @@ import time
 
 import numpy as np
 
-from .. import backend
+from .. import amp, backend
 from ..data import get_batch, get_rng_state, set_rng_state
 from ..nn import functional as F
-from ..optim import clip_grad_norm_, unflatten_state_dict, warmup_cosine
+from ..optim import GradScaler, clip_grad_norm_, unflatten_state_dict, warmup_cosine
 from ..tensor import no_grad
 from .checkpoint import load_checkpoint, save_checkpoint
 
@@ -55,6 +60,7 @@ class TrainConfig:
     checkpoint: bool = True
     on_nan: str = "stop"              # "stop": raise naming the step; "skip": drop the step
     progress: bool = True
+    dtype: str = "float32"            # "float16" / "bfloat16": autocast (float16: loss scaling)
 
     def __post_init__(self):
         if self.lr_decay_iters is None:
@@ -62,6 +68,8 @@ class TrainConfig:
         self.warmup_iters = min(self.warmup_iters, self.lr_decay_iters)   # short runs
         if self.on_nan not in ("stop", "skip"):
             raise ValueError(f"TrainConfig: on_nan must be 'stop' or 'skip', got {self.on_nan!r}")
+        if self.dtype not in amp.DTYPES:
+            raise ValueError(f"TrainConfig: dtype must be one of {amp.DTYPES}, got {self.dtype!r}")
         for name in ("batch_size", "block_size", "grad_accum", "eval_iters", "eval_interval"):
             if getattr(self, name) < 1:
                 raise ValueError(f"TrainConfig: {name} must be >= 1, got {getattr(self, name)}")
@@ -88,6 +96,8 @@ class Trainer:
         self.data_rng = np.random.default_rng(config.seed)
         self.history = []                 # one dict per evaluation
         self.skipped = 0
+        amp.resolve_dtype(config.dtype, model.device)     # fails now, not mid-step, if it can't
+        self.scaler = GradScaler() if config.dtype == "float16" else None
         self._stop = False
         self.ckpt_path = os.path.join(config.out_dir, "ckpt.safetensors")
 
@@ -112,10 +122,12 @@ class Trainer:
         total = None
         for _ in range(c.grad_accum):
             x, y = self._batch(self.train_data, self.data_rng)
-            _, loss = self.model(x, y)
+            with amp.autocast(c.dtype):
+                _, loss = self.model(x, y)
             if c.grad_accum > 1:
                 loss = loss / c.grad_accum
-            loss.backward()                   # a non-finite step's gradients are dropped below
+            # a non-finite step's gradients are dropped below
+            (loss if self.scaler is None else self.scaler.scale(loss)).backward()
             total = loss.data if total is None else total + loss.data
         total = total.item()                  # the step's one read of the loss: on a GPU, a sync
         if not math.isfinite(total):
@@ -128,9 +140,14 @@ class Trainer:
             self.log(f"step {self.step}: loss is {total}, step skipped")
             self.step += 1
             return total
-        if c.grad_clip:
-            clip_grad_norm_(self.model.parameters(), c.grad_clip)
-        self.optimizer.step()
+        if self.scaler is not None:           # the norm's read is also the overflow check
+            self.scaler.unscale_(self.optimizer, c.grad_clip or None)
+            self.scaler.step(self.optimizer)  # skipped (the scale shrinks) on an overflow
+            self.scaler.update()
+        else:
+            if c.grad_clip:
+                clip_grad_norm_(self.model.parameters(), c.grad_clip)
+            self.optimizer.step()
         self.optimizer.zero_grad()
         self.step += 1
         return total
@@ -141,7 +158,7 @@ class Trainer:
         (seed, step): the training stream is not touched."""
         self.model.eval()
         out = {}
-        with no_grad():
+        with no_grad(), amp.autocast(self.config.dtype):    # weights cast once for all batches
             for split, data in (("train", self.train_data), ("val", self.val_data)):
                 rng = np.random.default_rng([self.config.seed, self.step, len(out)])
                 losses = []
@@ -214,6 +231,8 @@ class Trainer:
                       data_rng=get_rng_state(self.data_rng),
                       generator=backend.get_rng_state(self.model.device),   # [seed, offset]
                       history=self.history, skipped=self.skipped)
+        if self.scaler is not None:
+            record["scaler"] = self.scaler.state_dict()
         save_checkpoint(path, self.model, self.optimizer, record)
 
     def load(self, path):
@@ -227,6 +246,8 @@ class Trainer:
             backend.set_rng_state(record["generator"], self.model.device)
         self.history = record.get("history", [])
         self.skipped = record.get("skipped", 0)
+        if self.scaler is not None and "scaler" in record:
+            self.scaler.load_state_dict(record["scaler"])
         return record
 
     def plot(self):
