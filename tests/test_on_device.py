@@ -18,6 +18,7 @@ from tinygrad_llm.finetune import apply_lora, distillation_loss, dpo_loss, seque
 from tinygrad_llm.generate import beam_search, generate, speculative_generate, stream
 from tinygrad_llm.models import GPT, GPTConfig
 from tinygrad_llm.optim import AdamW, param_groups_for_weight_decay
+from tinygrad_llm.quant import quantize
 from tinygrad_llm.train import TrainConfig, Trainer
 
 VOCAB = 11
@@ -119,6 +120,17 @@ def _lora_loss(device):
     return [loss] + [p.grad for p in model.parameters() if p.requires_grad]
 
 
+def _qlora_loss(device):
+    """QLoRA (Dettmers et al., 2023): LoRA adapters over NF4-quantized projections."""
+    model = _model("cpu", n_embd=32)
+    quantize(model, "nf4", group_size=32)
+    model.to(device)
+    apply_lora(model, r=2)
+    _, loss = model(IDS[:, :-1], IDS[:, 1:])
+    loss.backward()
+    return [loss] + [p.grad for p in model.parameters() if p.requires_grad]
+
+
 def _dpo_loss(device):
     model = _model(device)
     logp = sequence_logprobs(model, IDS, np.ones_like(IDS, bool))
@@ -143,12 +155,11 @@ def _moe_loss(device):
     return [loss, model.tok_emb.weight.grad]
 
 
-@pytest.mark.parametrize("workflow,syncs", [(_lora_loss, 0), (_dpo_loss, 1),
-                                            (_distillation_loss, 0), (_moe_loss, 2)],
-                         ids=["lora", "dpo", "distillation", "moe"])
+@pytest.mark.parametrize("workflow,syncs", [(_lora_loss, 0), (_qlora_loss, 0), (_dpo_loss, 1),
+                                            (_distillation_loss, 0), (_moe_loss, 0)],
+                         ids=["lora", "qlora", "dpo", "distillation", "moe"])
 def test_fine_tuning_workflows_stay_on_the_device(gpu, workflow, syncs):
-    """syncs: DPO reads its four statistics at once; the MoE reads each layer's expert counts
-    (its routing slices tokens by expert, so the sizes must be on the host)."""
+    """syncs: DPO reads its four statistics at once (one transfer); nothing else reads."""
     with gpu.measure() as c:
         got = workflow("cuda")
     assert c.syncs <= syncs, c.sync_sites
@@ -176,3 +187,33 @@ def test_numpy_scalars_and_host_arrays_mix_with_device_tensors(gpu):
     attn = np.zeros((1, 1, 6, 6), np.float32)
     logits = model(IDS, attn_mask=tl.Tensor(attn, device="cuda"))   # a device attn_mask
     assert logits.device == "cuda"
+
+
+def test_random_tensors_are_the_same_on_both_devices(gpu):
+    tl.manual_seed(3)
+    u_gpu, n_gpu = tl.rand(5, 7, device="cuda"), tl.randn(4, 3, device="cuda")
+    tl.manual_seed(3)
+    u_cpu, n_cpu = tl.rand(5, 7), tl.randn(4, 3)
+    assert np.array_equal(u_gpu.numpy(), u_cpu.numpy())        # Philox: the same bits
+    assert np.allclose(n_gpu.numpy(), n_cpu.numpy(), rtol=1e-6)   # log/cos may round apart
+
+
+@pytest.mark.parametrize("n_expert,k", [(4, 2), (3, 1)])
+def test_moe_routes_on_the_device_without_reading_it(gpu, n_expert, k):
+    """On a GPU each expert runs on a fixed N rows (its tokens, then padding), so the routing
+    needs no host read; the loss, every gradient and the router losses equal the CPU's."""
+    def run(device):
+        model = _model(device, n_expert=n_expert, n_expert_per_token=k)
+        _, loss = model(IDS[:, :-1], IDS[:, 1:])
+        loss.backward()
+        return model, loss
+    with gpu.measure() as c:
+        model, loss = run("cuda")
+    assert c.syncs == 0 and c.upcasts == 0, (c.sync_sites, c.upcast_sites)
+    cpu_model, cpu_loss = run("cpu")
+    assert loss.item() == pytest.approx(cpu_loss.item(), rel=1e-6)
+    got, want = dict(model.named_parameters()), dict(cpu_model.named_parameters())
+    for name, p in want.items():
+        assert np.allclose(got[name].grad.numpy(), p.grad.numpy(), rtol=1e-5, atol=1e-7), name
+    moe, cpu_moe = model.blocks[0].ffn, cpu_model.blocks[0].ffn
+    assert np.array_equal(moe.last_counts.get(), cpu_moe.last_counts)

@@ -46,13 +46,16 @@ def arange(start, stop=None, step=1, dtype=np.int64, device=None):
 
 
 def randn(*shape, dtype=np.float32, device=None, requires_grad=False):
+    """N(0, 1) samples from the device's Philox generator: the same on the CPU and the GPU."""
     device = backend.check_device(device)
-    return _make(backend.rng(device).standard_normal(_shape(shape), dtype=dtype), requires_grad)
+    return _make(backend.generator(device).standard_normal(_shape(shape), dtype=dtype),
+                 requires_grad)
 
 
 def rand(*shape, dtype=np.float32, device=None, requires_grad=False):
+    """Uniforms in [0, 1) from the device's Philox generator: the same on the CPU and the GPU."""
     device = backend.check_device(device)
-    return _make(backend.rng(device).random(_shape(shape), dtype=dtype), requires_grad)
+    return _make(backend.generator(device).random(_shape(shape), dtype=dtype), requires_grad)
 
 
 def zeros_like(t, dtype=None, requires_grad=False):

@@ -16,7 +16,11 @@ auxiliary loss; Switch Transformer (Fedus et al., 2021) uses K=1 with normalize_
 Dispatch loops over experts, never over tokens: the N*K (token, slot) assignments are sorted by
 expert (stable), each expert gathers its rows with one integer index (backward: scatter-add), the
 outputs are joined in sorted order, un-sorted with the inverse permutation, scaled by the gates
-and summed over the K slots.
+and summed over the K slots. Where the experts' row counts can be read for free (the CPU), each
+expert runs on exactly its n_e rows. On a GPU, reading them would stop the device once per layer,
+so each expert instead runs on a fixed N rows: its own n_e <= N tokens (a token picks an expert
+at most once) and then a zero padding row; the padding's outputs are never gathered, so the
+result and the gradients are the same, for E/K times the expert FLOPs and no sync.
 
 Router losses, stored on the module after each forward (add them to the training loss):
     aux_loss = coef * E * sum_e f_e * P_e   f_e: fraction of the N*K assignments sent to e
@@ -30,7 +34,7 @@ Router losses, stored on the module after each forward (add them to the training
 import numpy as np
 
 from .. import backend
-from ..ops import CatOp
+from ..ops import CatOp, StackOp
 from ..tensor import Tensor
 from . import functional as F
 from .layers import MLP, Linear, SwiGLU
@@ -58,8 +62,8 @@ class MoE(Module):
     expert: "swiglu" (Llama / Mixtral experts) or "mlp" (GPT-2 experts, with `activation`).
     normalize_topk: renormalise the K chosen probabilities to sum to 1 (Mixtral).
     aux_loss_coef, z_loss_coef: weights of the load-balancing and router z-losses.
-    After each forward: self.aux_loss, self.z_loss (0-d Tensors) and self.last_counts (NumPy int
-    array (E,): the (token, slot) assignments each expert received).
+    After each forward: self.aux_loss, self.z_loss (0-d Tensors) and self.last_counts (int array
+    (E,): the (token, slot) assignments each expert received; on the GPU it stays there).
     """
 
     def __init__(self, dim, hidden, n_expert, n_expert_per_token=2, expert="swiglu",
@@ -117,19 +121,16 @@ class MoE(Module):
         flat_expert = topk.reshape(-1)                                  # (N*K,) slot j -> expert
         order = xp.argsort(flat_expert, kind="stable")                  # (N*K,) sorted -> slot
         sorted_token = order // K                                       # token of each sorted slot
-        counts = backend.to_numpy(xp.bincount(flat_expert, minlength=E)).astype(np.int64)
-        bounds = np.concatenate([[0], np.cumsum(counts)])
-        outputs = []
-        for e, expert in enumerate(self.experts):
-            start, end = int(bounds[e]), int(bounds[e + 1])
-            if start == end:            # no token chose this expert: skip it (no zero-row GEMMs)
-                continue
-            outputs.append(expert(x2d[sorted_token[start:end]]))        # (n_e, C)
+        counts = xp.bincount(flat_expert, minlength=E)                  # (E,) ints
+        if backend.reads_are_free(x.device):
+            y_sorted, counts = self._run_exact(x2d, sorted_token, counts)
+        else:
+            y_sorted = self._run_padded(x2d, sorted_token, flat_expert[order], counts)
 
         # ---- combine: un-sort, scale by the gates, sum over the K slots ----
         inverse = xp.empty_like(order)
         inverse[order] = xp.arange(N * K)
-        y_slots = CatOp.apply(*outputs, axis=0)[inverse]                # (N*K, C), slot order
+        y_slots = y_sorted[inverse]                                     # (N*K, C), slot order
         y = (y_slots.reshape(N, K, self.dim) * gates.reshape(N, K, 1)).sum(axis=1)   # (N, C)
 
         self.last_counts = counts
@@ -137,10 +138,37 @@ class MoE(Module):
         self.z_loss = self._z_loss(logits)
         return y.reshape(x.shape)
 
+    def _run_exact(self, x2d, sorted_token, counts):
+        """Each expert on exactly its rows (sizes read on the host) -> (N*K, C) in sorted order,
+        and the counts as a host array."""
+        counts = backend.to_numpy(counts).astype(np.int64)
+        bounds = np.concatenate([[0], np.cumsum(counts)])
+        outputs = []
+        for e, expert in enumerate(self.experts):
+            start, end = int(bounds[e]), int(bounds[e + 1])
+            if start == end:            # no token chose this expert: skip it (no zero-row GEMMs)
+                continue
+            outputs.append(expert(x2d[sorted_token[start:end]]))        # (n_e, C)
+        return CatOp.apply(*outputs, axis=0), counts
+
+    def _run_padded(self, x2d, sorted_token, sorted_expert, counts):
+        """Each expert on a fixed N rows, its tokens first and padding after (static shapes: no
+        host read) -> (N*K, C) in sorted order."""
+        xp = backend.array_module(x2d.data)
+        N, C = x2d.shape
+        starts = xp.cumsum(counts) - counts                             # (E,) first sorted slot
+        rank = xp.arange(sorted_token.shape[0]) - starts[sorted_expert]  # (N*K,) row in expert
+        table = xp.full((self.n_expert, N), N, dtype=sorted_token.dtype)   # N: the zero row
+        table[sorted_expert, rank] = sorted_token                       # (E, N) token per row
+        x_pad = CatOp.apply(x2d, Tensor._wrap(xp.zeros((1, C), dtype=x2d.dtype)), axis=0)
+        outputs = StackOp.apply(*(expert(x_pad[table[e]])               # (E, N, C)
+                                  for e, expert in enumerate(self.experts)), axis=0)
+        return outputs[sorted_expert, rank]                             # (N*K, C)
+
     def _load_balancing_loss(self, probs, counts, n_assign):
         """coef * E * sum_e f_e * P_e, f constant, P = mean router probability (Fedus, 2021)."""
         xp = backend.array_module(probs.data)
-        f = xp.asarray(counts / n_assign, dtype=probs.dtype)           # (E,)
+        f = backend.to_device(counts, probs.device, probs.dtype) / n_assign   # (E,)
         P = probs.mean(axis=0)                                          # (E,)
         return (P * f).sum() * (self.n_expert * self.aux_loss_coef)
 
