@@ -21,7 +21,17 @@ files are). Per scheme:
                    timed), best of `repeats`
 With --llama_python (an interpreter where llama-cpp-python imports), the same GGUF files decoded
 by llama.cpp with the same thread count, in its own process, and ours / llama.cpp.
-Prints one JSON object on the last line.
+
+On a GPU (--device=cuda; defaults: the gpt2_small model, schemes f32,f16,q8_0,q4_0,q4_1,nf4):
+each model is quantized on the host and moved to the GPU (a quantized layer keeps its packed
+fields there and the CUDA quant_matmul dequantizes in registers); "f16" is the float model cast to
+float16. Issue 23's goal on an H100: Q4_0 decoding at least 1.5x our float16 (q4_0_vs_f16_speed).
+Decode timings end with a device synchronisation; per scheme, kernel_launches_per_token counts
+this library's CUDA kernels in one step, and with --reference (default on "cuda")
+decode_tokens_per_s_reference is the same decode with every fused kernel off and
+kernel_speedup = ours / that. llama.cpp's side runs on the CPU only and is left out on "cuda".
+--files=false skips writing the checkpoints (file_mb, gguf_mb). "tiny" (2 layers, 64 dims,
+vocabulary 256) is a smoke-test model. Prints one JSON object on the last line.
 """
 import json
 import os
@@ -34,22 +44,28 @@ import tinygrad_llm as tl  # first: it sets the thread pools up before NumPy loa
 import numpy as np  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(__file__))
+import devices  # noqa: E402
 from bench_model import parse  # noqa: E402
 
-DEFAULTS = {"models": "shakespeare,gpt2_small",
-            "schemes": "f32,int8,q8_0,q4_0,q4_1,nf4,gptq_q4_0,gptq_q4_1",
-            "ckpt": "out-shakespeare/ckpt.safetensors", "steps": 32, "repeats": 3,
-            "eval_batches": 20, "llama_python": "", "threads": 0}
+DEFAULTS = {"models": "", "schemes": "", "ckpt": "out-shakespeare/ckpt.safetensors", "steps": 32,
+            "repeats": 3, "eval_batches": 20, "llama_python": "", "threads": 0, "device": "cpu",
+            "reference": "auto", "files": True}
+DEVICE_DEFAULTS = {
+    "cpu": {"models": "shakespeare,gpt2_small",
+            "schemes": "f32,int8,q8_0,q4_0,q4_1,nf4,gptq_q4_0,gptq_q4_1"},
+    "cuda": {"models": "gpt2_small", "schemes": "f32,f16,q8_0,q4_0,q4_1,nf4"}}
 GGML = ("f32", "q8_0", "q4_0", "q4_1")
+MODELS = {"gpt2_small": dict(n_layer=12, n_head=12, n_embd=768, vocab_size=50257,
+                             block_size=1024),
+          "tiny": dict(n_layer=2, n_head=2, n_embd=64, vocab_size=256, block_size=64)}
 
 
 def load(name, opts):
     from tinygrad_llm.models import GPT, GPTConfig
     from tinygrad_llm.train import load_checkpoint
-    if name == "gpt2_small":
+    if name in MODELS:
         tl.manual_seed(0)
-        return GPT(GPTConfig.preset("gpt2", n_layer=12, n_head=12, n_embd=768,
-                                    vocab_size=50257, block_size=1024)).eval(), None
+        return GPT(GPTConfig.preset("gpt2", **MODELS[name])).eval(), None
     state, _, record = load_checkpoint(opts["ckpt"])
     model = GPT(GPTConfig(**record["model_config"]))
     model.load_state_dict(state)
@@ -72,14 +88,17 @@ def calibration(model, record, opts):
 
 
 def quantized(name, scheme, opts):
+    """The model quantized with `scheme` on the host, then moved to --device ("f16": cast)."""
     from tinygrad_llm.quant import gptq, quantize
     model, record = load(name, opts)
     if scheme.startswith("gptq_"):                  # GPTQ for the blocks, then as RTN below
         scheme = scheme[len("gptq_"):]
         gptq(model, calibration(model, record, opts), scheme, group_size=64)
-    if scheme != "f32":
+    if scheme not in ("f32", "f16"):
         quantize(model, scheme, group_size=32 if scheme == "nf4" else 64, include_head=True,
                  include_embeddings=True)
+    if opts["device"] != "cpu":
+        model.to(opts["device"], dtype=np.float16 if scheme == "f16" else None)
     return model, record
 
 
@@ -110,20 +129,33 @@ def accuracy(model, data, reference_logits=None):
 
 
 def decode_speed(model, opts):
+    """Tokens/s of greedy single-token steps after an 8-token prompt; on a GPU also this
+    library's CUDA kernel launches per step (else None)."""
     from tinygrad_llm.generate.decode_step import forward_logits, inference
     from tinygrad_llm.generate.kv_cache import make_caches
+    device = opts["device"]
+    sync = devices.synchronizer(device)
     prompt = list(range(1, 9))
-    best = float("inf")
+    best, launches = float("inf"), None
     with inference(model):
         for _ in range(opts["repeats"] + 1):                       # the first warms up
             caches = make_caches(model, 1, len(prompt) + opts["steps"] + 1)
             logits = forward_logits(model, prompt, caches, 0)
+            if sync is not None:
+                sync()
+            before = devices.launches(device)
             t0 = time.perf_counter()
             for i in range(opts["steps"]):
-                token = int(np.asarray(logits[-1]).argmax())
+                if sync is None:
+                    token = int(np.asarray(logits[-1]).argmax())
+                else:                       # the id is read back, as a generation loop does
+                    token = int(logits[-1].argmax())
                 logits = forward_logits(model, [token], caches, len(prompt) + i)
+            if sync is not None:
+                sync()
+                launches = (devices.launches(device) - before) / opts["steps"]
             best = min(best, time.perf_counter() - t0)
-    return opts["steps"] / best
+    return opts["steps"] / best, launches
 
 
 def resident_bytes(model):
@@ -140,9 +172,11 @@ def resident_bytes(model):
     return sum(held.values())
 
 
-def sizes(model, scheme, tmp):
+def sizes(model, scheme, tmp, files=True):
     from tinygrad_llm.quant import save_gguf
     from tinygrad_llm.train import save_checkpoint
+    if not files:
+        return {"weight_mb": round(resident_bytes(model) / 1e6, 2)}, None
     path = os.path.join(tmp, "model.safetensors")
     save_checkpoint(path, model)
     out = {"file_mb": round(os.path.getsize(path) / 1e6, 2),
@@ -199,7 +233,7 @@ def bench_model(name, opts, threads):
         model, record = quantized(name, scheme, opts)
         entry = {}
         with tempfile.TemporaryDirectory() as tmp:
-            measured, gguf_path = sizes(model, scheme, tmp)
+            measured, gguf_path = sizes(model, scheme, tmp, opts["files"])
             entry.update(measured)
             if record is not None:
                 data = data if data is not None else validation(record, opts)
@@ -210,8 +244,16 @@ def bench_model(name, opts, threads):
                 if float_argmax is not None and scheme != "f32":
                     entry["ppl_change_pct"] = round(100 * (ppl / float_ppl - 1), 2)
                     entry["top1_agreement"] = round(float((argmax == float_argmax).mean()), 4)
-            entry["decode_tokens_per_s"] = round(decode_speed(model, opts), 1)
-            if gguf_path and opts["llama_python"]:
+            speed, launches = decode_speed(model, opts)
+            entry["decode_tokens_per_s"] = round(speed, 1)
+            if launches is not None:
+                entry["kernel_launches_per_token"] = round(launches, 1)
+            if opts["reference"]:
+                with tl.use_kernels(False):
+                    reference, _ = decode_speed(model, opts)
+                entry["decode_tokens_per_s_reference"] = round(reference, 1)
+                entry["kernel_speedup"] = round(speed / reference, 3)
+            if gguf_path and opts["llama_python"] and opts["device"] == "cpu":
                 ref = llama_speed(gguf_path, opts, threads)
                 entry["llama_cpp_tokens_per_s"] = round(ref.get("tokens_per_s", 0), 1) or ref
                 if "tokens_per_s" in ref:
@@ -219,20 +261,41 @@ def bench_model(name, opts, threads):
                                                   / ref["tokens_per_s"], 3)
         results[scheme] = entry
         print(f"{name} {scheme}: {json.dumps(entry)}", file=sys.stderr, flush=True)
-    if "f32" in results and "q4_0" in results:
-        results["q4_0_vs_f32_speed"] = round(results["q4_0"]["decode_tokens_per_s"]
-                                             / results["f32"]["decode_tokens_per_s"], 2)
+    for base in ("f32", "f16"):
+        if base in results and "q4_0" in results:
+            results[f"q4_0_vs_{base}_speed"] = round(results["q4_0"]["decode_tokens_per_s"]
+                                                     / results[base]["decode_tokens_per_s"], 2)
     return results
 
 
+def resolve(opts):
+    """Fill the options whose default depends on --device, and check the choices."""
+    device = opts["device"]
+    for key, value in DEVICE_DEFAULTS.get(device, DEVICE_DEFAULTS["cpu"]).items():
+        opts[key] = opts[key] or value
+    if opts["reference"] not in ("auto", "true", "false"):
+        raise SystemExit(f"--reference: expected auto, true or false, got {opts['reference']!r}")
+    opts["reference"] = opts["reference"] == "true" or (opts["reference"] == "auto"
+                                                        and device != "cpu")
+    if device == "cpu" and "f16" in opts["schemes"].split(","):
+        raise SystemExit("--schemes: f16 decodes on --device=cuda only (NumPy has no fast "
+                         "float16 matmul)")
+    unknown = set(opts["models"].split(",")) - set(MODELS) - {"shakespeare"}
+    if unknown:
+        raise SystemExit(f"--models: unknown {sorted(unknown)}; valid: "
+                         f"{sorted(MODELS) + ['shakespeare']}")
+    return opts
+
+
 def main(argv):
-    opts = parse(argv, DEFAULTS)
+    opts = resolve(parse(argv, DEFAULTS))
+    device = devices.check(opts["device"])
     import numba
     threads = opts["threads"] or numba.get_num_threads()
     numba.set_num_threads(threads)
     out = {"machine": {"cpu_count": os.cpu_count(), "threads": threads,
                        "load_avg": os.getloadavg()[0], "llama_python": opts["llama_python"]},
-           "options": opts,
+           "device": devices.info(device), "options": opts,
            "results": {name: bench_model(name, opts, threads)
                        for name in opts["models"].split(",")}}
     print(json.dumps(out))

@@ -49,7 +49,8 @@ class TorchGPT(torch.nn.Module):
             inv = 1.0 / (self.c.rope_theta ** (torch.arange(0, d, 2, dtype=torch.float64) / d))
             ang = torch.outer(torch.arange(t, dtype=torch.float64), inv)
             ang = torch.cat([ang, ang], dim=-1)
-            self._rope_cache = (ang.cos().float(), ang.sin().float())
+            # built on the host in float64, kept on x's device (a GPU run: --device=cuda)
+            self._rope_cache = (ang.cos().float().to(x.device), ang.sin().float().to(x.device))
         cos, sin = self._rope_cache[0][:t], self._rope_cache[1][:t]
         x1, x2 = x[..., : d // 2], x[..., d // 2:]
         return x * cos + torch.cat([-x2, x1], dim=-1) * sin

@@ -548,7 +548,31 @@ class _Device0:
         return False
 
 
-_runtime = types.SimpleNamespace(getDeviceCount=lambda: 1)
+# CuPy returns the name as bytes (the struct's char array), as does the stand-in
+_runtime = types.SimpleNamespace(getDeviceCount=lambda: 1, getDeviceProperties=lambda device: {
+    "name": b"CuPy stand-in (tests/standin)"})
+
+
+# ---- cupy._core: the cuBLAS compute type per float dtype (backend.allow_tf32 sets float32's) ---
+# CuPy's own values for its constants; `compute_types` records what the library set, by dtype name
+compute_types = {}
+
+
+def _core_module():
+    core = types.ModuleType("cupy._core")
+    linalg = types.ModuleType("cupy._core._routines_linalg")
+    linalg.COMPUTE_TYPE_DEFAULT, linalg.COMPUTE_TYPE_TF32 = 1, 7
+    core._routines_linalg = linalg
+
+    def set_compute_type(dtype, compute_type):
+        compute_types[np.dtype(dtype).name] = compute_type
+
+    def get_compute_type(dtype):
+        return compute_types.get(np.dtype(dtype).name, linalg.COMPUTE_TYPE_DEFAULT)
+
+    core.set_compute_type, core.get_compute_type = set_compute_type, get_compute_type
+    return core
+
 
 _ELEMENTWISE = ["abs", "exp", "log", "sqrt", "tanh", "sign", "rint", "isfinite", "isnan",
                 "maximum", "minimum", "where", "multiply", "add", "subtract", "divide",
@@ -589,6 +613,7 @@ def _build_cupy():
     m.cuda.Device = _Device0
     m.cuda.get_current_stream = lambda device=None: _Stream()
     m.cuda.is_available = lambda: True
+    m._core = _core_module()
     return m
 
 
