@@ -4,24 +4,27 @@ Public surface (PyTorch-shaped): Tensor and its autograd, no_grad, manual_seed, 
 cat / stack / where, constructors (zeros, ones, randn, ...), the kernel switch use_kernels,
 autocast (mixed precision, amp.py).
 Layers live in tinygrad_llm.nn (functional API: tinygrad_llm.nn.functional).
+Importing the package sets two process-wide defaults, each unless the user set it: OpenBLAS's
+spin timeout and glibc's malloc thresholds (below).
 """
 import os
 
-# NumPy's OpenBLAS workers spin for ~0.1 s after every GEMM by default; on a 2-core machine they
-# then steal the core that the next Numba kernel's worker needs (see kernels/cpu/__init__.py).
-# A short timeout lets them sleep at once: a 4-layer training-shaped sequence of GEMMs and kernels
-# measured 17.3 ms with it against 20.5 ms without. OpenBLAS reads this when NumPy is first
-# imported, so it only takes effect when tinygrad_llm is imported before NumPy; otherwise set
-# OPENBLAS_THREAD_TIMEOUT=4 in the environment.
+# NumPy's OpenBLAS workers spin for 2^28 cycles (~0.1 s) after every GEMM by default; on a 2-core
+# machine they then steal the core that the next Numba kernel's worker needs (kernels/cpu/
+# __init__.py handles Numba's side). 4, OpenBLAS's shortest timeout (2^4 cycles), lets them sleep
+# at once: a training-shaped sequence of GEMMs and kernels took 15% less time. OpenBLAS reads it
+# when NumPy is first imported, so it takes effect only when tinygrad_llm is imported before
+# NumPy; otherwise set OPENBLAS_THREAD_TIMEOUT=4 in the environment.
 os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
 
 
 def _keep_freed_memory():
     """glibc serves each allocation above 128 KiB with a fresh mmap and unmaps it when freed, so
     every activation and gradient array of every step page-faults its memory in again (the kernel
-    zero-fills each 4 KiB page). Raising the mmap and trim thresholds to 32 MiB, glibc's maximum,
-    keeps freed blocks in the heap for the next step: a training step of the small GPT went from
-    37 to 28 ms (measured). Left alone where the user tuned malloc, and off glibc."""
+    zero-fills each 4 KiB page): a quarter or more of a small GPT's training step went there.
+    Arrays up to 32 MiB (the largest mmap threshold glibc accepts) now come from the heap, which
+    is trimmed only when 64 MiB lie free at its top, so the next step reuses the memory. Left alone
+    where the user tuned malloc (MALLOC_MMAP_THRESHOLD_ / MALLOC_TRIM_THRESHOLD_), and off glibc."""
     if any(k in os.environ for k in ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_")):
         return
     try:
@@ -67,4 +70,6 @@ def where(cond, a, b):
     return nn.functional.where(cond, a, b)
 
 
-from . import generate  # noqa: E402,F401 (last: it registers GPT.generate)
+# last: generate/ builds on everything above. Imported with the package so that tl.generate is
+# there and its kernels (decode_step, decode_attention) are declared beside the others.
+from . import generate  # noqa: E402,F401

@@ -1,8 +1,9 @@
 """Tensor and the backward walk.
 
-Reading order: grad mode (no_grad) -> Function, the base of every op (forward/backward on arrays,
-one node of the graph) -> unbroadcast -> Tensor (construction, properties, the backward walk, then
-thin method wrappers over the ops in `ops/`).
+Reading order: unbroadcast -> the walk's bookkeeping (IndexedGrad; _Gradients: which gradient
+arrays may be added into in place) -> Tensor: construction, backward (the walk), properties,
+in-place updates, thin method wrappers over the ops in `ops/`. Function (the base of every op)
+and grad mode live in function.py, re-exported here, where ops import them.
 
 A Tensor wraps one array (NumPy or CuPy) and remembers the node that made it. `backward()` sorts
 the graph once, iteratively (no recursion: deep chains are fine), walks it in reverse topological
@@ -10,128 +11,12 @@ order, accumulates gradients as plain arrays, undoes broadcasting in one place, 
 node's saved arrays as soon as it is used unless `retain_graph=True`. A version counter on every
 tensor (shared with its views) catches in-place changes to arrays an op saved for its backward.
 """
-import contextlib
-
 import numpy as np
 
 from . import backend
 
 __all__ = ["Tensor", "Function", "IndexedGrad", "no_grad", "enable_grad", "is_grad_enabled",
            "unbroadcast", "array_of"]
-
-# ---- grad mode ------------------------------------------------------------------------------
-_grad_enabled = True
-
-
-def is_grad_enabled():
-    return _grad_enabled
-
-
-@contextlib.contextmanager
-def _grad_mode(enabled):
-    global _grad_enabled
-    previous, _grad_enabled = _grad_enabled, enabled
-    try:
-        yield
-    finally:
-        _grad_enabled = previous
-
-
-def no_grad():
-    """Context manager: ops inside record no graph (inference, optimizer updates)."""
-    return _grad_mode(False)
-
-
-def enable_grad():
-    """Context manager: turn recording back on inside a no_grad block."""
-    return _grad_mode(True)
-
-
-# ---- Function: one op, and one node of the graph ---------------------------------------------
-class Function:
-    """Base class of every op. Subclasses define two static methods on arrays:
-
-        forward(ctx, *arrays, **params) -> array
-        backward(ctx, dy) -> one gradient array (or None) per positional input
-
-    `Op.apply(*inputs, **params)` runs forward on the inputs' arrays and, when any input tensor
-    requires grad, makes the result a node of the graph. Positional inputs that are not Tensors
-    (ids, masks) are passed through as they are and get no gradient. The instance is the `ctx`:
-    `ctx.save(...)` keeps arrays for backward, `ctx.needs_grad[i]` says which gradients are wanted.
-    """
-
-    makes_view = False      # True for ops whose output may be a view of input 0 (reshape, ...)
-
-    def save(self, *arrays):
-        self.saved = arrays
-
-    @classmethod
-    def apply(cls, *inputs, **params):
-        ctx = cls()
-        ctx.saved = ()
-        arrays, kind, first = [], None, None
-        needs = False
-        for x in inputs:
-            if isinstance(x, Tensor):
-                data = x.data
-                if kind is None:
-                    kind, first = type(data), data
-                elif type(data) is not kind and _devices_differ(inputs):
-                    _raise_mixed_devices(cls, inputs)
-                needs = needs or x.requires_grad
-                arrays.append(data)
-            else:
-                arrays.append(x)
-        if kind is not None and kind is not np.ndarray and backend.device_of(first) == "cuda":
-            arrays, params = _to_op_device(arrays, params)
-        needs = needs and _grad_enabled
-        if needs:
-            ctx.needs_grad = tuple(isinstance(x, Tensor) and x.requires_grad for x in inputs)
-        out = cls.forward(ctx, *arrays, **params)
-        if isinstance(out, np.generic):       # NumPy reductions to 0-d give scalars: keep arrays
-            out = np.asarray(out)
-        version = None                        # a view shares its base's version counter
-        if cls.makes_view and backend.array_module(out).may_share_memory(out, arrays[0]):
-            version = inputs[0]._version
-        if not needs:
-            return Tensor._wrap(out, version=version)
-        ctx.parents = inputs
-        ctx.freed = False
-        result = Tensor._wrap(out, True, ctx, version)
-        # remember the version of every tensor whose array was saved, to catch in-place edits
-        versions = []
-        for s in ctx.saved:
-            for i, x in enumerate(inputs):
-                if isinstance(x, Tensor) and s is x.data:
-                    versions.append((i, x._version[0]))
-            if s is out:
-                versions.append((-1, result._version[0]))
-        ctx.saved_versions = versions
-        return result
-
-    def __repr__(self):
-        return f"<{type(self).__name__}>"
-
-
-def _to_op_device(arrays, params):
-    """Host arrays given to an op on the GPU (ids, masks, tables) are uploaded, as NumPy ids are
-    accepted wherever ids are expected; the transfer is the caller's to avoid in a hot loop."""
-    def up(a):
-        if isinstance(a, tuple):                                # an index of several arrays
-            return tuple(up(e) for e in a)
-        return backend.to_device(a, "cuda") if isinstance(a, np.ndarray) else a
-    return [up(a) for a in arrays], {k: up(v) for k, v in params.items()}
-
-
-def _devices_differ(inputs):
-    """Array types differ (e.g. ndarray and memmap): are the devices different too?"""
-    return len({x.device for x in inputs if isinstance(x, Tensor)}) > 1
-
-
-def _raise_mixed_devices(op, inputs):
-    found = [x.device for x in inputs if isinstance(x, Tensor)]
-    raise ValueError(f"{op.__name__}: all tensors of one op must be on one device, got {found}; "
-                     "move them with .to(device) first")
 
 
 def unbroadcast(grad, shape):
@@ -151,22 +36,147 @@ def unbroadcast(grad, shape):
     return grad
 
 
+# ---- the backward walk's bookkeeping -----------------------------------------------------------
+class IndexedGrad:
+    """A gradient that is zero except at x[index], where it is `values`: what slicing returns
+    from backward. The walk adds it into one buffer per input, so k slices of one tensor (q, k, v
+    from a fused projection; an LSTM's time steps) cost one zero-filled array, not k."""
+    __slots__ = ("index", "values", "scatter")
+
+    def __init__(self, index, values, scatter=False):
+        self.index, self.values, self.scatter = index, values, scatter   # scatter: repeats add
+
+
+class _Gradients:
+    """The gradients one backward() has gathered so far (one array per tensor, keyed by id), and
+    which of them may be added into in place.
+
+    Ops return fresh arrays, yet an array can be referenced twice: the caller's cotangent, or a dy
+    an op hands on unchanged (AddOp gives its dy to both inputs). Such arrays, and all an op
+    returns for a shared dy, are `shared`: never modified in place (a second contribution makes a
+    new sum). The zero-filled buffers the walk allocates for IndexedGrads are `owned`: later
+    contributions are added into them in place until they are handed to their tensor's backward.
+    """
+    __slots__ = ("pending", "shared", "owned")
+
+    def __init__(self, root, grad):
+        if not root.requires_grad:
+            raise RuntimeError("backward: this tensor does not require grad and has no graph")
+        xp = backend.array_module(root.data)
+        if grad is not None:
+            g = xp.asarray(array_of(grad), dtype=root.dtype)
+            if g.shape != root.shape:
+                raise ValueError(f"backward: grad has shape {g.shape}, expected {root.shape}")
+        elif root.data.size == 1:
+            g = xp.ones(root.shape, dtype=root.dtype)
+        else:
+            raise RuntimeError(f"backward: grad can be implicit only for a one-element tensor, "
+                               f"this one has shape {root.shape}; pass grad=")
+        self.pending = {id(root): g}
+        self.shared = set() if grad is None else {id(g)}    # g may be the caller's own array
+        self.owned = set()
+
+    def pop(self, t):
+        """t's gradient (None when nothing reached t), handed over to t's node."""
+        g = self.pending.pop(id(t), None)
+        if g is not None:
+            self.owned.discard(id(g))       # its backward may hand it on: no longer ours alone
+        return g
+
+    def unshared(self, g):
+        """g as a leaf's .grad, which later backward() calls add into: a copy if it is shared."""
+        return g.copy() if id(g) in self.shared else g
+
+    def add(self, node, g, dxs):
+        """Add `dxs`, node.backward's result for the output gradient g, to its inputs'."""
+        pending, shared, owned = self.pending, self.shared, self.owned
+        g_shared, given = id(g) in shared, set()
+        for p, need, dx in zip(node.parents, node.needs_grad,
+                               dxs if isinstance(dxs, tuple) else (dxs,)):
+            if not need or dx is None:
+                continue
+            if isinstance(dx, IndexedGrad):
+                pending[id(p)] = self._add_indexed(pending.get(id(p)), dx, p)
+                continue
+            if dx.shape != p.data.shape:
+                try:
+                    dx = unbroadcast(dx, p.data.shape)
+                except ValueError as e:
+                    raise ValueError(f"{type(node).__name__}.backward: {e}") from None
+            if g_shared or id(dx) in given:     # dx may be g or a view; or one dx for two inputs
+                shared.add(id(dx))
+            given.add(id(dx))
+            prev = pending.get(id(p))
+            if prev is None:
+                pending[id(p)] = dx
+            elif id(prev) in owned:
+                prev += dx
+            else:
+                pending[id(p)] = prev + dx
+
+    def _add_indexed(self, buf, dx, p):
+        """buf (p's gradient so far, or None) plus dx, added into buf when the walk owns it."""
+        if buf is None or id(buf) not in self.owned:
+            new = backend.array_module(dx.values).zeros(p.data.shape, dtype=dx.values.dtype)
+            if buf is not None:
+                new += buf
+            buf = new
+            self.owned.add(id(buf))
+        if dx.scatter:
+            backend.scatter_add(buf, dx.index, dx.values)
+        else:
+            buf[dx.index] += dx.values
+        return buf
+
+
+def _topological_order(root):
+    """Tensors reachable from `root` that need grad, each after all of its inputs (an explicit
+    stack, no recursion)."""
+    order, visited, stack = [], set(), [(root, False)]
+    while stack:
+        t, done = stack.pop()
+        if done:                            # all of t's inputs are in order
+            order.append(t)
+        elif id(t) not in visited:
+            visited.add(id(t))
+            stack.append((t, True))
+            node = t._node
+            if node is not None:
+                for p in node.parents:
+                    if isinstance(p, Tensor) and p.requires_grad and id(p) not in visited:
+                        stack.append((p, False))
+    return order
+
+
+def _check_saved(node, out):
+    """Raise if node's saved arrays were freed by an earlier backward() or changed in place
+    since its forward saved them (`out` is node's output)."""
+    if node.freed:
+        raise RuntimeError(f"backward: the graph through {type(node).__name__} was already "
+                           "freed by an earlier backward(); pass retain_graph=True to the "
+                           "first backward() to walk it again")
+    for i, version in node.saved_versions:
+        t = out if i == -1 else node.parents[i]
+        if t._version[0] != version:
+            raise RuntimeError(f"backward: a tensor saved by {type(node).__name__} (input {i}, "
+                               f"shape {t.shape}) was modified in place after it was saved "
+                               f"(version {version} -> {t._version[0]})")
+
+
+def _accumulate(t, g):
+    if g.dtype != t.data.dtype:
+        g = g.astype(t.data.dtype)
+    # kernels and optimizers read it flat; asarray(order="C"), unlike ascontiguousarray, keeps
+    # a 0-d gradient 0-d
+    g = backend.array_module(g).asarray(g, order="C")
+    if t.grad is None:
+        t.grad = Tensor._wrap(g)
+    else:
+        t.grad.data += g
+        t.grad._version[0] += 1
+
+
 # ---- Tensor -----------------------------------------------------------------------------------
-_FLOAT_DEFAULT = np.float32
-
-
-def _as_array(data, dtype, device):
-    """`data` as an array on `device`: arrays keep their dtype (and are not copied when nothing
-    changes), Python floats become float32, `dtype` converts."""
-    if isinstance(data, Tensor):
-        data = data.data
-    if not (hasattr(data, "dtype") and hasattr(data, "shape")):      # numbers and (nested) lists
-        data = np.asarray(data)
-        if dtype is None and data.dtype.kind == "f":
-            dtype = _FLOAT_DEFAULT
-    return backend.xp_for(device).asarray(backend.to_device(data, device), dtype=dtype)
-
-
 class Tensor:
     """An n-dimensional array with reverse-mode autograd, on "cpu" (NumPy) or "cuda" (CuPy).
 
@@ -208,6 +218,34 @@ class Tensor:
                             f"this one is {self.data.dtype}")
         self.requires_grad = bool(requires_grad)
         return self
+
+    # ---- autograd ----
+    def retain_grad(self):
+        """Keep .grad on this non-leaf tensor after backward (leaves always keep theirs)."""
+        self._retains_grad = True
+        return self
+
+    def backward(self, grad=None, retain_graph=False):
+        """Accumulate d(self)/d(leaf) into every leaf's .grad that requires grad.
+
+        grad: the cotangent, same shape as self; may be left out only for a one-element tensor.
+        retain_graph: keep saved arrays so that the graph can be walked again.
+        """
+        grads = _Gradients(self, grad)
+        for t in reversed(_topological_order(self)):
+            g = grads.pop(t)
+            if g is None:                   # no gradient reached t (an op returned None)
+                continue
+            node = t._node
+            if node is None:                # a leaf
+                _accumulate(t, grads.unshared(g))
+                continue
+            if t._retains_grad:
+                _accumulate(t, g.copy())    # g goes on to node's backward, which may return it
+            _check_saved(node, t)
+            grads.add(node, g, type(node).backward(node, g))
+            if not retain_graph:
+                node.saved, node.parents, node.freed = None, (), True
 
     # ---- properties and conversions ----
     shape = property(lambda self: self.data.shape)
@@ -289,7 +327,7 @@ class Tensor:
 
     # ---- in-place updates: not recorded in the graph; they bump the version counter ----
     def _check_inplace(self, what):
-        if _grad_enabled and self.requires_grad:
+        if self.requires_grad and is_grad_enabled():
             raise RuntimeError(f"{what}: in-place change of a tensor that requires grad while "
                                "recording a graph; wrap it in `with no_grad():`")
         self._version[0] += 1
@@ -349,77 +387,6 @@ class Tensor:
 
     __iadd__, __isub__, __imul__, __itruediv__ = add_, sub_, mul_, div_
 
-    # ---- autograd ----
-    def retain_grad(self):
-        """Keep .grad on this non-leaf tensor after backward (leaves always keep theirs)."""
-        self._retains_grad = True
-        return self
-
-    def backward(self, grad=None, retain_graph=False):
-        """Accumulate d(self)/d(leaf) into every leaf's .grad that requires grad.
-
-        grad: the cotangent, same shape as self; may be left out only for a one-element tensor.
-        retain_graph: keep saved arrays so that the graph can be walked again.
-        """
-        if not self.requires_grad:
-            raise RuntimeError("backward: this tensor does not require grad and has no graph")
-        xp = backend.array_module(self.data)
-        shared = set()          # ids of gradient arrays that may be referenced twice
-        if grad is None:
-            if self.data.size != 1:
-                raise RuntimeError(f"backward: grad can be implicit only for a one-element "
-                                   f"tensor, this one has shape {self.shape}; pass grad=")
-            g = xp.ones(self.shape, dtype=self.dtype)
-        else:
-            g = xp.asarray(grad.data if isinstance(grad, Tensor) else grad, dtype=self.dtype)
-            if g.shape != self.shape:
-                raise ValueError(f"backward: grad has shape {g.shape}, expected {self.shape}")
-            shared.add(id(g))
-        grads = {id(self): g}
-        owned = set()           # ids of buffers the walk allocated and nothing else references
-        for t in reversed(_topological_order(self)):
-            g = grads.pop(id(t), None)
-            if g is None:
-                continue
-            owned.discard(id(g))    # handed to backward now: it may pass it on to its inputs
-            node = t._node
-            if node is None or t._retains_grad:
-                _accumulate(t, g.copy() if id(g) in shared or node is not None else g)
-                if node is None:
-                    continue
-            if node.freed:
-                raise RuntimeError(f"backward: the graph through {type(node).__name__} was already "
-                                   "freed by an earlier backward(); pass retain_graph=True to the "
-                                   "first backward() to walk it again")
-            _check_versions(node, t)
-            dxs = type(node).backward(node, g)
-            if not isinstance(dxs, tuple):
-                dxs = (dxs,)
-            g_shared, given = id(g) in shared, set()
-            for p, need, dx in zip(node.parents, node.needs_grad, dxs):
-                if not need or dx is None:
-                    continue
-                if isinstance(dx, IndexedGrad):   # add into one buffer per parent, in place
-                    grads[id(p)] = _add_indexed(grads.get(id(p)), dx, p, owned)
-                    continue
-                if dx.shape != p.data.shape:
-                    try:
-                        dx = unbroadcast(dx, p.data.shape)
-                    except ValueError as e:
-                        raise ValueError(f"{type(node).__name__}.backward: {e}") from None
-                if g_shared or id(dx) in given:
-                    shared.add(id(dx))
-                given.add(id(dx))
-                prev = grads.get(id(p))
-                if prev is None:
-                    grads[id(p)] = dx
-                elif id(prev) in owned:
-                    prev += dx
-                else:
-                    grads[id(p)] = prev + dx
-            if not retain_graph:
-                node.saved, node.parents, node.freed = None, (), True
-
     # ---- op wrappers: see ops/ for the math ----
     def __add__(self, other):
         return _ops.AddOp.apply(self, _lift(other, self))
@@ -447,6 +414,8 @@ class Tensor:
 
     def __neg__(self):
         return _ops.NegOp.apply(self)
+
+    neg = __neg__
 
     def __pow__(self, exponent):
         if isinstance(exponent, Tensor):
@@ -477,9 +446,6 @@ class Tensor:
 
     def eq(self, other):
         return Tensor._wrap(self.data == self._operand(other))
-
-    def neg(self):
-        return _ops.NegOp.apply(self)
 
     def exp(self):
         return _ops.ExpOp.apply(self)
@@ -608,83 +574,25 @@ def _lift(x, like):
     if isinstance(x, (int, float, np.number, np.bool_)):
         # a number (Python's or NumPy's) takes the tensor's float dtype; `full` makes it on the
         # device without a host-to-device copy
-        dtype = like.data.dtype if like.data.dtype.kind == "f" else None
-        return Tensor._wrap(xp.full((), x, dtype=dtype if dtype is not None else
-                                    np.asarray(x).dtype))
+        dtype = like.data.dtype if like.data.dtype.kind == "f" else np.asarray(x).dtype
+        return Tensor._wrap(xp.full((), x, dtype=dtype))
     if backend.device_of(x) == "cuda" and like.device == "cpu":
         raise ValueError("operand on device cuda mixed with a tensor on cpu; move it with "
                          ".to() first")
     return Tensor._wrap(xp.asarray(backend.to_device(x, like.device)))
 
 
-def _topological_order(root):
-    """Tensors reachable from `root` that need grad, each after all of its inputs (an explicit
-    stack, no recursion)."""
-    order, visited = [], set()
-    stack = [(root, False)]
-    while stack:
-        t, done = stack.pop()
-        if done:
-            order.append(t)
-            continue
-        if id(t) in visited:
-            continue
-        visited.add(id(t))
-        stack.append((t, True))
-        node = t._node
-        if node is not None:
-            for p in node.parents:
-                if isinstance(p, Tensor) and p.requires_grad and id(p) not in visited:
-                    stack.append((p, False))
-    return order
+def _as_array(data, dtype, device):
+    """`data` as an array on `device`: arrays keep their dtype (and are not copied when nothing
+    changes), Python floats become float32, `dtype` converts."""
+    data = array_of(data)
+    if not (hasattr(data, "dtype") and hasattr(data, "shape")):      # numbers and (nested) lists
+        data = np.asarray(data)
+        if dtype is None and data.dtype.kind == "f":
+            dtype = np.float32
+    return backend.xp_for(device).asarray(backend.to_device(data, device), dtype=dtype)
 
 
-def _check_versions(node, out):
-    for i, version in node.saved_versions:
-        t = out if i == -1 else node.parents[i]
-        if t._version[0] != version:
-            raise RuntimeError(f"backward: a tensor saved by {type(node).__name__} (input {i}, "
-                               f"shape {t.shape}) was modified in place after it was saved "
-                               f"(version {version} -> {t._version[0]})")
-
-
-class IndexedGrad:
-    """A gradient that is zero except at x[index], where it is `values`: what slicing returns
-    from backward. The walk adds it into one buffer per input, so k slices of one tensor (q, k, v
-    from a fused projection; an LSTM's time steps) cost one zero-filled array, not k."""
-    __slots__ = ("index", "values", "scatter")
-
-    def __init__(self, index, values, scatter=False):
-        self.index, self.values, self.scatter = index, values, scatter   # scatter: repeats add
-
-
-def _add_indexed(buf, dx, parent, owned):
-    """buf (the parent's gradient so far, or None) plus dx, reusing buf when the walk owns it."""
-    if buf is None or id(buf) not in owned:
-        xp = backend.array_module(dx.values)
-        new = xp.zeros(parent.data.shape, dtype=dx.values.dtype)
-        if buf is not None:
-            new += buf
-        buf = new
-        owned.add(id(buf))
-    if dx.scatter:
-        backend.scatter_add(buf, dx.index, dx.values)
-    else:
-        buf[dx.index] += dx.values
-    return buf
-
-
-def _accumulate(t, g):
-    if g.dtype != t.data.dtype:
-        g = g.astype(t.data.dtype)
-    # kernels and optimizers read it flat; asarray(order="C"), unlike ascontiguousarray, keeps
-    # a 0-d gradient 0-d
-    g = backend.array_module(g).asarray(g, order="C")
-    if t.grad is None:
-        t.grad = Tensor._wrap(g)
-    else:
-        t.grad.data += g
-        t.grad._version[0] += 1
-
-
-from . import ops as _ops  # noqa: E402  (ops import Function from this module)
+# Function and grad mode are defined in function.py, which builds on Tensor; ops import them here
+from .function import Function, enable_grad, is_grad_enabled, no_grad  # noqa: E402,F401
+from . import ops as _ops  # noqa: E402  (ops import Function and Tensor from this module)
