@@ -105,7 +105,7 @@ def test_threaded_path_agrees(monkeypatch):
     monkeypatch.setattr(cpu_decode, "PARALLEL_MODEL_BYTES", 0)
     monkeypatch.setattr(cpu_decode, "PARALLEL_BYTES", 0)
     model = tiny("llama", np.float32, n_kv_head=2, seed=4)
-    assert cpu_decode._pack(DecodePlan(model, 8).weights)[4] == 0    # parallel_bytes
+    assert cpu_decode._pack(DecodePlan(model, 8).weights).parallel_bytes == 0
     ids = np.random.default_rng(4).integers(0, 41, 20)
     with no_grad():
         full = model(ids[None]).data[0]

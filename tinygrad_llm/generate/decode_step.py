@@ -53,9 +53,9 @@ __all__ = ["DecodePlan", "DecodeWeights", "decode_step", "decode_attention", "fo
            "inference", "MAX_STEP_TOKENS"]
 
 MAX_STEP_TOKENS = 16      # longer feeds (a prompt) run through the model's batched forward
-NORMS = {"layernorm": 0, "rmsnorm": 1}
-ACTIVATIONS = {"gelu": 0, "gelu_tanh": 1, "relu": 2, "swiglu": 3}
-POSITIONS = {"none": 0, "learned": 1, "sinusoidal": 1, "rope": 2}
+NORMS = ("layernorm", "rmsnorm")                   # the config's choices the step can run
+ACTIVATIONS = ("gelu", "gelu_tanh", "relu", "swiglu")
+POSITIONS = ("none", "learned", "sinusoidal", "rope")
 
 
 def _data(p):
@@ -104,10 +104,11 @@ class DecodeWeights:
         c = model.config
         self.n_layer, self.n_head, self.n_kv_head = c.n_layer, c.n_head, c.n_kv_head
         self.head_dim = c.head_dim
-        self.norm_kind, self.eps = NORMS[c.norm], float(c.norm_eps)
-        self.act_kind, self.pos_kind = ACTIVATIONS[c.mlp], POSITIONS[c.pos]
+        self.norm_kind, self.eps = c.norm, float(c.norm_eps)      # one of NORMS
+        self.mlp = c.mlp                                           # one of ACTIVATIONS
         self.dtype = _float_dtype(model)
         self.tok_emb = _matrix(model.tok_emb)
+        # positions: a (T, C) table added to x (learned, sinusoidal), or RoPE's cos, sin (T, D)
         self.pos_table = (model.pos_emb.weight.data if isinstance(model.pos_emb, LearnedPositions)
                           else model.pos_emb.table if isinstance(model.pos_emb, SinusoidalPositions)
                           else None)
@@ -117,7 +118,7 @@ class DecodeWeights:
         self.norm = (_data(model.norm.weight), _data(getattr(model.norm, "bias", None)))
         self.head = _matrix(model.head)
         self.identity = [_identity(model.tok_emb), _identity(model.head)]
-        self.kernel_args = None          # the CPU kernel's packed argument lists, made once
+        self.kernel_args = None          # the CPU kernel's _Arguments (kernels/cpu/decode.py)
 
     @classmethod
     def of(cls, model):
@@ -185,9 +186,12 @@ class DecodePlan:
         return None
 
     def ready(self, model, caches, offset):
-        """True when a step can run: no autograd, eval mode, `caches` still this plan's views and
-        all holding `offset` tokens, and the model still on the arrays the plan read (.to()
-        replaces them; load_state_dict and the optimizers write in place)."""
+        """True when a step can run: no autograd, eval mode, `caches` this plan's own views (the
+        same objects, one per layer) all holding `offset` tokens, and the model's token embedding
+        still the one the plan read. That one identity stands for the whole model: .to() replaces
+        every array, and load_state_dict and the optimizers write in place, which the plan sees.
+        A projection replaced alone after the plan was made (quantize without the embeddings) is
+        not noticed here; the next plan (make_caches) reads the model afresh."""
         return (not model.training and not is_grad_enabled()
                 and _identity(model.tok_emb) is self.weights.identity[0]
                 and len(caches) == len(self.storage)
@@ -204,7 +208,7 @@ class DecodePlan:
 def _norm(x, w_b, weights):
     """The model's LayerNorm or RMSNorm of rows x (t, C) (ops/norm.py's, a kernel on a GPU)."""
     w, b = w_b
-    if weights.norm_kind == 1:
+    if weights.norm_kind == "rmsnorm":
         return rms_norm_forward(x, w, weights.eps)[0]
     return layer_norm_forward(x, w, b, weights.eps)[0]
 
@@ -223,15 +227,15 @@ def _embed(table, ids):
     return table[ids] if hasattr(table, "shape") else array_of(table(ids))
 
 
-def _feed_forward(h, layer, kind):
+def _feed_forward(h, layer, mlp):
     """W_down act(W_in h + b) + b for rows h (t, C); SwiGLU: silu(W_gate h) * (W_up h)."""
     u = _linear(h, layer.ffn_in)
-    if kind == 3:
+    if mlp == "swiglu":
         u = swiglu_forward(u, _linear(h, layer.ffn_up))                  # ops/activation.py's
-    elif kind == 2:
+    elif mlp == "relu":
         u = backend.array_module(u).maximum(u, 0)
     else:
-        u = gelu_forward(u, "tanh" if kind == 1 else "none")
+        u = gelu_forward(u, "tanh" if mlp == "gelu_tanh" else "none")
     return _linear(u, layer.down)
 
 
@@ -269,18 +273,18 @@ def decode_step(ids, start, plan):
     stop = start + t
     scale = 1.0 / math.sqrt(D)
     x = _embed(w.tok_emb, ids)                                           # (t, C)
-    if w.pos_kind == 1:
+    if w.pos_table is not None:
         x = x + w.pos_table[start:stop]
     for layer, K, V in zip(w.layers, plan.k_all, plan.v_all):             # K, V: (Hkv, T, D)
         h = _norm(x, layer.norm1, w)
         qkv = _linear(h, layer.qkv).reshape(t, H + 2 * Hkv, D).transpose(1, 0, 2)   # (S, t, D)
         qk, v = qkv[:H + Hkv], qkv[H + Hkv:]
-        if w.pos_kind == 2:                    # one pass over the query and key heads
+        if w.cos is not None:                  # RoPE: one pass over the query and key heads
             qk = rope_forward(qk, w.cos[start:stop], w.sin[start:stop])
         K[:, start:stop], V[:, start:stop] = qk[H:], v                  # append to the cache
         o = decode_attention(qk[:H], K[:, :stop], V[:, :stop], start, scale)    # (H, t, D)
         x = x + _linear(o.transpose(1, 0, 2).reshape(t, H * D), layer.proj)
-        x = x + _feed_forward(_norm(x, layer.norm2, w), layer, w.act_kind)
+        x = x + _feed_forward(_norm(x, layer.norm2, w), layer, w.mlp)
     return _linear(_norm(x, w.norm, w), (w.head, None))
 
 

@@ -19,12 +19,15 @@ backward of two keys too, q.k and do.v making 16 sums per pass), or an axpy upda
 keys' terms per load and store of the rows it updates (forward's acc += P V; backward's dv, dk
 and dq, sharing the loads of the query and key rows). Accumulators start from a zero of the
 input's dtype so float32 stays float32 (a float64 accumulator halves the vector width). P V and
-dS K once read a (D, Tk) transposed copy of V and K, as dot products over the tile; the paired
-axpy updates measured faster (forward 15-20% at the main job's size, backward 4-5%: one
-horizontal sum per output element went) and need no copy. The exponentials of a tile go
-through the vectorised exp_shifted. The parallel axis is (batch, query head) in forward and
-(batch, K/V head) in backward, where the G query heads that share a K/V head are handled by one
-task: each task owns everything it writes.
+dS K are such axpy updates rather than dot products over a transposed copy of V and K: no
+horizontal sum per output element, and no copy. The exponentials of a tile go through the
+vectorised exp_shifted. The parallel axis is (batch, query head) in forward and (batch, K/V
+head) in backward, where the G query heads that share a K/V head are handled by one task: each
+task owns everything it writes.
+
+Reading order: the visibility and row helpers, _add_key_pair4 (the 4-row x 2-key update both
+loops share), the forward loop and the backward loop (each with its math in its docstring),
+then the wrappers that allocate and dispatch.
 """
 import math
 
@@ -35,7 +38,7 @@ from .. import implements
 from ._common import FASTMATH, exp_shifted, floats, jit, jit_parallel, row_max
 
 _TILE = 256   # keys per tile: wider tiles make fewer per-tile passes (masks, running maxima, the
-#              rescale of acc); 256 ran the bench's large size 5-10% faster than 64 or 128
+#              rescale of acc); 256 was faster than 64 or 128 at the bench's large size
 
 
 def _supported(q, k, v, mask, *rest, **kwargs):
@@ -108,12 +111,26 @@ def _mask_outside(s_row, j0, width, start, end):
 
 @jit_parallel
 def _attention_forward_loop(q, q0, k, k0, v, v0, n_h, n_hkv, head_major, causal, window, scale,
-                            zero, o, lse, scratch, acc, maxes, sums):
-    # q: query head h in slot q0 + h; k, v: K/V head g in slots k0 + g, v0 + g (one packed qkv
-    # array may be all three); o: (B, H, Tq, D) when head_major, else (B, Tq, H, D); lse: (B, H,
-    # Tq). Per task: scratch (2, 4, _TILE) for s and p, acc (4, D), maxes (4,) in the dtype and
-    # sums (4,) float64: each row's running max and sum (a float64 max would make exp_shifted's
-    # arithmetic float64)
+                            zero, o, lse, scratch, accs, maxes, sums):
+    """o_i = sum_j softmax(s_i)_j v_j, s_ij = scale q_i . k_j, over the keys j that query i
+    sees, and lse_i = log sum_j e^(s_ij), for every batch b and query head h (reading K/V head
+    h // (H / Hkv)). q: query head h in slot q0 + h; k, v: K/V head g in slots k0 + g, v0 + g
+    (one packed qkv array may be all three); o: (B, H, Tq, D) when head_major, else
+    (B, Tq, H, D); lse: (B, H, Tq).
+
+    The keys go by in tiles J of _TILE, and each row keeps a running max m, sum l (`total`) and
+    output acc (D,), rescaled when the max grows (online softmax):
+        m' = max(m, max_J s_iJ)
+        l' = l e^(m - m') + sum_J e^(s_iJ - m')
+        acc' = acc e^(m - m') + sum_J e^(s_iJ - m') v_J
+    and at the end o_i = acc / l, lse_i = m + log l (0 for a row that sees no key).
+
+    Blocking: a task owns one (b, h) and takes its query rows in blocks of four (rows past Tq
+    repeat the last one and are not written). The scores go 4 rows x 1 key (each k row loaded
+    serves four dot products), acc += p v 4 rows x 2 keys (_add_key_pair4: each acc row is
+    loaded and stored once per two keys). Per task: scratch (2, 4, _TILE) for the block's s and
+    p, accs (4, D), maxes (4,) in the dtype and sums (4,) float64 (a float64 max would make
+    exp_shifted's arithmetic float64)."""
     n_b, d = q.shape[0], q.shape[3]
     tq, tk = _length(q, head_major), _length(k, head_major)
     group = n_h // n_hkv
@@ -122,33 +139,33 @@ def _attention_forward_loop(q, q0, k, k0, v, v0, n_h, n_hkv, head_major, causal,
         b, h = task // n_h, task % n_h
         hk = h // group
         qh, kh, vh = q0 + h, k0 + hk, v0 + hk
-        s, p, a = scratch[task, 0], scratch[task, 1], acc[task]
+        s, p, acc = scratch[task, 0], scratch[task, 1], accs[task]
         m, total = maxes[task], sums[task]
-        for i0 in range(0, tq, 4):                    # four query rows at a time
+        for i0 in range(0, tq, 4):                    # a block of four query rows
             rows = min(4, tq - i0)
             last = i0 + rows - 1                      # rows past the end repeat the last one
             i1, i2, i3 = min(i0 + 1, last), min(i0 + 2, last), min(i0 + 3, last)
-            r0, r1 = _row(q, b, i0, qh, head_major), _row(q, b, i1, qh, head_major)
-            r2, r3 = _row(q, b, i2, qh, head_major), _row(q, b, i3, qh, head_major)
-            a[:] = zero
+            q_0, q_1 = _row(q, b, i0, qh, head_major), _row(q, b, i1, qh, head_major)
+            q_2, q_3 = _row(q, b, i2, qh, head_major), _row(q, b, i3, qh, head_major)
+            acc[:] = zero
             m[:] = -np.inf
             total[:] = 0.0
             block_end = _visible_end(last + offset, tk, causal, window)
             block_start = _visible_start(i0 + offset, window)
             for j0 in range(block_start, max(block_end, block_start), _TILE):
                 width = min(_TILE, block_end - j0)
-                for jj in range(width):               # s = q_r . k_j * scale, four rows
+                for jj in range(width):               # s[r, jj] = scale q_r . k_j, 4 rows x 1 key
                     kj = _row(k, b, j0 + jj, kh, head_major)
-                    x0 = x1 = x2 = x3 = zero
+                    qk_0 = qk_1 = qk_2 = qk_3 = zero
                     for c in range(d):
                         kc = kj[c]
-                        x0 += r0[c] * kc
-                        x1 += r1[c] * kc
-                        x2 += r2[c] * kc
-                        x3 += r3[c] * kc
-                    s[0, jj], s[1, jj], s[2, jj], s[3, jj] = (x0 * scale, x1 * scale, x2 * scale,
-                                                              x3 * scale)
-                for r in range(4):                    # online softmax, row by row
+                        qk_0 += q_0[c] * kc
+                        qk_1 += q_1[c] * kc
+                        qk_2 += q_2[c] * kc
+                        qk_3 += q_3[c] * kc
+                    s[0, jj], s[1, jj], s[2, jj], s[3, jj] = (qk_0 * scale, qk_1 * scale,
+                                                              qk_2 * scale, qk_3 * scale)
+                for r in range(4):                    # m', l', acc e^(m - m'), p = e^(s - m')
                     i = min(i0 + r, last)
                     _mask_outside(s[r], j0, width, _visible_start(i + offset, window),
                                   _visible_end(i + offset, tk, causal, window))
@@ -159,14 +176,15 @@ def _attention_forward_loop(q, q0, k, k0, v, v0, n_h, n_hkv, head_major, causal,
                     rescale = math.exp(m[r] - new_m)  # 0 on the row's first tile (m = -inf)
                     total[r] *= rescale
                     for c in range(d):
-                        a[r, c] *= rescale
+                        acc[r, c] *= rescale
                     total[r] += exp_shifted(s[r], new_m, p[r], width)
                     m[r] = new_m
-                a0, a1, a2, a3 = a[0], a[1], a[2], a[3]
-                for jj in range(0, width, 2):         # acc += P V, two keys a pass
+                acc_0, acc_1, acc_2, acc_3 = acc[0], acc[1], acc[2], acc[3]
+                for jj in range(0, width, 2):         # acc += p v, 4 rows x 2 keys a pass
                     jb = min(jj + 1, width - 1)
                     _add_key_pair4(p, jj, jb, _row(v, b, j0 + jj, vh, head_major),
-                                   _row(v, b, j0 + jb, vh, head_major), zero, a0, a1, a2, a3)
+                                   _row(v, b, j0 + jb, vh, head_major), zero, acc_0, acc_1,
+                                   acc_2, acc_3)
             for r in range(rows):
                 oi = _row(o, b, i0 + r, h, head_major)
                 if total[r] == 0.0:                   # no key visible: output 0, as the reference
@@ -175,18 +193,35 @@ def _attention_forward_loop(q, q0, k, k0, v, v0, n_h, n_hkv, head_major, causal,
                 else:                                 # (a NaN score gives a NaN row, as there)
                     inv = 1.0 / total[r]
                     for c in range(d):
-                        oi[c] = a[r, c] * inv
+                        oi[c] = acc[r, c] * inv
                     lse[b, h, i0 + r] = m[r] + math.log(total[r])
 
 
 @jit_parallel
 def _attention_backward_loop(do, o, q, q0, k, k0, v, v0, n_h, n_hkv, head_major, lse, causal,
                              window, scale, zero, dq, dk, dv, scratch, delta):
-    # layouts as in forward; do, o: (B, H, Tq, D) or (B, Tq, H, D); dq, dk, dv: laid out as
-    # q, k, v, each row zeroed by the task that owns it; lse: (B, H, Tq).
-    # Per task: scratch (3, 4, _TILE) for s, p and ds; delta (4,)
-    # Each dk_j, dv_j row is loaded and stored once per block of four query rows, and the four
-    # dq rows once per two keys; rows past the end of a block get p = ds = 0.
+    """Gradients of forward's o = softmax(s) v, s = scale q k^T, for every batch b and K/V
+    head g: one task takes the G = H / Hkv query heads that read g, so it owns dk_g and dv_g.
+    Layouts as in forward; do, o: laid out as o; dq, dk, dv: as q, k, v, each row zeroed by the
+    task that owns it; lse: (B, H, Tq), forward's.
+
+    For a query row i and the keys j it sees, with P recomputed from lse (FlashAttention-2):
+        P_ij = e^(s_ij - lse_i)
+        dP_ij = do_i . v_j                          dP = dO V^T     (Tq, Tk)
+        delta_i = do_i . o_i = sum_j P_ij dP_ij                     (Tq,)
+        dS_ij = scale P_ij (dP_ij - delta_i)        softmax's backward, with s's scale
+        dv_j += sum_i P_ij do_i                     dV = P^T dO     (Tk, D)
+        dk_j += sum_i dS_ij q_i                     dK = dS^T Q     (Tk, D)
+        dq_i += sum_j dS_ij k_j                     dQ = dS K       (Tq, D)
+    dk and dv sum over the group's G heads.
+
+    Blocking: query rows in blocks of four (rows past Tq get p = ds = 0), keys in tiles of
+    _TILE taken two at a time, a and b (an odd tile's last key pairs with itself at weight 0).
+    One pass over D computes a 4-row x 2-key block of s and dP: 16 dot products sharing the loads
+    of q_r, do_r, k_a, k_b, v_a and v_b. The updates go 4 rows x 2 keys too: dv and dk rows a, b
+    are loaded and stored once per block of four query rows, the four dq rows once per two keys
+    (_add_key_pair4). Per task: scratch (3, 4, _TILE) for the block's s, p, and dP (then dS, in
+    place); delta (4,)."""
     n_b, d = q.shape[0], q.shape[3]
     tq, tk = _length(q, head_major), _length(k, head_major)
     group = n_h // n_hkv
@@ -204,60 +239,60 @@ def _attention_backward_loop(do, o, q, q0, k, k0, v, v0, n_h, n_hkv, head_major,
                 _fill(_row(dq, b, i, q0 + h, head_major), zero)
         for h in range(hk * group, (hk + 1) * group):
             qh = q0 + h
-            for i0 in range(0, tq, 4):
+            for i0 in range(0, tq, 4):            # a block of four query rows
                 rows = min(4, tq - i0)
                 last = i0 + rows - 1
                 i1, i2, i3 = min(i0 + 1, last), min(i0 + 2, last), min(i0 + 3, last)
-                r0, r1 = _row(q, b, i0, qh, head_major), _row(q, b, i1, qh, head_major)
-                r2, r3 = _row(q, b, i2, qh, head_major), _row(q, b, i3, qh, head_major)
-                g0, g1 = _row(do, b, i0, h, head_major), _row(do, b, i1, h, head_major)
-                g2, g3 = _row(do, b, i2, h, head_major), _row(do, b, i3, h, head_major)
-                for r in range(rows):             # delta = rowsum(do * o)
+                q_0, q_1 = _row(q, b, i0, qh, head_major), _row(q, b, i1, qh, head_major)
+                q_2, q_3 = _row(q, b, i2, qh, head_major), _row(q, b, i3, qh, head_major)
+                do_0, do_1 = _row(do, b, i0, h, head_major), _row(do, b, i1, h, head_major)
+                do_2, do_3 = _row(do, b, i2, h, head_major), _row(do, b, i3, h, head_major)
+                for r in range(rows):             # delta_i = do_i . o_i
                     o_r, g_r = _row(o, b, i0 + r, h, head_major), _row(do, b, i0 + r, h, head_major)
                     x = zero
                     for c in range(d):
                         x += g_r[c] * o_r[c]
                     dl[r] = x
-                dq0, dq1 = _row(dq, b, i0, qh, head_major), _row(dq, b, i1, qh, head_major)
-                dq2, dq3 = _row(dq, b, i2, qh, head_major), _row(dq, b, i3, qh, head_major)
+                dq_0, dq_1 = _row(dq, b, i0, qh, head_major), _row(dq, b, i1, qh, head_major)
+                dq_2, dq_3 = _row(dq, b, i2, qh, head_major), _row(dq, b, i3, qh, head_major)
                 block_end = _visible_end(last + offset, tk, causal, window)
                 block_start = _visible_start(i0 + offset, window)
                 for j0 in range(block_start, max(block_end, block_start), _TILE):
                     width = min(_TILE, block_end - j0)
-                    for jj in range(0, width, 2):  # two keys at a time: 16 sums share the
-                        jb = min(jj + 1, width - 1)    # row loads (an odd tile's last key pairs
-                        ka = _row(k, b, j0 + jj, kh, head_major)                # with itself)
+                    for jj in range(0, width, 2):  # s and dP, 4 rows x keys a, b
+                        jb = min(jj + 1, width - 1)
+                        ka = _row(k, b, j0 + jj, kh, head_major)
                         kb = _row(k, b, j0 + jb, kh, head_major)
                         va = _row(v, b, j0 + jj, vh, head_major)
                         vb = _row(v, b, j0 + jb, vh, head_major)
-                        a0 = a1 = a2 = a3 = e0 = e1 = e2 = e3 = zero         # q_r . k_a, k_b
-                        b0 = b1 = b2 = b3 = f0 = f1 = f2 = f3 = zero         # do_r . v_a, v_b
+                        qka0 = qka1 = qka2 = qka3 = qkb0 = qkb1 = qkb2 = qkb3 = zero  # q_r . k
+                        dpa0 = dpa1 = dpa2 = dpa3 = dpb0 = dpb1 = dpb2 = dpb3 = zero  # do_r . v
                         for c in range(d):
-                            q0c, q1c, q2c, q3c = r0[c], r1[c], r2[c], r3[c]
-                            g0c, g1c, g2c, g3c = g0[c], g1[c], g2[c], g3[c]
+                            q0c, q1c, q2c, q3c = q_0[c], q_1[c], q_2[c], q_3[c]
+                            do0c, do1c, do2c, do3c = do_0[c], do_1[c], do_2[c], do_3[c]
                             kac, kbc, vac, vbc = ka[c], kb[c], va[c], vb[c]
-                            a0 += q0c * kac
-                            a1 += q1c * kac
-                            a2 += q2c * kac
-                            a3 += q3c * kac
-                            e0 += q0c * kbc
-                            e1 += q1c * kbc
-                            e2 += q2c * kbc
-                            e3 += q3c * kbc
-                            b0 += g0c * vac
-                            b1 += g1c * vac
-                            b2 += g2c * vac
-                            b3 += g3c * vac
-                            f0 += g0c * vbc
-                            f1 += g1c * vbc
-                            f2 += g2c * vbc
-                            f3 += g3c * vbc
-                        s[0, jj], s[1, jj], s[2, jj], s[3, jj] = (a0 * scale, a1 * scale,
-                                                                  a2 * scale, a3 * scale)
-                        s[0, jb], s[1, jb], s[2, jb], s[3, jb] = (e0 * scale, e1 * scale,
-                                                                  e2 * scale, e3 * scale)
-                        ds[0, jj], ds[1, jj], ds[2, jj], ds[3, jj] = b0, b1, b2, b3
-                        ds[0, jb], ds[1, jb], ds[2, jb], ds[3, jb] = f0, f1, f2, f3
+                            qka0 += q0c * kac
+                            qka1 += q1c * kac
+                            qka2 += q2c * kac
+                            qka3 += q3c * kac
+                            qkb0 += q0c * kbc
+                            qkb1 += q1c * kbc
+                            qkb2 += q2c * kbc
+                            qkb3 += q3c * kbc
+                            dpa0 += do0c * vac
+                            dpa1 += do1c * vac
+                            dpa2 += do2c * vac
+                            dpa3 += do3c * vac
+                            dpb0 += do0c * vbc
+                            dpb1 += do1c * vbc
+                            dpb2 += do2c * vbc
+                            dpb3 += do3c * vbc
+                        s[0, jj], s[1, jj], s[2, jj], s[3, jj] = (qka0 * scale, qka1 * scale,
+                                                                  qka2 * scale, qka3 * scale)
+                        s[0, jb], s[1, jb], s[2, jb], s[3, jb] = (qkb0 * scale, qkb1 * scale,
+                                                                  qkb2 * scale, qkb3 * scale)
+                        ds[0, jj], ds[1, jj], ds[2, jj], ds[3, jj] = dpa0, dpa1, dpa2, dpa3
+                        ds[0, jb], ds[1, jb], ds[2, jb], ds[3, jb] = dpb0, dpb1, dpb2, dpb3
                     for r in range(4):
                         if r >= rows:             # padding rows: no contribution
                             p[r, :width] = zero
@@ -266,36 +301,35 @@ def _attention_backward_loop(do, o, q, q0, k, k0, v, v0, n_h, n_hkv, head_major,
                         i = i0 + r
                         _mask_outside(s[r], j0, width, _visible_start(i + offset, window),
                                       _visible_end(i + offset, tk, causal, window))
-                        # P, recomputed
-                        exp_shifted(s[r], lse[b, h, i], p[r], width)
+                        exp_shifted(s[r], lse[b, h, i], p[r], width)        # P, recomputed
                         row_delta = dl[r]
-                        for jj in range(width):   # dS = P * (dP - delta) * scale
+                        for jj in range(width):   # dS = scale P (dP - delta)
                             ds[r, jj] = p[r, jj] * (ds[r, jj] - row_delta) * scale
-                    for jj in range(0, width, 2):  # dv_j += P^T do, dk_j += dS^T q for keys a
-                        jb = min(jj + 1, width - 1)    # and b (each do_r, q_r load serves both),
+                    for jj in range(0, width, 2):  # dv, dk rows a, b: 4 rows x 2 keys
+                        jb = min(jj + 1, width - 1)
                         dva, dvb = _row(dv, b, j0 + jj, vh, head_major), _row(dv, b, j0 + jb, vh,
                                                                               head_major)
                         dka, dkb = _row(dk, b, j0 + jj, kh, head_major), _row(dk, b, j0 + jb, kh,
                                                                               head_major)
                         pa0, pa1, pa2, pa3 = p[0, jj], p[1, jj], p[2, jj], p[3, jj]
-                        sa0, sa1, sa2, sa3 = ds[0, jj], ds[1, jj], ds[2, jj], ds[3, jj]
+                        dsa0, dsa1, dsa2, dsa3 = ds[0, jj], ds[1, jj], ds[2, jj], ds[3, jj]
                         if jb == jj:              # an odd tile's last key pairs with itself, at
-                            pb0 = pb1 = pb2 = pb3 = sb0 = sb1 = sb2 = sb3 = zero    # weight 0
+                            pb0 = pb1 = pb2 = pb3 = dsb0 = dsb1 = dsb2 = dsb3 = zero  # weight 0
                         else:
                             pb0, pb1, pb2, pb3 = p[0, jb], p[1, jb], p[2, jb], p[3, jb]
-                            sb0, sb1, sb2, sb3 = ds[0, jb], ds[1, jb], ds[2, jb], ds[3, jb]
-                        for c in range(d):
-                            x0, x1, x2, x3 = g0[c], g1[c], g2[c], g3[c]
-                            dva[c] += pa0 * x0 + pa1 * x1 + pa2 * x2 + pa3 * x3
-                            dvb[c] += pb0 * x0 + pb1 * x1 + pb2 * x2 + pb3 * x3
-                        for c in range(d):
-                            x0, x1, x2, x3 = r0[c], r1[c], r2[c], r3[c]
-                            dka[c] += sa0 * x0 + sa1 * x1 + sa2 * x2 + sa3 * x3
-                            dkb[c] += sb0 * x0 + sb1 * x1 + sb2 * x2 + sb3 * x3
-                        # and dq_r += dS K
+                            dsb0, dsb1, dsb2, dsb3 = ds[0, jb], ds[1, jb], ds[2, jb], ds[3, jb]
+                        for c in range(d):        # dv_j += sum_r P_rj do_r
+                            do0c, do1c, do2c, do3c = do_0[c], do_1[c], do_2[c], do_3[c]
+                            dva[c] += pa0 * do0c + pa1 * do1c + pa2 * do2c + pa3 * do3c
+                            dvb[c] += pb0 * do0c + pb1 * do1c + pb2 * do2c + pb3 * do3c
+                        for c in range(d):        # dk_j += sum_r dS_rj q_r
+                            q0c, q1c, q2c, q3c = q_0[c], q_1[c], q_2[c], q_3[c]
+                            dka[c] += dsa0 * q0c + dsa1 * q1c + dsa2 * q2c + dsa3 * q3c
+                            dkb[c] += dsb0 * q0c + dsb1 * q1c + dsb2 * q2c + dsb3 * q3c
+                        # dq_r += dS_ra k_a + dS_rb k_b
                         _add_key_pair4(ds, jj, jb, _row(k, b, j0 + jj, kh, head_major),
-                                       _row(k, b, j0 + jb, kh, head_major), zero, dq0, dq1, dq2,
-                                       dq3)
+                                       _row(k, b, j0 + jb, kh, head_major), zero, dq_0, dq_1,
+                                       dq_2, dq_3)
 
 
 def _forward(q, q0, k, k0, v, v0, n_h, n_hkv, head_major, causal, scale, window, o=None):

@@ -4,8 +4,9 @@ One call runs t tokens (one, or a few: a short prompt, speculative decoding's k 
 layer: embeddings, per layer norm -> packed q/k/v projection -> RoPE -> K/V written into the
 cache -> attention over the cached keys (token i sees positions up to its own) -> output
 projection -> norm -> feed-forward, then the final norm and the head. The arguments are the
-model's own arrays in two typed lists (matrices and vectors, packed once per model), the two
-stacked K/V buffers, and a few ints: a step costs one dispatch instead of a few dozen per layer.
+model's own arrays, packed once per model (every matrix with its bias in one record, the norms'
+weights in a list, the sizes and choices as ints), the two stacked K/V buffers and a few ints: a
+step costs one dispatch instead of a few dozen per layer.
 
 Where the time goes: a projection reads its whole weight once per step (all t tokens pass over
 each group of four rows while they sit in L1), so a step reads every weight of the model once. A
@@ -20,8 +21,13 @@ cache it reads is that large). parallel_bytes is set from the model's total weig
 Inner loops are dot products over contiguous rows (a weight row, a cached key), four at a time,
 or axpy updates over head_dim, with float32 accumulators for float32 weights, so LLVM vectorises
 them; tanh and the sigmoid go through the vectorised exp_shifted.
+
+Reading order: the arguments' layout (codes and slot numbers, below), the pieces (_rows, _norm,
+_activate, _rope, _attend), the matrix record and _project, the step (_decode_loop, which reads
+line for line against decode_step's loop), and the packing of a model's arrays (_pack).
 """
 import math
+from typing import NamedTuple
 
 import numba
 import numpy as np
@@ -33,8 +39,24 @@ from .quant import COLUMN_TILE, PARALLEL_BYTES, _tiles, _tiles_parallel
 
 PARALLEL_MODEL_BYTES = 24 << 20   # above this the weights do not stay in cache between tokens,
 #                                   and a matrix of PARALLEL_BYTES (quant.py) is split over threads
-N_LAYER_MATS, N_LAYER_VECS = 5, 9  # per layer: qkv, proj, ffn_in, ffn_up, down | 9 vectors
-FLOAT, INT8, NIBBLES = 0, 1, 2     # matrix kinds: float, 8-bit values, 4-bit values
+
+# ---- the arguments' layout ----------------------------------------------------------------------
+# Module-level ints are compile-time constants in Numba: a name here compiles to its number.
+# The model's choices, as codes in `dims`:
+LAYERNORM, RMSNORM = 0, 1                       # the norms
+GELU, GELU_TANH, RELU, SWIGLU = 0, 1, 2, 3      # the feed-forward's activation
+NO_POSITIONS, ADDED_POSITIONS, ROPE = 0, 1, 2   # none, a (T, C) table added to x, rotated q/k
+# dims, one int64 array: the model's sizes and the codes above
+N_LAYER, N_HEAD, N_KV_HEAD, HEAD_DIM, WIDTH, NORM_KIND, ACT_KIND, POS_KIND = range(8)
+# Matrix slots (_Matrices below, each with its bias): the token embedding, the head, then five
+# per layer, layer l's at LAYER_SLOTS + SLOTS_PER_LAYER l + QKV .. DOWN.
+TOK_EMB, HEAD, LAYER_SLOTS, SLOTS_PER_LAYER = 0, 1, 2, 5
+QKV, PROJ, FFN_IN, FFN_UP, DOWN = range(5)      # FFN_IN: up, or SwiGLU's gate; FFN_UP: its up
+# Norm slots, a list of (weight, bias) pairs (bias empty for RMSNorm): the final norm, then two
+# per layer, layer l's at LAYER_NORMS + 2 l + NORM1 or NORM2.
+FINAL_NORM, LAYER_NORMS, NORM1, NORM2 = 0, 1, 0, 1
+POS_TABLE, COS, SIN = range(3)                  # tables: (T, C) added positions, RoPE's (T, D)
+FLOAT, INT8, NIBBLES = 0, 1, 2                  # a matrix's storage: float, 8-bit or 4-bit values
 
 
 # ---- pieces -------------------------------------------------------------------------------------
@@ -90,10 +112,11 @@ def _matvec(w, x, b, y, parallel_bytes, n_chunks):
 
 
 @jit
-def _norm(x, w, b, kind, eps, out):
-    """LayerNorm (kind 0; b may be empty) or RMSNorm (kind 1) of the vector x into out."""
+def _norm(x, w_b, kind, eps, out):
+    """LayerNorm (b may be empty) or RMSNorm, by kind, of the vector x into out; w_b: (w, b)."""
+    w, b = w_b
     n = x.shape[0]
-    if kind == 1:
+    if kind == RMSNORM:
         ss = np.float32(0.0)
         for i in range(n):
             ss += x[i] * x[i]
@@ -115,26 +138,26 @@ def _norm(x, w, b, kind, eps, out):
 
 @jit
 def _activate(u, g, kind, e):
-    """u = act(u) in place: GELU erf (0), GELU tanh (1), ReLU (2), or silu(u) * g (3, SwiGLU).
+    """u = act(u) in place: GELU (erf), GELU_TANH, RELU, or SWIGLU: silu(u) * g.
     tanh and the sigmoid come from e = exp(-|z|) <= 1 through the vectorised exp_shifted
     (e: a scratch row): tanh(y) = sign(y) (1 - e) / (1 + e) with e = exp(-2|y|),
     sigmoid(z) = 1 / (1 + e) for z >= 0 and e / (1 + e) below."""
     n = u.shape[0]
-    if kind == 0:
+    if kind == GELU:
         for i in range(n):
             u[i] = 0.5 * u[i] * (1.0 + math.erf(u[i] * 0.7071067811865476))
-    elif kind == 2:
+    elif kind == RELU:
         for i in range(n):
             u[i] = max(u[i], 0.0)
     else:                                 # one exp_shifted site: it is inlined (_common.py)
         for i in range(n):
             z = u[i]
-            e[i] = (-2.0 * abs(0.7978845608028654 * (z + 0.044715 * z * z * z)) if kind == 1
-                    else -abs(z))
+            e[i] = (-2.0 * abs(0.7978845608028654 * (z + 0.044715 * z * z * z))
+                    if kind == GELU_TANH else -abs(z))
         exp_shifted(e, np.float32(0.0), e, n)
         for i in range(n):
             z = u[i]
-            if kind == 1:
+            if kind == GELU_TANH:
                 t = (1.0 - e[i]) / (1.0 + e[i])
                 u[i] = 0.5 * z * (1.0 + (t if z >= 0 else -t))
             else:
@@ -209,23 +232,35 @@ def _attend_parallel(heads, keys, values, n, n_hkv, scale, scores, out, n_chunks
 
 
 # ---- matrices: float or quantized -------------------------------------------------------------
-# A model's matrices are numbered slots: 0 the token embedding, 1 the head, then 2 + 5 l + j for
-# layer l's qkv, proj, ffn_in, ffn_up, down. `mt` holds, per slot, its kind and whichever arrays
-# it uses (a (1, 1) placeholder elsewhere): the float matrix, or the quantized blocks in
-# kernels/cpu/quant.py's column-major layout (bytes transposed, float32 scales and q4_1 mins per
-# block and output), a 16-level table (NF4) or an integer offset (q4_0: -8), and the group width.
+class _Matrices(NamedTuple):
+    """Every matrix of the model with its bias, one entry per slot in each field (the loop reads
+    a field at a slot: mats.rows[HEAD]). A slot holds a float matrix or a quantized layer's
+    column tiles (kernels/cpu/quant.py's layout, the layer's own bytes); a field the slot does
+    not use holds a placeholder of the field's type (a typed list holds one type)."""
+    kind: np.ndarray      # (n_slots,) int64: FLOAT, INT8 or NIBBLES
+    rows: np.ndarray      # (n_slots,) int64: outputs (a table's entries)
+    weight: typed.List    # FLOAT: (rows, in) in the model's dtype; else a (1, 1) placeholder
+    bias: typed.List      # (rows,) in the model's dtype, or (0,): no bias
+    q: typed.List         # uint8 (n_tiles, in, TILE): INT8's bytes q + 128; (n_tiles, in / 2,
+    #                       TILE): NIBBLES' pairs; (1, 1, 1) for FLOAT
+    scale: typed.List     # float32 (n_tiles, in / group, TILE); (1, 1, 1) for FLOAT
+    mins: typed.List      # float32 (n_tiles, in / 32, TILE): q4_1's block mins; else a (., 0, .)
+    table: typed.List     # float32 (16,): NF4's levels; else (0,): a value is nibble + offset
+    offset: np.ndarray    # (n_slots,) int64: the first integer level (q4_0: -8, q4_1: 0)
+    group: np.ndarray     # (n_slots,) int64: inputs per scale
+
+
 @jit
-def _project(slot, mt, x, b, y, parallel_bytes, n_chunks):
-    """y = x W_slot^T (+ b) for x (t, n), whatever the slot's storage."""
-    kinds, rows, fmats, qts, sts, mts, levels, tabled, offsets, groups, none = mt
-    kind = kinds[slot]
-    if kind == FLOAT:
-        _matvec(fmats[slot], x, b, y, parallel_bytes, n_chunks)
+def _project(slot, mats, x, y, parallel_bytes, n_chunks):
+    """y = x W_slot^T + b_slot for x (t, n), whatever the slot's storage."""
+    b = mats.bias[slot]
+    if mats.kind[slot] == FLOAT:
+        _matvec(mats.weight[slot], x, b, y, parallel_bytes, n_chunks)
         return
-    q = qts[slot]
-    half = groups.shape[0] * 0 + 16          # a runtime 16 (see kernels/cpu/quant.py)
-    table = levels[slot] if tabled[slot] else none
-    args = (q, sts[slot], mts[slot], table, offsets[slot], groups[slot], half, kind == INT8, x, y)
+    q = mats.q[slot]
+    half = mats.group.shape[0] * 0 + 16      # a runtime 16 (see kernels/cpu/quant.py)
+    args = (q, mats.scale[slot], mats.mins[slot], mats.table[slot], mats.offset[slot],
+            mats.group[slot], half, mats.kind[slot] == INT8, x, y)
     if n_chunks > 1 and q.size >= parallel_bytes:
         _tiles_parallel(*args)
     else:
@@ -237,45 +272,43 @@ def _project(slot, mt, x, b, y, parallel_bytes, n_chunks):
 
 
 @jit
-def _row(slot, mt, r, out):
+def _row(slot, mats, r, out):
     """out = row r of the slot's matrix, decoded (an embedding lookup)."""
-    kinds, rows, fmats, qts, sts, mts, levels, tabled, offsets, groups, none = mt
-    kind = kinds[slot]
+    kind = mats.kind[slot]
     if kind == FLOAT:
-        out[:] = fmats[slot][r]
+        out[:] = mats.weight[slot][r]
         return
-    q, s, group = qts[slot], sts[slot], groups[slot]
+    q, s, group = mats.q[slot], mats.scale[slot], mats.group[slot]
     c, col = r // COLUMN_TILE, r % COLUMN_TILE              # the row's tile and column in it
     if kind == INT8:
         for k in range(out.shape[0]):
             out[k] = (np.float32(q[c, k, col]) - np.float32(128.0)) * s[c, k // group, col]
         return
-    lv, mn = levels[slot], mts[slot]
+    lv, mn, offset = mats.table[slot], mats.mins[slot], mats.offset[slot]
+    tabled = lv.shape[0] > 0
     for k in range(out.shape[0]):
         blk, j = k // 32, k % 32
         p = np.int64(q[c, 16 * blk + j % 16, col])
         nib = p & 15 if j < 16 else p >> 4
-        v = lv[nib] if tabled[slot] else np.float32(nib + offsets[slot])
+        v = lv[nib] if tabled else np.float32(nib + offset)
         out[k] = v * s[c, k // group, col] + (mn[c, blk, col] if mn.shape[1] else 0.0)
 
 
 # ---- the step -----------------------------------------------------------------------------------
 @jit
-def _decode_loop(ids, start, tables, mt, vecs, k_all, v_all, dims, eps, parallel_bytes, n_chunks,
-                 logits):
-    # tables: pos_table, cos, sin (float; placeholders when unused); mt: the matrix slots
-    # vecs: final norm w, b, an empty head bias, then per layer norm1 w, b, qkv b, proj b,
-    # norm2 w, b, in b, up b, down b (empty when absent).
-    # dims: n_layer, H, Hkv, D, norm kind, activation, positions, model width C
-    n_layer, n_h, n_hkv, d = dims[0], dims[1], dims[2], dims[3]
-    norm_kind, act_kind, pos_kind, c = dims[4], dims[5], dims[6], dims[7]
+def _decode_loop(ids, start, tables, mats, norms, k_all, v_all, dims, eps, parallel_bytes,
+                 n_chunks, logits):
+    # ids: (t,) at positions start ..; tables, mats, norms, dims: laid out as at the top;
+    # k_all, v_all: (L, Hkv, T, D), written at the step's positions; logits: (t, V)
+    n_layer, n_h, n_hkv, d = dims[N_LAYER], dims[N_HEAD], dims[N_KV_HEAD], dims[HEAD_DIM]
+    norm_kind, act_kind, pos_kind, c = dims[NORM_KIND], dims[ACT_KIND], dims[POS_KIND], dims[WIDTH]
     dt = k_all.dtype
     t = ids.shape[0]
-    hidden = mt[1][2 + 2]                               # rows of layer 0's ffn_in
-    n_slots = n_h + 2 * n_hkv
+    hidden = mats.rows[LAYER_SLOTS + FFN_IN]            # the feed-forward's width
+    n_qkv = n_h + 2 * n_hkv
     x, h, y = np.empty((t, c), dt), np.empty((t, c), dt), np.empty((t, c), dt)
-    heads = np.empty((t, n_slots, d), dt)               # per token: q heads, k heads, v heads
-    qkv = heads.reshape((t, n_slots * d))
+    heads = np.empty((t, n_qkv, d), dt)                 # per token: q heads, k heads, v heads
+    qkv = heads.reshape((t, n_qkv * d))
     att_heads = np.empty((t, n_h, d), dt)
     att = att_heads.reshape((t, n_h * d))
     u, g = np.empty((t, hidden), dt), np.empty((t, hidden), dt)
@@ -285,19 +318,20 @@ def _decode_loop(ids, start, tables, mt, vecs, k_all, v_all, dims, eps, parallel
     scale = 1.0 / math.sqrt(d)
     kv_bytes = 2 * n_hkv * d * k_all.itemsize
     for i in range(t):
-        _row(0, mt, ids[i], x[i])
-        if pos_kind == 1:
-            x[i] += tables[0][start + i]
+        _row(TOK_EMB, mats, ids[i], x[i])
+        if pos_kind == ADDED_POSITIONS:
+            x[i] += tables[POS_TABLE][start + i]
     for layer in range(n_layer):
-        m0, v0 = 2 + N_LAYER_MATS * layer, 3 + N_LAYER_VECS * layer
-        keys, values = k_all[layer], v_all[layer]
+        m = LAYER_SLOTS + SLOTS_PER_LAYER * layer      # this layer's matrices: m + QKV .. m + DOWN
+        nm = LAYER_NORMS + 2 * layer                    # and norms: nm + NORM1, nm + NORM2
+        keys, values = k_all[layer], v_all[layer]      # (Hkv, T, D)
         for i in range(t):
-            _norm(x[i], vecs[v0], vecs[v0 + 1], norm_kind, eps, h[i])
-        _project(m0, mt, h, vecs[v0 + 2], qkv, parallel_bytes, n_chunks)
+            _norm(x[i], norms[nm + NORM1], norm_kind, eps, h[i])
+        _project(m + QKV, mats, h, qkv, parallel_bytes, n_chunks)
         for i in range(t):                   # rotate and cache every token's k, v first ...
             pos = start + i
-            if pos_kind == 2:
-                _rope(heads[i], 0, n_h + n_hkv, tables[1][pos], tables[2][pos])
+            if pos_kind == ROPE:
+                _rope(heads[i], 0, n_h + n_hkv, tables[COS][pos], tables[SIN][pos])
             for kv in range(n_hkv):
                 keys[kv, pos] = heads[i, n_h + kv]
                 values[kv, pos] = heads[i, n_h + n_hkv + kv]
@@ -308,42 +342,62 @@ def _decode_loop(ids, start, tables, mt, vecs, k_all, v_all, dims, eps, parallel
                                  n_chunks)
             else:
                 _attend(heads[i], keys, values, n, n_hkv, scale, scores, att_heads[i], 0, n_h)
-        _project(m0 + 1, mt, att, vecs[v0 + 3], y, parallel_bytes, n_chunks)
+        _project(m + PROJ, mats, att, y, parallel_bytes, n_chunks)
         x += y
         for i in range(t):
-            _norm(x[i], vecs[v0 + 4], vecs[v0 + 5], norm_kind, eps, h[i])
-        _project(m0 + 2, mt, h, vecs[v0 + 6], u, parallel_bytes, n_chunks)
-        if act_kind == 3:
-            _project(m0 + 3, mt, h, vecs[v0 + 7], g, parallel_bytes, n_chunks)
+            _norm(x[i], norms[nm + NORM2], norm_kind, eps, h[i])
+        _project(m + FFN_IN, mats, h, u, parallel_bytes, n_chunks)
+        if act_kind == SWIGLU:
+            _project(m + FFN_UP, mats, h, g, parallel_bytes, n_chunks)
         for i in range(t):
             _activate(u[i], g[i], act_kind, e)
-        _project(m0 + 4, mt, u, vecs[v0 + 8], y, parallel_bytes, n_chunks)
+        _project(m + DOWN, mats, u, y, parallel_bytes, n_chunks)
         x += y
     for i in range(t):
-        _norm(x[i], vecs[0], vecs[1], norm_kind, eps, h[i])
-    _project(1, mt, h, vecs[2], logits, parallel_bytes, n_chunks)
+        _norm(x[i], norms[FINAL_NORM], norm_kind, eps, h[i])
+    _project(HEAD, mats, h, logits, parallel_bytes, n_chunks)
 
 
 # ---- packing the arguments ----------------------------------------------------------------------
-def _slot(m, dtype):
-    """(kind, rows, float matrix, column-major bytes, scales, mins, levels, tabled, offset, group,
-    bytes read per step) of one matrix: a float array, or a quantized layer (its `packed` tiles)."""
-    dummy_f, dummy_u8, dummy_f32 = np.zeros((1, 1), dtype), np.zeros((1, 1, 1), np.uint8), \
-        np.zeros((1, 1, 1), np.float32)
-    no_mins, no_levels = np.zeros((1, 0, 1), np.float32), np.zeros(16, np.float32)
+_NORM_CODES = {"layernorm": LAYERNORM, "rmsnorm": RMSNORM}
+_ACTIVATION_CODES = {"gelu": GELU, "gelu_tanh": GELU_TANH, "relu": RELU, "swiglu": SWIGLU}
+
+
+class _Arguments(NamedTuple):
+    """What _decode_loop reads of one model, packed once (DecodeWeights.kernel_args)."""
+    tables: typed.List    # POS_TABLE, COS, SIN ((1, 1) placeholders when unused)
+    mats: _Matrices
+    norms: typed.List     # (weight, bias) per norm slot
+    dims: np.ndarray      # N_LAYER .. POS_KIND
+    parallel_bytes: int   # matrices this large split over threads; 2^62 for a small model
+
+
+def _slot(m, bias, dtype):
+    """One matrix slot: a _Matrices of single entries for a float array m or a quantized layer
+    (its `packed` tiles); None when the layer has no tiles to read."""
+    bias = np.zeros(0, dtype) if bias is None else bias
+    no_table = np.zeros(0, np.float32)
     if isinstance(m, np.ndarray):
-        return (FLOAT, m.shape[0], m, dummy_u8, dummy_f32, no_mins, no_levels, False, 0, 1,
-                m.nbytes)
+        return _Matrices(FLOAT, m.shape[0], m, bias, np.zeros((1, 1, 1), np.uint8),
+                         np.zeros((1, 1, 1), np.float32), np.zeros((1, 0, 1), np.float32),
+                         no_table, 0, 1)
     tiles = m.packed.tiles                       # the layer's own bytes (quant_pack's tiles)
     if tiles is None:
         return None
-    levels = tiles.table if tiles.table.shape[0] else no_levels
-    return (INT8 if tiles.eight else NIBBLES, tiles.out, dummy_f, tiles.q3, tiles.s3, tiles.m3,
-            levels, tiles.table.shape[0] > 0, tiles.offset, tiles.group, tiles.nbytes)
+    return _Matrices(INT8 if tiles.eight else NIBBLES, tiles.out, np.zeros((1, 1), dtype), bias,
+                     tiles.q3, tiles.s3, tiles.m3, np.ascontiguousarray(tiles.table, np.float32),
+                     tiles.offset, tiles.group)
+
+
+def _bytes_read(slot):
+    """Bytes of the slot's matrix read per step."""
+    if slot.kind == FLOAT:
+        return slot.weight.nbytes
+    return slot.q.nbytes + slot.scale.nbytes + slot.mins.nbytes
 
 
 def _pack(w):
-    """The kernel's arguments for DecodeWeights w, or False when something does not fit (not a
+    """The kernel's _Arguments for DecodeWeights w, or False when something does not fit (not a
     C-contiguous NumPy array of the model's float dtype, or a scale the kernel cannot read)."""
     dtype = w.dtype
     c = w.norm[0].shape[0]
@@ -352,32 +406,38 @@ def _pack(w):
     def vec(a):
         return empty if a is None else a
 
-    matrices = [w.tok_emb, w.head]
-    vecs = [vec(w.norm[0]), vec(w.norm[1]), empty]
+    matrices = [(w.tok_emb, None), (w.head, None)]                   # TOK_EMB, HEAD
+    norms = [(vec(w.norm[0]), vec(w.norm[1]))]                        # FINAL_NORM
     for layer in w.layers:
-        matrices += [layer.qkv[0], layer.proj[0], layer.ffn_in[0],
-                     layer.ffn_up[0] if layer.ffn_up[0] is not None else dummy, layer.down[0]]
-        vecs += [vec(layer.norm1[0]), vec(layer.norm1[1]), vec(layer.qkv[1]), vec(layer.proj[1]),
-                 vec(layer.norm2[0]), vec(layer.norm2[1]), vec(layer.ffn_in[1]),
-                 vec(layer.ffn_up[1]), vec(layer.down[1])]
-    slots = [_slot(m, dtype) for m in matrices]
+        up = layer.ffn_up if layer.ffn_up[0] is not None else (dummy, None)
+        matrices += [layer.qkv, layer.proj, layer.ffn_in, up, layer.down]   # QKV .. DOWN
+        norms += [(vec(layer.norm1[0]), vec(layer.norm1[1])),        # NORM1, NORM2
+                  (vec(layer.norm2[0]), vec(layer.norm2[1]))]
+    slots = [_slot(m, b, dtype) for m, b in matrices]
     tables = [w.pos_table if w.pos_table is not None else np.zeros((1, c), dtype),
               w.cos if w.cos is not None else dummy, w.sin if w.sin is not None else dummy]
-    floats = [sl[2] for sl in slots if sl is not None] + vecs + tables
-    if any(sl is None for sl in slots) or not all(
-            isinstance(a, np.ndarray) and a.dtype == dtype and a.flags.c_contiguous
-            for a in floats):
+    if any(sl is None for sl in slots):
         return False
-    total = sum(sl[10] for sl in slots)
+    floats = ([a for sl in slots for a in (sl.weight, sl.bias)]
+              + [a for pair in norms for a in pair] + tables)
+    if not all(isinstance(a, np.ndarray) and a.dtype == dtype and a.flags.c_contiguous
+               for a in floats):
+        return False
+    total = sum(_bytes_read(sl) for sl in slots)
     parallel_bytes = PARALLEL_BYTES if total > PARALLEL_MODEL_BYTES else 1 << 62
-    dims = np.array([w.n_layer, w.n_head, w.n_kv_head, w.head_dim, w.norm_kind, w.act_kind,
-                     w.pos_kind, c], dtype=np.int64)
-    column = list(zip(*slots))
-    mt = (np.array(column[0], np.int64), np.array(column[1], np.int64), typed.List(column[2]),
-          typed.List(column[3]), typed.List(column[4]), typed.List(column[5]),
-          np.stack(column[6]), np.array(column[7], np.bool_), np.array(column[8], np.int64),
-          np.array(column[9], np.int64), np.zeros(0, np.float32))
-    return typed.List(tables), mt, typed.List(vecs), dims, parallel_bytes
+    positions = (ADDED_POSITIONS if w.pos_table is not None else ROPE if w.cos is not None
+                 else NO_POSITIONS)
+    dims = np.array([w.n_layer, w.n_head, w.n_kv_head, w.head_dim, c,      # N_LAYER .. WIDTH,
+                     _NORM_CODES[w.norm_kind], _ACTIVATION_CODES[w.mlp], positions],  # the codes
+                    np.int64)
+    column = _Matrices(*zip(*slots))
+    mats = _Matrices(
+        kind=np.array(column.kind, np.int64), rows=np.array(column.rows, np.int64),
+        weight=typed.List(column.weight), bias=typed.List(column.bias), q=typed.List(column.q),
+        scale=typed.List(column.scale), mins=typed.List(column.mins),
+        table=typed.List(column.table), offset=np.array(column.offset, np.int64),
+        group=np.array(column.group, np.int64))
+    return _Arguments(typed.List(tables), mats, typed.List(norms), dims, parallel_bytes)
 
 
 def _arguments(weights):
@@ -395,9 +455,9 @@ def _supported(ids, start, plan):
 
 @implements("decode_step", device="cpu", supports=_supported)
 def decode_step_cpu(ids, start, plan):
-    tables, mt, vecs, dims, parallel_bytes = _arguments(plan.weights)
+    a = _arguments(plan.weights)
     ids = np.ascontiguousarray(ids, dtype=np.int64)
-    logits = np.empty((len(ids), mt[1][1]), plan.weights.dtype)
-    _decode_loop(ids, start, tables, mt, vecs, plan.k_all, plan.v_all, dims, plan.weights.eps,
-                 parallel_bytes, numba.get_num_threads(), logits)
+    logits = np.empty((len(ids), a.mats.rows[HEAD]), plan.weights.dtype)
+    _decode_loop(ids, start, a.tables, a.mats, a.norms, plan.k_all, plan.v_all, a.dims,
+                 plan.weights.eps, a.parallel_bytes, numba.get_num_threads(), logits)
     return logits
