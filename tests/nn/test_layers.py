@@ -1,6 +1,7 @@
-"""The layers of nn/layers.py, nn/attention.py and nn/block.py: float64 gradchecks through the input
-and every parameter, attention against a per-head NumPy oracle, GQA against MHA with repeated K/V
-rows, which inputs each output may depend on (causal, padding, sliding window), and bad arguments.
+"""The layers of nn/layers.py, nn/attention.py, nn/linear_attention.py and nn/block.py: float64
+gradchecks through the input and every parameter, attention against a per-head NumPy oracle, GQA
+against MHA with repeated K/V rows, which inputs each output may depend on (causal, padding,
+sliding window), and bad arguments.
 
 Gradchecks: the module is cast with `.to(dtype=np.float64)` and its parameters are passed to
 `tl.gradcheck` as inputs after x; the checked function ignores them and calls the module, whose
@@ -9,8 +10,9 @@ exactly one and zero biases cannot hide a gradient. Every case runs on each devi
 reference and the fast implementation (fixtures in tests/conftest.py).
 
 MultiHeadAttention has two paths: the packed one (PackedAttentionOp on the (B, T, H + 2 Hkv, D)
-projection, taken when there is no bias, padding mask, cache or K/V sharing) and the general one
-(q, k, v split, then scaled_dot_product_attention), forced with `provides_kv = True`. Attention
+projection, taken when `_packed_path_applies`: no bias, padding mask, cache or K/V sharing) and
+the general one (q, k, v split, then scaled_dot_product_attention), forced with
+`provides_kv = True`. Attention
 gradchecks and oracle comparisons run both (`path` = "packed" / "split").
 
 The attention oracle (`attention_oracle`) loops over batch and query heads in NumPy from the
@@ -28,6 +30,7 @@ from tinygrad_llm import nn
 from tinygrad_llm.nn.attention import MultiHeadAttention
 from tinygrad_llm.nn.block import TransformerBlock
 from tinygrad_llm.nn.layers import ACTIVATIONS, MLP, Embedding, LayerNorm, Linear, RMSNorm, SwiGLU
+from tinygrad_llm.nn.linear_attention import LinearAttention
 from tinygrad_llm.nn.positions import ALiBi, RotaryEmbedding, T5RelativeBias
 
 
@@ -266,13 +269,13 @@ def test_attention_t5_bias_matches_oracle():
 
 @pytest.mark.parametrize("causal", [True, False])
 def test_linear_attention_gradcheck(device, impl, causal):
-    attn = _float64(MultiHeadAttention(C, 4, kind="linear", causal=causal), device)
+    attn = _float64(LinearAttention(C, 4, causal=causal), device)
     _check(lambda x: attn(x)[0], _x(B, T, C, device=device), attn)
 
 
 def test_linear_attention_gqa_equals_repeated_mha():
-    gqa = _float64(MultiHeadAttention(C, 4, 2, kind="linear"))
-    mha = _repeated_mha(gqa, kind="linear")
+    gqa = _float64(LinearAttention(C, 4, 2))
+    mha = _repeated_mha(gqa)
     x = _x(B, T, C, requires_grad=False)
     np.testing.assert_allclose(gqa(x)[0].numpy(), mha(x)[0].numpy(), rtol=1e-10, atol=1e-12)
 
@@ -313,13 +316,14 @@ def test_shared_kv_matches_attention_over_the_given_kv():
 
 
 # ---- GQA and MHA -------------------------------------------------------------------------
-def _repeated_mha(gqa, kind="softmax", interleaved=False):
+def _repeated_mha(gqa, interleaved=False):
     """An MHA layer (Hkv = H) whose K/V projection rows are gqa's, each repeated for the
     H / Hkv query heads of its group (query head h -> K/V head h // G), and whose other weights
-    are gqa's. interleaved=True maps h -> h % Hkv instead (the wrong grouping, as a control)."""
+    are gqa's, of gqa's class. interleaved=True maps h -> h % Hkv instead (the wrong grouping, as
+    a control)."""
     H, Hkv, D = gqa.n_head, gqa.n_kv_head, gqa.head_dim
-    mha = MultiHeadAttention(C, H, H, bias=gqa.qkv.bias is not None, causal=gqa.causal,
-                             window=gqa.window, rotary=gqa.rotary, kind=kind)
+    mha = type(gqa)(C, H, H, bias=gqa.qkv.bias is not None, causal=gqa.causal,
+                    window=gqa.window, rotary=gqa.rotary)
     mha.to(dtype=np.float64)
     # rows of qkv: [q heads 0..H-1 | k heads 0..Hkv-1 | v heads 0..Hkv-1], D rows each
     heads = np.arange(H) % Hkv if interleaved else np.arange(H) // (H // Hkv)
@@ -375,13 +379,16 @@ def _dependence(fn, x):
     return dep
 
 
-@pytest.mark.parametrize("init", [dict(), dict(causal=False), dict(window=2), dict(window=3),
-                                  dict(kind="linear"), dict(kind="linear", causal=False),
-                                  dict(n_kv_head=1, window=2)],
-                         ids=["causal", "bidirectional", "window_2", "window_3", "linear_causal",
-                              "linear_bidirectional", "mqa_window_2"])
-def test_dependence_pattern(impl, init):
-    attn = _float64(MultiHeadAttention(C, 4, **init))
+MHA, LIN = MultiHeadAttention, LinearAttention
+
+
+@pytest.mark.parametrize("layer, init", [
+    (MHA, dict()), (MHA, dict(causal=False)), (MHA, dict(window=2)), (MHA, dict(window=3)),
+    (LIN, dict()), (LIN, dict(causal=False)), (MHA, dict(n_kv_head=1, window=2))],
+    ids=["causal", "bidirectional", "window_2", "window_3", "linear_causal",
+         "linear_bidirectional", "mqa_window_2"])
+def test_dependence_pattern(impl, layer, init):
+    attn = _float64(layer(C, 4, **init))
     Tx = 6
     dep = _dependence(lambda x: attn(x)[0], _x(1, Tx, C, requires_grad=False))
     i, j = np.arange(Tx)[:, None], np.arange(Tx)[None, :]
@@ -435,7 +442,6 @@ def test_attention_float32_stays_float32(impl):
     (dict(dim=10, n_head=4), ["dim=10", "n_head=4"]),
     (dict(dim=8, n_head=4, n_kv_head=3), ["n_head=4", "n_kv_head=3"]),
     (dict(dim=8, n_head=4, n_kv_head=0), ["n_kv_head=0"]),
-    (dict(dim=8, n_head=4, kind="flash"), ["kind", "flash"]),
     (dict(dim=8, n_head=4, window=0), ["window", "0"]),
 ])
 def test_attention_bad_arguments(kwargs, words):
@@ -451,7 +457,7 @@ def test_attention_head_dim_override_and_runtime_errors():
     assert attn(x)[0].shape == (1, 2, 10)
     with pytest.raises(ValueError, match="shared_kv"):
         MultiHeadAttention(8, 4, shares_kv=True)(tl.Tensor(np.zeros((1, 2, 8), np.float32)))
-    lin = MultiHeadAttention(8, 4, kind="linear")
+    lin = LinearAttention(8, 4)
     with pytest.raises(ValueError, match="linear attention"):
         lin(tl.Tensor(np.zeros((1, 2, 8), np.float32)), padding_mask=np.ones((1, 2), bool))
 

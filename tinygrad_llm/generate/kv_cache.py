@@ -212,7 +212,8 @@ class CacheList(list):
 
 
 def make_caches(model, batch, max_len, dtype=None, slack=16):
-    """One cache per attention layer of a GPT (None where a layer reuses an earlier layer's K/V).
+    """One cache per attention layer of a GPT (None where a softmax layer reuses an earlier
+    layer's K/V).
 
     dtype: the model's float dtype by default; "int8" for the quantised cache. A batch-1 float
     cache of a model that decode_step.py can run gets a DecodePlan: the per-layer caches are
@@ -231,10 +232,10 @@ def make_caches(model, batch, max_len, dtype=None, slack=16):
     caches = CacheList()
     for block in model.blocks:
         attn = block.attn
-        if attn.shares_kv:
-            caches.append(None)
-        elif attn.kind == "linear":
+        if attn.kind == "linear":          # a sharing layer sums the shared K/V in its own state
             caches.append(LinearAttentionState())
+        elif attn.shares_kv:
+            caches.append(None)
         else:
             caches.append(KVCache(batch, attn.n_kv_head, attn.head_dim, max_len,
                                   dtype=dtype or model_dtype(),

@@ -30,8 +30,7 @@ import numpy as np
 from .. import backend
 from ..backend import array_module
 from ..random import Generator
-from ..tensor import no_grad
-from .decode_step import forward_logits
+from .decode_step import forward_logits, inference
 from .generate import _stop_ids, prepare_prompts
 from .kv_cache import LinearAttentionState, make_caches
 from .sampling import SamplingConfig, distribution, pick, sample
@@ -124,48 +123,41 @@ def speculative_generate(target, draft, idx, max_new_tokens, k=4, temperature=0.
     if any(isinstance(c, LinearAttentionState) for c in drf.caches):
         raise ValueError("speculative_generate: a linear-attention draft cannot roll back "
                          "several single-token steps; use a softmax-attention draft")
-    was_training = (target.training, draft.training)
-    target.eval()
-    draft.eval()
     generated = 0
-    try:
-        with no_grad():
-            if len(seq) > 1:                  # both caches hold all but the last token
-                tgt.feed(seq[:-1])
-                drf.feed(seq[:-1])
-            while generated < max_new_tokens:
-                n_draft = int(min(k, max_new_tokens - generated, limit - len(seq)))
-                start = len(seq)
-                # the draft proposes n_draft tokens, one step at a time
-                pending, proposals, q, drafted = seq[drf.length:], [], [], []
-                for _ in range(n_draft):
-                    qi = drf.feed(pending)[-1:]                    # (1, V)
-                    d = pick(qi, config, generator)                 # (1,) on the device
-                    proposals.append(_read_id(d))
-                    q.append(qi)
-                    drafted.append(d)
-                    pending = proposals[-1:]
-                # the target scores the last token and every proposal in one pass
-                p = tgt.feed([seq[-1]] + proposals)                 # (n_draft + 1, V)
-                accepted, last = _verify(p, q, drafted, generator)
-                new = proposals[:accepted] + [last]
-                stats["proposed"] += len(proposals)
-                stats["accepted"] += accepted
-                new = new[:max_new_tokens - generated]
-                for j, t in enumerate(new):
-                    if t in stops:
-                        new = new[:j + 1]
-                        break
-                seq += new
-                generated += len(new)
-                # keep in the caches only tokens that are now part of the sequence
-                tgt.truncate(len(seq) - 1)
-                drf.truncate(min(drf.length, start + accepted, len(seq) - 1))
-                if new and new[-1] in stops:
+    with inference(target), inference(draft):
+        if len(seq) > 1:                  # both caches hold all but the last token
+            tgt.feed(seq[:-1])
+            drf.feed(seq[:-1])
+        while generated < max_new_tokens:
+            n_draft = int(min(k, max_new_tokens - generated, limit - len(seq)))
+            start = len(seq)
+            # the draft proposes n_draft tokens, one step at a time
+            pending, proposals, q, drafted = seq[drf.length:], [], [], []
+            for _ in range(n_draft):
+                qi = drf.feed(pending)[-1:]                    # (1, V)
+                d = pick(qi, config, generator)                 # (1,) on the device
+                proposals.append(_read_id(d))
+                q.append(qi)
+                drafted.append(d)
+                pending = proposals[-1:]
+            # the target scores the last token and every proposal in one pass
+            p = tgt.feed([seq[-1]] + proposals)                 # (n_draft + 1, V)
+            accepted, last = _verify(p, q, drafted, generator)
+            new = proposals[:accepted] + [last]
+            stats["proposed"] += len(proposals)
+            stats["accepted"] += accepted
+            new = new[:max_new_tokens - generated]
+            for j, t in enumerate(new):
+                if t in stops:
+                    new = new[:j + 1]
                     break
-    finally:
-        target.train(was_training[0])
-        draft.train(was_training[1])
+            seq += new
+            generated += len(new)
+            # keep in the caches only tokens that are now part of the sequence
+            tgt.truncate(len(seq) - 1)
+            drf.truncate(min(drf.length, start + accepted, len(seq) - 1))
+            if new and new[-1] in stops:
+                break
     stats["acceptance_rate"] = stats["accepted"] / max(stats["proposed"], 1)
     stats["target_calls"], stats["draft_calls"] = tgt.calls, drf.calls
     stats["tokens_per_target_call"] = generated / max(tgt.calls - (len(prompts[0]) > 1), 1)

@@ -19,6 +19,7 @@ from ..nn import functional as F
 from ..nn.attention import ATTENTION_KINDS, MultiHeadAttention
 from ..nn.block import TransformerBlock
 from ..nn.layers import MLP, Embedding, LayerNorm, Linear, RMSNorm, SwiGLU
+from ..nn.linear_attention import LinearAttention
 from ..nn.module import Module, ModuleList
 from ..nn.moe import MoE
 from ..nn.positions import (ALiBi, LearnedPositions, RotaryEmbedding, SinusoidalPositions,
@@ -42,33 +43,33 @@ class GPTConfig:
     kv_share, each layer reusing the K/V of its group's first layer (1: no sharing).
     n_expert > 0 replaces the feed-forward with a mixture of experts.
     """
-    vocab_size: int = 50257
-    block_size: int = 1024
-    n_layer: int = 12
-    n_head: int = 12
-    n_kv_head: int = None
-    n_embd: int = 768
-    head_dim: int = None
-    ffn_hidden: int = None
-    dropout: float = 0.0
-    bias: bool = True
-    norm: str = "layernorm"
-    norm_eps: float = 1e-5
-    mlp: str = "gelu_tanh"
-    pos: str = "learned"
-    rope_theta: float = 10000.0
-    rope_scaling: dict = None
-    tie_embeddings: bool = True
-    prenorm: bool = True
-    attention: str = "softmax"
-    window: int = None
-    kv_share: int = 1
-    n_expert: int = 0
-    n_expert_per_token: int = 2
-    moe_aux_loss_coef: float = 0.01
-    moe_z_loss_coef: float = 0.0
-    t5_num_buckets: int = 32
-    t5_max_distance: int = 128
+    vocab_size: int = 50257           # token ids the embedding and head cover (V)
+    block_size: int = 1024            # longest sequence (positions) the model takes (T)
+    n_layer: int = 12                 # transformer blocks
+    n_head: int = 12                  # query heads per attention layer (H)
+    n_kv_head: int = None             # key/value heads (Hkv): n_head = MHA, 1 = MQA, between = GQA
+    n_embd: int = 768                 # width of the residual stream (C)
+    head_dim: int = None              # per-head width (D); default n_embd // n_head
+    ffn_hidden: int = None            # FFN hidden width; default 4 C (MLP), 8/3 C (SwiGLU)
+    dropout: float = 0.0              # dropout on attention, residual and embedding outputs
+    bias: bool = True                 # biases in the linear layers and norms
+    norm: str = "layernorm"           # layernorm | rmsnorm
+    norm_eps: float = 1e-5            # epsilon inside the norms
+    mlp: str = "gelu_tanh"            # gelu | gelu_tanh | relu | swiglu
+    pos: str = "learned"              # learned | sinusoidal | rope | alibi | t5 | none
+    rope_theta: float = 10000.0       # RoPE base frequency
+    rope_scaling: dict = None         # RoPE scaling as JSON, e.g. {"type": "linear", "factor": 2}
+    tie_embeddings: bool = True       # the head reuses the token embedding matrix
+    prenorm: bool = True              # norm before each sublayer (GPT-2) or after (post-LN)
+    attention: str = "softmax"        # softmax | linear
+    window: int = None                # sliding-window attention span (None: full causal)
+    kv_share: int = 1                 # layers per group sharing the first layer's K/V
+    n_expert: int = 0                 # experts in a mixture-of-experts FFN (0: dense FFN)
+    n_expert_per_token: int = 2       # experts each token is routed to (K)
+    moe_aux_loss_coef: float = 0.01   # weight of the MoE load-balancing loss
+    moe_z_loss_coef: float = 0.0      # weight of the MoE router z-loss
+    t5_num_buckets: int = 32          # relative-position buckets of the T5 bias
+    t5_max_distance: int = 128        # distance beyond which T5 buckets are shared
 
     def __post_init__(self):
         if self.n_kv_head is None:
@@ -154,9 +155,10 @@ def make_ffn(config):
 
 
 def make_attention(config, layer, rotary):
-    attn = MultiHeadAttention(
+    attention = LinearAttention if config.attention == "linear" else MultiHeadAttention
+    attn = attention(
         config.n_embd, config.n_head, config.n_kv_head, config.head_dim, config.bias,
-        config.dropout, causal=True, window=config.window, rotary=rotary, kind=config.attention,
+        config.dropout, causal=True, window=config.window, rotary=rotary,
         shares_kv=layer % config.kv_share != 0)
     attn.provides_kv = config.kv_share > 1 and layer % config.kv_share == 0
     return attn
@@ -294,6 +296,12 @@ class GPT(Module):
         save_pretrained); see models/hf.py."""
         from .hf import from_pretrained          # hf.py builds on this module
         return from_pretrained(path, dtype=dtype, device=device)
+
+    def generate(self, idx, max_new_tokens, **kwargs):
+        """model.generate(idx, max_new_tokens, ...) is generate(model, idx, max_new_tokens, ...)
+        (generate/generate.py; the arguments are documented there), as transformers spells it."""
+        from ..generate import generate          # generate/ builds on this module
+        return generate(self, idx, max_new_tokens, **kwargs)
 
     def save_pretrained(self, path):
         """Write config.json + model.safetensors in Hugging Face's layout where it applies."""

@@ -1,4 +1,4 @@
-"""Multi-head attention: one class for MHA, GQA and MQA, with the attention variants of the models.
+"""Multi-head attention: one class for MHA, GQA and MQA, with the softmax variants of the models.
 
     x: (B, T, C) -> q: (B, H, T, D), k, v: (B, Hkv, T, D) -> o = attention(q, k, v) -> (B, T, C)
 
@@ -12,12 +12,20 @@
 - Positions: a RotaryEmbedding rotates q and k (RoPE, Su et al., 2021); ALiBi and T5-style biases
   arrive as an additive `bias` (1, H, Tq, Tk); learned/sinusoidal positions are added to the token
   embeddings by the model, not here.
-- Variants: causal or bidirectional; a sliding window of W keys (local attention); linear attention
-  (Katharopoulos et al., 2020) with a feature map instead of softmax; cross-layer KV sharing
-  (Brandon et al., 2024: a layer built with `shares_kv=True` projects only q and reuses the K/V
-  that an earlier layer returned).
+- Variants: causal or bidirectional; a sliding window of W keys (local attention); cross-layer KV
+  sharing (Brandon et al., 2024: a layer built with `shares_kv=True` projects only q and reuses
+  the K/V that an earlier layer returned). Linear attention (Katharopoulos et al., 2020) is the
+  subclass in linear_attention.py: the same projections, another attention step.
 - `padding_mask` (B, Tk) bool, True for real tokens, hides padded keys (left-padded prompts, or the
   padding of a classification batch).
+
+Two paths compute the same attention, and tests/nn/test_layers.py compares them (outputs and every
+gradient): the packed one attends inside the (B, T, H + 2 Hkv, D) projection (PackedAttentionOp:
+no split, no transposes), and the general one splits q, k, v into heads and calls
+scaled_dot_product_attention. `_packed_path_applies` names when the first one may run.
+
+Reading order: _padding_bias -> MultiHeadAttention: __init__, the predicate, the packed path, the
+general path (_project, _attend), forward.
 """
 import numpy as np
 
@@ -30,6 +38,8 @@ from .module import Module
 
 __all__ = ["MultiHeadAttention", "ATTENTION_KINDS"]
 
+# the `kind` of each attention class: MultiHeadAttention here, LinearAttention in
+# linear_attention.py (GPTConfig.attention picks one)
 ATTENTION_KINDS = ("softmax", "linear")
 
 
@@ -45,34 +55,33 @@ def _padding_bias(padding_mask, device, dtype):
 
 
 class MultiHeadAttention(Module):
-    """Attention over (B, T, C) inputs.
+    """Softmax attention over (B, T, C) inputs.
 
     dim: C. n_head: H query heads. n_kv_head: Hkv K/V heads (default H; must divide H).
     head_dim: D (default C // H). bias: biases on the projections. causal: mask future keys.
     window: sliding-window size W (None: unlimited). rotary: a RotaryEmbedding applied to q and k.
-    kind: "softmax" or "linear". shares_kv: project only q; K/V come from an earlier layer.
+    shares_kv: project only q; K/V come from an earlier layer.
     """
+    kind = "softmax"
 
     def __init__(self, dim, n_head, n_kv_head=None, head_dim=None, bias=True, dropout=0.0,
-                 causal=True, window=None, rotary=None, kind="softmax", shares_kv=False,
-                 device=None, dtype=np.float32):
+                 causal=True, window=None, rotary=None, shares_kv=False, device=None,
+                 dtype=np.float32):
         super().__init__()
+        name = type(self).__name__
         n_kv_head = n_head if n_kv_head is None else n_kv_head
         if head_dim is None:
             if dim % n_head:
-                raise ValueError(f"MultiHeadAttention: dim={dim} is not divisible by "
-                                 f"n_head={n_head} (or pass head_dim)")
+                raise ValueError(f"{name}: dim={dim} is not divisible by n_head={n_head} (or "
+                                 f"pass head_dim)")
             head_dim = dim // n_head
         if n_kv_head < 1 or n_head % n_kv_head:
-            raise ValueError(f"MultiHeadAttention: n_head={n_head} is not a multiple of "
+            raise ValueError(f"{name}: n_head={n_head} is not a multiple of "
                              f"n_kv_head={n_kv_head}")
-        if kind not in ATTENTION_KINDS:
-            raise ValueError(f"MultiHeadAttention: kind must be one of {ATTENTION_KINDS}, "
-                             f"got {kind!r}")
         if window is not None and window < 1:
-            raise ValueError(f"MultiHeadAttention: window must be >= 1 or None, got {window}")
+            raise ValueError(f"{name}: window must be >= 1 or None, got {window}")
         self.n_head, self.n_kv_head, self.head_dim = n_head, n_kv_head, head_dim
-        self.causal, self.window, self.kind, self.shares_kv = causal, window, kind, shares_kv
+        self.causal, self.window, self.shares_kv = causal, window, shares_kv
         self.rotary = rotary
         self.provides_kv = False          # set by a model whose later layers reuse this K/V
         width = (n_head if shares_kv else n_head + 2 * n_kv_head) * head_dim
@@ -83,14 +92,33 @@ class MultiHeadAttention(Module):
         self.proj = Linear(n_head * head_dim, dim, bias, device, dtype)
         self.dropout = Dropout(dropout)
 
+    def _packed_path_applies(self, bias, padding_mask, cache):
+        """The packed path never splits q, k and v, so it runs only when nothing needs them apart:
+        no bias or padding mask to add to the scores, no cache to append K/V to, and no K/V to
+        take from an earlier layer or hand to a later one."""
+        return (bias is None and padding_mask is None and cache is None
+                and not self.shares_kv and not self.provides_kv)
+
+    def _attend_packed(self, x, offset):
+        """x: (B, T, C) -> (o (B, T, H D), None): rotate and attend on the packed
+        (B, T, H + 2 Hkv, D) projection; K/V never exist apart, so none are returned."""
+        b, t, _ = x.shape
+        h, hkv, d = self.n_head, self.n_kv_head, self.head_dim
+        qkv = self.qkv(x).reshape(b, t, h + 2 * hkv, d)
+        if self.rotary is not None:
+            qkv = self.rotary.rotate_packed(qkv, h + hkv, offset)
+        o = PackedAttentionOp.apply(qkv, n_head=h, n_kv_head=hkv, causal=self.causal,
+                                    window=self.window or 0)          # (B, T, H, D)
+        return o.reshape(b, t, h * d), None
+
     def _project(self, x, offset, shared_kv):
         """q (B, H, T, D), k, v (B, Hkv, T, D), rotated when RoPE is on."""
         b, t, _ = x.shape
         h, hkv, d = self.n_head, self.n_kv_head, self.head_dim
         if self.shares_kv:
             if shared_kv is None:
-                raise ValueError("MultiHeadAttention(shares_kv=True) needs the K/V of an earlier "
-                                 "layer: pass shared_kv=(k, v)")
+                raise ValueError(f"{type(self).__name__}(shares_kv=True) needs the K/V of an "
+                                 f"earlier layer: pass shared_kv=(k, v)")
             q = self.q(x).reshape(b, t, h, d).transpose(0, 2, 1, 3)
             if self.rotary is not None:
                 q = self.rotary(q, offset)
@@ -103,54 +131,44 @@ class MultiHeadAttention(Module):
             q, k = self.rotary(q, offset), self.rotary(k, offset)
         return q, k, v
 
-    def _packed(self, x, offset):
-        """The fast path: rotate and attend on the packed (B, T, H + 2 Hkv, D) projection."""
-        b, t, _ = x.shape
-        h, hkv, d = self.n_head, self.n_kv_head, self.head_dim
-        qkv = self.qkv(x).reshape(b, t, h + 2 * hkv, d)
-        if self.rotary is not None:
-            qkv = self.rotary.rotate_packed(qkv, h + hkv, offset)
-        o = PackedAttentionOp.apply(qkv, n_head=h, n_kv_head=hkv, causal=self.causal,
-                                    window=self.window or 0)          # (B, T, H, D)
-        return self.dropout(self.proj(o.reshape(b, t, h * d))), None
-
-    def forward(self, x, bias=None, padding_mask=None, offset=0, shared_kv=None, cache=None):
-        """x: (B, T, C) -> (y (B, T, C), (k, v)), the K/V this layer attended over (for sharing;
-        None on the packed fast path, taken when nothing needs them separately).
-
-        bias: additive (1 or B, H, Tq, Tk) array or Tensor (ALiBi, T5). padding_mask: (B, Tk) bool.
-        offset: position of x's first token (RoPE, after a cache). cache: an object with
-        `update(k, v) -> (k_all, v_all)` that appends this step's K/V (the decoder's KV cache).
-        """
-        if (self.kind == "softmax" and not self.shares_kv and not self.provides_kv
-                and bias is None and padding_mask is None and cache is None):
-            return self._packed(x, offset)
-        b, t, _ = x.shape
-        q, k, v = self._project(x, offset, shared_kv)
-        if cache is not None and not self.shares_kv and self.kind == "softmax":
+    def _attend(self, q, k, v, bias, padding_mask, cache):
+        """q: (B, H, T, D), k, v: (B, Hkv, Tk, D) -> (o (B, H, T, D), (k, v)), the K/V attended
+        over: the cache's whole contents when there is one."""
+        if cache is not None and not self.shares_kv:
             k, v = cache.update(k, v)
         tk = k.shape[2]        # a sliding-window cache returns only the most recent keys
-        if self.kind == "linear":
-            if bias is not None or padding_mask is not None or self.window is not None:
-                raise ValueError("linear attention takes no bias, padding mask or window")
-            g = self.n_head // self.n_kv_head
-            if g > 1:     # linear attention keeps a state per query head: expand K/V heads
-                b_, hkv, tk, d = k.shape
-                k = k.reshape(b_, hkv, 1, tk, d).expand(b_, hkv, g, tk, d).reshape(b_, -1, tk, d)
-                v = v.reshape(b_, hkv, 1, tk, d).expand(b_, hkv, g, tk, d).reshape(b_, -1, tk, d)
-            o = (cache.attend(q, k, v) if cache is not None and not self.shares_kv
-                 else F.linear_attention(q, k, v, causal=self.causal))
+        mask = bias
+        if padding_mask is not None:
+            pad = _padding_bias(padding_mask, q.device, q.dtype)
+            mask = pad if mask is None else mask + pad
+        if mask is not None and mask.shape[-1] > tk:          # keys the cache no longer holds
+            mask = mask[..., -tk:]
+        o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=self.causal,
+                                           window=self.window)
+        return o, (k, v)
+
+    def _attend_split(self, x, bias, padding_mask, offset, shared_kv, cache):
+        """x: (B, T, C) -> (o (B, T, H D), (k, v)): q, k, v apart, then the attention step."""
+        b, t, _ = x.shape
+        q, k, v = self._project(x, offset, shared_kv)
+        o, kv = self._attend(q, k, v, bias, padding_mask, cache)         # o: (B, H, T, D)
+        return o.transpose(0, 2, 1, 3).reshape(b, t, self.n_head * self.head_dim), kv
+
+    def forward(self, x, bias=None, padding_mask=None, offset=0, shared_kv=None, cache=None):
+        """x: (B, T, C) -> (y (B, T, C), kv): kv is (k, v) (B, Hkv, Tk, D), the K/V this layer
+        attended over (what a later layer shares), or None from the packed path, which runs only
+        when nothing asks for them.
+
+        bias: additive (1 or B, H, Tq, Tk) array or Tensor (ALiBi, T5). padding_mask: (B, Tk) bool.
+        offset: position of x's first token (RoPE, after a cache). shared_kv: (k, v) of an earlier
+        layer, for a layer built with shares_kv=True. cache: an object with
+        `update(k, v) -> (k_all, v_all)` that appends this step's K/V (the decoder's KV cache).
+        """
+        if self._packed_path_applies(bias, padding_mask, cache):
+            o, kv = self._attend_packed(x, offset)
         else:
-            mask = bias
-            if padding_mask is not None:
-                pad = _padding_bias(padding_mask, x.device, x.dtype)
-                mask = pad if mask is None else mask + pad
-            if mask is not None and mask.shape[-1] > tk:      # keys the cache no longer holds
-                mask = mask[..., -tk:]
-            o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=self.causal,
-                                               window=self.window)
-        y = o.transpose(0, 2, 1, 3).reshape(b, t, self.n_head * self.head_dim)
-        return self.dropout(self.proj(y)), (k, v)
+            o, kv = self._attend_split(x, bias, padding_mask, offset, shared_kv, cache)
+        return self.dropout(self.proj(o)), kv
 
     def extra_repr(self):
         extra = f", window={self.window}" if self.window else ""
