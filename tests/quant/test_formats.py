@@ -7,9 +7,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tinygrad_llm.quant.formats import (GGML_TYPES, SCHEMES, dequantize_weight, from_ggml,
-                                        nf4_codebook, pack_nibbles, quantize_weight, to_ggml,
-                                        unpack_nibbles)
+from tinygrad_llm.quant.formats import (GGML_TYPES, SCHEMES, dequantize_weight,
+                                        fitting_group, from_ggml, nf4_codebook, pack_nibbles,
+                                        quantize_weight, to_ggml, unpack_nibbles)
 
 # the values printed in the QLoRA paper's appendix / bitsandbytes' NF4 table
 PUBLISHED_NF4 = [-1.0, -0.6961928009986877, -0.5250730514526367, -0.39491748809814453,
@@ -138,6 +138,14 @@ def test_nf4_groups(group):
     fields = quantize_weight(w, "nf4", group_size=group)
     assert fields["absmax"].shape == (w.shape[0], 256 // group)
     np.testing.assert_allclose(fields["absmax"], np.abs(_block_view(w, group)).max(axis=2))
+
+
+@pytest.mark.parametrize("scheme, group, width, want", [
+    ("q4_0", 64, 96, 64), ("q8_0", 64, 48, None), ("int8", 64, 7, 64),
+    ("nf4", 128, 256, 128), ("nf4", 128, 192, 64), ("nf4", 128, 96, 32), ("nf4", 64, 352, 32),
+    ("nf4", 64, 48, None), ("nf4", 32, 64, 32)])
+def test_fitting_group_falls_back_to_a_smaller_block(scheme, group, width, want):
+    assert fitting_group(scheme, group, width) == want
 
 
 def test_bad_input():

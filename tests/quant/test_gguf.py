@@ -207,6 +207,29 @@ def test_input_dims_off_the_block_size_are_written_f16(tmp_path):
     np.testing.assert_allclose(logits(loaded, ids()), logits(reference, ids()), rtol=0, atol=1e-6)
 
 
+@pytest.mark.parametrize("scheme", ["q4_0", "nf4"])
+def test_a_model_whose_layers_fell_back_exports(scheme, tmp_path):
+    """quantize() kept the 48-input layers in float (none of the scheme's blocks fits them): a
+    q4_0 file writes those F16 (llama.cpp's own fallback) and the quantized ffn_down from its
+    blocks (q4_0: the loaded model is the same) or requantized (nf4: close to it)."""
+    model = make("llama-gqa-untied", n_embd=48)
+    with tl.no_grad():
+        for p in model.parameters():                    # values F16 holds exactly
+            p.data[...] = p.data.astype(np.float16).astype(np.float32)
+    with pytest.warns(UserWarning, match="stay in float"):
+        quantize(model, scheme, group_size=32, include_head=True)
+    assert sorted(quantized_layers(model)) == ["blocks.0.ffn.down", "blocks.1.ffn.down"]
+    save_gguf(model, tmp_path / "m.gguf", dtype="q4_0")
+    types = {n: t.tensor_type for n, t in tensors_of(tmp_path / "m.gguf").items()}
+    assert types["blk.0.ffn_down.weight"] == QT.Q4_0
+    assert types["blk.0.attn_q.weight"] == types["output.weight"] == QT.F16
+    loaded = load_gguf(tmp_path / "m.gguf")
+    assert sorted(quantized_layers(loaded)) == ["blocks.0.ffn.down", "blocks.1.ffn.down"]
+    want, got = logits(model, ids()), logits(loaded, ids())
+    tol = 1e-6 if scheme == "q4_0" else 0.1 * np.abs(want).max()   # nf4 -> q4_0: requantized
+    np.testing.assert_allclose(got, want, rtol=0, atol=tol)
+
+
 @pytest.mark.parametrize("key", ["llama-gqa-untied", "gpt2-untied"])
 def test_quantized_layers_are_written_from_their_own_blocks(key, tmp_path):
     model = quantize(make(key), "q4_1", include_head=True)

@@ -71,6 +71,24 @@ def test_model_pass_swaps_the_blocks_and_beats_round_to_nearest():
     assert err_gptq < err_rtn, (err_gptq, err_rtn)
 
 
+def test_model_layers_off_the_block_fall_back():
+    """As in quantize(): with n_embd 48 no 32-block fits the layers reading the residual stream,
+    which stay float (one warning); ffn.down (192 inputs) is quantized."""
+    tl.manual_seed(0)
+    model = GPT(GPTConfig.preset("gpt2", vocab_size=40, n_layer=2, n_head=2, n_embd=48,
+                                 block_size=16))
+    ids = np.random.default_rng(0).integers(0, 40, (2, 16))
+    with pytest.warns(UserWarning) as caught:
+        gptq(model, ids, "q4_0")
+    assert len(caught) == 1 and str(caught[0].message) == (
+        "gptq: input size not a multiple of q4_0's block 32: blocks.{0,1}.attn.qkv, "
+        "blocks.{0,1}.attn.proj, blocks.{0,1}.ffn.up stay in float")
+    names = sorted(n for n, m in model.named_modules() if isinstance(m, QuantLinear))
+    assert names == ["blocks.0.ffn.down", "blocks.1.ffn.down"]
+    with no_grad():
+        assert np.isfinite(model(ids).numpy()).all()
+
+
 def test_bad_input():
     w, x = problem(n=64)
     with pytest.raises(ValueError, match=r"H must be \(64, 64\)"):

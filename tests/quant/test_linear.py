@@ -15,8 +15,8 @@ from tinygrad_llm.models import GPT, GPTConfig
 from tinygrad_llm.nn import Linear
 from tinygrad_llm.quant import QuantLinear, quantize, quantized_layers
 from tinygrad_llm.quant.formats import (SCHEMES, dequantize_operands, dequantize_weight,
-                                        quantize_weight)
-from tinygrad_llm.quant.linear import PackedWeight, quant_matmul
+                                        matmul_operands, quantize_weight)
+from tinygrad_llm.quant.linear import PackedWeight, RowMajor, quant_matmul, quant_pack
 from tinygrad_llm.train import load_checkpoint, save_checkpoint
 from tinygrad_llm.train.checkpoint import model_arrays
 
@@ -97,10 +97,33 @@ def test_packed_weight_keeps_one_copy_and_gives_the_fields_back(scheme, rows):
 def test_packed_weight_made_with_the_kernels_off_runs_the_reference():
     with tl.use_kernels(False):
         weight = packed("q4_0", 40, 64)
-    assert weight.tiles is None and "qweight" in weight._fields
+    assert weight.tiles is None and isinstance(weight.layout, RowMajor) and not weight._fields
     x = np.random.default_rng(3).standard_normal((2, 64)).astype(np.float32)
     np.testing.assert_allclose(quant_matmul(x, weight), x @ dense(weight).T, rtol=0, atol=1e-4)
     assert kernels.ran("quant_matmul") == "reference"
+
+
+@pytest.mark.parametrize("scheme", SCHEMES)
+@pytest.mark.parametrize("rows", [1, 257])
+def test_column_tiles_give_back_what_the_reference_layout_holds(scheme, rows):
+    """quant_pack's reference keeps matmul_operands' arrays (RowMajor); the CPU's column tiles
+    answer row_major / scales / mins with the same arrays, whole or by rows."""
+    w = np.random.default_rng(6).standard_normal((rows, 64)).astype(np.float32)
+    q, scale, minimum, levels, group = matmul_operands(quantize_weight(w, scheme, 32), scheme)
+    tiles = quant_pack(q, scale, minimum, levels, group)
+    assert kernels.ran("quant_pack") == "cpu"
+    with tl.use_kernels(False):
+        ref = quant_pack(q, scale, minimum, levels, group)
+    assert isinstance(ref, RowMajor) and ref.row_major() is q and ref.scales() is scale
+    ids = np.array([rows - 1, 0, rows // 2])
+    for which in (None, ids):
+        for name in ("row_major", "scales", "mins"):
+            got, want = getattr(tiles, name)(which), getattr(ref, name)(which)
+            if want is None:
+                assert got is None, name
+                continue
+            np.testing.assert_array_equal(got, want, name)     # scales come back as float32
+            assert got.dtype == want.dtype or name != "row_major", name
 
 
 @pytest.mark.parametrize("scheme", SCHEMES)
@@ -213,12 +236,67 @@ def test_bad_input():
     model = tiny_model()
     with pytest.raises(ValueError, match=r"unknown scheme 'q2'.*'q8_0'"):
         quantize(model, "q2")
-    odd = GPT(GPTConfig.preset("gpt2", vocab_size=50, n_layer=1, n_head=2, n_embd=48,
-                               block_size=16))
-    with pytest.raises(ValueError, match=r"layer 'blocks\.0\.attn\.qkv' has in_features=48, "
-                                         r"not a multiple of q4_0's block size 32"):
-        quantize(odd, "q4_0")
-    quantize(odd, "int8")                                        # per channel: any width
+    with pytest.raises(ValueError, match=r"quantize\('nf4'\): group_size must be one of "
+                                         r"\(32, 64, 128\), got 48"):
+        quantize(model, "nf4", group_size=48)
+    with pytest.raises(ValueError, match="multiple of the block size 32"):
+        QuantLinear(48, 4, "q4_0")              # a layer built by hand does not fall back
     q = QuantLinear.from_linear(Linear(32, 4), "q8_0")
     with pytest.raises(ValueError, match="last dim 31, expected in_features=32"):
         q(Tensor(np.zeros((2, 31), np.float32)))
+
+
+def odd_model(**overrides):
+    """n_embd 48: every matrix reading the residual stream has 48 inputs, a multiple of no
+    32-block; ffn.down reads 192."""
+    tl.manual_seed(3)
+    base = dict(vocab_size=50, n_layer=2, n_head=2, n_embd=48, block_size=16)
+    return GPT(GPTConfig.preset("gpt2", **{**base, **overrides})).eval()
+
+
+def test_llama_preset_quantizes_to_nf4_with_the_defaults():
+    """n_embd 128 gives ffn_hidden 352 = 11 * 32: the down projections take NF4's group of 32
+    (the default 64 does not divide them), the rest keep 64, and one warning says so."""
+    model = GPT(GPTConfig.preset("llama", n_embd=128))
+    with pytest.warns(UserWarning) as caught:
+        quantize(model, "nf4")
+    assert len(caught) == 1
+    assert str(caught[0].message) == (
+        "quantize: input size not a multiple of nf4's block 64: blocks.{" +
+        ",".join(map(str, range(16))) + "}.ffn.down take group_size=32")
+    groups = {name: layer.group_size for name, layer in quantized_layers(model).items()}
+    assert len(groups) == 16 * 5
+    assert all(g == (32 if name.endswith("ffn.down") else 64) for name, g in groups.items())
+    with no_grad():
+        assert np.isfinite(model(np.zeros((1, 4), np.int64)).numpy()).all()
+
+
+@pytest.mark.parametrize("scheme", ["q8_0", "q4_1", "nf4"])
+def test_layers_no_block_fits_stay_in_float(scheme):
+    """As llama.cpp keeps a tensor F16 when no block of its type fits, those layers stay the
+    float Linear they were (a tied head and its table with them), named in one warning; the model
+    is the one quantize(skip=those layers) gives, and a fresh one loads its checkpoint."""
+    model = odd_model()
+    with pytest.warns(UserWarning) as caught:
+        quantize(model, scheme, group_size=32, include_head=True, include_embeddings=True)
+    assert len(caught) == 1
+    assert str(caught[0].message) == (
+        f"quantize: input size not a multiple of {scheme}'s block 32: head, "
+        "blocks.{0,1}.attn.qkv, blocks.{0,1}.attn.proj, blocks.{0,1}.ffn.up, tok_emb stay in "
+        "float")
+    assert sorted(quantized_layers(model)) == ["blocks.0.ffn.down", "blocks.1.ffn.down"]
+    assert type(model.head) is Linear and model.head.weight is model.tok_emb.weight
+    assert model.head.weight.dtype == np.float32
+    skipped = quantize(odd_model(), scheme, group_size=32, skip=["*attn*", "*up"])
+    ids = np.random.default_rng(0).integers(0, 50, (2, 8))
+    with no_grad():
+        want = skipped(ids).numpy()
+        np.testing.assert_array_equal(model(ids).numpy(), want)
+    fresh = odd_model(vocab_size=50)
+    tl.manual_seed(4)
+    with pytest.warns(UserWarning):
+        quantize(fresh, scheme, group_size=32, include_head=True, include_embeddings=True)
+    fresh.load_state_dict(model.state_dict())
+    with no_grad():
+        np.testing.assert_array_equal(fresh(ids).numpy(), want)
+

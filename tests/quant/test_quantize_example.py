@@ -37,14 +37,14 @@ def test_quantize_example(checkpoint, scheme, gptq, capsys):
     out = checkpoint / f"out-{scheme}" / "ckpt.safetensors"
     gguf_path = checkpoint / f"model-{scheme}.gguf"
     result = example.main([f"--ckpt={checkpoint / 'base' / 'ckpt.safetensors'}",
-                           f"--scheme={scheme}", f"--gptq={gptq}", f"--out={out}",
+                           f"--scheme={scheme}", f"--gptq={gptq}", f"--out_dir={out.parent}",
                            f"--gguf={gguf_path}", "--eval_windows=8", "--calib_windows=4",
                            "--max_new_tokens=10"])
     printed = capsys.readouterr().out
     assert "val ppl" in printed and json.loads(printed.strip().splitlines()[-1]) == result
     assert result["size_ratio"] < 0.6
     assert abs(result["ppl_change_pct"]) < 10
-    model, record = load_model(str(out))
+    model, _, record = load_model(str(out))
     assert record["quantization"]["scheme"] == scheme
     assert isinstance(model.blocks[0].attn.qkv, QuantLinear)
     from_gguf = load_gguf(gguf_path)

@@ -38,7 +38,7 @@ from ..backend import array_module, to_numpy
 
 __all__ = ["SCHEMES", "GGML_TYPES", "quantize_weight", "dequantize_weight", "to_ggml",
            "from_ggml", "nf4_codebook", "pack_nibbles", "unpack_nibbles", "bits_per_weight",
-           "matmul_operands", "dequantize_operands"]
+           "matmul_operands", "dequantize_operands", "block_size", "fitting_group"]
 
 QK = 32                                   # llama.cpp's block size for Q8_0 / Q4_0 / Q4_1
 SCHEMES = ("int8", "q8_0", "q4_0", "q4_1", "nf4")
@@ -218,6 +218,18 @@ def block_size(scheme, group_size=64):
     int8 (per channel)."""
     _check_scheme(scheme)
     return QK if scheme in GGML_TYPES else group_size if scheme == "nf4" else 1
+
+
+def fitting_group(scheme, group_size, in_features):
+    """The group size a layer of `in_features` inputs is quantized with under `scheme`, falling
+    back as llama.cpp's quantizer does when the scheme's block does not divide the row:
+    group_size itself when it fits, else NF4's largest smaller group that does (llama.cpp: a type
+    with a smaller block), else None: no block of the scheme fits, and the layer stays in float
+    (llama.cpp writes it F16)."""
+    if in_features % block_size(scheme, group_size) == 0:
+        return group_size
+    smaller = [g for g in NF4_GROUPS if g < group_size and in_features % g == 0]
+    return max(smaller) if scheme == "nf4" and smaller else None
 
 
 def quantize_weight(w, scheme, group_size=64, double_quant=False):

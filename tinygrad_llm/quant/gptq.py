@@ -30,7 +30,7 @@ from .. import backend
 from ..nn.layers import Linear
 from ..tensor import no_grad
 from .formats import (NF4_CODEBOOK, QK, block_size, pack_nibbles, quantize_weight)
-from .linear import QuantLinear
+from .linear import QuantLinear, fall_back
 
 __all__ = ["gptq_quantize", "gptq", "hessian"]
 
@@ -133,26 +133,36 @@ def _fields(scheme, codes, params, g):
 
 
 def _blocks_linears(block):
-    return [(parent, name, child) for _, parent in block.named_modules()
+    """(name in the block, parent, attribute name, Linear) for each Linear of a block."""
+    return [(f"{path}.{name}" if path else name, parent, name, child)
+            for path, parent in block.named_modules()
             for name, child in list(parent._modules.items()) if isinstance(child, Linear)]
 
 
 def gptq(model, calibration, scheme="q4_0", group_size=64, block=128, damp=0.01):
     """Quantize a GPT's block Linear layers with GPTQ, in place (the head and embeddings stay
     float). calibration: (B, T) token ids run through the model; block by block, each Linear's
-    inputs are recorded with the earlier blocks already quantized. Returns the model."""
+    inputs are recorded with the earlier blocks already quantized. A layer whose input size is
+    not a multiple of the scheme's block falls back as in quantize() (linear.fall_back), with
+    one warning. Returns the model."""
     ids = np.asarray(calibration)
     if ids.ndim != 2 or ids.dtype.kind not in "iu":
         raise ValueError(f"gptq: calibration must be (B, T) token ids, got shape {ids.shape} "
                          f"dtype {ids.dtype}")
+    groups = fall_back("gptq", scheme, group_size, {
+        f"blocks.{i}.{name}": lin.in_features
+        for i, block_module in enumerate(model.blocks)
+        for name, _, _, lin in _blocks_linears(block_module)})
     was_training = model.training
     model.eval()
     try:
-        for block_module in model.blocks:
-            targets = _blocks_linears(block_module)
-            captured = {id(lin): [] for _, _, lin in targets}
+        for i, block_module in enumerate(model.blocks):
+            targets = [(parent, name, lin, groups[f"blocks.{i}.{full}"])
+                       for full, parent, name, lin in _blocks_linears(block_module)
+                       if groups[f"blocks.{i}.{full}"] is not None]
+            captured = {id(lin): [] for _, _, lin, _ in targets}
             originals = {}
-            for _, _, lin in targets:
+            for _, _, lin, _ in targets:
                 originals[id(lin)] = lin.forward
 
                 def record(x, lin=lin):
@@ -161,13 +171,13 @@ def gptq(model, calibration, scheme="q4_0", group_size=64, block=128, damp=0.01)
                 object.__setattr__(lin, "forward", record)
             with no_grad():
                 model(ids)
-            for _, _, lin in targets:
+            for _, _, lin, _ in targets:
                 object.__delattr__(lin, "forward")
-            for parent, name, lin in targets:
+            for parent, name, lin, group in targets:
                 H = hessian(np.concatenate(captured[id(lin)]))
-                fields = gptq_quantize(backend.to_numpy(lin.weight.data), H, scheme, group_size,
+                fields = gptq_quantize(backend.to_numpy(lin.weight.data), H, scheme, group,
                                        block, damp)
-                q = QuantLinear(lin.in_features, lin.out_features, scheme, group_size,
+                q = QuantLinear(lin.in_features, lin.out_features, scheme, group,
                                 lin.bias is not None, device=lin.weight.device,
                                 dtype=lin.weight.dtype, fields=fields)
                 if lin.bias is not None:

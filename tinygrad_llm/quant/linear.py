@@ -6,20 +6,26 @@ kernels/cuda/quant.py decode each block inside the dot product) computes y = x W
 from the packed fields. The weight is frozen (it has no gradient), but x gets one, dx = dy W_hat,
 so a LoRA adapter on top of a quantized base trains through it (QLoRA).
 
-A layer keeps its fields in a PackedWeight: on the CPU the big one (qweight) only as the kernel's
-column tiles, one resident copy; on a GPU all of them row-major on the device, where the CUDA
-kernel (kernels/cuda/quant.py) reads them and the reference decodes them (formats.py is written
-against either array module), so a forward moves no weight between host and device. Quantizing
-(`quantize`, `from_linear`) is host work, done once: the float weight comes over, the fields go
-back.
+A layer keeps its fields in a PackedWeight, the bytes and scales in the layout `quant_pack`
+gives: its reference keeps them row-major (RowMajor), as on a GPU, where the CUDA kernel
+(kernels/cuda/quant.py) reads them and the reference decodes them (formats.py is written against
+either array module), so a forward moves no weight between host and device; on the CPU its
+kernel stores them only as column tiles (kernels/cpu/quant.py's ColumnTiles), one resident copy.
+Quantizing (`quantize`, `from_linear`) is host work, done once: the float weight comes over, the
+fields go back.
 
 `state_dict()` gives the fields under their own names, row-major as formats.py defines them, so
 checkpoints hold the packed bytes (the file shrinks with the weights) and `quantize(model, ...)`
 followed by `load_state_dict` restores a saved quantized model. A float checkpoint into a
 quantized model, or the reverse, fails in load_state_dict with the layer's missing and unexpected
 keys (weight vs qweight, scale, ...).
+
+Reading order: RowMajor and quant_pack (the layout), quant_matmul (the product's reference),
+PackedWeight, QuantMatmulOp, QuantLinear, QuantEmbedding, fall_back and quantize.
 """
 import fnmatch
+import re
+import warnings
 import weakref
 
 import numpy as np
@@ -29,11 +35,11 @@ from ..kernels import kernel
 from ..nn.layers import Linear, init_parameter
 from ..nn.module import Module
 from ..tensor import Function, Tensor
-from .formats import (SCHEMES, block_size, dequantize_operands, matmul_operands,
-                      quantize_weight)
+from .formats import (NF4_GROUPS, SCHEMES, block_size, dequantize_operands, fitting_group,
+                      matmul_operands, quantize_weight)
 
-__all__ = ["QuantLinear", "QuantEmbedding", "PackedWeight", "quantize", "quant_matmul",
-           "quantized_layers"]
+__all__ = ["QuantLinear", "QuantEmbedding", "PackedWeight", "RowMajor", "quantize",
+           "fall_back", "quant_matmul", "quant_pack", "quantized_layers"]
 
 
 def _dense(weight, like):
@@ -41,12 +47,42 @@ def _dense(weight, like):
     return backend.to_device(weight.dequantize(), backend.device_of(like)).astype(like.dtype)
 
 
+class RowMajor:
+    """matmul_operands' qweight (out, row_bytes), scale (out, in / group) and minimum (q4_1's
+    (out, in / 32), else None) kept as they are, on their device: quant_pack's reference layout.
+    kernels/cpu/quant.py's ColumnTiles answers the same four questions from its column tiles."""
+
+    def __init__(self, qweight, scale, minimum):
+        self.qweight, self.scale, self.minimum = qweight, scale, minimum
+
+    @property
+    def nbytes(self):
+        return sum(a.nbytes for a in (self.qweight, self.scale, self.minimum) if a is not None)
+
+    def row_major(self, ids=None):
+        """qweight, or its rows ids."""
+        return self.qweight if ids is None else self.qweight[ids]
+
+    def scales(self, ids=None):
+        """The scales, or their rows ids."""
+        return self.scale if ids is None else self.scale[ids]
+
+    def mins(self, ids=None):
+        """q4_1's block mins (or rows ids), None for other schemes."""
+        return self.minimum if self.minimum is None or ids is None else self.minimum[ids]
+
+
 @kernel("quant_pack")           # fast version: kernels/cpu/quant.py (column tiles)
 def quant_pack(qweight, scale, minimum, levels, group):
-    """The form a kernel wants a quantized matrix's bytes kept in, from matmul_operands' form;
-    None keeps the fields as they are, row-major: what the reference reads, and on a GPU the
-    CUDA kernel too."""
-    return None
+    """The layout a quantized matrix's bytes and scales are kept in, from matmul_operands' form
+    (levels and group say how to read them; the layout itself holds the three arrays).
+
+    Here they stay as they are, row-major (RowMajor): block b of row o is q[o, b-th run of
+    bytes], what quant_matmul's reference decodes and, on a GPU, what the CUDA kernel reads with
+    a row's threads side by side. The CPU kernel stores them transposed instead, as column tiles
+    (ColumnTiles: each input element meets a contiguous run of outputs, so its loops vectorise
+    over the outputs), and the layer keeps only those."""
+    return RowMajor(qweight, scale, minimum)
 
 
 @kernel("quant_matmul")         # fast versions: kernels/cpu/quant.py, kernels/cuda/quant.py
@@ -56,23 +92,22 @@ def quant_matmul(x, weight):
     return x @ _dense(weight, x).T
 
 
-def _same_data(field, operand):
-    """The operand is this field, or a view of it (int8's per-row scale as (out, 1))."""
-    return operand is not None and (operand is field or operand.base is field)
+SCALE_FIELD = {"int8": "scale", "q8_0": "scale", "q4_0": "scale", "q4_1": "scale",
+               "nf4": "absmax"}       # the field matmul_operands passes on as its scale
 
 
 class PackedWeight:
     """One quantized (out, in) matrix as it lives in memory: its scheme and fields (formats.py;
     what a checkpoint or a GGUF file holds, with qweight the largest by far).
 
-    On the CPU, quant_pack stores the bytes and scales only in the layout its kernels read
-    (column tiles): the weight is resident once, and `fields`, `qweight` and `operands` rebuild the
-    row-major arrays when a checkpoint, a GGUF writer or the reference path asks for them. Fields
-    the tiles cannot give back (NF4's double-quantized scale codes) are kept as they are; so is
-    everything when built with the kernels off. On a GPU the fields stay row-major on the device
-    (quant_pack's reference keeps them: the CUDA kernels, kernels/cuda/quant.py, read that
-    layout), and everything here decodes there. A tied embedding and head share one
-    PackedWeight; `replace` changes it in place so both see a load."""
+    The bytes and scales are kept once, in the layout quant_pack gives (`layout`): on the CPU
+    the column tiles its kernels read (`tiles`, also the decode step's), from which `fields`,
+    `qweight` and `operands` rebuild the row-major arrays when a checkpoint, a GGUF writer or
+    the reference path asks; with the kernels off, or on a GPU, the row-major arrays themselves
+    (on the device: the CUDA kernels, kernels/cuda/quant.py, read that layout, and everything
+    here decodes there; `tiles` is then None). Fields no layout holds (NF4's double-quantized
+    scale codes) are kept as they are. A tied embedding and head share one PackedWeight;
+    `replace` changes it in place so both see a load."""
 
     def __init__(self, scheme, fields, device=None):
         self.scheme = scheme
@@ -84,31 +119,28 @@ class PackedWeight:
         self.field_specs = {k: (tuple(v.shape), v.dtype) for k, v in sorted(fields.items())}
         # levels (16 float32, or None) live on the device with the fields: made once, here
         q, scale, minimum, self.levels, self.group = matmul_operands(fields, self.scheme)
-        self.tiles = quant_pack(q, scale, minimum, self.levels, self.group)
-        self._in_tiles = {}                  # field name -> how to get it back from the tiles
-        if self.tiles is not None:
-            self._in_tiles["qweight"] = self.tiles.row_major
-            for name, value in fields.items():
-                if _same_data(value, scale):
-                    self._in_tiles[name] = self.tiles.scales
-                elif _same_data(value, minimum):
-                    self._in_tiles[name] = self.tiles.mins
-            scale = minimum = None                                 # the tiles hold them
-        self._fields = {k: v for k, v in fields.items() if k not in self._in_tiles}
-        self._scale, self._minimum, self.device = scale, minimum, device
+        self.layout = quant_pack(q, scale, minimum, self.levels, self.group)
+        self.tiles = None if isinstance(self.layout, RowMajor) else self.layout
+        # field name -> how the layout gives it back; NF4 with double quantization has no absmax
+        # field (the layout holds the decoded scales), so its codes stay in _fields
+        held = {"qweight": self.layout.row_major, SCALE_FIELD[self.scheme]: self.layout.scales,
+                "min": self.layout.mins}
+        self._held = {name: read for name, read in held.items() if name in fields}
+        self._fields = {k: v for k, v in fields.items() if k not in self._held}
+        self.device = device
         self._rebuilt = {}                   # name -> weak reference to the last rebuilt array
         self.key = object()                  # a new identity whenever the content changes
 
     def field(self, name):
         """One field as formats.py defines it (rebuilt from the tiles on the CPU; while someone
         holds a rebuilt array, asking again gives the same one, so a tied table is saved once)."""
-        if name not in self._in_tiles:
+        if name not in self._held:
             return self._fields[name]
         hit = self._rebuilt.get(name)
         value = hit() if hit is not None else None
         if value is None:
             shape, dtype = self.field_specs[name]
-            value = self._in_tiles[name]().reshape(shape).astype(dtype, copy=False)
+            value = self._held[name]().reshape(shape).astype(dtype, copy=False)
             self._rebuilt[name] = weakref.ref(value)
         return value
 
@@ -120,26 +152,16 @@ class PackedWeight:
     def fields(self):
         return {name: self.field(name) for name in self.field_specs}
 
-    def _scales(self, ids=None):
-        """(scale, minimum) of matmul_operands, or their rows ids (on the weight's device)."""
-        if self.tiles is not None:
-            return self.tiles.scales(ids), self.tiles.mins(ids)
-        scale, minimum = self._scale, self._minimum
-        if ids is None:
-            return scale, minimum
-        return scale[ids], None if minimum is None else minimum[ids]
-
     @property
     def operands(self):
         """matmul_operands' form (NF4's double-quantized scales decoded), on the weight's device:
         (qweight, scale, minimum, levels, group)."""
-        return (self.qweight, *self._scales(), self.levels, self.group)
+        return (self.qweight, self.layout.scales(), self.layout.mins(), self.levels, self.group)
 
     @property
     def nbytes(self):
-        """Resident bytes: the tiles (on the CPU) and the fields kept as they are."""
-        return (0 if self.tiles is None else self.tiles.nbytes) + sum(
-            v.nbytes for v in self._fields.values())
+        """Resident bytes: the layout and the fields kept beside it."""
+        return self.layout.nbytes + sum(v.nbytes for v in self._fields.values())
 
     def replace(self, name, value):
         """Put a new array in field `name` (a checkpoint being loaded), in place."""
@@ -158,10 +180,9 @@ class PackedWeight:
         (an embedding lookup). ids: int array on either device (a few ids cross, never rows)."""
         xp = backend.xp_for(self.device)
         ids = xp.asarray(backend.to_device(ids, self.device), dtype=xp.int64)
-        q = (self.tiles.row_major(ids) if self.tiles is not None
-             else self._fields["qweight"][ids])
         with np.errstate(over="ignore", invalid="ignore"):
-            return dequantize_operands(q, *self._scales(ids), self.levels, self.group)
+            return dequantize_operands(self.layout.row_major(ids), self.layout.scales(ids),
+                                       self.layout.mins(ids), self.levels, self.group)
 
     def dequantize(self):
         """The float32 (out, in) matrix: a new array on the weight's device."""
@@ -326,6 +347,38 @@ def _targets(model, include_head, skip):
     return found
 
 
+def _layer_list(names):
+    """['blocks.0.ffn.down', 'blocks.1.ffn.down', 'head'] -> 'blocks.{0,1}.ffn.down, head':
+    the layers' names, those differing only in their block number written once."""
+    runs = {}
+    for name in names:
+        head, number, tail = re.match(r"(.*?)(\d*)((?<=\d)\..*|$)", name).groups()
+        runs.setdefault((head, tail), []).append(number)
+    return ", ".join(f"{head}{{{','.join(numbers)}}}{tail}" if len(numbers) > 1
+                     else f"{head}{numbers[0]}{tail}" for (head, tail), numbers in runs.items())
+
+
+def fall_back(caller, scheme, group_size, widths):
+    """{name: the group size to quantize it with, or None to keep it in float} for layers
+    {name: in_features}, by formats.fitting_group; one warning line names the layers that do
+    not take `group_size`, and what they take instead."""
+    if scheme == "nf4" and group_size not in NF4_GROUPS:    # not a group to fall back from
+        raise ValueError(f"{caller}('nf4'): group_size must be one of {NF4_GROUPS}, got "
+                         f"{group_size}")
+    groups = {name: fitting_group(scheme, group_size, n) for name, n in widths.items()}
+    moved = {}                               # what a layer takes instead -> its names
+    for name, group in groups.items():
+        if group != group_size:
+            moved.setdefault(group, []).append(name)
+    if moved:
+        said = [f"{_layer_list(names)} "
+                + ("stay in float" if group is None else f"take group_size={group}")
+                for group, names in moved.items()]
+        warnings.warn(f"{caller}: input size not a multiple of {scheme}'s block "
+                      f"{block_size(scheme, group_size)}: " + "; ".join(said), stacklevel=3)
+    return groups
+
+
 def quantize(model, scheme="q8_0", group_size=64, double_quant=False, include_head=False,
              include_embeddings=False, skip=()):
     """Replace the model's Linear layers with QuantLinear, in place; returns the model.
@@ -333,11 +386,12 @@ def quantize(model, scheme="q8_0", group_size=64, double_quant=False, include_he
     scheme: one of formats.SCHEMES. group_size: NF4's group (32/64/128). include_head: quantize
     the output head too. include_embeddings: the token embedding table too (QuantEmbedding); a
     head tied to the embeddings is quantized only with both flags, and stays tied (one table).
-    skip: fnmatch patterns of layer names to leave in float. Layers whose input size is not a
-    multiple of the scheme's block raise, naming the layer (add it to skip)."""
+    skip: fnmatch patterns of layer names to leave in float. A layer whose input size is not a
+    multiple of the scheme's block falls back as llama.cpp's quantizer does (fall_back: NF4's
+    largest smaller group that fits, else the layer stays as it is, in its float dtype), with
+    one warning naming those layers."""
     if scheme not in SCHEMES:
         raise ValueError(f"quantize: unknown scheme {scheme!r}; valid schemes: {SCHEMES}")
-    block = block_size(scheme, group_size)
     emb = getattr(model, "tok_emb", None)
     tied_weight = getattr(emb, "weight", None)
     targets = _targets(model, include_head, skip)
@@ -346,21 +400,24 @@ def quantize(model, scheme="q8_0", group_size=64, double_quant=False, include_he
             raise ValueError(f"quantize: layer {full!r} is tied to the token embeddings; pass "
                              f"include_embeddings=True to quantize both (they stay one table), "
                              f"or include_head=False")
-        if linear.in_features % block:
-            raise ValueError(f"quantize: layer {full!r} has in_features={linear.in_features}, "
-                             f"not a multiple of {scheme}'s block size {block}; pass "
-                             f"skip=[{full!r}] to keep it in float")
+    table = include_embeddings and emb is not None and not isinstance(emb, QuantEmbedding)
+    widths = {full: linear.in_features for _, _, full, linear in targets}
+    if table:
+        widths["tok_emb"] = emb.embedding_dim       # a tied head has the same width: same group
+    groups = fall_back("quantize", scheme, group_size, widths)
     tied = None
-    for parent, child_name, _, linear in targets:
-        q = QuantLinear.from_linear(linear, scheme, group_size, double_quant)
+    for parent, child_name, full, linear in targets:
+        if groups[full] is None:
+            continue
+        q = QuantLinear.from_linear(linear, scheme, groups[full], double_quant)
         if tied_weight is not None and linear.weight is tied_weight:
             tied = q
         setattr(parent, child_name, q)
-    if include_embeddings and emb is not None and not isinstance(emb, QuantEmbedding):
+    if table and groups["tok_emb"] is not None:
         if tied is not None:
             model.tok_emb = QuantEmbedding(tied)
         else:
-            model.tok_emb = QuantEmbedding(emb, scheme, group_size, double_quant)
+            model.tok_emb = QuantEmbedding(emb, scheme, groups["tok_emb"], double_quant)
     return model
 
 

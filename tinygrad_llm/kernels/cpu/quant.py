@@ -8,6 +8,10 @@ y[i, o] = sum over the blocks b of  scale[b, o] * sum_j value(q[b, j, o]) x[i, b
 The weights are read in a layout made for this loop, column tiles (below). `quant_pack` makes it
 when a quantized layer is built or loaded on the CPU, and the layer keeps only that
 (quant/linear.py's PackedWeight): one resident copy of the bytes, which the decode step reads too.
+
+Reading order: the layout (COLUMN_TILE), the tile loops for several tokens (_tile_8bit,
+_tile_4bit) and for one (_tile_8bit_one, _tile_4bit_one), _tiles which picks among them,
+ColumnTiles (packing, and the row-major fields given back), then the two registrations.
 """
 import numba
 import numpy as np
@@ -19,10 +23,9 @@ from ._common import jit, jit_parallel
 QK = 32                       # 4-bit values are packed in runs of 32 (ggml's order)
 
 # Matrices at least this large split their rows or tiles over the threads (here and in the decode
-# step, kernels/cpu/decode.py). 256 KiB since the workers spin briefly before sleeping
+# step, kernels/cpu/decode.py). Low, since the workers spin briefly before sleeping
 # (kernels/cpu/__init__.py): 1 MiB left GPT-2 small's Q4_0 qkv and output projections on one
-# thread; 256 KiB took its decoding from 250-290 to 325-360 tokens/s, Q8_0 from 180 to 235,
-# measured in alternating processes.
+# thread, and its decoding ran about a fifth slower.
 PARALLEL_BYTES = 1 << 18
 
 
@@ -37,14 +40,16 @@ PARALLEL_BYTES = 1 << 18
 # (n_tiles, in / 2, TILE) for nibbles (byte row 16 b + j holds element 32 b + j in its low nibble
 # and 32 b + j + 16 in its high one), so a tile streams from memory as one run and its running
 # sums (1 KB) stay in L1. Scales and q4_1's mins are float32 (n_tiles, in / group, TILE).
-# Each quantized matrix is stored this way on the CPU (ColumnTiles, quant_pack).
+# Each quantized matrix is stored this way on the CPU (ColumnTiles, made by quant_pack; its
+# reference, quant/linear.py's RowMajor, keeps the row-major arrays instead).
 COLUMN_TILE = 256
 
 
 @jit
 def _tile_8bit(qt, st, group, x, y, lo, w):
-    """y[i, lo:lo+w] = x[i] W^T over one tile; qt: (in, TILE) bytes holding q + 128 (the sign bit
-    flipped by ColumnTiles), st: (in / group, TILE) float32. The 128 comes out of the sum:
+    """y[i, lo:lo+w] = x[i] W^T over one tile for t >= 2 tokens (one token: _tile_8bit_one);
+    qt: (in, TILE) bytes holding q + 128 (the sign bit flipped by ColumnTiles), st:
+    (in / group, TILE) float32. The 128 comes out of the sum:
     sum_j (b_j - 128) x_j = sum_j b_j x_j - 128 sum_j x_j, so the inner loop is a byte-to-float
     conversion and one multiply-add. Each byte row is decoded once for all t tokens."""
     n, t = x.shape[1], x.shape[0]
@@ -58,11 +63,6 @@ def _tile_8bit(qt, st, group, x, y, lo, w):
         for j in range(group):
             k = b * group + j
             row = qt[k, :w]
-            if t == 1:
-                xk, p0 = x[0, k], part[0]
-                for o in range(w):
-                    p0[o] += np.float32(row[o]) * xk
-                continue
             for o in range(w):
                 vals[o] = np.float32(row[o])
             for i in range(t):
@@ -86,7 +86,8 @@ def _tile_4bit(qt, st, mt, levels, offset, group, half, x, y, lo, w):
     (in / 32, TILE) float32 block mins or (0, TILE) (q4_1 only), levels a 16-entry table (NF4)
     or empty (value = nibble + offset; the offset comes out of the sum as offset * sum_j x_j).
     half = 16 at run time (a constant 16 would be unrolled). Each byte row is decoded once for
-    all t tokens."""
+    all t tokens. Runs for t >= 2 tokens, and for NF4's table at any t (one token with integer
+    levels: _tile_4bit_one)."""
     n, t = x.shape[1], x.shape[0]
     part = np.empty((t, w), np.float32)
     low_v, high_v = np.empty(w, np.float32), np.empty(w, np.float32)
@@ -105,13 +106,6 @@ def _tile_4bit(qt, st, mt, levels, offset, group, half, x, y, lo, w):
                 for o in range(w):
                     p = np.int64(row[o])
                     low_v[o], high_v[o] = levels[p & 15], levels[p >> 4]
-            elif t == 1:
-                xl, xh, p0 = x[0, kl], x[0, kh], part[0]
-                for o in range(w):
-                    v = np.float32(row[o])
-                    high = np.floor(v * np.float32(0.0625))
-                    p0[o] += (v - high * np.float32(16.0)) * xl + high * xh
-                continue
             else:
                 for o in range(w):
                     v = np.float32(row[o])
@@ -197,7 +191,8 @@ def _tile_4bit_one(qt, st, mt, offset, group, half, x0, y0, w):
 
 @jit
 def _tiles(q3, s3, m3, levels, offset, group, half, eight, x, y, first, last):
-    """Tiles first..last-1 of a column-tiled matrix (8-bit when `eight`, else nibbles)."""
+    """Tiles first..last-1 of a column-tiled matrix (8-bit when `eight`, else nibbles); one
+    token takes the one-token loops where they exist."""
     m = y.shape[1]
     for c in range(first, last):
         lo = c * COLUMN_TILE
@@ -234,7 +229,8 @@ class ColumnTiles:
 
     On the CPU this is the only resident copy of a quantized layer's bytes and scales
     (quant/linear.py's PackedWeight); `row_major`, `scales` and `mins` give back matmul_operands'
-    arrays, or some of their rows, for a checkpoint, the reference path or an embedding lookup."""
+    arrays, or some of their rows, for a checkpoint, the reference path or an embedding lookup,
+    as quant_pack's reference layout (quant/linear.py's RowMajor) gives the arrays it holds."""
 
     def __init__(self, qweight, scale, minimum, levels, group):
         q = np.asarray(qweight)
