@@ -1,9 +1,10 @@
 """A character-level MLP language model (Bengio et al., 2003) on tiny Shakespeare, trained with
 tinygrad_llm's autograd and fused kernels. The smallest end-to-end example: embedding, matmul,
-layer norm, GELU and cross-entropy forward and backward, and an Adam update written out by hand
-(the optimizer package comes with the training issue).
+layer norm, GELU and cross-entropy forward and backward, and an Adam update written out by hand.
+It keeps its own loop on purpose: its parameters are a dict of tensors rather than a Module, and
+every line of a training step is in view (the Trainer and optim.AdamW do the same for a model).
 
-    python examples/char_mlp.py [--steps=6000] [--context=8] [--hidden=256] [--device=cpu]
+    python examples/char_mlp.py [--max_iters=6000] [--context=8] [--hidden=256] [--device=cpu]
 
 Data: $TINYGRAD_LLM_DATA (the tiny Shakespeare input.txt) when set, otherwise a short built-in
 passage. Prints a sample, then one JSON object with the headline figures on the last line.
@@ -16,7 +17,7 @@ import time
 
 import tinygrad_llm as tl  # before NumPy: it sets OpenBLAS's thread timeout (see its docstring)
 import tinygrad_llm.nn.functional as F
-from tinygrad_llm.train import run_main
+from tinygrad_llm.train import parse_args, run_main
 import numpy as np
 
 BUILT_IN = """To be, or not to be, that is the question:
@@ -37,32 +38,16 @@ Must give us pause.
 
 @dataclasses.dataclass
 class Config:
-    steps: int = 6000
-    batch_size: int = 64
+    max_iters: int = 6000     # Adam steps
+    batch_size: int = 64      # examples (context, next character) per step
     context: int = 8          # characters of context
     n_embd: int = 24          # embedding width per character
-    hidden: int = 256
-    lr: float = 3e-3
-    eval_every: int = 2000
-    sample_chars: int = 300
-    seed: int = 0
-    device: str = "cpu"
-
-
-def parse_args(argv):
-    """--key=value overrides of Config, type-checked; unknown keys are an error."""
-    cfg = Config()
-    fields = {f.name: type(f.default) for f in dataclasses.fields(Config)}
-    for arg in argv:
-        key, eq, value = arg.removeprefix("--").partition("=")
-        if key not in fields or not eq:
-            raise SystemExit(f"unknown or malformed option {arg!r}; options: "
-                             + ", ".join(f"--{k}=" for k in fields))
-        try:
-            setattr(cfg, key, fields[key](value))
-        except ValueError:
-            raise SystemExit(f"--{key} expects {fields[key].__name__}, got {value!r}") from None
-    return cfg
+    hidden: int = 256         # the hidden layer's width
+    learning_rate: float = 3e-3   # the first step's; decays linearly to a tenth
+    eval_interval: int = 2000     # print train and validation loss every this many steps
+    sample_chars: int = 300   # characters sampled at the end
+    seed: int = 0             # seeds the weights, the batches and the sample
+    device: str = "cpu"       # "cpu" or "cuda"
 
 
 def load_text():
@@ -74,7 +59,7 @@ def load_text():
 
 
 def main(argv):
-    cfg = parse_args(argv)
+    (cfg,) = parse_args(argv, Config)
     tl.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
     text, source = load_text()
@@ -138,13 +123,13 @@ def main(argv):
     print(f"data: {source}, {len(text):,} characters, vocab {vocab}; "
           f"{sum(p.numel() for p in params.values()):,} parameters", file=sys.stderr)
     t0 = time.perf_counter()
-    for step in range(1, cfg.steps + 1):
+    for step in range(1, cfg.max_iters + 1):
         x, y = batch(train, cfg.batch_size)
         loss = F.cross_entropy(forward(x), y)
         loss.backward()
-        lr = cfg.lr * (0.1 + 0.9 * (1 - step / cfg.steps))        # linear decay to lr/10
+        lr = cfg.learning_rate * (0.1 + 0.9 * (1 - step / cfg.max_iters))   # linear decay to lr/10
         adam_step(step, lr)
-        if step % cfg.eval_every == 0 or step == cfg.steps:
+        if step % cfg.eval_interval == 0 or step == cfg.max_iters:
             print(f"step {step:5d}  train loss {loss.item():.3f}  val loss {evaluate(val):.3f}  "
                   f"{time.perf_counter() - t0:.1f}s", file=sys.stderr)
     wall = time.perf_counter() - t0
@@ -160,7 +145,7 @@ def main(argv):
             out.append(chars[nxt])
     print("".join(out))
     print(json.dumps({"train_loss": round(evaluate(train), 4), "val_loss": round(evaluate(val), 4),
-                      "steps": cfg.steps, "wall_s": round(wall, 1)}))
+                      "steps": cfg.max_iters, "wall_s": round(wall, 1)}))
 
 
 if __name__ == "__main__":

@@ -15,8 +15,10 @@ template's stop token (or after max_new_tokens, when an <|end|> is fed to close 
 as stored, in float32.
 
 Commands: /reset clears the conversation, /quit (or end of input) exits. At the end one JSON
-line: turns, tokens generated, decode tokens/s, prefill tokens (total and per turn), tokens
-each turn ran through the model (prefill, reply, a closing <|end|>; more after a context shift).
+line: turns, the replies, tokens generated, decode tokens/s, prefill tokens (total and per turn),
+tokens each turn ran through the model (prefill, reply, a closing <|end|>; more after a context
+shift). A script can hold a conversation by writing the user's lines to stdin and reading that
+line (chat_speedrun.py does).
 """
 import dataclasses
 import json
@@ -25,38 +27,35 @@ import time
 
 import tinygrad_llm as tl  # (first: it tunes the thread pools before NumPy loads)
 from tinygrad_llm.generate import DecodeSession
-from tinygrad_llm.tokenizers import ChatTemplate, tokenizer_from_dict
-from tinygrad_llm.train import (CheckpointError, OptionError, load_model, parse_overrides,
-                                split_overrides)
-from tinygrad_llm.train import run_main
+from tinygrad_llm.tokenizers import ChatTemplate
+from tinygrad_llm.train import CheckpointError, OptionError, load_model, parse_args, run_main
 
 REPLACEMENT = "\ufffd"          # what decode gives for the bytes of an unfinished character
 
 
 @dataclasses.dataclass
 class ChatArgs:
-    ckpt: str = "out-sft/ckpt.safetensors"
+    ckpt: str = "out-sft/ckpt.safetensors"   # a chat model (finetune_sft.py, dpo.py, ...)
     prompt: str = None            # one-shot mode: answer this message and exit
     system: str = None            # an optional system message opening the conversation
-    max_new_tokens: int = 200
-    temperature: float = 0.8
-    top_k: int = 40
-    top_p: float = None
-    seed: int = 0
-    device: str = "cpu"
-    dtype: str = "float32"           # "float16" / "bfloat16": autocast's matmuls (device cuda)
+    max_new_tokens: int = 200     # the longest reply, in tokens
+    temperature: float = 0.8      # softmax temperature (0: greedy)
+    top_k: int = 40               # draw from the k likeliest tokens (none: all)
+    top_p: float = None           # nucleus sampling: the smallest set holding this probability
+    seed: int = 0                 # seeds the sampling
+    device: str = "cpu"           # "cpu" or "cuda"
+    dtype: str = "float32"        # "float16" / "bfloat16": autocast's matmuls (device cuda)
 
 
 def load(args):
     """(model, tokenizer, template) from the checkpoint; SystemExit if it cannot chat."""
     try:
-        model, record = load_model(args.ckpt)          # float, or quantized by quantize.py
+        model, tokenizer, _ = load_model(args.ckpt)   # float, or quantized by quantize.py
     except CheckpointError as err:
         raise SystemExit(str(err)) from None
-    if "tokenizer" not in record:
+    if tokenizer is None:
         raise SystemExit(f"{args.ckpt}: no tokenizer in its record")
     model.to(args.device).eval()
-    tokenizer = tokenizer_from_dict(record["tokenizer"])
     try:
         template = ChatTemplate(tokenizer)
     except ValueError as err:
@@ -75,6 +74,7 @@ class Chat:
                                      temperature=args.temperature, top_k=args.top_k,
                                      top_p=args.top_p)
         self.turns = self.generated = self.resets = self.closing = 0
+        self.replies = []                   # the text of each reply
         self.prefill = []                   # tokens fed for each user turn
         self.added = []                     # tokens each turn ran through the model
         self.decode_s = 0.0
@@ -120,11 +120,12 @@ class Chat:
             self.session.feed([self.template.end_id])
             self.closing += 1
         self.added.append(self.session.tokens_fed - start)
+        self.replies.append(text)
         self.turns += 1
         return text
 
     def summary(self):
-        return {"turns": self.turns, "tokens_generated": self.generated,
+        return {"turns": self.turns, "replies": self.replies, "tokens_generated": self.generated,
                 "tokens_per_s": round(self.generated / self.decode_s, 2) if self.decode_s
                 else None,
                 "prefill_tokens": sum(self.prefill), "prefill_per_turn": self.prefill,
@@ -134,8 +135,7 @@ class Chat:
 
 
 def main(argv, stdin=sys.stdin, out=sys.stdout):
-    (kw,) = split_overrides(parse_overrides(argv), ChatArgs)
-    args = ChatArgs(**kw)
+    (args,) = parse_args(argv, ChatArgs)
     problem = tl.amp.dtype_problem(args.dtype, args.device)
     if problem:
         raise OptionError(f"--dtype={args.dtype}: {problem}")

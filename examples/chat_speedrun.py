@@ -2,11 +2,12 @@
 quantization -> a conversation, ending with a report card.
 
     python examples/chat_speedrun.py                      # ~10 minutes on a 2-core CPU
-    python examples/chat_speedrun.py --quick=true         # ~6 minutes: a smaller run of each stage
-    python examples/chat_speedrun.py --interactive=true   # then chat with the result
+    python examples/chat_speedrun.py --quick              # ~6 minutes: a smaller run of each stage
+    python examples/chat_speedrun.py --interactive        # then chat with the result
     python examples/chat_speedrun.py --redo=sft           # run sft and every later stage again
 
-The stages, each the example that teaches it run with this run's settings:
+The stages, each the example that teaches it run with this run's settings (as a command, in a
+child process: train.run_script passes its output through and reads its last line's JSON):
 
   1 tokenizer  byte-level BPE trained on tiny Shakespeare, with the chat template's special
                tokens reserved (tokenizers/bpe.py, tokenizers/chat.py)
@@ -25,9 +26,9 @@ Every model stage is measured the same way (`measure`): the loss on the held-out
 play (how much of Shakespeare the model knows), the loss on held-out chats' answers (how well it
 follows the template), each task's exact-match accuracy of greedy answers to held-out prompts,
 and the preferred-behaviour rate (how often those answers end ", my lord"). The report card
-(run_dir/report.md and report.json) has one row per stage, so the gain of each shows.
+(out_dir/report.md and report.json) has one row per stage, so the gain of each shows.
 
-Resumable: a stage writes run_dir/<stage>/ and, last, its stage.json with the measurements and
+Resumable: a stage writes out_dir/<stage>/ and, last, its stage.json with the measurements and
 the settings it was made with; a stage whose stage.json exists is skipped (its settings must be
 this run's, or the run stops and says which differ). Pre-training also resumes inside the stage
 from its last checkpoint (every 500 steps, and on Ctrl-C).
@@ -37,6 +38,7 @@ import json
 import math
 import os
 import shutil
+import subprocess
 import sys
 import time
 
@@ -46,61 +48,60 @@ import numpy as np  # noqa: E402
 from tinygrad_llm import no_grad  # noqa: E402
 from tinygrad_llm.data import shakespeare, split  # noqa: E402
 from tinygrad_llm.data.files import atomic_write  # noqa: E402
-from tinygrad_llm.finetune import SFTBatcher  # noqa: E402
-from tinygrad_llm.finetune.sft import segment_mask  # noqa: E402
+from tinygrad_llm.finetune import (TASKS, SFTBatcher, judge, perplexity,  # noqa: E402
+                                   segment_mask, task_records, windows)
 from tinygrad_llm.tokenizers import CHAT_SPECIAL_TOKENS, BPETokenizer, ChatTemplate  # noqa: E402
-from tinygrad_llm.train import load_model, parse_overrides, split_overrides  # noqa: E402
-from tinygrad_llm.train import run_main  # noqa: E402
+from tinygrad_llm.train import (load_model, parse_overrides, run_main, run_script,  # noqa: E402
+                                split_overrides)
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import chat  # noqa: E402
-import dpo  # noqa: E402
-import finetune_sft  # noqa: E402
-import quantize  # noqa: E402
-import train_shakespeare  # noqa: E402
-
+HERE = os.path.dirname(os.path.abspath(__file__))
 STAGES = ("tokenizer", "pretrain", "sft", "dpo", "quantize", "chat")
-TASKS = ("who_speaks", "arithmetic", "reversal")          # finetune_sft.task_records' tasks
 
 
 @dataclasses.dataclass
 class SpeedrunArgs:
-    run_dir: str = None           # default: out-speedrun, or out-speedrun-quick with --quick
+    out_dir: str = None           # where the stages go (none: out-speedrun, or out-speedrun-quick)
     quick: bool = False           # the QUICK settings below, for whatever is not given
     redo: str = ""                # a stage: run it and every later stage again
     interactive: bool = False     # at the end, chat with the result in the terminal
-    vocab_size: int = 1024
-    n_layer: int = 4
-    n_embd: int = 192
-    base_iters: int = 2000        # 2 M parameters on ~0.5 M tokens: validation loss is lowest
-                                  # near 2000 steps (3.53) and rises after (3.62 at 2500)
-    sft_steps: int = 600
-    dpo_steps: int = 150
-    dpo_sft_coef: float = 0.5
-    quant_scheme: str = "q8_0"
+    vocab_size: int = 1024        # the BPE vocabulary
+    n_layer: int = 4              # the model's layers
+    n_embd: int = 192             # the model's width
+    # 2 M parameters on ~0.5 M tokens: validation loss is lowest near 2000 steps (3.53) and
+    # rises after (3.62 at 2500)
+    base_iters: int = 2000        # pre-training steps
+    sft_iters: int = 600          # SFT steps
+    dpo_iters: int = 150          # DPO steps
+    dpo_sft_coef: float = 0.5     # DPO's NLL term on the chosen answers (dpo.py's sft_coef)
+    quant_scheme: str = "q8_0"    # the quantize stage's scheme
     per_task: int = 2000          # SFT / DPO records per task
     held_out: int = 60            # held-out prompts per task (accuracy, behaviour rate)
     eval_windows: int = 100       # held-out windows of the play for the validation loss
-    seed: int = 0
+    seed: int = 0                 # seeds every stage
 
 
 # the settings each stage adds to what it depends on (measure() uses held_out and eval_windows
 # from pre-training on); a finished stage whose settings differ from this run's is not reused
 STAGE_SETTINGS = {"tokenizer": ("vocab_size", "seed"),
                   "pretrain": ("n_layer", "n_embd", "base_iters", "held_out", "eval_windows"),
-                  "sft": ("sft_steps", "per_task"), "dpo": ("dpo_steps", "dpo_sft_coef"),
+                  "sft": ("sft_iters", "per_task"), "dpo": ("dpo_iters", "dpo_sft_coef"),
                   "quantize": ("quant_scheme",), "chat": ()}
 
-QUICK = dict(base_iters=700, sft_steps=300, dpo_steps=100, held_out=30, eval_windows=40)
+QUICK = dict(base_iters=700, sft_iters=300, dpo_iters=100, held_out=30, eval_windows=40)
 
 CONVERSATION = ["What is 23+19?", "Reverse: gentle"]
+
+
+def example(name, *options, input=None):
+    """Run examples/<name> with `options`; its JSON result."""
+    return run_script([os.path.join(HERE, name), *options], input=input)
 
 
 # ---- measuring a model ----------------------------------------------------------------------
 def measure(model, template, held, val_windows):
     """The same numbers for every model stage (see the docstring)."""
     model.eval()
-    val_loss = math.log(quantize.perplexity(model, val_windows))
+    val_loss = math.log(perplexity(model, val_windows))
     records = [r for rs in held.values() for r in rs]
     batcher = SFTBatcher(template, records, block_size=model.config.block_size)
     total = count = 0.0
@@ -113,7 +114,7 @@ def measure(model, template, held, val_windows):
             _, loss = model(inputs, **kw)
             n = int((batch[1] != -100).sum())
             total, count = total + float(loss.numpy()) * n, count + n
-    rate, accuracy = dpo.judge(model, template, held)
+    rate, accuracy = judge(model, template, held)
     return {"val_loss": round(val_loss, 4), "chat_val_loss": round(total / count, 4),
             "accuracy": accuracy,
             "mean_accuracy": round(float(np.mean(list(accuracy.values()))), 3),
@@ -124,28 +125,26 @@ def measure(model, template, held, val_windows):
 class Speedrun:
     def __init__(self, args):
         self.args = args
-        self.dir = {s: os.path.join(args.run_dir, s) for s in STAGES}
+        self.dir = {s: os.path.join(args.out_dir, s) for s in STAGES}
         self.ckpt = {s: os.path.join(self.dir[s], "ckpt.safetensors") for s in STAGES}
         self.tokenizer_file = os.path.join(self.dir["tokenizer"], "tokenizer.json")
         self._eval = None
 
-    def evaluation_data(self):
+    def evaluation_data(self, block_size):
         """The held-out prompts (split exactly as finetune_sft.py splits them, so SFT never
         trained on them) and validation windows of the play, in this run's tokenizer."""
         if self._eval is None:
             a = self.args
             tokenizer = BPETokenizer.load(self.tokenizer_file)
-            _, held = finetune_sft.task_records(finetune_sft.SFTArgs(
-                per_task=a.per_task, held_out=a.held_out, seed=a.seed))
+            _, held = task_records(shakespeare(), a.per_task, a.held_out, a.seed)
             _, val_ids = split(tokenizer.encode(shakespeare()), 0.1)
-            windows = quantize.windows(np.asarray(val_ids), a.eval_windows,
-                                       train_shakespeare.TRAIN_DEFAULTS["block_size"], seed=1)
-            self._eval = ChatTemplate(tokenizer), held, windows
+            val_windows = windows(np.asarray(val_ids), a.eval_windows, block_size, seed=1)
+            self._eval = ChatTemplate(tokenizer), held, val_windows
         return self._eval
 
     def measure(self, path):
-        model, _ = load_model(path)
-        return measure(model, *self.evaluation_data())
+        model, _, _ = load_model(path)
+        return measure(model, *self.evaluation_data(model.config.block_size))
 
     def tokenizer(self):
         a = self.args
@@ -159,12 +158,13 @@ class Speedrun:
 
     def pretrain(self):
         a = self.args
-        argv = ["--tokenizer=bpe", f"--tokenizer_file={self.tokenizer_file}",
-                f"--n_layer={a.n_layer}", f"--n_embd={a.n_embd}", f"--max_iters={a.base_iters}",
-                f"--out_dir={self.dir['pretrain']}", "--sample_tokens=0", f"--seed={a.seed}"]
+        options = ["--tokenizer=bpe", f"--tokenizer_file={self.tokenizer_file}",
+                   f"--n_layer={a.n_layer}", f"--n_embd={a.n_embd}",
+                   f"--max_iters={a.base_iters}", f"--out_dir={self.dir['pretrain']}",
+                   "--sample_tokens=0", f"--seed={a.seed}"]
         if os.path.exists(self.ckpt["pretrain"]):
-            argv.append("--resume=true")            # continue an interrupted pre-training
-        result = train_shakespeare.main(argv)
+            options.append("--resume")               # continue an interrupted pre-training
+        result = example("train_shakespeare.py", *options)
         if result["steps"] < a.base_iters:          # Ctrl-C: the checkpoint is saved
             raise SystemExit(f"pre-training stopped at step {result['steps']} of "
                              f"{a.base_iters}; run again to continue")
@@ -173,26 +173,28 @@ class Speedrun:
 
     def sft(self):
         a = self.args
-        result = finetune_sft.main([f"--base={self.ckpt['pretrain']}", f"--out={self.ckpt['sft']}",
-                                    f"--steps={a.sft_steps}", f"--per_task={a.per_task}",
-                                    f"--held_out={a.held_out}", f"--seed={a.seed}"])
-        return {"steps": a.sft_steps, "examples": result["examples"],
+        result = example("finetune_sft.py", f"--base={self.ckpt['pretrain']}",
+                         f"--out_dir={self.dir['sft']}", f"--max_iters={a.sft_iters}",
+                         f"--per_task={a.per_task}", f"--held_out={a.held_out}",
+                         f"--seed={a.seed}")
+        return {"steps": a.sft_iters, "examples": result["examples"],
                 **self.measure(self.ckpt["sft"])}
 
     def dpo(self):
         a = self.args
-        result = dpo.main([f"--sft={self.ckpt['sft']}", f"--out={self.ckpt['dpo']}",
-                           f"--steps={a.dpo_steps}", f"--sft_coef={a.dpo_sft_coef}",
-                           f"--per_task={a.per_task}", f"--held_out={a.held_out}",
-                           f"--seed={a.seed}"])
-        return {"steps": a.dpo_steps, "preference_rate": result["after"]["preference_rate"],
+        result = example("dpo.py", f"--sft={self.ckpt['sft']}", f"--out_dir={self.dir['dpo']}",
+                         f"--max_iters={a.dpo_iters}", f"--sft_coef={a.dpo_sft_coef}",
+                         f"--per_task={a.per_task}", f"--held_out={a.held_out}",
+                         f"--seed={a.seed}")
+        return {"steps": a.dpo_iters, "preference_rate": result["after"]["preference_rate"],
                 **self.measure(self.ckpt["dpo"])}
 
     def quantize(self):
         a = self.args
-        result = quantize.main([f"--ckpt={self.ckpt['dpo']}", f"--scheme={a.quant_scheme}",
-                                f"--out={self.ckpt['quantize']}", "--prompt=<|user|>",
-                                "--max_new_tokens=24", f"--eval_windows={a.eval_windows}"])
+        result = example("quantize.py", f"--ckpt={self.ckpt['dpo']}",
+                         f"--scheme={a.quant_scheme}", f"--out_dir={self.dir['quantize']}",
+                         "--prompt=<|user|>", "--max_new_tokens=24",
+                         f"--eval_windows={a.eval_windows}")
         return {"scheme": a.quant_scheme, "file_mb": result["quantized"]["file_mb"],
                 "float_file_mb": result["float32"]["file_mb"],
                 "tokens_per_s": result["quantized"]["tokens_per_s"],
@@ -200,10 +202,10 @@ class Speedrun:
                 **self.measure(self.ckpt["quantize"])}
 
     def chat(self):
-        args = chat.ChatArgs(ckpt=self.ckpt["quantize"], temperature=0, max_new_tokens=24)
-        conversation = chat.Chat(*chat.load(args), args)        # streams to stdout
-        turns = [{"user": m, "assistant": conversation.turn(m)} for m in CONVERSATION]
-        return {"conversation": turns, "tokens_per_s": conversation.summary()["tokens_per_s"]}
+        summary = example("chat.py", f"--ckpt={self.ckpt['quantize']}", "--temperature=0",
+                          "--max_new_tokens=24", input="".join(m + "\n" for m in CONVERSATION))
+        turns = [{"user": m, "assistant": r} for m, r in zip(CONVERSATION, summary["replies"])]
+        return {"conversation": turns, "tokens_per_s": summary["tokens_per_s"]}
 
     # ---- running them, resumably --------------------------------------------------------------
     def settings(self, stage):
@@ -223,7 +225,7 @@ class Speedrun:
                     f"{path} was made with other settings ("
                     + ", ".join(f"{k} {old!r}, now {new!r}" for k, (old, new) in changed.items())
                     + f"): pass --redo={stage} (or an earlier stage) to run it again, or use "
-                    f"another --run_dir")
+                    f"another --out_dir")
             print(f"== {stage}: done earlier ({path}), skipped", flush=True)
             return {**result, "skipped": True}
         print(f"== {stage}", flush=True)
@@ -294,27 +296,27 @@ def _notes(stage, r):
 
 
 def main(argv):
-    overrides = parse_overrides(argv)
-    (kw,) = split_overrides(overrides, SpeedrunArgs)
+    (kw,) = split_overrides(parse_overrides(argv), SpeedrunArgs)
     if kw.get("quick"):
         kw = {**QUICK, **kw}
     args = SpeedrunArgs(**kw)
-    if args.run_dir is None:
-        args.run_dir = "out-speedrun-quick" if args.quick else "out-speedrun"
+    if args.out_dir is None:
+        args.out_dir = "out-speedrun-quick" if args.quick else "out-speedrun"
     run = Speedrun(args)
     if args.redo:
         run.forget(args.redo)
     results = {stage: run.run_stage(stage) for stage in STAGES}
     markdown, card = report_card(results, args)
-    with atomic_write(os.path.join(args.run_dir, "report.md"), "w", encoding="utf-8") as f:
+    with atomic_write(os.path.join(args.out_dir, "report.md"), "w", encoding="utf-8") as f:
         f.write(markdown)
-    with atomic_write(os.path.join(args.run_dir, "report.json"), "w", encoding="utf-8") as f:
+    with atomic_write(os.path.join(args.out_dir, "report.json"), "w", encoding="utf-8") as f:
         json.dump(card, f, indent=1)
     print(markdown)
-    if args.interactive:
-        chat.main([f"--ckpt={run.ckpt['quantize']}"])
+    if args.interactive:            # the terminal is the child's: its prompts and streaming
+        subprocess.run([sys.executable, os.path.join(HERE, "chat.py"),
+                        f"--ckpt={run.ckpt['quantize']}"])
     print(json.dumps({"total_wall_s": card["total_wall_s"], "report": os.path.join(
-        args.run_dir, "report.md"), **{s: {k: v for k, v in r.items() if k in (
+        args.out_dir, "report.md"), **{s: {k: v for k, v in r.items() if k in (
             "wall_s", "val_loss", "mean_accuracy", "behaviour_rate")}
             for s, r in results.items()}}))
     return card

@@ -3,7 +3,7 @@ say which of Shakespeare's most talkative characters speaks a passage, and measu
 pretraining is worth.
 
     python examples/classify.py              # trains out-shakespeare/ and out-mlm/ if missing
-    python examples/classify.py --backbones=encoder --steps=300 --classes=6
+    python examples/classify.py --backbones=encoder --max_iters=300 --classes=6
 
 The task: the k (`classes`) speakers with the most lines in tiny Shakespeare (GLOUCESTER, DUKE
 VINCENTIO, KING RICHARD II, LEONTES for k = 4); an example is `lines` consecutive lines of one of
@@ -17,18 +17,18 @@ out (never a neighbour of a training passage), so held-out accuracy is not memor
 Backbones, each under finetune.SequenceHead(backbone, n_out=k):
   gpt      the main job's character-level GPT (out-shakespeare/, train_shakespeare.py): pools the
            hidden state at the newline ending the passage, the one position that has read it all;
-  encoder  the MLM-pretrained WordPiece Encoder (train_mlm.py --out=...): pools [CLS].
-Training minimises the cross-entropy of softmax(W h_pool + b) against the speaker, all weights
-updated, the backbone with a small learning rate (`backbone_lr`, so pretraining is adjusted rather
-than overwritten: Howard & Ruder, 2018) and the new head with a larger one (`head_lr`), both with
-warmup and cosine decay. Reported on held-out passages for each backbone: accuracy with the
-untrained head (before), after `steps` steps, and after the same steps from a randomly initialised
-backbone of the same shape (`scratch`), beside the majority-class baseline. One JSON line.
+  encoder  the MLM-pretrained WordPiece Encoder (train_mlm.py, out-mlm/): pools [CLS].
+Training (the Trainer) minimises the cross-entropy of softmax(W h_pool + b) against the speaker,
+all weights updated, the backbone with a small learning rate (`learning_rate`, so pretraining is
+adjusted rather than overwritten: Howard & Ruder, 2018) and the new head with a larger one
+(`head_lr`), both with warmup and cosine decay. Reported on held-out passages for each backbone:
+accuracy with the untrained head (before), after `max_iters` steps, and after the same steps from
+a randomly initialised backbone of the same shape (`scratch`), beside the majority-class
+baseline. One JSON line.
 """
 import dataclasses
 import json
 import os
-import sys
 import time
 
 import tinygrad_llm as tl  # noqa: F401  (first: it tunes the thread pools before NumPy loads)
@@ -40,34 +40,29 @@ from tinygrad_llm.finetune import SequenceHead  # noqa: E402
 from tinygrad_llm.finetune.tasks import speeches  # noqa: E402
 from tinygrad_llm.models import GPT, Encoder, GPTConfig  # noqa: E402
 from tinygrad_llm.nn import functional as F  # noqa: E402
-from tinygrad_llm.optim import AdamW, LambdaLR, clip_grad_norm_, warmup_cosine  # noqa: E402
-from tinygrad_llm.tokenizers import tokenizer_from_dict  # noqa: E402
-from tinygrad_llm.train import (CheckpointError, load_model,  # noqa: E402
-                                parse_overrides, split_overrides)
-from tinygrad_llm.train import run_main  # noqa: E402
+from tinygrad_llm.train import (CheckpointError, TrainConfig, Trainer,  # noqa: E402
+                                ensure_checkpoint, load_model, parse_args, run_main)
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import train_mlm  # noqa: E402
-import train_shakespeare  # noqa: E402
+HERE = os.path.dirname(os.path.abspath(__file__))
 
 
 @dataclasses.dataclass
 class ClassifyArgs:
-    backbones: str = "gpt,encoder"
-    gpt: str = "out-shakespeare/ckpt.safetensors"
+    backbones: str = "gpt,encoder"                     # which to fine-tune, comma-separated
+    gpt: str = "out-shakespeare/ckpt.safetensors"      # the GPT (trained if missing)
     gpt_iters: int = 2000          # when the GPT must be trained (train_shakespeare.py)
-    encoder: str = "out-mlm/ckpt.safetensors"
+    encoder: str = "out-mlm/ckpt.safetensors"          # the Encoder (trained if missing)
     mlm_iters: int = 1500          # when the Encoder must be trained (train_mlm.py)
     classes: int = 4               # k: the k speakers with the most lines
     lines: int = 2                 # consecutive lines of a speech per example
     held_out: float = 0.2          # fraction of the speeches held out
-    steps: int = 150
-    batch_size: int = 16
-    backbone_lr: float = 2e-4
-    head_lr: float = 2e-3
-    warmup: int = 15
+    head_lr: float = 2e-3          # the new head's peak lr (the backbone's: learning_rate)
     scratch: bool = True           # also train the same head on a random backbone
-    seed: int = 0
+
+
+# the backbone's peak learning_rate; min_lr a tenth of each group's peak
+TRAIN_DEFAULTS = dict(max_iters=150, batch_size=16, learning_rate=2e-4, min_lr=2e-5,
+                      warmup_iters=15, weight_decay=0.0, beta2=0.999, grad_clip=1.0, seed=0)
 
 
 # ---- the task --------------------------------------------------------------------------------
@@ -106,30 +101,33 @@ def split_by_speech(speech, held_out, seed):
 
 # ---- backbones -------------------------------------------------------------------------------
 def load_encoder(path):
-    """(Encoder in eval mode, record) from train_mlm.py --out (its record's "architecture" is
-    "encoder", which train.load_model builds)."""
-    model, record = load_model(path)
+    """(Encoder in eval mode, tokenizer, record) from train_mlm.py's checkpoint (its record's
+    "architecture" is "encoder", which train.load_model builds)."""
+    model, tokenizer, record = load_model(path)
     if not isinstance(model, Encoder):
         raise CheckpointError(f"{path}: not an Encoder checkpoint (record 'architecture' is "
                               f"{record.get('architecture')!r}, expected 'encoder')")
-    return model, record
+    return model, tokenizer, record
 
 
 def ensure_backbones(args, kinds):
+    """Train a missing backbone with the example that teaches it."""
     if "gpt" in kinds:
-        train_shakespeare.ensure_checkpoint(args.gpt, [f"--max_iters={args.gpt_iters}"])
-    if "encoder" in kinds and not os.path.exists(args.encoder):
-        print(f"{args.encoder} is missing: training it (train_mlm.py "
-              f"--max_iters={args.mlm_iters} --out={args.encoder})")
-        train_mlm.main([f"--max_iters={args.mlm_iters}", f"--out={args.encoder}"])
+        ensure_checkpoint(args.gpt, [os.path.join(HERE, "train_shakespeare.py"),
+                                     f"--max_iters={args.gpt_iters}", "--sample_tokens=0",
+                                     "--progress=false"])
+    if "encoder" in kinds:
+        ensure_checkpoint(args.encoder, [os.path.join(HERE, "train_mlm.py"),
+                                         f"--max_iters={args.mlm_iters}"])
 
 
-def load_backbone(kind, args):
+def load_backbone(kind, args, seed):
     """(pretrained backbone, a random one of the same shape, tokenizer)."""
-    model, record = load_model(args.gpt) if kind == "gpt" else load_encoder(args.encoder)
-    tl.manual_seed(args.seed)
+    model, tokenizer, record = load_model(args.gpt) if kind == "gpt" else \
+        load_encoder(args.encoder)
+    tl.manual_seed(seed)
     fresh = (GPT if kind == "gpt" else Encoder)(GPTConfig(**record["model_config"]))
-    return model, fresh, tokenizer_from_dict(record["tokenizer"])
+    return model, fresh, tokenizer
 
 
 def encode(kind, tokenizer, passages, block_size):
@@ -161,53 +159,53 @@ def accuracy(head, ids, lengths, labels, batch_size=64):
     return hits / len(ids)
 
 
-def fine_tune(head, ids, lengths, labels, args):
-    """`steps` AdamW steps on random batches; two param groups (backbone, head) with their own
-    peak learning rates under one warmup-cosine shape (LambdaLR). Returns the per-step losses."""
+def fine_tune(head, ids, lengths, labels, args, train):
+    """max_iters steps of the Trainer on random batches of (ids, lengths, labels); two param
+    groups, the backbone at learning_rate and the head at head_lr, under one warmup-cosine
+    shape. Returns the per-step losses."""
     backbone = [p for p in head.backbone.parameters() if p.requires_grad]
-    groups = [{"params": backbone, "lr": args.backbone_lr},
-              {"params": list(head.score.parameters()), "lr": args.head_lr}]
-    optimizer = AdamW(groups, weight_decay=0.0)
-    schedule = LambdaLR(optimizer, lambda step: warmup_cosine(
-        step, 1.0, 0.1, min(args.warmup, args.steps), args.steps))
-    rng = np.random.default_rng(args.seed)
-    head.train()
-    losses = []
-    for step in range(args.steps):
-        rows = rng.integers(0, len(ids), args.batch_size)
+    optimizer = train.adamw([{"params": backbone}, {"params": list(head.score.parameters())}])
+
+    def batch_fn(data, rng):
+        ids, lengths, labels = data
+        rows = rng.integers(0, len(ids), train.batch_size)
         n = lengths[rows]
-        loss = F.cross_entropy(head(ids[rows, :n.max()], n), labels[rows])
-        optimizer.zero_grad()
-        loss.backward()
-        clip_grad_norm_(backbone + groups[1]["params"], 1.0)
-        optimizer.step()
-        schedule.step()
-        losses.append(float(loss.numpy()))
-        if step % 50 == 0 or step == args.steps - 1:
+        return ids[rows, :n.max()], n, labels[rows]
+
+    def loss_fn(head, batch):
+        ids, n, labels = batch
+        return F.cross_entropy(head(ids, n), labels)
+
+    trainer = Trainer(head, optimizer, (ids, lengths, labels), None, train, loss_fn=loss_fn,
+                      batch_fn=batch_fn, lr_scales=[1.0, args.head_lr / train.learning_rate])
+    losses = []
+    for step in range(train.max_iters):
+        losses.append(trainer.train_step())
+        if step % 50 == 0 or step == train.max_iters - 1:
             print(f"  step {step}: loss {np.mean(losses[-50:]):.4f}", flush=True)
     return losses
 
 
-def run_backbone(kind, data, args):
+def run_backbone(kind, data, args, train):
     """Before / after / from-scratch held-out accuracy of one backbone."""
-    pretrained, fresh, tokenizer = load_backbone(kind, args)
+    pretrained, fresh, tokenizer = load_backbone(kind, args, train.seed)
     passages, labels, held = data
     ids, lengths = encode(kind, tokenizer, passages, pretrained.config.block_size)
-    train = (ids[~held], lengths[~held], labels[~held])
+    fit_data = (ids[~held], lengths[~held], labels[~held])
     test = (ids[held], lengths[held], labels[held])
     out = {"parameters": pretrained.num_parameters(),
            "mean_tokens": round(float(lengths.mean()), 1)}
     runs = [("pretrained", pretrained)] + ([("scratch", fresh)] if args.scratch else [])
     for name, backbone in runs:
-        tl.manual_seed(args.seed)           # the same head initialisation for both
+        tl.manual_seed(train.seed)          # the same head initialisation for both
         head = SequenceHead(backbone, n_out=args.classes)
         before = accuracy(head, *test)
         print(f"{kind} ({name}): held-out accuracy with the untrained head {before:.3f}")
         start = time.perf_counter()
-        losses = fine_tune(head, *train, args)
+        losses = fine_tune(head, *fit_data, args, train)
         seconds = time.perf_counter() - start
         after = accuracy(head, *test)
-        print(f"{kind} ({name}): held-out accuracy after {args.steps} steps {after:.3f}")
+        print(f"{kind} ({name}): held-out accuracy after {train.max_iters} steps {after:.3f}")
         out[name] = {"accuracy_before": round(before, 3), "accuracy_after": round(after, 3),
                      "final_loss": round(float(np.mean(losses[-20:])), 4),
                      "train_s": round(seconds, 1)}
@@ -215,8 +213,8 @@ def run_backbone(kind, data, args):
 
 
 def main(argv):
-    (kw,) = split_overrides(parse_overrides(argv), ClassifyArgs)
-    args = ClassifyArgs(**kw)
+    args, train = parse_args(argv, ClassifyArgs, TrainConfig,
+                             defaults={TrainConfig: TRAIN_DEFAULTS})
     kinds = [k.strip() for k in args.backbones.split(",") if k.strip()]
     if not kinds or set(kinds) - {"gpt", "encoder"}:
         raise ValueError(f"--backbones must list 'gpt' and/or 'encoder', got {args.backbones!r}")
@@ -226,7 +224,7 @@ def main(argv):
     ensure_backbones(args, kinds)
     start = time.perf_counter()
     passages, labels, speech, names = speaker_passages(shakespeare(), args.classes, args.lines)
-    held = split_by_speech(speech, args.held_out, args.seed)
+    held = split_by_speech(speech, args.held_out, train.seed)
     # the majority baseline: always answer the training set's most common speaker
     majority = np.bincount(labels[~held], minlength=args.classes).argmax()
     task = {"speakers": names, "train_examples": int((~held).sum()),
@@ -235,10 +233,10 @@ def main(argv):
                                 np.bincount(labels, minlength=args.classes) / len(labels)],
             "majority_baseline": round(float((labels[held] == majority).mean()), 3)}
     print(f"task: {task}")
-    result = {"task": task, "steps": args.steps, "backbone_lr": args.backbone_lr,
+    result = {"task": task, "steps": train.max_iters, "learning_rate": train.learning_rate,
               "head_lr": args.head_lr}
     for kind in kinds:
-        result[kind] = run_backbone(kind, (passages, labels, held), args)
+        result[kind] = run_backbone(kind, (passages, labels, held), args, train)
     result["wall_s"] = round(time.perf_counter() - start, 1)
     print(json.dumps(result))
     return result

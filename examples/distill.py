@@ -2,15 +2,15 @@
 compared with the same student trained from scratch for the same steps.
 
     python examples/distill.py                  # trains the teacher first if it is missing
-    python examples/distill.py --temperature=2 --alpha=0.5 --steps=800 --n_embd=96
-    python examples/distill.py --out=out-distill/ckpt.safetensors   # keep the distilled student
+    python examples/distill.py --temperature=2 --alpha=0.5 --max_iters=800 --n_embd=96
+    python examples/distill.py --out_dir=out-distill      # keep the distilled student
 
 The teacher is examples/train_shakespeare.py's model (4 layers, 192 dims, ~1.8M parameters; its
 checkpoint is `teacher`, trained here with `teacher_iters` steps when missing). The student is a
 GPT on the same character vocabulary, by default 2 layers of 128 dims (~0.42M parameters).
-The student is trained twice from the same initialisation, on the same batches, with the same
-optimizer and schedule: (a) on the hard next-character labels alone, (b) on Hinton et al.'s
-(2015) mix of the teacher's softened distribution and the labels (finetune/heads.py):
+The student is trained twice by the Trainer from the same initialisation, on the same batches,
+with the same optimizer and schedule: (a) on the hard next-character labels alone, (b) on Hinton
+et al.'s (2015) mix of the teacher's softened distribution and the labels (finetune/heads.py):
 
   L = alpha T^2 KL(softmax(z_teacher / T) || softmax(z_student / T)) + (1 - alpha) CE(z_student, y)
 
@@ -30,145 +30,110 @@ import dataclasses
 import json
 import os
 import shlex
-import sys
 import time
 
 import tinygrad_llm as tl  # noqa: F401  (first: it tunes the thread pools before NumPy loads)
 import numpy as np  # noqa: E402
 
 from tinygrad_llm import no_grad  # noqa: E402
-from tinygrad_llm.data import get_batch, shakespeare, split  # noqa: E402
+from tinygrad_llm.data import shakespeare, split  # noqa: E402
 from tinygrad_llm.finetune import distillation_loss  # noqa: E402
 from tinygrad_llm.models import GPT, GPTConfig  # noqa: E402
 from tinygrad_llm.nn import functional as F  # noqa: E402
-from tinygrad_llm.optim import (AdamW, clip_grad_norm_, param_groups_for_weight_decay,  # noqa
-                                set_lr, warmup_cosine)
-from tinygrad_llm.tokenizers import tokenizer_from_dict  # noqa: E402
-from tinygrad_llm.train import (TrainConfig, Trainer, load_model, parse_overrides,  # noqa: E402
-                                save_checkpoint, split_overrides)
-from tinygrad_llm.train import run_main  # noqa: E402
+from tinygrad_llm.optim import param_groups_for_weight_decay  # noqa: E402
+from tinygrad_llm.train import (TrainConfig, Trainer, ensure_checkpoint, load_model,  # noqa
+                                parse_overrides, run_main, save_checkpoint, split_overrides)
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import train_shakespeare  # noqa: E402
+# trains a missing teacher: the main job's command line, without its sample
+TRAIN = [os.path.join(os.path.dirname(os.path.abspath(__file__)), "train_shakespeare.py"),
+         "--sample_tokens=0", "--progress=false"]
 
 
 @dataclasses.dataclass
 class DistillArgs:
-    teacher: str = "out-shakespeare/ckpt.safetensors"
+    teacher: str = "out-shakespeare/ckpt.safetensors"   # the teacher (trained if missing)
     teacher_iters: int = 2000      # when the teacher must be trained
-    teacher_args: str = ""         # more train_shakespeare.py overrides for that, space-separated
-    out: str = None                # where to save the distilled student (None: don't)
-    steps: int = 600
-    batch_size: int = 16
-    block_size: int = 128          # at most the teacher's
-    n_layer: int = 2
-    n_head: int = 4
-    n_embd: int = 128
-    learning_rate: float = 2e-3
-    min_lr: float = 2e-4
-    warmup: int = 50
-    weight_decay: float = 0.1
-    temperature: float = 1.0       # see the docstring: higher T helped less here
+    teacher_args: str = ""         # more train_shakespeare.py options for that, space-separated
+    temperature: float = 1.0       # T, softening both distributions (see the docstring)
     alpha: float = 0.9             # weight of the soft (teacher) term; 1 - alpha on the labels
-    eval_iters: int = 20           # validation batches (the same ones for every model)
-    seed: int = 1337
 
 
-def ensure_char_model(path, iters, extra_args=""):
-    """The character model at `path`, trained by train_shakespeare.py when missing (`iters`
-    steps; `extra_args`: more of its --key=value overrides, space-separated)."""
-    train_shakespeare.ensure_checkpoint(path, [f"--max_iters={iters}", *shlex.split(extra_args)])
+# the student: 2 layers of 128 dims over the teacher's characters, its block the training one's
+STUDENT = dict(n_layer=2, n_head=4, n_embd=128, dropout=0.0, bias=False)
+TRAIN_DEFAULTS = dict(max_iters=600, batch_size=16, block_size=128, learning_rate=2e-3,
+                      min_lr=2e-4, warmup_iters=50, weight_decay=0.1, beta2=0.99, grad_clip=1.0,
+                      eval_iters=20, out_dir=None)
 
 
-def char_data(record):
-    """(train ids, val ids): the corpus through the checkpoint's own tokenizer, split 90/10 as
-    train_shakespeare.py split it, so the validation text is the one the teacher never saw."""
-    tokenizer = tokenizer_from_dict(record["tokenizer"])
-    return split(tokenizer.encode(shakespeare()), 0.1)
-
-
-def evaluate(model, train_ids, val_ids, batch_size, block_size, eval_iters, seed):
-    """{"train", "val"}: mean cross-entropy over eval_iters batches of each split, from the
-    Trainer's evaluation (its batches depend only on the seed, so every model sees the same)."""
-    config = TrainConfig(batch_size=batch_size, block_size=block_size, eval_iters=eval_iters,
-                         seed=seed, checkpoint=False, progress=False)
-    return Trainer(model, None, train_ids, val_ids, config, log=None).evaluate()
-
-
-def student_config(args, vocab_size):
-    return GPTConfig.preset("gpt2", vocab_size=vocab_size, n_layer=args.n_layer,
-                            n_head=args.n_head, n_embd=args.n_embd, block_size=args.block_size,
-                            dropout=0.0, bias=False)
-
-
-def train_student(args, config, train_ids, teacher=None, label=""):
-    """A fresh student (seeded: both runs start from the same weights) trained for args.steps
-    on batches drawn from a generator seeded the same way. teacher=None: hard labels only.
-    Returns (student in eval mode, wall seconds)."""
-    tl.manual_seed(args.seed)
+def train_student(args, train, config, train_ids, teacher=None, label=""):
+    """A fresh student (seeded: both runs start from the same weights) trained for max_iters
+    steps by the Trainer, whose batches come from a generator seeded the same way.
+    teacher=None: hard labels only. Returns (student in eval mode, wall seconds)."""
+    tl.manual_seed(train.seed)
     student = GPT(config)
-    optimizer = AdamW(param_groups_for_weight_decay(student, args.weight_decay),
-                      lr=args.learning_rate, betas=(0.9, 0.99))
-    rng = np.random.default_rng(args.seed)
-    student.train()
-    losses, start = [], time.perf_counter()
-    for step in range(args.steps):
-        set_lr(optimizer, warmup_cosine(step, args.learning_rate, args.min_lr,
-                                        min(args.warmup, args.steps), args.steps))
-        x, y = get_batch(train_ids, args.batch_size, args.block_size, rng)   # (B, T) each
-        logits = student(x)                                                  # (B, T, V)
+    optimizer = train.adamw(param_groups_for_weight_decay(student, train.weight_decay))
+
+    def loss_fn(model, batch):
+        x, y = batch                                                         # (B, T) each
+        logits = model(x)                                                    # (B, T, V)
         if teacher is None:
-            loss = F.cross_entropy(logits, y)
-        else:
-            with no_grad():
-                teacher_logits = teacher(x)
-            loss = distillation_loss(logits, teacher_logits, y, args.temperature, args.alpha)
-        optimizer.zero_grad()
-        loss.backward()
-        clip_grad_norm_(student.parameters(), 1.0)
-        optimizer.step()
-        losses.append(loss.item())
-        if step % 100 == 0 or step == args.steps - 1:
+            return F.cross_entropy(logits, y)
+        with no_grad():
+            teacher_logits = teacher(x)
+        return distillation_loss(logits, teacher_logits, y, args.temperature, args.alpha)
+
+    trainer = Trainer(student, optimizer, train_ids, None, train, loss_fn=loss_fn, log=None)
+    losses, start = [], time.perf_counter()
+    for step in range(train.max_iters):
+        losses.append(trainer.train_step())
+        if step % 100 == 0 or step == train.max_iters - 1:
             print(f"{label} step {step}: loss {np.mean(losses[-100:]):.4f}", flush=True)
-    wall = time.perf_counter() - start
-    return student.eval(), wall
+    return student.eval(), time.perf_counter() - start
 
 
 def main(argv):
-    (kw,) = split_overrides(parse_overrides(argv), DistillArgs)
-    args = DistillArgs(**kw)
+    args_kw, train_kw, model_kw = split_overrides(
+        parse_overrides(argv), DistillArgs, TrainConfig, GPTConfig,
+        defaults={TrainConfig: TRAIN_DEFAULTS, GPTConfig: STUDENT})
+    args, train = DistillArgs(**args_kw), TrainConfig(**train_kw)
     if not args.temperature > 0 or not 0.0 <= args.alpha <= 1.0:
         raise ValueError(f"--temperature must be > 0 and --alpha in [0, 1], got "
                          f"temperature={args.temperature!r}, alpha={args.alpha!r}")
-    if args.steps < 1:
-        raise ValueError(f"--steps must be >= 1, got {args.steps}")
-    ensure_char_model(args.teacher, args.teacher_iters, args.teacher_args)
-    teacher, record = load_model(args.teacher)
-    if args.block_size > teacher.config.block_size:
-        raise ValueError(f"--block_size={args.block_size} exceeds the teacher's block_size="
+    if train.max_iters < 1:
+        raise ValueError(f"--max_iters must be >= 1, got {train.max_iters}")
+    ensure_checkpoint(args.teacher, [*TRAIN, f"--max_iters={args.teacher_iters}",
+                                     *shlex.split(args.teacher_args)])
+    teacher, tokenizer, record = load_model(args.teacher)
+    if train.block_size > teacher.config.block_size:
+        raise ValueError(f"--block_size={train.block_size} exceeds the teacher's block_size="
                          f"{teacher.config.block_size} (it must read the student's batches)")
-    train_ids, val_ids = char_data(record)
-    config = student_config(args, teacher.config.vocab_size)
-    score = lambda model: evaluate(model, train_ids, val_ids, args.batch_size,  # noqa: E731
-                                   args.block_size, args.eval_iters, args.seed)
+    # the corpus split 90/10 as train_shakespeare.py split it: the teacher never saw val_ids
+    train_ids, val_ids = split(tokenizer.encode(shakespeare()), 0.1)
+    config = GPTConfig.preset("gpt2", vocab_size=teacher.config.vocab_size,
+                              block_size=train.block_size, **model_kw)
+
+    def score(model):
+        """Cross-entropy on eval_iters batches of each split, from a Trainer at step 0: the
+        same batches for every model."""
+        return Trainer(model, None, train_ids, val_ids, train, log=None).evaluate()
 
     teacher_loss = score(teacher)
     print(f"teacher: {teacher.num_parameters():,} parameters, val loss "
           f"{teacher_loss['val']:.4f}", flush=True)
-    scratch, scratch_wall = train_student(args, config, train_ids, None, "scratch")
+    scratch, scratch_wall = train_student(args, train, config, train_ids, None, "scratch")
     scratch_loss = score(scratch)
     print(f"scratch student: {scratch.num_parameters():,} parameters, val loss "
           f"{scratch_loss['val']:.4f}", flush=True)
-    distilled, distill_wall = train_student(args, config, train_ids, teacher, "distill")
+    distilled, distill_wall = train_student(args, train, config, train_ids, teacher, "distill")
     distill_loss = score(distilled)
     print(f"distilled student: val loss {distill_loss['val']:.4f} "
           f"({scratch_loss['val'] - distill_loss['val']:+.4f} better than from scratch)")
 
-    if args.out:
-        os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
-        save_checkpoint(args.out, distilled, record={
+    path = os.path.join(train.out_dir, "ckpt.safetensors") if train.out_dir else None
+    if path:
+        save_checkpoint(path, distilled, record={
             "model_config": config.to_dict(), "tokenizer": record["tokenizer"],
-            "preset": "gpt2", "distill": {"teacher": args.teacher, "steps": args.steps,
+            "preset": "gpt2", "distill": {"teacher": args.teacher, "steps": train.max_iters,
                                           "temperature": args.temperature,
                                           "alpha": args.alpha}})
     # how much of the scratch student's gap to the teacher distillation closed
@@ -183,9 +148,9 @@ def main(argv):
               "distilled_train_loss": round(distill_loss["train"], 4),
               "teacher_parameters": teacher.num_parameters(),
               "student_parameters": distilled.num_parameters(),
-              "steps": args.steps, "temperature": args.temperature, "alpha": args.alpha,
+              "steps": train.max_iters, "temperature": args.temperature, "alpha": args.alpha,
               "scratch_wall_s": round(scratch_wall, 1),
-              "distill_wall_s": round(distill_wall, 1), "checkpoint": args.out}
+              "distill_wall_s": round(distill_wall, 1), "checkpoint": path}
     print(json.dumps(result))
     return result
 

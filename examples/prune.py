@@ -2,7 +2,7 @@
 short recovery fine-tuning that keeps the zeros.
 
     python examples/prune.py                    # trains the model first if it is missing
-    python examples/prune.py --sparsities=0,0.5,0.9 --recover_steps=300 --plot=true
+    python examples/prune.py --sparsities=0,0.5,0.9 --max_iters=300 --plot
 
 Magnitude pruning (Han et al., 2015) zeroes the weights of smallest |w| in the transformer
 blocks' Linear layers, either the same fraction s of every layer (scope "layer") or the smallest
@@ -11,14 +11,14 @@ semi-structured pruning (Mishra et al., 2021) keeps the 2 largest of every 4 con
 weights: exactly 50%, in the pattern sparse tensor cores skip. Each setting starts from a fresh
 copy of the checkpoint; the measured fraction of zeros (`sparsity(model)["total"]`) and the
 validation loss (the Trainer's evaluation, the same batches for every model) are reported.
-Then the 2:4 model and one high unstructured sparsity are fine-tuned for `recover_steps` AdamW
-steps at a small learning rate, with `apply_masks` after every step so that
+Then the 2:4 model and one high unstructured sparsity are fine-tuned for `max_iters` steps of
+the Trainer (AdamW at a small learning rate), with `apply_masks` after every step so that
     w <- keep * AdamW(w),   keep fixed by the pruning,
 and the validation loss after recovery is reported with the sparsity, checked to be unchanged.
 The dense model gets the same fine-tuning as a control: the part of a recovery that is only
 "more training" shows there.
-Prints a table and ends with one JSON line that main(argv) also returns; --plot=true also writes
-the curve as a PNG when matplotlib is installed.
+Prints a table and ends with one JSON line that main(argv) also returns; --plot also writes the
+curve to out_dir/prune.png when matplotlib is installed.
 
 On the main job's model, global pruning does worse than per-layer up to 80%: pooled, the
 attention output projections, whose weights are smaller (GPT-2's initialisation scales them by
@@ -28,40 +28,37 @@ magnitude is not equal importance across layers of different scale.
 import dataclasses
 import json
 import os
-import sys
+import shlex
 import time
 
 import tinygrad_llm as tl  # noqa: F401  (first: it tunes the thread pools before NumPy loads)
 
 from tinygrad_llm import backend  # noqa: E402
+from tinygrad_llm.data import shakespeare, split  # noqa: E402
 from tinygrad_llm.finetune import apply_masks, magnitude_prune, prune_2_4, sparsity  # noqa: E402
-from tinygrad_llm.optim import AdamW  # noqa: E402
-from tinygrad_llm.train import (TrainConfig, Trainer, load_model, parse_overrides,  # noqa: E402
-                                split_overrides)
-from tinygrad_llm.train import run_main  # noqa: E402
+from tinygrad_llm.train import (TrainConfig, Trainer, ensure_checkpoint, load_model,  # noqa: E402
+                                parse_args, run_main)
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from distill import char_data, ensure_char_model, evaluate  # noqa: E402
+# trains a missing model: the main job's command line, without its sample
+TRAIN = [os.path.join(os.path.dirname(os.path.abspath(__file__)), "train_shakespeare.py"),
+         "--sample_tokens=0", "--progress=false"]
 
 
 @dataclasses.dataclass
 class PruneArgs:
-    model: str = "out-shakespeare/ckpt.safetensors"
+    model: str = "out-shakespeare/ckpt.safetensors"   # the dense model (trained if missing)
     model_iters: int = 2000        # when the model must be trained
-    model_args: str = ""           # more train_shakespeare.py overrides for that, space-separated
-    sparsities: str = "0,0.25,0.5,0.6,0.7,0.8,0.9"
-    batch_size: int = 16
-    block_size: int = 128          # at most the model's
-    eval_iters: int = 10           # validation batches (the same ones for every model)
-    recover_steps: int = 150       # 0: no recovery fine-tuning
+    model_args: str = ""           # more train_shakespeare.py options for that, space-separated
+    sparsities: str = "0,0.25,0.5,0.6,0.7,0.8,0.9"    # fractions pruned, comma-separated
     recover_sparsity: float = 0.7  # the unstructured setting that is also recovered ...
-    recover_scope: str = "layer"   # ... and its scope
-    learning_rate: float = 3e-4
-    min_lr: float = 3e-5
-    warmup: int = 10
-    plot: bool = False
-    plot_path: str = "out-prune/prune.png"
-    seed: int = 1337
+    recover_scope: str = "layer"   # ... and its scope ("layer" or "global")
+    plot: bool = False             # also draw the curve (out_dir/prune.png)
+
+
+# recovery: max_iters steps (0: none); evaluation: eval_iters batches, the same for every model
+TRAIN_DEFAULTS = dict(max_iters=150, batch_size=16, block_size=128, eval_iters=10,
+                      learning_rate=3e-4, min_lr=3e-5, warmup_iters=10, weight_decay=0.0,
+                      beta2=0.99, grad_clip=1.0, out_dir="out-prune")
 
 
 def parse_sparsities(text):
@@ -80,19 +77,14 @@ def pruned_positions_are_zero(model, masks):
                for n, keep in masks.items())
 
 
-def recover(model, masks, train_ids, val_ids, args):
-    """Fine-tune every weight for args.recover_steps steps of the Trainer (AdamW, warmup and
-    cosine decay, clipping), re-zeroing the pruned ones after each step (apply_masks). Returns
-    the wall seconds."""
-    config = TrainConfig(batch_size=args.batch_size, block_size=args.block_size,
-                         max_iters=args.recover_steps, learning_rate=args.learning_rate,
-                         min_lr=args.min_lr, warmup_iters=args.warmup, grad_clip=1.0,
-                         seed=args.seed + 1, checkpoint=False, progress=False)
-    optimizer = AdamW(model.parameters(), lr=args.learning_rate, betas=(0.9, 0.99),
-                      weight_decay=0.0)
-    trainer = Trainer(model, optimizer, train_ids, val_ids, config, log=None)
+def recover(model, masks, train_ids, train):
+    """Fine-tune every weight for max_iters steps of the Trainer (AdamW, warmup and cosine decay,
+    clipping), re-zeroing the pruned ones after each step (apply_masks). Its batches are drawn
+    with seed + 1 (the evaluation's are seeded by seed). Returns the wall seconds."""
+    config = dataclasses.replace(train, seed=train.seed + 1, checkpoint=False, progress=False)
+    trainer = Trainer(model, train.adamw(model.parameters()), train_ids, None, config, log=None)
     start = time.perf_counter()
-    for _ in range(args.recover_steps):
+    for _ in range(train.max_iters):
         trainer.train_step()
         apply_masks(model, masks)
     model.eval()
@@ -124,8 +116,7 @@ def plot_curve(curve, two_four, dense, path):
 
 
 def main(argv):
-    (kw,) = split_overrides(parse_overrides(argv), PruneArgs)
-    args = PruneArgs(**kw)
+    args, train = parse_args(argv, PruneArgs, TrainConfig, defaults={TrainConfig: TRAIN_DEFAULTS})
     targets = parse_sparsities(args.sparsities)
     if args.recover_scope not in ("layer", "global"):
         raise ValueError(f"--recover_scope: expected 'layer' or 'global', got "
@@ -133,17 +124,19 @@ def main(argv):
     if not 0.0 <= args.recover_sparsity < 1.0:
         raise ValueError(f"--recover_sparsity: expected a number in [0, 1), got "
                          f"{args.recover_sparsity!r}")
-    ensure_char_model(args.model, args.model_iters, args.model_args)
+    ensure_checkpoint(args.model, [*TRAIN, f"--max_iters={args.model_iters}",
+                                   *shlex.split(args.model_args)])
     start = time.perf_counter()
-    dense_model, record = load_model(args.model)
-    if args.block_size > dense_model.config.block_size:
-        raise ValueError(f"--block_size={args.block_size} exceeds the model's block_size="
+    dense_model, tokenizer, _ = load_model(args.model)
+    if train.block_size > dense_model.config.block_size:
+        raise ValueError(f"--block_size={train.block_size} exceeds the model's block_size="
                          f"{dense_model.config.block_size}")
-    train_ids, val_ids = char_data(record)
+    # the corpus split 90/10 as train_shakespeare.py split it: the model never saw val_ids
+    train_ids, val_ids = split(tokenizer.encode(shakespeare()), 0.1)
 
     def val_loss(model):
-        return evaluate(model, train_ids, val_ids, args.batch_size, args.block_size,
-                        args.eval_iters, args.seed)["val"]
+        """From a Trainer at step 0: the same validation batches for every model."""
+        return Trainer(model, None, None, val_ids, train, log=None).evaluate()["val"]
 
     def fresh():
         return load_model(args.model)[0]
@@ -166,7 +159,7 @@ def main(argv):
                 "val_loss": round(val_loss(model), 4)}
 
     recovery = {}
-    if args.recover_steps > 0:
+    if train.max_iters > 0:
         # the dense model trained the same steps: how much of a "recovery" is just more training
         settings = {"dense (control)": lambda m: {}, "2:4": prune_2_4,
                     f"{args.recover_scope}@{args.recover_sparsity:g}": lambda m: magnitude_prune(
@@ -175,7 +168,7 @@ def main(argv):
             model = fresh()
             masks = prune(model)
             before_sparsity, before = sparsity(model)["total"], val_loss(model)
-            wall = recover(model, masks, train_ids, val_ids, args)
+            wall = recover(model, masks, train_ids, train)
             after_sparsity = sparsity(model)["total"]
             if not pruned_positions_are_zero(model, masks) or after_sparsity != before_sparsity:
                 raise AssertionError(f"recovery of {name} lost sparsity: {before_sparsity} -> "
@@ -183,9 +176,9 @@ def main(argv):
             recovery[name] = {"sparsity": round(after_sparsity, 4),
                               "val_loss_before": round(before, 4),
                               "val_loss_after": round(val_loss(model), 4),
-                              "steps": args.recover_steps, "wall_s": round(wall, 1)}
+                              "steps": train.max_iters, "wall_s": round(wall, 1)}
             print(f"recovery {name}: val loss {before:.4f} -> "
-                  f"{recovery[name]['val_loss_after']:.4f} in {args.recover_steps} steps, "
+                  f"{recovery[name]['val_loss_after']:.4f} in {train.max_iters} steps, "
                   f"sparsity {after_sparsity:.4f} kept", flush=True)
 
     print(f"\n{'target':>8} | {'layer: sparsity':>15} {'val loss':>8} | "
@@ -197,7 +190,8 @@ def main(argv):
     for name, r in recovery.items():
         print(f"recovered {name}: {r['val_loss_before']:.4f} -> {r['val_loss_after']:.4f} "
               f"at sparsity {r['sparsity']:.4f}")
-    plot = plot_curve(curve, two_four, dense, args.plot_path) if args.plot else None
+    plot = plot_curve(curve, two_four, dense, os.path.join(train.out_dir, "prune.png")) \
+        if args.plot else None
     result = {"dense_val_loss": round(dense, 4), "curve": curve, "2:4": two_four,
               "recovery": recovery, "parameters": dense_model.num_parameters(),
               "plot": plot, "wall_s": round(time.perf_counter() - start, 1)}

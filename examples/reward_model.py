@@ -2,65 +2,62 @@
 Bradley-Terry loss, and its accuracy on held-out pairs.
 
     python examples/reward_model.py            # runs finetune_sft.py first if out-sft/ is missing
-    python examples/reward_model.py --steps=300 --learning_rate=2e-4
+    python examples/reward_model.py --max_iters=300 --learning_rate=2e-4
 
 Pairs come from finetune/tasks.py (`preference_pairs`): for a prompt of each task (who speaks a
 line, a small sum, a word reversed) the chosen answer is the right one and the rejected a
 plausible wrong one (another speaker, a sum off by 1-3, the word not reversed). Each conversation
-is rendered through the chat template (dpo.encode_pairs) and scored by
+is rendered through the chat template (finetune.encode_pairs) and scored by
 finetune.SequenceHead(sft_model, 1): r(x, y) = w . h_last + b, h_last the hidden state of the
 assistant's end token, the last token that has read the whole exchange (Ouyang et al., 2022).
 Bradley-Terry: P(y_w preferred to y_l) = sigmoid(r(x, y_w) - r(x, y_l)); the loss is
 -log sigmoid(r_w - r_l) over a batch of pairs. The head starts at zero (every pair tied, 0.5).
-All weights train, the backbone with `learning_rate` and the head with `head_lr`.
+All weights train (the Trainer: warmup and cosine decay), the backbone with `learning_rate` and
+the head with `head_lr`.
 
 Reported per task on held-out pairs (prompts never trained on, the SFT split): the reward
 model's pair accuracy before and after (a tie counts 1/2), beside the SFT model's own preference
 (how often log pi(y_w | x) > log pi(y_l | x)), what a reward model must beat to be worth having.
-Writes `out` (`load_reward_model` reopens it) and prints one JSON line.
+Writes out_dir/ckpt.safetensors (`load_reward_model` reopens it) and prints one JSON line.
 """
 import dataclasses
 import json
 import os
-import sys
 import time
 
 import tinygrad_llm as tl  # noqa: F401  (first: it tunes the thread pools before NumPy loads)
 import numpy as np  # noqa: E402
 
 from tinygrad_llm import no_grad  # noqa: E402
-from tinygrad_llm.finetune import SequenceHead, bradley_terry_loss  # noqa: E402
-from tinygrad_llm.finetune.tasks import preference_pairs  # noqa: E402
+from tinygrad_llm.finetune import (SequenceHead, alignment_setup,  # noqa: E402
+                                   bradley_terry_loss, encode_pairs, preference_pairs,
+                                   preference_rate)
 from tinygrad_llm.models import GPT, GPTConfig  # noqa: E402
-from tinygrad_llm.optim import AdamW, LambdaLR, clip_grad_norm_, warmup_cosine  # noqa: E402
-from tinygrad_llm.train import (CheckpointError, load_checkpoint,  # noqa: E402
-                                parse_overrides, save_checkpoint, split_overrides)
-from tinygrad_llm.train import run_main  # noqa: E402
+from tinygrad_llm.train import (CheckpointError, TrainConfig, Trainer,  # noqa: E402
+                                load_checkpoint, parse_args, run_main, save_checkpoint)
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import dpo  # noqa: E402
-import finetune_sft  # noqa: E402
+SFT = [os.path.join(os.path.dirname(os.path.abspath(__file__)), "finetune_sft.py")]   # makes it
 
 
 @dataclasses.dataclass
 class RewardArgs:
-    sft: str = "out-sft/ckpt.safetensors"
-    out: str = "out-reward/ckpt.safetensors"
-    steps: int = 200
-    batch_size: int = 16           # pairs per step
-    learning_rate: float = 1e-4    # the backbone's peak
-    head_lr: float = 1e-3
-    warmup: int = 20
-    per_task: int = 2000
-    held_out: int = 60
-    seed: int = 0
+    sft: str = "out-sft/ckpt.safetensors"   # the SFT model: the reward model's backbone
+    head_lr: float = 1e-3          # the new head's peak lr (the backbone's: learning_rate)
+    per_task: int = 2000           # training records per task (as finetune_sft.py splits them)
+    held_out: int = 60             # held-out prompts per task
+
+
+# batch_size: pairs per step; min_lr a tenth of each group's peak
+TRAIN_DEFAULTS = dict(max_iters=200, batch_size=16, learning_rate=1e-4, min_lr=1e-5,
+                      warmup_iters=20, weight_decay=0.0, beta2=0.999, grad_clip=1.0, seed=0,
+                      out_dir="out-reward")
 
 
 def encode(template, pairs):
-    """dpo.encode_pairs, chosen and rejected stacked into one right-padded batch: ids (2N, W)
+    """encode_pairs, chosen and rejected stacked into one right-padded batch: ids (2N, W)
     (rows :N chosen, N: rejected) and lengths (2N,). A conversation ends on the assistant's end
     token, the last one the template marks to learn, so its length is that index + 1."""
-    enc = dpo.encode_pairs(template, pairs)
+    enc = encode_pairs(template, pairs)
     (c_ids, c_learn), (r_ids, r_learn) = enc["chosen"], enc["rejected"]
     width = max(c_ids.shape[1], r_ids.shape[1])
     ids = np.zeros((2 * len(pairs), width), np.int64)
@@ -101,14 +98,14 @@ def load_reward_model(path):
 
 
 def main(argv):
-    (kw,) = split_overrides(parse_overrides(argv), RewardArgs)
-    args = RewardArgs(**kw)
-    backbone, _, record, template, train, held = finetune_sft.alignment_setup(
-        args.sft, args.per_task, args.held_out, args.seed)
-    train_pairs = preference_pairs(train, seed=args.seed)
-    held_pairs = {task: preference_pairs(records, seed=args.seed + 1)
+    args, train_config = parse_args(argv, RewardArgs, TrainConfig,
+                                    defaults={TrainConfig: TRAIN_DEFAULTS})
+    backbone, template, record, train, held = alignment_setup(
+        args.sft, args.per_task, args.held_out, train_config.seed, make=SFT)
+    train_pairs = preference_pairs(train, seed=train_config.seed)
+    held_pairs = {task: preference_pairs(records, seed=train_config.seed + 1)
                   for task, records in held.items()}
-    sft_preference = {task: round(dpo.preference_rate(backbone, dpo.encode_pairs(template, p)), 3)
+    sft_preference = {task: round(preference_rate(backbone, encode_pairs(template, p)), 3)
                       for task, p in held_pairs.items()}
     print(f"the SFT model's own preference (log-prob) on held-out pairs: {sft_preference}")
     reward_model = SequenceHead(backbone, n_out=1)
@@ -116,42 +113,41 @@ def main(argv):
     print(f"reward model before training: {before}")
 
     body = [p for p in backbone.parameters() if p.requires_grad]
-    head = list(reward_model.score.parameters())
-    optimizer = AdamW([{"params": body, "lr": args.learning_rate},
-                       {"params": head, "lr": args.head_lr}], weight_decay=0.0)
-    schedule = LambdaLR(optimizer, lambda step: warmup_cosine(      # both peaks, one shape
-        step, 1.0, 0.1, min(args.warmup, args.steps), args.steps))
-    rng = np.random.default_rng(args.seed)
-    reward_model.train()
-    start, log = time.perf_counter(), []
-    for step in range(args.steps):
-        batch = [train_pairs[i] for i in rng.integers(0, len(train_pairs), args.batch_size)]
-        r = reward_model(*encode(template, batch))                 # (2B,): chosen, rejected
+    optimizer = train_config.adamw([{"params": body},
+                                    {"params": list(reward_model.score.parameters())}])
+    accuracies = []
+
+    def loss_fn(model, batch):
+        r = model(*encode(template, batch))                        # (2B,): chosen, rejected
         loss, acc = bradley_terry_loss(r[:len(batch)], r[len(batch):])
-        optimizer.zero_grad()
-        loss.backward()
-        clip_grad_norm_(body + head, 1.0)
-        optimizer.step()
-        schedule.step()
-        log.append((float(loss.numpy()), acc))
-        if step % 25 == 0 or step == args.steps - 1:
+        accuracies.append(acc)
+        return loss
+
+    trainer = Trainer(reward_model, optimizer, train_pairs, None, train_config, loss_fn=loss_fn,
+                      batch_fn=lambda pairs, rng: [pairs[i] for i in rng.integers(
+                          0, len(pairs), train_config.batch_size)],
+                      lr_scales=[1.0, args.head_lr / train_config.learning_rate])
+    start, log = time.perf_counter(), []
+    for step in range(train_config.max_iters):
+        log.append((trainer.train_step(), accuracies[-1]))
+        if step % 25 == 0 or step == train_config.max_iters - 1:
             recent = np.mean(log[-25:], axis=0)
             print(f"step {step}: loss {recent[0]:.4f} pair accuracy {recent[1]:.3f}", flush=True)
     wall = time.perf_counter() - start
     after = evaluate(reward_model, template, held_pairs)
-    print(f"reward model after {args.steps} steps: {after}")
-    os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
-    save_checkpoint(args.out, reward_model, record={
-        **record, "reward_model": {"steps": args.steps, "sft": args.sft}})
+    print(f"reward model after {train_config.max_iters} steps: {after}")
+    path = os.path.join(train_config.out_dir, "ckpt.safetensors")
+    save_checkpoint(path, reward_model, record={
+        **record, "reward_model": {"steps": train_config.max_iters, "sft": args.sft}})
     recent = np.mean(log[-20:], axis=0)
     result = {"accuracy_before": before, "accuracy_after": after,
               "sft_logprob_preference": sft_preference,
               "mean_after": round(float(np.mean(list(after.values()))), 3),
-              "steps": args.steps, "train_pairs": len(train_pairs),
+              "steps": train_config.max_iters, "train_pairs": len(train_pairs),
               "held_out_pairs": sum(len(p) for p in held_pairs.values()),
               "final_loss": round(float(recent[0]), 4),
               "final_train_accuracy": round(float(recent[1]), 3),
-              "train_s": round(wall, 1), "checkpoint": args.out}
+              "train_s": round(wall, 1), "checkpoint": path}
     print(json.dumps(result))
     return result
 

@@ -14,35 +14,31 @@ import json
 
 import tinygrad_llm as tl  # (first: it tunes the thread pools before NumPy loads)
 from tinygrad_llm.generate import generate
-from tinygrad_llm.tokenizers import tokenizer_from_dict
-from tinygrad_llm.train import OptionError, load_model, parse_overrides, split_overrides
-from tinygrad_llm.train import run_main
+from tinygrad_llm.train import OptionError, load_model, parse_args, run_main
 
 
 @dataclasses.dataclass
 class SampleArgs:
-    ckpt: str = "out-shakespeare/ckpt.safetensors"
-    prompt: str = "\n"
-    max_new_tokens: int = 500
-    temperature: float = 0.8
-    top_k: int = 40
-    seed: int = 0
-    device: str = "cpu"
+    ckpt: str = "out-shakespeare/ckpt.safetensors"   # the checkpoint to sample from
+    prompt: str = "\n"               # the text the sample continues
+    max_new_tokens: int = 500        # tokens to generate
+    temperature: float = 0.8         # softmax temperature (0: greedy)
+    top_k: int = 40                  # draw from the k likeliest tokens (none: all)
+    seed: int = 0                    # seeds the sampling
+    device: str = "cpu"              # "cpu" or "cuda"
     dtype: str = "float32"           # "float16" / "bfloat16": autocast's matmuls (device cuda)
 
 
 def main(argv):
-    (kw,) = split_overrides(parse_overrides(argv), SampleArgs)
-    args = SampleArgs(**kw)
+    (args,) = parse_args(argv, SampleArgs)
     problem = tl.amp.dtype_problem(args.dtype, args.device)
     if problem:
         raise OptionError(f"--dtype={args.dtype}: {problem}")
-    model, record = load_model(args.ckpt)              # float, or quantized by quantize.py
-    if "tokenizer" not in record:
+    model, tokenizer, record = load_model(args.ckpt)   # float, or quantized by quantize.py
+    if tokenizer is None:
         raise ValueError(f"{args.ckpt}: not a train_shakespeare checkpoint (no tokenizer in its "
                          "record)")
     model.to(args.device).eval()
-    tokenizer = tokenizer_from_dict(record["tokenizer"])
     prompt = tokenizer.encode(args.prompt)[None]
     with tl.autocast(args.dtype):
         out = generate(model, prompt, args.max_new_tokens, temperature=args.temperature,

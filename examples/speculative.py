@@ -20,58 +20,40 @@ its acceptance rate pays for.
 import dataclasses
 import json
 import os
-import sys
 import time
 
 import numpy as np
 
 from tinygrad_llm.generate import generate, speculative_generate
-from tinygrad_llm.tokenizers import tokenizer_from_dict
-from tinygrad_llm.train import load_model, parse_overrides, split_overrides
-from tinygrad_llm.train import run_main  # noqa: E402
+from tinygrad_llm.train import ensure_checkpoint, load_model, parse_args, run_main
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import train_shakespeare  # noqa: E402
+# trains a missing model: the main job's command line, without its sample
+TRAIN = [os.path.join(os.path.dirname(os.path.abspath(__file__)), "train_shakespeare.py"),
+         "--sample_tokens=0", "--progress=false"]
 
 
 @dataclasses.dataclass
 class Args:
-    target: str = "out-shakespeare/ckpt.safetensors"
-    draft: str = "out-draft/ckpt.safetensors"
-    prompt: str = "ROMEO:\n"
+    target: str = "out-shakespeare/ckpt.safetensors"   # the large model (trained if missing)
+    draft: str = "out-draft/ckpt.safetensors"          # the small model (trained if missing)
+    prompt: str = "ROMEO:\n"     # the text both continue
     max_new_tokens: int = 120    # the char models hold 128 positions
-    k: int = 3
-    temperature: float = 0.0
-    top_k: int = None
-    seed: int = 0
+    k: int = 3                   # tokens the draft proposes per target pass
+    temperature: float = 0.0     # softmax temperature (0: greedy)
+    top_k: int = None            # draw from the k likeliest tokens (none: all)
+    seed: int = 0                # seeds the sampling
     draft_iters: int = 2000      # when the draft must be trained
-    repeats: int = 3
+    repeats: int = 3             # timed runs of each decoder (the best counts)
     target_iters: int = 2000     # when the target must be trained
 
 
-def _train(path, argv):
-    out_dir = os.path.dirname(path) or "."
-    print(f"{path} is missing: training it (python examples/train_shakespeare.py "
-          f"{' '.join(argv)} --out_dir={out_dir})")
-    train_shakespeare.main(argv + [f"--out_dir={out_dir}", "--sample_tokens=0",
-                                   "--progress=false"])
-
-
-def _load(path):
-    model, record = load_model(path)
-    return model, tokenizer_from_dict(record["tokenizer"])
-
-
 def main(argv):
-    (kw,) = split_overrides(parse_overrides(argv), Args)
-    args = Args(**kw)
-    if not os.path.exists(args.target):
-        _train(args.target, [f"--max_iters={args.target_iters}"])
-    if not os.path.exists(args.draft):
-        _train(args.draft, ["--n_layer=2", "--n_head=2", "--n_embd=64",
-                            f"--max_iters={args.draft_iters}"])
-    target, tok = _load(args.target)
-    draft, draft_tok = _load(args.draft)
+    (args,) = parse_args(argv, Args)
+    ensure_checkpoint(args.target, [*TRAIN, f"--max_iters={args.target_iters}"])
+    ensure_checkpoint(args.draft, [*TRAIN, "--n_layer=2", "--n_head=2", "--n_embd=64",
+                                   f"--max_iters={args.draft_iters}"])
+    target, tok, _ = load_model(args.target)
+    draft, draft_tok, _ = load_model(args.draft)
     if tok.to_dict() != draft_tok.to_dict():
         raise ValueError(f"{args.target} and {args.draft} use different tokenizers")
     prompt = tok.encode(args.prompt)

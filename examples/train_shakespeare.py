@@ -8,8 +8,8 @@
     python examples/train_shakespeare.py --device=cuda --tf32                # TF32 matmuls
 
 Follows nanoGPT's train.py order: configuration, data, model, optimizer, loop (with evaluation
-and checkpoints), sample, and a final JSON line with the headline numbers. Every field of
-ModelArgs, TrainConfig and RunArgs can be overridden with --key=value.
+and checkpoints), sample, and a final JSON line with the headline numbers. Every field of RunArgs,
+TrainConfig and GPTConfig can be overridden with --key=value (--help lists them).
 """
 import dataclasses
 import json
@@ -21,42 +21,42 @@ import tinygrad_llm as tl
 from tinygrad_llm.data import shakespeare, split
 from tinygrad_llm.generate import generate
 from tinygrad_llm.models import GPT, GPTConfig
-from tinygrad_llm.optim import AdamW, param_groups_for_weight_decay
+from tinygrad_llm.optim import param_groups_for_weight_decay
 from tinygrad_llm.tokenizers import CHAT_SPECIAL_TOKENS, BPETokenizer, CharTokenizer
 from tinygrad_llm.train import (OptionError, TrainConfig, Trainer, load_checkpoint,
-                                parse_overrides, split_overrides)
-from tinygrad_llm.train import run_main
+                                parse_overrides, run_main, split_overrides)
 
 
 @dataclasses.dataclass
 class RunArgs:
-    preset: str = "gpt2"
-    device: str = "cpu"
-    data: str = None             # path to the text (default: tiny Shakespeare)
-    resume: bool = False
+    preset: str = "gpt2"         # the architecture's defaults: "gpt2" or "llama"
+    device: str = "cpu"          # "cpu" or "cuda"
+    data: str = None             # path to the text (none: tiny Shakespeare)
+    resume: bool = False         # continue from out_dir's checkpoint
     tokenizer: str = "char"      # "char", or "bpe" (trained on the text, cached on disk)
     vocab_size: int = 1024       # the BPE vocabulary (bytes + merges + <|endoftext|>)
     chat_tokens: bool = False    # BPE: also reserve the chat template's special tokens
     tokenizer_file: str = None   # BPE: a saved BPETokenizer (.json) instead of training one
-    sample_tokens: int = 500
-    temperature: float = 0.8
-    top_k: int = 40
+    sample_tokens: int = 500     # the sample written after training (0: none)
+    temperature: float = 0.8     # the sample's softmax temperature
+    top_k: int = 40              # the sample draws from the k likeliest tokens
     tf32: bool = False           # float32 matmuls on TF32 tensor cores (a GPU; no-op on the CPU)
 
 
 # The default model: a small GPT-2 over characters. Sized so that a 2-core CPU reaches
-# validation loss <= 1.70 within 10 minutes.
-MODEL_DEFAULTS = dict(n_layer=4, n_head=4, n_embd=192, block_size=128, dropout=0.0, bias=False)
+# validation loss <= 1.70 within 10 minutes. Its block_size is the training block_size.
+MODEL_DEFAULTS = dict(n_layer=4, n_head=4, n_embd=192, dropout=0.0, bias=False)
 TRAIN_DEFAULTS = dict(batch_size=16, block_size=128, max_iters=2000, eval_interval=500,
                       eval_iters=20, learning_rate=2e-3, min_lr=2e-4, warmup_iters=100,
                       weight_decay=0.1, beta2=0.99, grad_clip=1.0, out_dir="out-shakespeare")
 
 
 def main(argv):
-    overrides = parse_overrides(argv)
-    run_kw, train_kw, model_kw = split_overrides(overrides, RunArgs, TrainConfig, GPTConfig)
+    run_kw, train_kw, model_kw = split_overrides(
+        parse_overrides(argv), RunArgs, TrainConfig, GPTConfig,
+        defaults={TrainConfig: TRAIN_DEFAULTS, GPTConfig: MODEL_DEFAULTS})
     run = RunArgs(**run_kw)
-    train_config = TrainConfig(**{**TRAIN_DEFAULTS, **train_kw})
+    train_config = TrainConfig(**train_kw)
     # --dtype=float16 / bfloat16: matmuls under tl.autocast, float32 master weights (GPU only)
     problem = tl.amp.dtype_problem(train_config.dtype, run.device)
     if problem:
@@ -81,24 +81,20 @@ def main(argv):
     bits_per_nat_token = len(val_ids) / len(tokenizer.decode(val_ids)) / math.log(2)
 
     # model
-    model_kw = {**MODEL_DEFAULTS, "block_size": train_config.block_size, **model_kw}
+    model_kw = {**model_kw, "block_size": train_config.block_size}
     config = GPTConfig.preset(run.preset, vocab_size=tokenizer.vocab_size, **model_kw)
-    if config.block_size < train_config.block_size:
-        raise ValueError(f"block_size: the model's {config.block_size} is smaller than the "
-                         f"training block_size {train_config.block_size}")
     model = GPT(config).to(run.device)
     print(f"{run.preset} model: {model.num_parameters() / 1e6:.2f}M parameters, "
           f"vocab {tokenizer.vocab_size}, device {run.device}")
 
     # optimizer: AdamW with no decay on biases and norm weights
-    optimizer = AdamW(param_groups_for_weight_decay(model, train_config.weight_decay),
-                      lr=train_config.learning_rate,
-                      betas=(train_config.beta1, train_config.beta2))
+    optimizer = train_config.adamw(param_groups_for_weight_decay(model,
+                                                                 train_config.weight_decay))
     trainer = Trainer(model, optimizer, train_ids, val_ids, train_config,
                       record={"model_config": config.to_dict(),
                               "tokenizer": tokenizer.to_dict(), "preset": run.preset})
     if run.resume:
-        _check_resume(trainer.ckpt_path, config, model_kw)
+        _check_resume(trainer.ckpt_path, config)
         trainer.load(trainer.ckpt_path)
         print(f"resumed from {trainer.ckpt_path} at step {trainer.step}")
 
@@ -126,22 +122,7 @@ def main(argv):
     return result
 
 
-def ensure_checkpoint(path, argv):
-    """Train this example's model into `path` when no file is there: main(argv) with its
-    checkpoint directory set to path's, no sample and no progress bar. The examples that start
-    from a trained model call this, so a first run works without a separate command."""
-    if os.path.exists(path):
-        return
-    out_dir = os.path.dirname(path) or "."
-    argv = [*argv, f"--out_dir={out_dir}", "--sample_tokens=0", "--progress=false"]
-    print(f"{path} is missing: training it (train_shakespeare.py {' '.join(argv)})", flush=True)
-    main(argv)
-    written = os.path.join(out_dir, "ckpt.safetensors")
-    if os.path.abspath(written) != os.path.abspath(path):
-        os.replace(written, path)
-
-
-def _check_resume(path, config, model_kw):
+def _check_resume(path, config):
     """A resume must not silently change the model: fields given on the command line that differ
     from the checkpoint's raise, naming them."""
     if not os.path.exists(path):

@@ -1,6 +1,6 @@
-"""examples/chat_speedrun.py end to end on a tiny corpus with tiny settings: every stage runs and
-is measured, the report card is written, a second run skips every stage, and --redo reruns a
-stage and the ones after it."""
+"""examples/chat_speedrun.py end to end on a tiny corpus with tiny settings: every stage runs (each
+stage's example as a command) and is measured, the report card is written, a second run skips
+every stage, and --redo reruns a stage and the ones after it."""
 import json
 import os
 import sys
@@ -12,7 +12,7 @@ from tinygrad_llm.train import load_model
 EXAMPLES = os.path.join(os.path.dirname(__file__), "..", "..", "examples")
 LINES = ["Now is the winter of our discontent", "Made glorious summer by this sun of York;",
          "And all the clouds that lour'd upon our house", "In the deep bosom of the ocean buried."]
-TINY = ["--vocab_size=300", "--base_iters=4", "--sft_steps=2", "--dpo_steps=2", "--per_task=20",
+TINY = ["--vocab_size=300", "--base_iters=4", "--sft_iters=2", "--dpo_iters=2", "--per_task=20",
         "--held_out=3", "--eval_windows=3", "--n_layer=1", "--n_embd=32"]
 
 
@@ -31,7 +31,7 @@ def run_dir(tmp_path_factory):
 
 def test_speedrun_runs_every_stage_and_resumes(run_dir, capsys):
     import chat_speedrun
-    card = chat_speedrun.main([f"--run_dir={run_dir}", *TINY])
+    card = chat_speedrun.main([f"--out_dir={run_dir}", *TINY])
     assert list(card["stages"]) == list(chat_speedrun.STAGES)
     assert not any(r["skipped"] for r in card["stages"].values())
     for stage in ("pretrain", "sft", "dpo", "quantize"):
@@ -42,7 +42,7 @@ def test_speedrun_runs_every_stage_and_resumes(run_dir, capsys):
     assert card["stages"]["pretrain"]["steps"] == 4
     quant = card["stages"]["quantize"]
     assert quant["file_mb"] < quant["float_file_mb"]
-    assert load_model(str(run_dir / "quantize" / "ckpt.safetensors"))[1]["quantization"][
+    assert load_model(str(run_dir / "quantize" / "ckpt.safetensors"))[2]["quantization"][
         "scheme"] == "q8_0"
     turns = card["stages"]["chat"]["conversation"]
     assert [t["user"] for t in turns] == chat_speedrun.CONVERSATION
@@ -54,18 +54,18 @@ def test_speedrun_runs_every_stage_and_resumes(run_dir, capsys):
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["total_wall_s"] == \
         card["total_wall_s"]
 
-    again = chat_speedrun.main([f"--run_dir={run_dir}", *TINY])       # everything done: skipped
+    again = chat_speedrun.main([f"--out_dir={run_dir}", *TINY])       # everything done: skipped
     assert all(r["skipped"] for r in again["stages"].values())
     assert again["stages"]["sft"]["val_loss"] == card["stages"]["sft"]["val_loss"]
 
-    redo = chat_speedrun.main([f"--run_dir={run_dir}", "--redo=quantize", *TINY])
+    redo = chat_speedrun.main([f"--out_dir={run_dir}", "--redo=quantize", *TINY])
     assert [s for s, r in redo["stages"].items() if not r["skipped"]] == ["quantize", "chat"]
 
-    with pytest.raises(SystemExit, match="sft_steps 2, now 3"):      # not silently reused
-        chat_speedrun.main([f"--run_dir={run_dir}", *TINY, "--sft_steps=3"])
+    with pytest.raises(SystemExit, match="sft_iters 2, now 3"):      # not silently reused
+        chat_speedrun.main([f"--out_dir={run_dir}", *TINY, "--sft_iters=3"])
 
 
 def test_speedrun_rejects_an_unknown_stage(run_dir):
     import chat_speedrun
     with pytest.raises(ValueError, match="--redo must be one of"):
-        chat_speedrun.main([f"--run_dir={run_dir}", "--redo=train", *TINY])
+        chat_speedrun.main([f"--out_dir={run_dir}", "--redo=train", *TINY])

@@ -1,5 +1,5 @@
 """examples/classify.py and examples/reward_model.py end to end on a tiny corpus: the classifier
-on a GPT and on an MLM Encoder that it trains itself when missing (train_mlm.py --out), the
+on a GPT and on an MLM Encoder that it trains itself when missing (train_mlm.py, a command), the
 reward model on a tiny SFT checkpoint, each printing its JSON line with accuracies in [0, 1];
 the saved Encoder and reward model reopen with the same outputs."""
 import json
@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from tinygrad_llm import no_grad
+from tinygrad_llm.finetune import alignment_setup, preference_pairs
 from tinygrad_llm.train import CheckpointError
 
 SPEAKERS = ["ROMEO", "JULIET", "ROMEO", "JULIET", "ROMEO", "NURSE"]   # 3 : 2 : 1 speeches
@@ -31,7 +32,7 @@ def test_classify_example(corpus, capsys):
     assert not encoder.exists()
     capsys.readouterr()
     result = classify.main([f"--gpt={gpt_dir / 'ckpt.safetensors'}", f"--encoder={encoder}",
-                            "--mlm_iters=2", "--classes=2", "--steps=2", "--batch_size=4"])
+                            "--mlm_iters=2", "--classes=2", "--max_iters=2", "--batch_size=4"])
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1]) == result
     task = result["task"]
     assert task["speakers"] == ["ROMEO", "JULIET"]
@@ -45,9 +46,10 @@ def test_classify_example(corpus, capsys):
             assert np.isfinite(got["final_loss"])
     # the Encoder was trained because it was missing, and reopens as the same network
     assert encoder.exists()
-    model, record = classify.load_encoder(str(encoder))
+    model, tokenizer, record = classify.load_encoder(str(encoder))
     assert record["architecture"] == "encoder" and record["tokenizer"]["type"] == "wordpiece"
-    again, _ = classify.load_encoder(str(encoder))
+    assert tokenizer.to_dict() == record["tokenizer"]
+    again, _, _ = classify.load_encoder(str(encoder))
     ids = np.array([[2, 5, 6, 3]])
     with no_grad():
         assert np.array_equal(model(ids).numpy(), again(ids).numpy())
@@ -82,18 +84,17 @@ def sft(corpus):
                             "--block_size=64", "--batch_size=4", "--eval_iters=1",
                             f"--out_dir={base}", "--sample_tokens=0", "--progress=false"])
     path = corpus / "sft" / "ckpt.safetensors"
-    finetune_sft.main([f"--base={base / 'ckpt.safetensors'}", "--steps=2", "--per_task=30",
-                       "--held_out=4", "--batch_size=4", f"--out={path}"])
+    finetune_sft.main([f"--base={base / 'ckpt.safetensors'}", "--max_iters=2", "--per_task=30",
+                       "--held_out=4", "--batch_size=4", f"--out_dir={path.parent}"])
     return path
 
 
 def test_reward_model_example(corpus, sft, capsys):
-    import finetune_sft
     import reward_model
     capsys.readouterr()
     out = corpus / "reward" / "ckpt.safetensors"
-    result = reward_model.main([f"--sft={sft}", "--steps=3", "--per_task=30", "--held_out=4",
-                                "--batch_size=4", f"--out={out}"])
+    result = reward_model.main([f"--sft={sft}", "--max_iters=3", "--per_task=30",
+                                "--held_out=4", "--batch_size=4", f"--out_dir={out.parent}"])
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1]) == result
     tasks = {"who_speaks", "arithmetic", "reversal"}
     assert set(result["accuracy_before"]) == set(result["accuracy_after"]) == tasks
@@ -104,16 +105,14 @@ def test_reward_model_example(corpus, sft, capsys):
     # the saved reward model scores as the trained one did
     model, record = reward_model.load_reward_model(str(out))
     assert record["reward_model"]["steps"] == 3
-    _, _, _, template, _, held = finetune_sft.alignment_setup(str(sft), 30, 4, 0)
-    from tinygrad_llm.finetune.tasks import preference_pairs
+    _, template, _, _, held = alignment_setup(str(sft), 30, 4, 0)
     pairs = {t: preference_pairs(r, seed=1) for t, r in held.items()}
     assert reward_model.evaluate(model, template, pairs) == result["accuracy_after"]
 
 
 def test_reward_model_lengths_end_on_the_end_token(corpus, sft):
-    import finetune_sft
     import reward_model
-    _, _, _, template, _, _ = finetune_sft.alignment_setup(str(sft), 30, 4, 0)
+    _, template, _, _, _ = alignment_setup(str(sft), 30, 4, 0)
     pairs = [{"prompt": "What is 1+2?", "chosen": "3", "rejected": "five hundred"}]
     ids, lengths = reward_model.encode(template, pairs)
     for row, n, side in zip(ids, lengths, ("chosen", "rejected")):

@@ -1,6 +1,7 @@
 """examples/distill.py and examples/prune.py end to end on a tiny corpus with a tiny teacher that
-the examples train themselves: the JSON line, a fair comparison (alpha=0 distillation is the
-scratch run exactly), the saved student, sparsities as requested and kept through recovery."""
+the examples train themselves (train_shakespeare.py, run as a command): the JSON line, a fair
+comparison (alpha=0 distillation is the scratch run exactly), the saved student, sparsities as
+requested and kept through recovery."""
 import json
 
 import numpy as np
@@ -12,8 +13,8 @@ from tinygrad_llm.train import load_model
 TINY_TEACHER = ["--teacher_iters=3",
                 "--teacher_args=--n_layer=1 --n_head=2 --n_embd=32 --block_size=32 "
                 "--batch_size=4 --eval_iters=2"]
-TINY_STUDENT = ["--steps=4", "--batch_size=4", "--block_size=32", "--n_layer=1", "--n_head=2",
-                "--n_embd=16", "--eval_iters=2", "--warmup=1"]
+TINY_STUDENT = ["--max_iters=4", "--batch_size=4", "--block_size=32", "--n_layer=1",
+                "--n_head=2", "--n_embd=16", "--eval_iters=2", "--warmup_iters=1"]
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +37,7 @@ def test_distill_example(corpus, teacher, capsys):
     import distill
     out = corpus / "student" / "ckpt.safetensors"
     result = distill.main([f"--teacher={teacher}", *TINY_TEACHER, *TINY_STUDENT,
-                           "--temperature=2", "--alpha=0.9", f"--out={out}"])
+                           "--temperature=2", "--alpha=0.9", f"--out_dir={out.parent}"])
     assert last_json(capsys) == result
     assert teacher.exists()                              # trained, then moved to the path asked
     for key in ("teacher_val_loss", "scratch_val_loss", "distilled_val_loss"):
@@ -46,10 +47,10 @@ def test_distill_example(corpus, teacher, capsys):
     assert result["student_parameters"] < result["teacher_parameters"]
     assert result["distilled_val_loss"] != result["scratch_val_loss"]   # the teacher was used
     assert result["scratch_wall_s"] >= 0 and result["distill_wall_s"] >= 0
-    student, record = load_model(str(out))
+    student, tokenizer, record = load_model(str(out))
     assert student.num_parameters() == result["student_parameters"]
-    assert record["distill"]["alpha"] == 0.9
-    assert record["tokenizer"] == load_model(str(teacher))[1]["tokenizer"]
+    assert record["distill"]["alpha"] == 0.9 and result["checkpoint"] == str(out)
+    assert tokenizer.to_dict() == load_model(str(teacher))[1].to_dict()
 
 
 def test_distill_with_alpha_0_is_the_scratch_run(corpus, teacher, capsys):
@@ -76,7 +77,7 @@ def test_prune_example(corpus, teacher, capsys):
                          "--model_args=--n_layer=1 --n_head=2 --n_embd=32 --block_size=32 "
                          "--batch_size=4 --eval_iters=2",
                          "--sparsities=0,0.5,0.9", "--batch_size=4", "--block_size=32",
-                         "--eval_iters=2", "--recover_steps=3", "--learning_rate=1e-2",
+                         "--eval_iters=2", "--max_iters=3", "--learning_rate=1e-2",
                          "--recover_sparsity=0.9",
                          "--recover_scope=global"])
     assert last_json(capsys) == result

@@ -1,6 +1,7 @@
 """examples/finetune_sft.py end to end on a tiny corpus: it trains a base model with the chat
-tokens, measures accuracy before and after, and writes a checkpoint that load_model opens (full
-fine-tuning and LoRA, merged back into plain layers)."""
+tokens (train_shakespeare.py, run as a command because the base is missing), measures accuracy
+before and after, and writes a checkpoint that load_model opens (full fine-tuning and LoRA,
+merged back into plain layers); then dpo.py and rlhf.py from that SFT checkpoint."""
 import json
 
 import numpy as np
@@ -8,7 +9,6 @@ import pytest
 
 from tinygrad_llm.finetune import LoRALinear
 from tinygrad_llm.train import load_model
-
 
 
 @pytest.fixture(scope="module")
@@ -22,14 +22,14 @@ def test_finetune_sft_example(corpus, lora, capsys):
     import finetune_sft
     out = corpus / f"sft-{lora}" / "ckpt.safetensors"
     result = finetune_sft.main([f"--base={corpus / 'base' / 'ckpt.safetensors'}",
-                                "--base_iters=3", "--steps=3", "--per_task=40",
+                                "--base_iters=3", "--max_iters=3", "--per_task=40",
                                 "--held_out=4", f"--lora={lora}", "--batch_size=4",
-                                f"--out={out}"])
+                                f"--out_dir={out.parent}"])
     printed = capsys.readouterr().out.strip().splitlines()
     assert json.loads(printed[-1]) == result
     assert set(result["accuracy_before"]) == {"who_speaks", "arithmetic", "reversal"}
     assert all(0 <= v <= 1 for v in result["accuracy_after"].values())
-    model, record = load_model(str(out))
+    model, _, record = load_model(str(out))
     assert record["sft"] == {"steps": 3, "lora": lora}
     assert not any(isinstance(m, LoRALinear) for m in model.modules())
 
@@ -40,8 +40,8 @@ def sft(corpus):
     import finetune_sft
     path = corpus / "sft-for-alignment" / "ckpt.safetensors"
     finetune_sft.main([f"--base={corpus / 'base' / 'ckpt.safetensors'}", "--base_iters=3",
-                       "--steps=3", "--per_task=40", "--held_out=4", "--batch_size=4",
-                       f"--out={path}"])
+                       "--max_iters=3", "--per_task=40", "--held_out=4", "--batch_size=4",
+                       f"--out_dir={path.parent}"])
     return path
 
 
@@ -49,12 +49,12 @@ def test_dpo_example(corpus, sft, capsys):
     import dpo
     capsys.readouterr()
     out = corpus / "dpo" / "ckpt.safetensors"
-    result = dpo.main([f"--sft={sft}", "--steps=3", "--per_task=40", "--held_out=4",
-                       "--batch_size=4", f"--out={out}"])
+    result = dpo.main([f"--sft={sft}", "--max_iters=3", "--per_task=40", "--held_out=4",
+                       "--batch_size=4", f"--out_dir={out.parent}"])
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1]) == result
     for when in ("before", "after"):
         assert 0 <= result[when]["preference_rate"] <= 1
-    model, record = load_model(str(out))
+    model, _, record = load_model(str(out))
     assert record["dpo"] == {"steps": 3, "beta": 0.1, "sft_coef": 0.5}
 
 
@@ -62,10 +62,10 @@ def test_rlhf_example(corpus, sft, capsys):
     import rlhf
     capsys.readouterr()
     out = corpus / "rlhf" / "ckpt.safetensors"
-    result = rlhf.main([f"--sft={sft}", "--steps=2", "--per_task=40", "--held_out=4",
-                        "--batch_size=4", "--group_size=2", f"--out={out}"])
+    result = rlhf.main([f"--sft={sft}", "--max_iters=2", "--per_task=40", "--held_out=4",
+                        "--batch_size=4", "--group_size=2", f"--out_dir={out.parent}"])
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1]) == result
     for when in ("before", "after"):
         assert set(result[when]["sampled_reward"]) == {"train_prompts", "held_out"}
     assert np.isfinite(result["final_kl"])
-    assert load_model(str(out))[1]["rlhf"] == {"steps": 2, "kl_coef": 0.05, "group_size": 2}
+    assert load_model(str(out))[2]["rlhf"] == {"steps": 2, "kl_coef": 0.05, "group_size": 2}

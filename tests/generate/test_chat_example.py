@@ -64,7 +64,7 @@ def test_two_turns_prefill_only_the_new_tokens(checkpoint):
     lines = run.stdout.splitlines()
     summary = json.loads(lines[-1])
     assert run.stdout.count("assistant> ") == 2              # two replies were printed
-    assert summary["turns"] == 2
+    assert summary["turns"] == 2 and len(summary["replies"]) == 2
     first, second = len(user_turn_ids(tok, "hello")), len(user_turn_ids(tok, "how are you"))
     assert summary["prefill_per_turn"] == [first, second]
     assert summary["prefill_tokens"] == first + second

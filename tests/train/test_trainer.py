@@ -1,5 +1,6 @@
-"""The training loop: bit-identical resume, atomic and verified checkpoints, Ctrl-C, NaN policy,
-the --key=value parser, and the main example end to end at a tiny size."""
+"""The training loop: bit-identical resume, atomic and verified checkpoints (tensors and record),
+Ctrl-C, NaN policy, custom batches and losses, per-group learning rates, and the main example end
+to end at a tiny size. The command-line parser is tested in test_cli.py."""
 import json
 import os
 import signal
@@ -12,7 +13,7 @@ import tinygrad_llm as tl
 from tinygrad_llm.models import GPT, GPTConfig
 from tinygrad_llm.optim import AdamW, param_groups_for_weight_decay
 from tinygrad_llm.train import (CheckpointError, TrainConfig, Trainer, load_checkpoint, load_model,
-                                parse_overrides, save_checkpoint, split_overrides)
+                                save_checkpoint)
 from tinygrad_llm.train import checkpoint as checkpoint_module
 
 VOCAB = 11
@@ -145,6 +146,48 @@ def test_damaged_checkpoint_raises_clearly(tmp_path, damage):
         load_checkpoint(path)
 
 
+def _flip_in_record(path, key):
+    """Change the first digit after `"key": ` inside the file's JSON record, in place."""
+    data = bytearray(open(path, "rb").read())
+    at = data.index(f'\\"{key}\\": '.encode()) + len(key) + 5      # the record is a JSON string
+    while not chr(data[at]).isdigit():
+        at += 1
+    data[at] = ord("7") if data[at] != ord("7") else ord("3")
+    open(path, "wb").write(bytes(data))
+
+
+@pytest.mark.parametrize("key", ["step", "lr"])
+def test_a_flipped_digit_in_the_record_is_caught(tmp_path, key):
+    t = _trainer(tmp_path)
+    t.train_step()
+    path = str(tmp_path / "ckpt.safetensors")
+    t.save(path)
+    load_checkpoint(path)
+    _flip_in_record(path, key)
+    with pytest.raises(CheckpointError, match="its tensors or its record do not match"):
+        load_checkpoint(path)
+
+
+def test_a_checkpoint_from_before_record_checksums_loads_with_a_warning(tmp_path):
+    """The older layout: the record held a sha256 of the tensors alone. Its tensors are still
+    verified; the record cannot be, and the warning says so."""
+    model = _trainer(tmp_path).model
+    arrays, aliases = checkpoint_module.model_arrays(model)
+    tensors = {f"model/{k}": v for k, v in arrays.items()}
+    record = {"step": 3, "aliases": aliases, "sha256": checkpoint_module._digest(tensors)}
+    path = str(tmp_path / "old.safetensors")
+    checkpoint_module.save_file(tensors, path, metadata={"record": json.dumps(record)})
+    with pytest.warns(UserWarning, match="predates checksummed records.*save it again"):
+        state, _, loaded = load_checkpoint(path)
+    assert loaded["step"] == 3 and np.array_equal(state["tok_emb.weight"],
+                                                 arrays["tok_emb.weight"])
+    data = bytearray(open(path, "rb").read())
+    data[-50] ^= 0xFF                                   # its tensors are still checked
+    open(path, "wb").write(bytes(data))
+    with pytest.raises(CheckpointError, match="tensors do not match"):
+        load_checkpoint(path)
+
+
 def test_missing_checkpoint_raises(tmp_path):
     with pytest.raises(CheckpointError, match="does not exist"):
         load_checkpoint(str(tmp_path / "nope.safetensors"))
@@ -210,19 +253,66 @@ def test_data_shorter_than_block_raises(tmp_path):
                 TrainConfig(block_size=8, progress=False))
 
 
-# ---- --key=value overrides ----------------------------------------------------------------
-def test_overrides_convert_types_and_reject_unknown_keys():
-    kw_train, kw_model = split_overrides(
-        parse_overrides(["--max_iters=7", "--learning_rate=3e-4", "--bias=false",
-                         "--n_kv_head=none", "--pos=rope"]), TrainConfig, GPTConfig)
-    assert kw_train == {"max_iters": 7, "learning_rate": 3e-4}
-    assert kw_model == {"bias": False, "n_kv_head": None, "pos": "rope"}
-    with pytest.raises(ValueError, match=r"unknown options \['--n_layers'\].*--n_layer"):
-        split_overrides(parse_overrides(["--n_layers=3"]), TrainConfig, GPTConfig)
-    with pytest.raises(ValueError, match="--max_iters: expected an integer"):
-        split_overrides(parse_overrides(["--max_iters=many"]), TrainConfig)
-    with pytest.raises(ValueError, match="expected --key=value"):
-        parse_overrides(["max_iters=3"])
+# ---- custom batches and losses, per-group learning rates -----------------------------------
+def test_a_loss_fn_and_batch_fn_that_restate_the_defaults_train_identically(tmp_path):
+    default = _trainer(tmp_path / "a", dropout=0.0)
+    custom = _trainer(tmp_path / "b", dropout=0.0)
+    calls = []
+
+    def batch_fn(data, rng):
+        calls.append(len(data))
+        return default.windows(data, rng)
+
+    custom.batch_fn, custom.loss_fn = batch_fn, lambda model, batch: model(*batch)[1]
+    assert [default.train_step() for _ in range(3)] == [custom.train_step() for _ in range(3)]
+    assert calls == [2500] * 3
+
+
+def test_batches_of_anything_and_evaluation_without_val_data(tmp_path):
+    """Rows of a (features, labels) pair: a classifier trained by the same loop."""
+    tl.manual_seed(0)
+    rng = np.random.default_rng(0)
+    features = rng.standard_normal((64, 4)).astype(np.float32)
+    labels = (features[:, 0] > 0).astype(np.int64)
+    model = tl.nn.Linear(4, 2)
+
+    def batch_fn(data, rng):
+        rows = rng.integers(0, len(data[0]), 8)
+        return data[0][rows], data[1][rows]
+
+    def loss_fn(model, batch):
+        return tl.nn.functional.cross_entropy(model(tl.Tensor(batch[0])), batch[1])
+
+    config = TrainConfig(max_iters=30, learning_rate=0.1, warmup_iters=0, eval_iters=3,
+                         out_dir=None, progress=False)
+    t = Trainer(model, AdamW(model.parameters()), (features, labels), None, config,
+                loss_fn=loss_fn, batch_fn=batch_fn)
+    first = t.evaluate()
+    assert set(first) == {"train"}
+    losses = [t.train_step() for _ in range(30)]
+    assert losses[-1] < losses[0] and t.evaluate()["train"] < first["train"]
+    with pytest.raises(ValueError, match="out_dir"):
+        t.fit()
+
+
+def test_lr_scales_give_each_group_its_own_peak(tmp_path):
+    t = _trainer(tmp_path)
+    groups = t.optimizer.param_groups
+    assert len(groups) == 2
+    t.lr_scales = [1.0, 10.0]
+    for step in range(3):
+        t.train_step()
+        assert groups[0]["lr"] == t.lr_at(step) and groups[1]["lr"] == t.lr_at(step) * 10.0
+    with pytest.raises(ValueError, match="lr_scales has 1 factors, the optimizer 2"):
+        Trainer(t.model, t.optimizer, DATA[:2500], DATA[2500:], t.config, lr_scales=[1.0])
+
+
+def test_the_config_builds_its_adamw(tmp_path):
+    model = _trainer(tmp_path).model
+    config = TrainConfig(learning_rate=3e-3, beta1=0.8, beta2=0.95, weight_decay=0.05)
+    opt = config.adamw([{"params": [model.tok_emb.weight], "weight_decay": 0.0}])
+    assert opt.param_groups[0]["lr"] == 3e-3 and opt.param_groups[0]["betas"] == (0.8, 0.95)
+    assert opt.param_groups[0]["weight_decay"] == 0.0      # the group's own key wins
 
 
 # ---- the main example, tiny ---------------------------------------------------------------
@@ -286,7 +376,8 @@ def test_load_model_builds_the_architecture_the_record_names(tmp_path):
     path = str(tmp_path / "enc.safetensors")
     save_checkpoint(path, encoder, record={"architecture": "encoder",
                                            "model_config": config.to_dict()})
-    model, _ = load_model(path)
+    model, tokenizer, _ = load_model(path)
+    assert tokenizer is None                        # the record holds none
     idx = np.array([[1, 2, 3, 4]])
     assert isinstance(model, Encoder)
     np.testing.assert_array_equal(model(idx).numpy(), encoder.eval()(idx).numpy())

@@ -13,20 +13,40 @@ lowers log pi(y_l), weighted by sigmoid(r(y_l) - r(y_w)): pairs the policy alrea
 count little. beta sets how far from the reference the policy may go (the KL penalty of the RLHF
 objective this loss solves in closed form).
 
-log pi(y | x) is summed over the response tokens only (`sequence_logprobs` with a loss mask).
+log pi(y | x) is summed over the response tokens only (`sequence_logprobs` with a loss mask);
+`encode_pairs` renders pairs through the chat template into the (ids, learn) arrays it reads.
 """
+import numpy as np
+
 from .. import backend
 from ..nn import functional as F
 from ..ops import StackOp
 from ..tensor import Tensor, array_of
 
-__all__ = ["sequence_logprobs", "dpo_loss", "log_sigmoid"]
+__all__ = ["sequence_logprobs", "dpo_loss", "log_sigmoid", "encode_pairs"]
 
 
 def log_sigmoid(z):
     """log sigmoid(z) for a Tensor, stable for large |z|: the first column of log_softmax over
     [z, 0] (log e^z / (e^z + 1))."""
     return F.log_softmax(StackOp.apply(z, z * 0.0, axis=-1), axis=-1)[..., 0]
+
+
+def encode_pairs(template, pairs):
+    """[{"prompt", "chosen", "rejected"}] -> {"chosen": (ids, learn), "rejected": (ids, learn)}:
+    each side's conversations right-padded with 0 into (N, W) arrays, row i of both the same
+    prompt; learn marks the assistant's tokens (the template's)."""
+    out = {}
+    for side in ("chosen", "rejected"):
+        rendered = [template.render([{"role": "user", "content": p["prompt"]},
+                                     {"role": "assistant", "content": p[side]}]) for p in pairs]
+        width = max(len(ids) for ids, _ in rendered)
+        ids = np.zeros((len(rendered), width), np.int64)
+        learn = np.zeros((len(rendered), width), bool)
+        for i, (x, m) in enumerate(rendered):
+            ids[i, :len(x)], learn[i, :len(x)] = x, m
+        out[side] = (ids, learn)
+    return out
 
 
 def sequence_logprobs(model, ids, learn):

@@ -8,16 +8,27 @@ every fine-tuning method runs offline and its gain can be measured.
     reversal(n)          "Reverse: night"                  ->  "thgin"
 
 Records are {"prompt", "response"} dicts (sft.py renders them through the chat template).
-`preference_pairs(records, wrong)` makes DPO / reward-model pairs: chosen = the right response,
-rejected = a wrong one from `wrong(record, rng)`; `answer_is_correct(task, prompt, response)`
-checks an answer, for accuracy and for programmatic rewards.
+`task_records` makes the fine-tuning examples' data: TASKS, each split into training records and
+held-out prompts the same way in every example, so no example trains on another's held-out
+prompt; `alignment_setup` adds the SFT model they start from. `preference_pairs(records)` makes
+DPO / reward-model pairs: chosen = the right response, rejected = a plausible wrong one;
+`answer_is_correct(record, response)` checks an answer, for accuracy and for programmatic
+rewards. COURTESY is the style the DPO example teaches (an answer ending ", my lord").
 """
 import re
 
 import numpy as np
 
+from ..data import shakespeare
+from ..tokenizers import ChatTemplate
+from ..train import ensure_checkpoint, load_model
+
 __all__ = ["speeches", "who_speaks", "continue_line", "arithmetic", "reversal",
-           "preference_pairs", "answer_is_correct", "split_records"]
+           "preference_pairs", "answer_is_correct", "split_records", "task_records",
+           "alignment_setup", "TASKS", "COURTESY"]
+
+TASKS = ("who_speaks", "arithmetic", "reversal")
+COURTESY = ", my lord"
 
 _HEADING = re.compile(r"^([A-Z][A-Za-z' ]{1,30}):$")
 
@@ -109,3 +120,29 @@ def split_records(records, held_out=0.1, seed=0):
     order = np.random.default_rng(seed).permutation(len(records))
     cut = int(round(len(records) * (1 - held_out)))
     return [records[i] for i in order[:cut]], [records[i] for i in order[cut:]]
+
+
+def task_records(text, per_task, held_out, seed=0):
+    """(training records, {task: held-out records}) of TASKS: per_task + held_out records of
+    each (who_speaks from the play `text`), held_out of them set aside at random."""
+    n = per_task + held_out
+    tasks = {"who_speaks": who_speaks(text, n=n, seed=seed), "arithmetic": arithmetic(n, seed=seed),
+             "reversal": reversal(n, seed=seed)}
+    train, held = [], {}
+    for name, records in tasks.items():
+        t, h = split_records(records, held_out / len(records), seed=seed)
+        train += t
+        held[name] = h
+    return train, held
+
+
+def alignment_setup(sft_path, per_task, held_out, seed=0, make=None):
+    """What DPO, RLHF and a reward model start from: (the SFT checkpoint's model in eval mode,
+    its chat template, its record, training records, {task: held-out records}), the records
+    task_records(tiny Shakespeare, ...) as the SFT example split them. make: the command that
+    writes the checkpoint when it is missing (train.ensure_checkpoint)."""
+    if make is not None:
+        ensure_checkpoint(sft_path, make)
+    model, tokenizer, record = load_model(sft_path)
+    train, held = task_records(shakespeare(), per_task, held_out, seed)
+    return model, ChatTemplate(tokenizer), record, train, held

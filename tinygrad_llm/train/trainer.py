@@ -4,6 +4,13 @@ evaluation, a progress bar, a JSONL log, checkpoints and bit-identical resume.
 Reading order: TrainConfig (every knob, nanoGPT's names), then Trainer: the learning-rate schedule,
 one step, evaluation, the loop (`fit`), and the checkpoint record that makes resume exact.
 
+What a step trains on is two functions: batch_fn(data, rng) draws a batch and loss_fn(model,
+batch) returns its loss. The defaults are a language model's (random windows of a token array,
+`model(x, y)`); a fine-tuning run passes its own (packed chats, preference pairs, sampled
+answers, labelled passages) and keeps the rest: the schedule, accumulation, autocast, the
+non-finite check, clipping and the update. A run that calls train_step in its own loop, logging
+what it likes, uses the Trainer as much as one that calls fit.
+
 What "bit-identical" needs: the parameters, the optimizer's moments, the step, the generator that
 draws batch offsets, and the library's Philox generator (dropout masks; its state is two ints,
 and the same state draws the same masks on the CPU and the GPU) — all in the checkpoint.
@@ -31,35 +38,35 @@ import numpy as np
 from .. import amp, backend
 from ..data import get_batch, get_rng_state, set_rng_state
 from ..nn import functional as F
-from ..optim import GradScaler, clip_grad_norm_, unflatten_state_dict, warmup_cosine
+from ..optim import AdamW, GradScaler, clip_grad_norm_, unflatten_state_dict, warmup_cosine
 from ..tensor import no_grad
 from .checkpoint import load_checkpoint, save_checkpoint
 
-__all__ = ["TrainConfig", "Trainer"]
+__all__ = ["TrainConfig", "Trainer", "lm_loss"]
 
 
 @dataclasses.dataclass
 class TrainConfig:
-    batch_size: int = 12
-    block_size: int = 64
-    max_iters: int = 2000
-    eval_interval: int = 250          # evaluate (and checkpoint) every this many steps
+    batch_size: int = 12              # sequences (or examples) per micro-batch
+    block_size: int = 64              # tokens per training sequence
+    max_iters: int = 2000             # optimizer steps
+    eval_interval: int = 250          # fit(): evaluate and checkpoint every this many steps
     eval_iters: int = 20              # batches per split in an evaluation
-    log_interval: int = 10            # progress-bar refresh, in steps
-    learning_rate: float = 1e-3
-    min_lr: float = 1e-4
-    warmup_iters: int = 100
-    lr_decay_iters: int = None        # default: max_iters
-    weight_decay: float = 0.1
-    beta1: float = 0.9
-    beta2: float = 0.99
-    grad_clip: float = 1.0            # 0 disables
+    log_interval: int = 10            # fit(): progress-bar refresh, in steps
+    learning_rate: float = 1e-3       # the schedule's peak, after warmup
+    min_lr: float = 1e-4              # the cosine decay's floor
+    warmup_iters: int = 100           # steps of linear warmup
+    lr_decay_iters: int = None        # the step the decay reaches min_lr (none: max_iters)
+    weight_decay: float = 0.1         # AdamW's decoupled weight decay
+    beta1: float = 0.9                # AdamW's first-moment decay
+    beta2: float = 0.99               # AdamW's second-moment decay
+    grad_clip: float = 1.0            # clip the gradients' global norm to this (0: off)
     grad_accum: int = 1               # micro-batches per optimizer step
-    seed: int = 1337
-    out_dir: str = "out"
-    checkpoint: bool = True
-    on_nan: str = "stop"              # "stop": raise naming the step; "skip": drop the step
-    progress: bool = True
+    seed: int = 1337                  # seeds the batches (and the run's other draws)
+    out_dir: str = "out"              # where checkpoints, log.jsonl and loss.png go
+    checkpoint: bool = True           # fit(): write out_dir/ckpt.safetensors
+    on_nan: str = "stop"              # a non-finite loss: "stop" (raise) or "skip" the step
+    progress: bool = True             # fit(): show a progress bar
     dtype: str = "float32"            # "float16" / "bfloat16": autocast (float16: loss scaling)
 
     def __post_init__(self):
@@ -74,24 +81,46 @@ class TrainConfig:
             if getattr(self, name) < 1:
                 raise ValueError(f"TrainConfig: {name} must be >= 1, got {getattr(self, name)}")
 
+    def adamw(self, params):
+        """AdamW over `params` (Parameters, or param groups whose own keys win) with this
+        config's learning rate, betas and weight decay."""
+        return AdamW(params, lr=self.learning_rate, betas=(self.beta1, self.beta2),
+                     weight_decay=self.weight_decay)
+
 
 class Trainer:
-    """Trains a language model `model(x, y) -> (logits, loss)` on token arrays.
+    """Trains `model` with `optimizer` (from tinygrad_llm.optim; None for a Trainer that only
+    evaluates) under `config`.
 
-    train_data, val_data: 1-D int arrays (or memmaps) of token ids. optimizer: from
-    tinygrad_llm.optim. record: extra JSON-able items stored in every checkpoint (the model
-    config, the tokenizer). log: a function taking one string (print by default).
+    train_data, val_data: what batch_fn draws from (val_data None: no validation split); by
+    default 1-D int arrays (or memmaps) of token ids. loss_fn(model, batch) -> scalar loss
+    Tensor; default `model(x, y)[1]`. batch_fn(data, rng) -> batch; default (x, y) windows of
+    block_size tokens on the model's device. lr_scales: one factor per param group, group k
+    getting lr_scales[k] times the schedule's lr (a new head faster than its backbone); default
+    all 1. record: extra JSON-able items stored in every checkpoint (the model config, the
+    tokenizer). log: a function taking one string (print by default; None: silent).
     """
 
-    def __init__(self, model, optimizer, train_data, val_data, config, record=None, log=print):
+    def __init__(self, model, optimizer, train_data, val_data, config, record=None, log=print,
+                 loss_fn=None, batch_fn=None, lr_scales=None):
         self.model, self.optimizer, self.config = model, optimizer, config
         self.train_data, self.val_data = train_data, val_data
-        for name, data in (("train_data", train_data), ("val_data", val_data)):
-            if len(data) <= config.block_size:
-                raise ValueError(f"Trainer: {name} has {len(data)} tokens, not more than "
-                                 f"block_size={config.block_size}")
+        self.loss_fn = loss_fn or lm_loss
+        # evaluation reports the cross-entropy alone (an MoE's loss adds its balancing terms)
+        self.eval_loss_fn = loss_fn or _cross_entropy
+        self.batch_fn = batch_fn or self.windows
+        if batch_fn is None:
+            for name, data in (("train_data", train_data), ("val_data", val_data)):
+                if data is not None and len(data) <= config.block_size:
+                    raise ValueError(f"Trainer: {name} has {len(data)} tokens, not more than "
+                                     f"block_size={config.block_size}")
+        groups = optimizer.param_groups if optimizer is not None else []
+        self.lr_scales = [1.0] * len(groups) if lr_scales is None else list(lr_scales)
+        if len(self.lr_scales) != len(groups):
+            raise ValueError(f"Trainer: lr_scales has {len(self.lr_scales)} factors, the "
+                             f"optimizer {len(groups)} param groups")
         self.record = dict(record or {})
-        self.log = log
+        self.log = log or (lambda line: None)
         self.step = 0
         self.data_rng = np.random.default_rng(config.seed)
         self.history = []                 # one dict per evaluation
@@ -99,14 +128,16 @@ class Trainer:
         amp.resolve_dtype(config.dtype, model.device)     # fails now, not mid-step, if it can't
         self.scaler = GradScaler() if config.dtype == "float16" else None
         self._stop = False
-        self.ckpt_path = os.path.join(config.out_dir, "ckpt.safetensors")
+        self.ckpt_path = os.path.join(config.out_dir, "ckpt.safetensors") if config.out_dir \
+            else None
 
     # ---- one step ---------------------------------------------------------------------------
     def lr_at(self, step):
         c = self.config
         return warmup_cosine(step, c.learning_rate, c.min_lr, c.warmup_iters, c.lr_decay_iters)
 
-    def _batch(self, data, rng):
+    def windows(self, data, rng):
+        """The default batch_fn: (x, y) windows of a token array, on the model's device."""
         c = self.config
         x, y = get_batch(data, c.batch_size, c.block_size, rng)
         device = self.model.device
@@ -116,14 +147,14 @@ class Trainer:
         """One optimizer step over grad_accum micro-batches; returns the mean loss (float)."""
         c = self.config
         lr = self.lr_at(self.step)
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
+        for group, scale in zip(self.optimizer.param_groups, self.lr_scales):
+            group["lr"] = lr * scale
         self.model.train()
         total = None
         for _ in range(c.grad_accum):
-            x, y = self._batch(self.train_data, self.data_rng)
+            batch = self.batch_fn(self.train_data, self.data_rng)
             with amp.autocast(c.dtype):
-                _, loss = self.model(x, y)
+                loss = self.loss_fn(self.model, batch)
             if c.grad_accum > 1:
                 loss = loss / c.grad_accum
             # a non-finite step's gradients are dropped below
@@ -155,17 +186,18 @@ class Trainer:
     # ---- evaluation -------------------------------------------------------------------------
     def evaluate(self):
         """Mean loss over eval_iters batches of each split, from a generator seeded by
-        (seed, step): the training stream is not touched."""
+        (seed, step): the training stream is not touched. {"train": ..., "val": ...}, without
+        "val" when there is no val_data."""
         self.model.eval()
         out = {}
         with no_grad(), amp.autocast(self.config.dtype):    # weights cast once for all batches
-            for split, data in (("train", self.train_data), ("val", self.val_data)):
-                rng = np.random.default_rng([self.config.seed, self.step, len(out)])
-                losses = []
-                for _ in range(self.config.eval_iters):
-                    x, y = self._batch(data, rng)
-                    logits = self.model(x)
-                    losses.append(F.cross_entropy(logits, y).item())
+            for i, (split, data) in enumerate((("train", self.train_data),
+                                               ("val", self.val_data))):
+                if data is None:
+                    continue
+                rng = np.random.default_rng([self.config.seed, self.step, i])
+                losses = [self.eval_loss_fn(self.model, self.batch_fn(data, rng)).item()
+                          for _ in range(self.config.eval_iters)]
                 out[split] = float(np.mean(losses))
         self.model.train()
         return out
@@ -174,6 +206,9 @@ class Trainer:
     def fit(self):
         """Train until max_iters (or Ctrl-C); returns the last evaluation."""
         c = self.config
+        if not c.out_dir:
+            raise ValueError("Trainer.fit: config.out_dir is needed (the log and checkpoints go "
+                             f"there), got {c.out_dir!r}")
         os.makedirs(c.out_dir, exist_ok=True)
         bar = _progress(c, self.step)
         previous = signal.getsignal(signal.SIGINT)
@@ -213,13 +248,13 @@ class Trainer:
 
     def _evaluate_and_save(self):
         losses = self.evaluate()
-        entry = {"step": self.step, "train_loss": losses["train"], "val_loss": losses["val"],
+        entry = {"step": self.step, **{f"{k}_loss": v for k, v in losses.items()},
                  "lr": self.lr_at(self.step), "time": time.time()}
         self.history.append(entry)
         with open(os.path.join(self.config.out_dir, "log.jsonl"), "a") as f:
             f.write(json.dumps(entry) + "\n")
-        self.log(f"step {self.step}: train loss {losses['train']:.4f}, "
-                 f"val loss {losses['val']:.4f}")
+        self.log(f"step {self.step}: " + ", ".join(f"{k} loss {v:.4f}"
+                                                   for k, v in losses.items()))
         if self.config.checkpoint:
             self.save(self.ckpt_path)
         return entry
@@ -262,8 +297,9 @@ class Trainer:
             return None
         steps = [e["step"] for e in self.history]
         fig, ax = plt.subplots(figsize=(6, 4))
-        ax.plot(steps, [e["train_loss"] for e in self.history], label="train")
-        ax.plot(steps, [e["val_loss"] for e in self.history], label="val")
+        for split in ("train", "val"):
+            if f"{split}_loss" in self.history[-1]:
+                ax.plot(steps, [e[f"{split}_loss"] for e in self.history], label=split)
         ax.set_xlabel("step")
         ax.set_ylabel("loss")
         ax.legend()
@@ -271,6 +307,17 @@ class Trainer:
         fig.savefig(path, dpi=100)
         plt.close(fig)
         return path
+
+
+def lm_loss(model, batch):
+    """The default loss_fn: a language model's mean next-token cross-entropy, model(x, y)."""
+    x, y = batch
+    return model(x, y)[1]
+
+
+def _cross_entropy(model, batch):
+    x, y = batch
+    return F.cross_entropy(model(x), y)
 
 
 def _progress(config, initial):
