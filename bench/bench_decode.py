@@ -22,7 +22,7 @@ OpenMP workers spin between ops and would tax the other), possibly under another
 (--torch_python, where torch is installed); --isolate=false keeps ours in this process. Ratios
 are PyTorch's time over ours (> 1: ours is faster). Each figure is the best of `repeats` runs.
 
-On "cuda" (issue 23's goal: cached decoding of model b at least 1.0x PyTorch eager on an H100):
+On "cuda" (the goal: cached decoding of model b at least 1.0x PyTorch eager on an H100):
 the model and the cache live on the GPU and every timed region ends with a device
 synchronisation. Both sides read each generated id back to the host, as a generation loop must
 (for stop tokens and streaming); the ms/token steps feed given ids through

@@ -3,7 +3,7 @@
     python bench/bench_model.py                 # gpt2 and llama presets, small and large sizes
     python bench/bench_model.py --sizes=small --repeats=20
 
-Sizes (issue 3): small = 4 layers, 4 heads, 128 dims, block 64, batch 12; large = 6 layers,
+Sizes: small = 4 layers, 4 heads, 128 dims, block 64, batch 12; large = 6 layers,
 6 heads, 384 dims, block 256, batch 64. Vocabulary 65 (characters). Each measurement alternates
 the two frameworks step by step (the machine's noise hits both alike) and reports the median.
 Prints one JSON object on the last line.

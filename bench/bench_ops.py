@@ -1,7 +1,7 @@
 """Fused kernels against their readable references, forward and backward, in float32, on the CPU
 (Numba against NumPy) or a GPU (CUDA against CuPy), and beside PyTorch eager on the same device.
 
-Sizes: the main job's (B=12, T=64, C=128, H=4) and a larger one (B=16, T=256, C=384, H=6);
+Sizes: small (B=12, T=64, C=128, H=4: bench_train's config a) and large (B=16, T=256, C=384, H=6);
 "tiny" (B=1, T=5, C=8, H=2) is a smoke test. Each entry is the best of --repeats runs after a
 warm-up call, kernel and reference alternated so that both see the same machine state (Numba's
 compile is not counted; first calls, which load the compiled code from Numba's cache or compile

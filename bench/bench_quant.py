@@ -8,7 +8,7 @@ Schemes: f32, int8, q8_0, q4_0, q4_1, nf4 (round to nearest) and gptq_q4_0, gptq
 the blocks' Linear layers, calibrated on 32 windows of the training split; head and embeddings
 round to nearest as in the plain entry, so the two compare at the same bits).
 Models: "shakespeare", the main job's checkpoint (--ckpt, default out-shakespeare/; skipped with
-a note when missing), and "gpt2_small", the decoder issue's 12-layer/768-dim model (random init,
+a note when missing), and "gpt2_small", a 12-layer/768-dim model (random init,
 GPT-2 vocabulary). Every Linear, the head and the token embeddings are quantized (as llama.cpp
 files are). Per scheme:
   file_mb          the safetensors checkpoint of the quantized model; gguf_mb for llama.cpp types
@@ -25,7 +25,7 @@ by llama.cpp with the same thread count, in its own process, and ours / llama.cp
 On a GPU (--device=cuda; defaults: the gpt2_small model, schemes f32,f16,q8_0,q4_0,q4_1,nf4):
 each model is quantized on the host and moved to the GPU (a quantized layer keeps its packed
 fields there and the CUDA quant_matmul dequantizes in registers); "f16" is the float model cast to
-float16. Issue 23's goal on an H100: Q4_0 decoding at least 1.5x our float16 (q4_0_vs_f16_speed).
+float16. The goal on an H100: Q4_0 decoding at least 1.5x our float16 (q4_0_vs_f16_speed).
 Decode timings end with a device synchronisation; per scheme, kernel_launches_per_token counts
 this library's CUDA kernels in one step, and with --reference (default on "cuda")
 decode_tokens_per_s_reference is the same decode with every fused kernel off and

@@ -1,4 +1,4 @@
-"""Training-step throughput (forward, backward, clipping, AdamW) of the main job's model shapes,
+"""Training-step throughput (forward, backward, clipping, AdamW) of small and GPT-2-sized models,
 tinygrad_llm beside PyTorch eager when installed, and MFU against this machine's measured matmul
 peak; on the CPU or a GPU (--device=cuda).
 
@@ -8,8 +8,8 @@ peak; on the CPU or a GPU (--device=cuda).
 
 (a) gpt2 preset, 4 layers, 4 heads, 128 dims, block 64, batch 12, vocabulary 65;
 (b) 6 layers, 6 heads, 384 dims, block 256, batch 64;
-(c) GPT-2 small: 12 layers, 12 heads, 768 dims, block 1024, batch 8, vocabulary 50257 (issue 23's
-    GPU goal: at least 0.7x PyTorch eager's tokens/s on an H100); the default on "cuda" is a,c.
+(c) GPT-2 small: 12 layers, 12 heads, 768 dims, block 1024, batch 8, vocabulary 50257 (the GPU
+    goal: at least 0.7x PyTorch eager's tokens/s on an H100); the default on "cuda" is a,c.
 Each framework runs in its own process (PyTorch's OpenMP workers spin after each op by default,
 which would tax the other framework's steps in a shared process; --isolate=false keeps ours in
 this one), in rounds A B A B; each reports the median step of a round and the best round is kept.
