@@ -11,26 +11,13 @@ import numpy as np
 from numba import cuda
 
 from .. import implements
-from ...random import M0, M1, MASK32, ROUNDS, W0, W1, words_per_number
+from ...random import MASK32, words_per_number
+from .._philox import philox_block
 from ._common import SIMULATOR, THREADS, blocks_for, floats, launch
-
-_MASK = np.uint64(MASK32)
-_SHIFT = np.uint64(32)
 _MAX_GRID = 2 if SIMULATOR else 4096    # blocks of THREADS; the simulator runs threads in Python
 
 
-@cuda.jit(device=True)
-def _philox_block(block, k0, k1):
-    # block: uint64 counter (c0 = low word, c1 = high word, c2 = c3 = 0); k0, k1: uint64 key words
-    c0, c1 = block & _MASK, block >> _SHIFT
-    c2, c3 = np.uint64(0), np.uint64(0)
-    for r in range(ROUNDS):
-        if r:
-            k0 = (k0 + np.uint64(W0)) & _MASK
-            k1 = (k1 + np.uint64(W1)) & _MASK
-        p0, p1 = c0 * np.uint64(M0), c2 * np.uint64(M1)
-        c0, c1, c2, c3 = (p1 >> _SHIFT) ^ c1 ^ k0, p1 & _MASK, (p0 >> _SHIFT) ^ c3 ^ k1, p0 & _MASK
-    return c0, c1, c2, c3
+_philox_block = cuda.jit(device=True)(philox_block)
 
 
 @cuda.jit(cache=True)
