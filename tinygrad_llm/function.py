@@ -53,8 +53,10 @@ class Function:
 
     `Op.apply(*inputs, **params)` runs forward on the inputs' arrays and, when any input tensor
     requires grad, makes the result a node of the graph. Positional inputs that are not Tensors
-    (ids, masks) are passed through as they are and get no gradient. The instance is the `ctx`:
-    `ctx.save(...)` keeps arrays for backward, `ctx.needs_grad[i]` says which gradients are wanted.
+    (ids, masks) get no gradient; they are passed through as they are, except that host arrays
+    given to an op on the GPU (and host-array keyword tables) are uploaded first. The instance is
+    the `ctx`: `ctx.save(...)` keeps arrays for backward, `ctx.needs_grad[i]` says which
+    gradients are wanted.
     """
 
     makes_view = False      # True for ops whose output may be a view of input 0 (reshape, ...)

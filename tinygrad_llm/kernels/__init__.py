@@ -2,9 +2,10 @@
 
 A hot function is written once as readable array code in `ops/` and decorated `@kernel("name")`;
 that function is the reference. Fast versions live in `kernels/cpu/` (Numba) and `kernels/cuda/`
-(CuPy) and register with `@implements("name", device=..., supports=...)`. Calling the decorated
-function runs the fast version when kernels are on, one is registered for the arguments' device,
-and its `supports(*args, **kwargs)` holds; otherwise the reference runs. There is no fallback on
+(Numba's CUDA target, on CuPy arrays) and register with
+`@implements("name", device=..., supports=...)`. Calling the decorated function runs the fast
+version when kernels are on, one is registered for the arguments' device, and its
+`supports(*args, **kwargs)` holds; otherwise the reference runs. There is no fallback on
 exceptions: a failing kernel is a bug to surface.
 
 `ran(name)` says which implementation ran last ("cpu", "cuda" or "reference"); `trace()` collects

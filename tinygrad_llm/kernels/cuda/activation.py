@@ -2,9 +2,9 @@
 
 References: ops/activation.py (same arguments, same results; the math is written there).
 Elementwise over the flattened arrays: one thread per element in a grid-stride loop (thread i
-takes elements i, i + grid, ...). The grid is capped (_common.grid_for): on a GPU enough blocks to fill
-the device (more would only queue), under the simulator two, so that the tests' small sizes
-already walk the stride loop.
+takes elements i, i + grid, ...). The grid is capped (_common.grid_for): on a GPU enough blocks
+to fill the device (more would only queue), under the simulator two, so that the tests' small
+sizes already walk the stride loop.
 
 The arithmetic stays in the array's dtype: the constants are handed over in it (a Python float
 would make Numba compile the float32 kernel in float64), and math.erfc / tanh / exp then compile to
@@ -23,7 +23,6 @@ from ._common import THREADS, cupy, floats, grid_for, launch
 _SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
 _INV_SQRT_2 = 1.0 / math.sqrt(2.0)
 _INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
-
 
 
 def _constants(dtype):

@@ -5,9 +5,9 @@ optim/clip.py (grad_squared_norms). Same arguments, same results.
 
 Updates: one thread per element in a grid-stride loop (thread i takes elements i, i + grid, ...),
 reading p, g and the state once and writing p and the state once: the array references make four
-to six full passes, each a launch. The grid is capped (_common.grid_for): on a GPU enough blocks to
-fill the device (more would only queue), under the simulator two, so that the tests' small sizes
-already walk the stride loop. On a GPU the optimizer calls these once per parameter group, on flat
+to six full passes, each a launch. The grid is capped (_common.grid_for): on a GPU enough blocks
+to fill the device (more would only queue), under the simulator two, so that the tests' small
+sizes already walk the stride loop. On a GPU the optimizer calls these once per parameter group, on flat
 buffers (optim/flat.py), so the launch count does not grow with the number of parameters.
 
 As in kernels/cpu/optim.py, every scalar is handed over in the parameter's dtype (a Python float
@@ -25,8 +25,6 @@ from numba import cuda, float64
 
 from .. import implements
 from ._common import MAX_BLOCKS, THREADS, block_sum, cupy, floats, grid_for, launch
-
-
 
 
 def _fits(p, g, *state):

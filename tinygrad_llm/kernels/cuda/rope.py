@@ -17,8 +17,6 @@ from .. import implements
 from ._common import THREADS, cupy, floats, grid_for, launch
 
 
-
-
 @cuda.jit(cache=True)
 def _rope_forward_kernel(x, cos, sin, slots, n_rotated, y):
     # x, y: (R, D) with rows ordered (..., T, slots)  cos, sin: (T, D);  h = D / 2
