@@ -7,8 +7,8 @@ Updates: one thread per element in a grid-stride loop (thread i takes elements i
 reading p, g and the state once and writing p and the state once: the array references make four
 to six full passes, each a launch. The grid is capped (_common.grid_for): on a GPU enough blocks
 to fill the device (more would only queue), under the simulator two, so that the tests' small
-sizes already walk the stride loop. On a GPU the optimizer calls these once per parameter group, on flat
-buffers (optim/flat.py), so the launch count does not grow with the number of parameters.
+sizes already walk the stride loop. On a GPU the optimizer calls these once per parameter group,
+on flat buffers (optim/flat.py), so the launch count does not grow with the number of parameters.
 
 As in kernels/cpu/optim.py, every scalar is handed over in the parameter's dtype (a Python float
 would make Numba compile a float32 update in float64) and derived once here, outside the loop.
