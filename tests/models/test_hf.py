@@ -167,8 +167,17 @@ def test_dynamic_rope_loads_unscaled_within_the_original_context(tmp_path):
     assert config.rope_scaling is None and config.block_size == SMALL["block_size"]
 
 
+def test_yarn_rope_loads_with_hugging_faces_ramp(tmp_path):
+    path = _llama_dir(tmp_path, rope_parameters={"rope_type": "yarn", "factor": 2.0,
+                                                 "rope_theta": 10000.0})
+    config = from_pretrained(path).config
+    assert config.rope_scaling == {"type": "yarn", "factor": 2.0, "ramp": "index",
+                                   "beta_fast": 32.0, "beta_slow": 1.0}
+    assert config.max_positions == 2 * SMALL["block_size"]
+
+
 @pytest.mark.parametrize("changes, needle", [
-    (dict(rope_parameters={"rope_type": "yarn", "factor": 2.0}), "yarn"),
+    (dict(rope_parameters={"rope_type": "longrope", "factor": 2.0}), "longrope"),
     (dict(hidden_act="gelu"), "hidden_act"),
     (dict(attention_bias=True), "attention_bias"),
 ])

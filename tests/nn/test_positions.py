@@ -3,8 +3,10 @@
 Gradients: float64 gradchecks (random cotangent) of RopeOp, RotaryEmbedding with an offset,
 LearnedPositions and T5RelativeBias (into its table). Oracles: RoPE against the complex-number
 formulation, the sinusoidal formula, hand-computed ALiBi slopes and T5 buckets. Properties: RoPE
-scores depend only on relative position, position 0 is the identity, linear scaling and NTK do
-what their papers say. Bad arguments raise ValueError naming the limit.
+scores depend only on relative position, position 0 is the identity, linear scaling, NTK and
+YaRN do what their papers say (YaRN's ramp also as Hugging Face computes it), and
+GPT.set_rope_scaling rescales a model in place and back. Bad arguments raise ValueError naming
+the limit or the key.
 """
 import math
 
@@ -12,8 +14,13 @@ import numpy as np
 import pytest
 
 import tinygrad_llm as tl
+from tinygrad_llm import backend
+from tinygrad_llm.generate import generate
+from tinygrad_llm.models import GPT, GPTConfig
+from tinygrad_llm.models.hf import _rope_from_hf
 from tinygrad_llm.nn.positions import (ALiBi, LearnedPositions, RotaryEmbedding,
-                                       SinusoidalPositions, T5RelativeBias, alibi_slopes)
+                                       SinusoidalPositions, T5RelativeBias, alibi_slopes,
+                                       rope_frequencies, yarn_frequencies)
 from tinygrad_llm.ops.rope import RopeOp, rotate_half, rotate_half_transpose
 
 
@@ -131,6 +138,192 @@ def test_rotary_ntk_scaling_changes_theta():
                                rtol=1e-12, atol=1e-12)
 
 
+# ---- YaRN ----------------------------------------------------------------------------------
+# D = 16, theta = 1e4 over L = 4096 original positions: pair i turns r_i = L theta^(-i/8) / (2 pi)
+# times, 652, 206, 65 (r > beta_fast = 32: kept), 20.6, 6.5, 2.1 (ramp), 0.65, 0.21 (< beta_slow
+# = 1: interpolated)
+YARN_D, YARN_L = 16, 4096
+
+
+def _yarn(factor=4.0, **extra):
+    scaling = {"type": "yarn", "factor": factor, "original_max_position_embeddings": YARN_L,
+               **extra}
+    return RotaryEmbedding(YARN_D, 16, scaling=scaling, dtype=np.float64)
+
+
+def test_yarn_keeps_high_frequencies_and_interpolates_low_ones():
+    f = 4.0
+    plain = rope_frequencies(YARN_D, 10000.0)
+    got = yarn_frequencies(YARN_D, 10000.0, f, YARN_L)
+    np.testing.assert_array_equal(got[:3], plain[:3])                 # plain RoPE's
+    np.testing.assert_allclose(got[6:], plain[6:] / f, rtol=1e-15)    # position interpolation's
+    r = YARN_L * plain[3:6] / (2 * math.pi)
+    gamma = (r - 1.0) / (32.0 - 1.0)                                  # the paper's ramp
+    np.testing.assert_allclose(got[3:6], (1 - gamma) * plain[3:6] / f + gamma * plain[3:6],
+                               rtol=1e-15)
+    assert np.all(plain[3:6] / f < got[3:6]) and np.all(got[3:6] < plain[3:6])
+    # the tables: mscale * cos / sin of p * theta_i', both halves
+    rope = _yarn(f)
+    angle = np.arange(64)[:, None] * got[None, :]
+    np.testing.assert_allclose(rope.cos, rope.mscale * np.cos(np.tile(angle, 2)), atol=1e-15)
+    np.testing.assert_allclose(rope.sin, rope.mscale * np.sin(np.tile(angle, 2)), atol=1e-15)
+
+
+def test_yarn_index_ramp_is_hugging_faces():
+    # Hugging Face (and the YaRN authors' code) ramp over the pair index between
+    # floor(i(r = 32)) and ceil(i(r = 1)), i(r) = D ln(L / (2 pi r)) / (2 ln theta): here with
+    # L = 64, i(32) < 0 -> 0 and i(1) = 2.02 -> 3, so gamma = 1, 2/3, 1/3, 0, 0, ...
+    plain = rope_frequencies(YARN_D, 10000.0)
+    got = yarn_frequencies(YARN_D, 10000.0, 4.0, 64, ramp="index")
+    gamma = np.array([1, 2 / 3, 1 / 3, 0, 0, 0, 0, 0])
+    np.testing.assert_allclose(got, (1 - gamma) * plain / 4.0 + gamma * plain, rtol=1e-15)
+    assert not np.allclose(got, yarn_frequencies(YARN_D, 10000.0, 4.0, 64))
+
+
+def test_yarn_temperature():
+    f = 8.0
+    rope = _yarn(f)
+    assert rope.mscale == pytest.approx(0.1 * math.log(f) + 1.0, rel=1e-15)
+    assert rope.max_positions == 16 * f
+    # position 0 scales by mscale, so a score q.k at equal positions by mscale^2
+    q, k = _randn(1, 1, 1, YARN_D, seed=1), _randn(1, 1, 1, YARN_D, seed=2)
+    plain_score = float(np.sum(q.numpy() * k.numpy()))
+    score = float(np.sum(rope(q, offset=9).numpy() * rope(k, offset=9).numpy()))
+    assert score == pytest.approx(rope.mscale ** 2 * plain_score, rel=1e-12)
+    assert _yarn(f, mscale=1.5).mscale == 1.5
+    assert _yarn(f, attention_factor=0.75).cos[0, 0] == 0.75          # Hugging Face's name
+
+
+@pytest.mark.parametrize("kind", ["linear", "ntk", "yarn"])
+def test_factor_one_is_plain_rope(kind):
+    plain = RotaryEmbedding(YARN_D, 32, dtype=np.float64)
+    same = RotaryEmbedding(YARN_D, 32, scaling={"rope_type": kind, "factor": 1},
+                           dtype=np.float64)
+    assert same.max_positions == 32 and same.mscale == 1.0
+    np.testing.assert_allclose(same.cos, plain.cos, rtol=0, atol=1e-15)
+    np.testing.assert_allclose(same.sin, plain.sin, rtol=0, atol=1e-15)
+
+
+def test_yarn_gradcheck_and_tables_on_device(device):
+    rope = RotaryEmbedding(8, 16, scaling={"type": "yarn", "factor": 2}, device=device,
+                           dtype=np.float64)
+    assert backend.device_of(rope.cos) == device and backend.device_of(rope.sin) == device
+    x = _randn(2, 2, 3, 8, device=device, requires_grad=True)
+    assert tl.gradcheck(lambda x: rope(x, offset=20), x)
+
+
+@pytest.mark.parametrize("extra, match", [
+    ({"type": "yarn"}, "'factor' must be a number >= 1"),
+    ({"type": "yarn", "factor": 2, "beta": 3}, r"unknown keys \['beta'\]"),
+    ({"type": "linear", "factor": 2, "beta_fast": 3}, r"unknown keys \['beta_fast'\]"),
+    ({"type": "yarn", "factor": 2, "beta_slow": 0}, "'beta_slow' must be a number > 0"),
+    ({"type": "yarn", "factor": 2, "beta_fast": 1}, "'beta_fast' must be a number > 1.0"),
+    ({"type": "yarn", "factor": 2, "beta_fast": "32"}, "'beta_fast' must be a number"),
+    ({"type": "yarn", "factor": 2, "original_max_position_embeddings": 0},
+     "'original_max_position_embeddings': expected a positive int, got 0"),
+    ({"type": "yarn", "factor": 2, "mscale": -1}, "'mscale' must be a number > 0"),
+    ({"type": "yarn", "factor": 2, "mscale": 1, "attention_factor": 1}, "not both"),
+    ({"type": "yarn", "factor": 2, "ramp": "dims"}, "'ramp' must be one of"),
+    ({"type": "yarn", "rope_type": "linear", "factor": 2}, "'type' must be one of"),
+])
+def test_yarn_bad_keys(extra, match):
+    with pytest.raises(ValueError, match=match):
+        RotaryEmbedding(8, 16, scaling=extra)
+
+
+def test_hugging_face_yarn_config_loads_with_its_ramp():
+    theta, scaling, block_size = _rope_from_hf({
+        "max_position_embeddings": 4096, "rope_theta": 5e5,
+        "rope_scaling": {"rope_type": "yarn", "factor": 4.0,
+                         "original_max_position_embeddings": 1024}})
+    assert (theta, block_size) == (5e5, 1024)
+    assert scaling == {"type": "yarn", "factor": 4.0, "ramp": "index", "beta_fast": 32.0,
+                       "beta_slow": 1.0}
+    config = GPTConfig.preset("llama", block_size=block_size, rope_theta=theta,
+                              rope_scaling=scaling)
+    assert config.max_positions == 4096
+    _, scaling, _ = _rope_from_hf({"max_position_embeddings": 4096, "rope_scaling": {
+        "rope_type": "yarn", "factor": 40, "mscale": 1.0, "mscale_all_dim": 0.5}})
+    expected = (0.1 * math.log(40) + 1) / (0.05 * math.log(40) + 1)   # DeepSeek's form
+    assert scaling["mscale"] == pytest.approx(expected)
+
+
+# ---- GPT.set_rope_scaling -----------------------------------------------------------------------
+def _rope_model(device="cpu", block_size=16):
+    tl.manual_seed(0)
+    config = GPTConfig.preset("llama", n_layer=2, n_head=4, n_kv_head=2, n_embd=32,
+                              block_size=block_size, vocab_size=53)
+    return GPT(config).to(device)
+
+
+IDS = np.random.default_rng(0).integers(0, 53, size=(2, 16))
+
+
+def _round_trip(model, scaling, device):
+    before = model(IDS).numpy()
+    old = model.rotary
+    assert model.set_rope_scaling(scaling) is model
+    rotaries = {id(b.attn.rotary) for b in model.blocks} | {id(model.rotary)}
+    assert rotaries == {id(model.rotary)} and model.rotary is not old
+    assert backend.device_of(model.rotary.cos) == device and model.rotary.cos.dtype == np.float32
+    assert model.config.rope_scaling["type"] == scaling.get("type", scaling.get("rope_type"))
+    assert not np.allclose(model(IDS).numpy(), before, atol=1e-4)
+    model.set_rope_scaling(None)
+    assert model.config.rope_scaling is None and model.config.max_positions == 16
+    np.testing.assert_array_equal(model(IDS).numpy(), before)
+
+
+@pytest.mark.parametrize("scaling", [{"type": "linear", "factor": 2},
+                                     {"type": "ntk", "factor": 4},
+                                     {"rope_type": "yarn", "factor": 4, "beta_fast": 16}])
+def test_set_rope_scaling_round_trip(scaling):
+    _round_trip(_rope_model(), scaling, "cpu")
+
+
+def test_set_rope_scaling_on_device(device):
+    # the reference ops: on the stand-in the CUDA kernels would run under Numba's simulator
+    with tl.use_kernels(False):
+        _round_trip(_rope_model(device), {"type": "yarn", "factor": 2}, device)
+
+
+def test_set_rope_scaling_extends_the_accepted_length():
+    model = _rope_model()
+    shared_config = model.config
+    with pytest.raises(ValueError, match="17 positions exceeds block_size=16"):
+        model(np.zeros((1, 17), dtype=np.int64))
+    model.set_rope_scaling({"type": "yarn", "factor": 4})
+    assert model.config.max_positions == 64 and shared_config.max_positions == 16
+    assert model(np.zeros((1, 64), dtype=np.int64)).shape == (1, 64, 53)
+    with pytest.raises(ValueError, match="max_positions=64"):
+        model(np.zeros((1, 65), dtype=np.int64))
+
+
+def test_set_rope_scaling_reaches_the_decode_step():
+    # the cached decode weights hold the rotary tables: rescaling must replace them too
+    model = _rope_model(block_size=32)
+    with tl.no_grad():
+        for p in model.parameters():           # large weights: greedy tokens follow positions
+            p.data *= 8
+    prompt = IDS[:1, :8]
+    plain = generate(model, prompt, 16, temperature=0)
+    model.set_rope_scaling({"type": "yarn", "factor": 2})
+    cached = generate(model, prompt, 16, temperature=0)
+    recomputed = generate(model, prompt, 16, temperature=0, use_cache=False)
+    np.testing.assert_array_equal(cached, recomputed)
+    assert not np.array_equal(cached, plain)
+
+
+def test_set_rope_scaling_errors():
+    learned = GPT(GPTConfig.preset("gpt2", n_layer=1, n_head=2, n_embd=16, block_size=8,
+                                   vocab_size=11))
+    with pytest.raises(ValueError, match="pos='learned'"):
+        learned.set_rope_scaling({"type": "linear", "factor": 2})
+    model = _rope_model()
+    with pytest.raises(ValueError, match="'factor' must be a number >= 1"):
+        model.set_rope_scaling({"type": "yarn", "factor": 0.5})
+    assert model.config.rope_scaling is None                     # nothing changed
+
+
 def test_rotary_tables_are_non_persistent_buffers_cast_to_x():
     rope = RotaryEmbedding(4, 8, dtype=np.float64)
     assert rope.state_dict() == {} and {n for n, _ in rope.named_buffers()} == {"cos", "sin"}
@@ -156,7 +349,7 @@ def test_rotary_errors():
     with pytest.raises(ValueError, match="head_dim = 4"):
         rope(_randn(1, 1, 3, 6))
     with pytest.raises(ValueError, match="'type' must be one of"):
-        RotaryEmbedding(4, 16, scaling={"type": "yarn", "factor": 2})
+        RotaryEmbedding(4, 16, scaling={"type": "dynamic", "factor": 2})
     with pytest.raises(ValueError, match="'factor' must be a number >= 1"):
         RotaryEmbedding(4, 16, scaling={"type": "linear", "factor": 0.5})
     with pytest.raises(ValueError, match="head_dim > 2"):

@@ -132,6 +132,8 @@ class DecodeWeights:
         if any(a is not b for a, b in zip(self.identity, (_identity(model.tok_emb),
                                                            _identity(model.head)))):
             return False
+        if model.rotary is not None and model.rotary.cos is not self.cos:
+            return False                         # GPT.set_rope_scaling rebuilt the tables
         return all(all(a is b for a, b in zip(layer.identity, (_identity(block.attn.qkv),
                                                                _identity(block.attn.proj),
                                                                _identity(block.ffn.down))))

@@ -14,6 +14,7 @@ the native layout: our state_dict names and our GPTConfig, under model_type "tin
 Writes are atomic (a temporary file, fsync, rename), so an interrupted save leaves the old file.
 """
 import json
+import math
 import os
 
 import numpy as np
@@ -129,8 +130,33 @@ def _rope_from_hf(hf):
     if kind == "dynamic":
         original = scaling.get("original_max_position_embeddings") or block_size
         return theta, None, min(block_size, original)
+    if kind == "yarn":
+        return _yarn_from_hf(scaling, block_size, theta)
     raise ValueError(f"from_pretrained: rope scaling type {kind!r} is not supported (expected "
-                     "'linear' or 'dynamic')")
+                     "'linear', 'dynamic' or 'yarn')")
+
+
+def _yarn_from_hf(scaling, block_size, theta):
+    """Hugging Face's YaRN as ours: the ramp over the pair index (ramp="index") and its attention
+    factor. Its max_position_embeddings is the extended length when the original is given (then
+    the factor is their ratio), else the original one."""
+    if scaling.get("truncate", True) is False:
+        raise ValueError("from_pretrained: YaRN with truncate=False is not supported")
+    original = scaling.get("original_max_position_embeddings")
+    factor = float(block_size / original if original else scaling["factor"])
+    ours = {"type": "yarn", "factor": factor, "ramp": "index",
+            "beta_fast": float(scaling.get("beta_fast") or 32),
+            "beta_slow": float(scaling.get("beta_slow") or 1)}
+    mscale, mscale_all_dim = scaling.get("mscale"), scaling.get("mscale_all_dim")
+
+    def get_mscale(m):                     # DeepSeek's form of the temperature 0.1 ln(s) + 1
+        return 0.1 * m * math.log(factor) + 1.0 if factor > 1 else 1.0
+
+    if scaling.get("attention_factor") is not None:
+        ours["mscale"] = float(scaling["attention_factor"])
+    elif mscale and mscale_all_dim:
+        ours["mscale"] = get_mscale(mscale) / get_mscale(mscale_all_dim)
+    return theta, ours, int(original or block_size)
 
 
 def _config_from_hf(hf):
@@ -179,8 +205,10 @@ def _is_gpt2(c):
 
 
 def _is_llama(c):
-    # static NTK scaling has no Hugging Face rope_type ("dynamic" differs below the context)
-    linear = not c.rope_scaling or c.rope_scaling["type"] == "linear"
+    # static NTK scaling has no Hugging Face rope_type ("dynamic" differs below the context);
+    # YaRN saves in the native layout (ours may ramp over r, theirs over the pair index)
+    linear = not c.rope_scaling or c.rope_scaling.get(
+        "type", c.rope_scaling.get("rope_type")) == "linear"
     return (c.pos == "rope" and c.norm == "rmsnorm" and c.mlp == "swiglu" and not c.bias
             and linear and _plain(c))
 

@@ -4,7 +4,8 @@ Reading order, oldest idea first:
   LearnedPositions     a trained (block_size, C) table added to the token embeddings (GPT-2)
   SinusoidalPositions  the fixed sin/cos table of Vaswani et al., 2017
   RotaryEmbedding      RoPE (Su et al., 2021): q and k rotated by position, Llama's scheme, with
-                       linear position interpolation (Chen et al., 2023) and NTK-aware scaling
+                       linear position interpolation (Chen et al., 2023), NTK-aware scaling and
+                       YaRN (Peng et al., 2023), whose frequencies yarn_frequencies computes
   alibi_slopes, ALiBi  a per-head linear penalty on distance added to the scores (Press et al.,
                        2022)
   T5RelativeBias       a learned per-head bias per log-spaced distance bucket (Raffel et al., 2020)
@@ -25,8 +26,8 @@ from ..tensor import Tensor, array_of
 from .layers import init_parameter
 from .module import Module
 
-__all__ = ["LearnedPositions", "SinusoidalPositions", "RotaryEmbedding", "alibi_slopes", "ALiBi",
-           "T5RelativeBias"]
+__all__ = ["LearnedPositions", "SinusoidalPositions", "RotaryEmbedding", "rope_frequencies",
+           "yarn_frequencies", "alibi_slopes", "ALiBi", "T5RelativeBias"]
 
 
 def _positive_int(name, value):
@@ -128,38 +129,117 @@ class SinusoidalPositions(Module):
 
 
 # ---- rotary embedding ------------------------------------------------------------------------
-_ROPE_SCALINGS = ("linear", "ntk")
+_ROPE_SCALINGS = ("linear", "ntk", "yarn")
+_YARN_RAMPS = ("ratio", "index")
+# YaRN's options with their defaults (Peng et al., 2023); None: resolved in _parse_scaling
+_YARN_DEFAULTS = {"beta_fast": 32.0, "beta_slow": 1.0, "original_max_position_embeddings": None,
+                  "mscale": None, "ramp": "ratio"}
 
 
-def _parse_scaling(scaling):
-    """None or {"type": "linear" | "ntk", "factor": f >= 1} -> (kind or None, factor).
-    Hugging Face's key "rope_type" is accepted for "type"."""
+def _number(name, value, minimum=None, above=None):
+    """A float from an int or float (not a bool), checked against the bound given."""
+    ok = not isinstance(value, bool) and isinstance(value, (int, float, np.integer, np.floating))
+    if ok and minimum is not None:
+        ok = value >= minimum
+    if ok and above is not None:
+        ok = value > above
+    if not ok:
+        bound = f" >= {minimum}" if minimum is not None else f" > {above}" if above is not None \
+            else ""
+        raise ValueError(f"scaling: {name!r} must be a number{bound}, got {value!r}")
+    return float(value)
+
+
+def _parse_scaling(scaling, max_seq_len):
+    """None or {"type": "linear" | "ntk" | "yarn", "factor": f >= 1, ...yarn's options}
+    -> (kind or None, factor, yarn's options with defaults filled, or {}).
+    Hugging Face's key "rope_type" is accepted for "type", and "attention_factor" for "mscale"."""
     if scaling is None:
-        return None, 1.0
+        return None, 1.0, {}
     if not isinstance(scaling, dict):
         raise TypeError(f"scaling: expected None or a dict like {{'type': 'linear', 'factor': 2}},"
                         f" got {type(scaling).__name__}")
-    unknown = set(scaling) - {"type", "rope_type", "factor"}
-    if unknown:
-        raise ValueError(f"scaling: unknown keys {sorted(unknown)}; expected 'type' and 'factor'")
     kinds = {scaling[k] for k in ("type", "rope_type") if k in scaling}
     if len(kinds) != 1 or next(iter(kinds)) not in _ROPE_SCALINGS:
         raise ValueError(f"scaling: 'type' must be one of {_ROPE_SCALINGS}, got {scaling!r}")
-    factor = scaling.get("factor")
-    if isinstance(factor, bool) or not isinstance(factor, (int, float)) or not factor >= 1.0:
-        raise ValueError(f"scaling: 'factor' must be a number >= 1, got {factor!r}")
-    return kinds.pop(), float(factor)
+    kind = kinds.pop()
+    allowed = {"type", "rope_type", "factor"}
+    if kind == "yarn":
+        allowed |= set(_YARN_DEFAULTS) | {"attention_factor"}
+    unknown = set(scaling) - allowed
+    if unknown:
+        raise ValueError(f"scaling: unknown keys {sorted(unknown)} for type {kind!r}; expected "
+                         f"some of {sorted(allowed)}")
+    factor = _number("factor", scaling.get("factor"), minimum=1.0)
+    if kind != "yarn":
+        return kind, factor, {}
+    options = {**_YARN_DEFAULTS, **{k: v for k, v in scaling.items() if k in _YARN_DEFAULTS}}
+    beta_slow = _number("beta_slow", options["beta_slow"], above=0.0)
+    beta_fast = _number("beta_fast", options["beta_fast"], above=beta_slow)
+    original = options["original_max_position_embeddings"]
+    original = max_seq_len if original is None else \
+        _positive_int("scaling: 'original_max_position_embeddings'", original)
+    if "mscale" in scaling and "attention_factor" in scaling:
+        raise ValueError("scaling: give 'mscale' or Hugging Face's 'attention_factor', not both")
+    mscale = scaling.get("mscale", scaling.get("attention_factor"))
+    # the attention temperature of YaRN: sqrt(1/t) = 0.1 ln(s) + 1
+    mscale = 0.1 * math.log(factor) + 1.0 if mscale is None else \
+        _number("mscale", mscale, above=0.0)
+    if options["ramp"] not in _YARN_RAMPS:
+        raise ValueError(f"scaling: 'ramp' must be one of {_YARN_RAMPS}, got {options['ramp']!r}")
+    return kind, factor, {"beta_fast": beta_fast, "beta_slow": beta_slow,
+                          "original_max_position_embeddings": original, "mscale": mscale,
+                          "ramp": options["ramp"]}
+
+
+def rope_frequencies(head_dim, theta):
+    """RoPE's angular frequencies theta_i = theta^(-2i/D), i < D/2, float64 (D/2,)."""
+    return theta ** (-np.arange(0, head_dim, 2, dtype=np.float64) / head_dim)
+
+
+def yarn_frequencies(head_dim, theta, factor, original_max_position_embeddings, beta_fast=32.0,
+                     beta_slow=1.0, ramp="ratio"):
+    """YaRN's "NTK-by-parts" frequencies (Peng et al., 2023), float64 (D/2,).
+
+    Pair i turns r_i = L / lambda_i times over the original context L (lambda_i = 2 pi / theta_i).
+    Pairs that turn many times (r > beta_fast) already saw every angle in training and keep
+    theta_i; pairs that turn less than beta_slow times are interpolated as in PI (theta_i / s);
+    between, gamma blends the two: theta_i' = (1 - gamma) theta_i / s + gamma theta_i.
+    ramp="ratio": gamma = (r - beta_slow) / (beta_fast - beta_slow), the paper's definition;
+    ramp="index": gamma linear over the pair index between the pairs where r = beta_fast and
+    r = beta_slow (floored and ceiled), as the authors' code and Hugging Face compute it."""
+    inv_freq = rope_frequencies(head_dim, theta)                        # (D/2,)
+    L = float(original_max_position_embeddings)
+    if ramp == "ratio":
+        r = L * inv_freq / (2.0 * math.pi)
+        gamma = np.clip((r - beta_slow) / (beta_fast - beta_slow), 0.0, 1.0)
+    else:
+        def pair_of(rotations):          # solves r_i = rotations for i: theta^(2i/D) = L/(2 pi r)
+            return head_dim * math.log(L / (2.0 * math.pi * rotations)) / (2.0 * math.log(theta))
+
+        low = max(math.floor(pair_of(beta_fast)), 0)
+        high = min(math.ceil(pair_of(beta_slow)), head_dim - 1)
+        high = high + 0.001 if high == low else high          # a step, not a division by 0
+        gamma = 1.0 - np.clip((np.arange(len(inv_freq)) - low) / (high - low), 0.0, 1.0)
+    return (1.0 - gamma) * inv_freq / factor + gamma * inv_freq
 
 
 class RotaryEmbedding(Module):
     """Rotary position embedding (Su et al., 2021), half-split as in Hugging Face Llama.
 
     head_dim: D (even); max_seq_len: positions the model was trained on; theta: the base.
-    scaling: None, {"type": "linear", "factor": f} (position interpolation, Chen et al., 2023:
-    positions divided by f) or {"type": "ntk", "factor": f} (NTK-aware: the base becomes
-    theta * f^(D/(D-2)), which slows the lowest frequency by exactly f and leaves the highest
-    alone). With scaling, `max_positions` = int(max_seq_len * f) positions are usable.
-    The (max_positions, D) cos/sin tables are non-persistent buffers `cos` and `sin`.
+    scaling: None, or a dict with "type" (Hugging Face's "rope_type" also reads) and "factor" f:
+      "linear": position interpolation (Chen et al., 2023): positions divided by f;
+      "ntk":    NTK-aware: the base becomes theta * f^(D/(D-2)), which slows the lowest
+                frequency by exactly f and leaves the highest alone;
+      "yarn":   YaRN (Peng et al., 2023): per-pair blend of the two by yarn_frequencies
+                ("beta_fast" 32, "beta_slow" 1, "original_max_position_embeddings" default
+                max_seq_len, "ramp" "ratio"), and cos and sin multiplied by the attention
+                temperature mscale = 0.1 ln(f) + 1, so q.k grows by mscale^2 ("mscale", or Hugging
+                Face's "attention_factor", overrides it).
+    With scaling, `max_positions` = int(max_seq_len * f) positions are usable; `scaling` holds the
+    dict with "type" spelled out (None without). The (max_positions, D) cos/sin tables are
+    non-persistent buffers `cos` and `sin`.
 
     forward(x, offset=0): x (B, H, T, D) -> x rotated for positions offset .. offset + T - 1.
     """
@@ -175,7 +255,10 @@ class RotaryEmbedding(Module):
         if isinstance(theta, bool) or not isinstance(theta, (int, float)) or not theta > 0:
             raise ValueError(f"theta: expected a positive number, got {theta!r}")
         self.theta = float(theta)
-        self.scaling_type, self.factor = _parse_scaling(scaling)
+        self.scaling_type, self.factor, self.yarn = _parse_scaling(scaling, self.max_seq_len)
+        self.scaling = None if scaling is None else {
+            "type": self.scaling_type,
+            **{k: v for k, v in scaling.items() if k not in ("type", "rope_type")}}
         self.max_positions = int(self.max_seq_len * self.factor)
         D = self.head_dim
         self.effective_theta = self.theta
@@ -184,17 +267,26 @@ class RotaryEmbedding(Module):
                 raise ValueError("scaling: NTK-aware scaling needs head_dim > 2 (the exponent is "
                                  "D/(D-2)), got head_dim=2")
             self.effective_theta = self.theta * self.factor ** (D / (D - 2))
-        # angles a[p, i] = p' * base^(-2i/D), p' = p / f for linear scaling; built in float64
-        inv_freq = self.effective_theta ** (-np.arange(0, D, 2, dtype=np.float64) / D)   # (D/2,)
+        # angles a[p, i] = p' * theta_i, p' = p / f for linear scaling; built in float64
+        if self.scaling_type == "yarn":
+            inv_freq = yarn_frequencies(D, self.theta, self.factor,
+                                        self.yarn["original_max_position_embeddings"],
+                                        self.yarn["beta_fast"], self.yarn["beta_slow"],
+                                        self.yarn["ramp"])
+        else:
+            inv_freq = rope_frequencies(D, self.effective_theta)           # (D/2,)
+        self.mscale = self.yarn.get("mscale", 1.0)
         pos = np.arange(self.max_positions, dtype=np.float64)
         if self.scaling_type == "linear":
             pos = pos / self.factor
         angle = np.outer(pos, inv_freq)                                # (P, D/2)
         angle = np.concatenate((angle, angle), axis=1)                 # (P, D): both halves
+        # YaRN's temperature rides in the tables: (m q)(m k) = m^2 q.k at no cost per token
+        cos, sin = self.mscale * np.cos(angle), self.mscale * np.sin(angle)
         device = backend.check_device(device)
-        self.register_buffer("cos", backend.to_device(np.cos(angle).astype(dtype), device),
+        self.register_buffer("cos", backend.to_device(cos.astype(dtype), device),
                              persistent=False)
-        self.register_buffer("sin", backend.to_device(np.sin(angle).astype(dtype), device),
+        self.register_buffer("sin", backend.to_device(sin.astype(dtype), device),
                              persistent=False)
 
     def forward(self, x, offset=0):
@@ -220,8 +312,7 @@ class RotaryEmbedding(Module):
                                   n_rotated=n_rotated)
 
     def extra_repr(self):
-        scaling = "" if self.scaling_type is None else \
-            f", scaling={{'type': {self.scaling_type!r}, 'factor': {self.factor}}}"
+        scaling = "" if self.scaling is None else f", scaling={self.scaling}"
         return f"{self.head_dim}, {self.max_seq_len}, theta={self.theta}{scaling}"
 
 
