@@ -49,7 +49,7 @@ def decode_speed(model, tokens=64):
     prompt = np.arange(1, 9)[None] % model.config.vocab_size
     generate(model, prompt, 4, temperature=0)                           # compile and warm up
     t = time.perf_counter()
-    generate(model, prompt, tokens, temperature=0)
+    generate(model, prompt, tokens, temperature=0, context_shift=True)
     return tokens / (time.perf_counter() - t)
 
 
@@ -80,7 +80,8 @@ def main(argv):
     for r in (float_row, quant_row):
         print(f"{r['model']:<16}{r['file_mb']:>10}{r['val_ppl']:>10}{r['tokens_per_s']:>10}")
     sample = generate(model, tok.encode(args.prompt)[None], args.max_new_tokens,
-                      temperature=args.temperature, top_k=args.top_k, seed=args.seed)
+                      temperature=args.temperature, top_k=args.top_k, seed=args.seed,
+                      context_shift=True)
     print("-" * 40)
     print(tok.decode(sample[0].tolist()))
     print("-" * 40)

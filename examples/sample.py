@@ -42,7 +42,7 @@ def main(argv):
     prompt = tokenizer.encode(args.prompt)[None]
     with tl.autocast(args.dtype):
         out = generate(model, prompt, args.max_new_tokens, temperature=args.temperature,
-                       top_k=args.top_k, seed=args.seed)
+                       top_k=args.top_k, seed=args.seed, context_shift=True)
     text = tokenizer.decode(out[0].tolist())
     print(text)
     print(json.dumps({"checkpoint": args.ckpt, "step": record.get("step"),

@@ -107,7 +107,7 @@ def main(argv):
     prompt = tokenizer.encode("\n")[None]
     with tl.autocast(train_config.dtype):
         out = generate(model, prompt, run.sample_tokens, temperature=run.temperature,
-                       top_k=run.top_k, seed=train_config.seed)
+                       top_k=run.top_k, seed=train_config.seed, context_shift=True)
     print("-" * 40)
     print(tokenizer.decode(out[0].tolist()))
     print("-" * 40)

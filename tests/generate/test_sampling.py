@@ -159,7 +159,7 @@ def test_no_graph_and_mode_restored():
 
 def test_context_longer_than_the_model_shifts():
     model = model_for("llama", block_size=16)
-    out = generate(model, np.array([[1, 2, 3]]), 40, temperature=0)
+    out = generate(model, np.array([[1, 2, 3]]), 40, temperature=0, context_shift=True)
     assert out.shape == (1, 43)
     ref = generate(model, np.array([[1, 2, 3]]), 13, temperature=0, use_cache=False)
     np.testing.assert_array_equal(out[:, :16], ref)         # identical until the first shift

@@ -20,7 +20,8 @@ def answers(model, template, records, max_new_tokens=12):
     """The model's greedy answers (text, without the end token) to the records' prompts."""
     prompts = [template.render([{"role": "user", "content": r["prompt"]}],
                                add_generation_prompt=True)[0] for r in records]
-    outs = generate(model, prompts, max_new_tokens, temperature=0, stop_ids=[template.end_id])
+    outs = generate(model, prompts, max_new_tokens, temperature=0, stop_ids=[template.end_id],
+                    context_shift=True)
     return [template.tokenizer.decode([int(t) for t in o[len(p):] if int(t) != template.end_id])
             for p, o in zip(prompts, outs)]
 

@@ -38,7 +38,8 @@ def rollout(policy, prompts, max_new_tokens, temperature=1.0, top_k=None, seed=0
     """Sample one response per prompt. Returns (ids (B, T) right-padded with 0, learn (B, T)
     bool marking the response tokens, responses: list of the new-token arrays)."""
     out = generate(policy, [np.asarray(p) for p in prompts], max_new_tokens,
-                   temperature=temperature, top_k=top_k, seed=seed, stop_ids=stop_ids)
+                   temperature=temperature, top_k=top_k, seed=seed, stop_ids=stop_ids,
+                   context_shift=True)
     width = max(len(o) for o in out)
     ids = np.zeros((len(out), width), np.int64)
     learn = np.zeros((len(out), width), bool)

@@ -11,8 +11,13 @@ so every row's next token sits in the last column. Relative positions (RoPE, ALi
 nothing more; learned or sinusoidal tables get each row's own positions (its first real token is
 position 0), so a row decodes exactly as it would alone.
 
-When a cached sequence reaches the model's position limit, the context shifts: the caches are
-rebuilt from the most recent half of the window, and decoding continues (as llama.cpp does).
+Past the model's position limit (max_positions) there are three ways on, and generate raises
+unless one is chosen: caches that assign positions themselves (cache_implementation "sinks" or
+"window", long_caches.py), RoPE scaling (model.set_rope_scaling, which raises the limit), or
+context_shift=True: the caches are rebuilt from the most recent half of the window and decoding
+continues (as llama.cpp does). The other cache implementations ("quantized", "h2o") compress or
+evict within the limit. A prompt longer than a bounded cache holds is fed in chunks
+(the CacheList's prefill_chunk), so no query ever sees a position the model never trained on.
 
 Token selection is sampling.py's: penalties, then temperature / top-k / top-p / min-p, then a
 draw from a seeded Philox generator, all on the model's device; temperature 0 is greedy. Only the
@@ -25,6 +30,7 @@ from ..random import Generator
 from ..tensor import no_grad
 from .decode_step import forward_logits
 from .kv_cache import make_caches
+from .long_caches import LONG_IMPLEMENTATIONS, POSITIONS_IN_CACHE
 from .sampling import SamplingConfig, next_ids
 
 __all__ = ["generate", "stream", "prepare_prompts"]
@@ -54,12 +60,38 @@ def prepare_prompts(idx):
     return prompts, rectangular
 
 
+def check_cache_arguments(name, cache_implementation, cache_config):
+    """The cache choice as (implementation, config dict), checked."""
+    if cache_implementation not in (None, "dense") + LONG_IMPLEMENTATIONS:
+        raise ValueError(f"{name}: cache_implementation must be None, 'dense' or one of "
+                         f"{LONG_IMPLEMENTATIONS}, got {cache_implementation!r}")
+    if cache_config is not None and not isinstance(cache_config, dict):
+        raise TypeError(f"{name}: cache_config must be a dict of the implementation's arguments "
+                        f"(e.g. {{'n_sink': 4, 'window': 252}}), got "
+                        f"{type(cache_config).__name__}")
+    return cache_implementation, dict(cache_config or {})
+
+
+# what a ValueError past max_positions offers
+PAST_LIMIT_OPTIONS = ("cache_implementation=\"sinks\" or \"window\" (positions assigned inside "
+                      "the cache, StreamingLLM), rope_scaling (model.set_rope_scaling({'type': "
+                      "'yarn', 'factor': f})), or context_shift=True (rebuild the caches from "
+                      "the most recent half, as llama.cpp does)")
+
+
+def past_limit_error(name, need, limit):
+    return ValueError(f"{name}: {need} positions exceed the model's max_positions={limit}; to "
+                      f"go past it use {PAST_LIMIT_OPTIONS}")
+
+
 class _Context:
     """The rows being decoded: left-padded tokens, their padding mask, and (with a cache) the
     caches and how many columns they hold."""
 
-    def __init__(self, model, prompts, max_new_tokens, use_cache):
+    def __init__(self, model, prompts, max_new_tokens, use_cache, cache_implementation=None,
+                 cache_config=None, context_shift=False):
         self.model, self.use_cache = model, use_cache
+        self.implementation, self.cache_config = cache_implementation, cache_config or {}
         self.limit = model.config.max_positions
         self.absolute = model.pos_emb is not None
         width = max(len(p) for p in prompts)
@@ -68,7 +100,15 @@ class _Context:
         for i, p in enumerate(prompts):
             self.tokens[i, width - len(p):] = p
             self.mask[i, width - len(p):] = True
-        self.max_len = min(self.limit, width + max_new_tokens)
+        # sinks and window caches number the positions themselves: no limit, no shift
+        self.unlimited = cache_implementation in POSITIONS_IN_CACHE
+        need = width + max_new_tokens
+        if max_new_tokens and need > self.limit and not (self.unlimited or context_shift):
+            raise past_limit_error("generate", need, self.limit)
+        if cache_implementation not in (None, "dense") and not use_cache:
+            raise ValueError(f"generate: cache_implementation={cache_implementation!r} needs "
+                             f"use_cache=True")
+        self.max_len = need if self.unlimited else min(self.limit, need)
         self.window_start = 0            # the first column the model sees
         self.cached = 0                  # columns from window_start held by the caches
         self.caches = None
@@ -97,11 +137,15 @@ class _Context:
             return self._forward(self.window_start, width, 0)
         if self.caches is None or width - self.window_start > self.max_len:
             # prefill, or a context shift: rebuild from the most recent half of the window
-            keep = min(width, self.limit) if self.caches is None else max(1, self.limit // 2)
+            keep = min(width, self.max_len) if self.caches is None else max(1, self.limit // 2)
             self.window_start = width - keep
-            self.caches = make_caches(self.model, len(self.tokens), self.max_len)
+            self.caches = make_caches(self.model, len(self.tokens), self.max_len,
+                                      implementation=self.implementation, **self.cache_config)
             self.cached = keep
-            return self._forward(self.window_start, width, 0)
+            chunk = self.caches.prefill_chunk or keep       # a bounded cache: a chunk at a time
+            for start in range(self.window_start, width, chunk):
+                logits = self._forward(start, min(start + chunk, width), start - self.window_start)
+            return logits
         held = self.window_start + self.cached           # the first column not yet cached
         offset, self.cached = self.cached, width - self.window_start
         return self._forward(held, width, offset)
@@ -121,7 +165,8 @@ def _stop_ids(stop_ids):
 
 def stream(model, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None, min_p=None,
            repetition_penalty=1.0, frequency_penalty=0.0, presence_penalty=0.0, stop_ids=None,
-           stop_strings=None, tokenizer=None, seed=0, use_cache=True):
+           stop_strings=None, tokenizer=None, seed=0, use_cache=True, cache_implementation=None,
+           cache_config=None, context_shift=False):
     """Yield the new tokens as they are made: a (B,) int64 array per step, -1 in rows that have
     already stopped. Stops after max_new_tokens steps or when every row has stopped (it emitted
     one of stop_ids, or its decoded output ends a stop string; stop_strings need `tokenizer`).
@@ -136,9 +181,12 @@ def stream(model, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None, 
         raise ValueError("generate: stop_strings need a tokenizer to decode the output")
     stop_strings = [stop_strings] if isinstance(stop_strings, str) else list(stop_strings or [])
     stops = _stop_ids(stop_ids)
+    cache_implementation, cache_config = check_cache_arguments("generate", cache_implementation,
+                                                               cache_config)
     prompts, _ = prepare_prompts(idx)
     generator = Generator(model.device, seed)
-    ctx = _Context(model, prompts, max_new_tokens, use_cache)
+    ctx = _Context(model, prompts, max_new_tokens, use_cache, cache_implementation, cache_config,
+                   context_shift)
     vocab = model.config.vocab_size
     counts = rows = None
     if config.penalised:             # (B, V) on the device, updated there with each step's ids
@@ -174,19 +222,25 @@ def stream(model, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None, 
 
 def generate(model, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None, min_p=None,
              repetition_penalty=1.0, frequency_penalty=0.0, presence_penalty=0.0, stop_ids=None,
-             stop_strings=None, tokenizer=None, seed=0, use_cache=True):
+             stop_strings=None, tokenizer=None, seed=0, use_cache=True, cache_implementation=None,
+             cache_config=None, context_shift=False):
     """Continue each prompt by up to max_new_tokens tokens.
 
     idx: (B, T) or (T,) int ids, or a list of id sequences of different lengths.
     Returns, for an array, a (B, T + n) int64 array (n = steps taken; a row that stopped early is
     padded on the right with its last token); for a list, a list of 1-D arrays, each its prompt
     and its own new tokens (through the stop token). temperature=0 is greedy; see sampling.py for
-    top_k, top_p, min_p and the penalties. No autograd graph is recorded."""
+    top_k, top_p, min_p and the penalties. No autograd graph is recorded.
+    cache_implementation: None / "dense" (every key), "sinks", "window", "quantized" or "h2o"
+    (long_caches.py), configured by cache_config, e.g. {"n_sink": 4, "window": 252} (any of them
+    also takes "prefill_chunk"). context_shift: past max_positions, rebuild the caches from the
+    most recent half of the window instead of raising (a ValueError that names the options)."""
     prompts, rectangular = prepare_prompts(idx)
     new = [[] for _ in prompts]
     for ids in stream(model, idx, max_new_tokens, temperature, top_k, top_p, min_p,
                       repetition_penalty, frequency_penalty, presence_penalty, stop_ids,
-                      stop_strings, tokenizer, seed, use_cache):
+                      stop_strings, tokenizer, seed, use_cache, cache_implementation,
+                      cache_config, context_shift):
         for i, t in enumerate(ids.tolist()):
             if t >= 0:
                 new[i].append(t)

@@ -18,6 +18,10 @@ Every cache answers `update(k, v) -> (k_all, v_all)` (the attention layer's prot
 `reorder(rows)` (beam search keeps some rows and repeats others) and `truncate(length)`
 (speculative decoding drops rejected tokens). `make_caches(model, batch, max_len)` builds one per
 layer; layers that reuse an earlier layer's K/V (cross-layer sharing) get None.
+
+make_caches(..., implementation=...) also builds the long-context caches of long_caches.py
+(attention sinks, a plain window, KIVI's int4/int2, H2O eviction): those take the attention step
+over (`attend`) instead of answering `update`.
 """
 import numpy as np
 
@@ -25,6 +29,7 @@ from .. import backend
 from ..ops.linear_attention import (FEATURE_MAPS, linear_attention_forward,
                                     linear_attention_state, linear_attention_step)
 from ..tensor import Tensor
+from .long_caches import POSITIONS_IN_CACHE, make_long_caches
 
 __all__ = ["KVCache", "LinearAttentionState", "CacheList", "make_caches", "cache_nbytes"]
 
@@ -41,6 +46,7 @@ class KVCache:
     scale per (row, head, token): absmax / 127, about 4x smaller than float32. storage: (k, v)
     arrays of shape (batch, n_kv_head, max_len, head_dim) to use instead of new ones (views of
     a DecodePlan's stacked buffers)."""
+    attends = False      # the layer attends over what update() returns (long_caches.py: True)
 
     def __init__(self, batch, n_kv_head, head_dim, max_len, dtype=np.float32, device="cpu",
                  window=None, slack=16, storage=None):
@@ -206,18 +212,52 @@ class LinearAttentionState:
 
 
 class CacheList(list):
-    """make_caches' result: one cache per layer, and `plan`, the DecodePlan whose stacked
-    buffers they are views of (None when the fused decode step does not apply)."""
+    """make_caches' result: one cache per layer, and
+    plan: the DecodePlan whose stacked buffers they are views of (None when the fused decode
+        step does not apply);
+    positions_in_cache: True when the caches assign positions themselves (attention sinks,
+        window), so the model accepts offsets past its max_positions;
+    prefill_chunk: the most tokens one forward may feed (None: any), which a decoder follows
+        when it feeds a long prompt."""
     plan = None
+    positions_in_cache = False
+    prefill_chunk = None
 
 
-def make_caches(model, batch, max_len, dtype=None, slack=16):
+def make_caches(model, batch, max_len, dtype=None, slack=16, implementation=None, **config):
     """One cache per attention layer of a GPT (None where a softmax layer reuses an earlier
     layer's K/V).
 
     dtype: the model's float dtype by default; "int8" for the quantised cache. A batch-1 float
     cache of a model that decode_step.py can run gets a DecodePlan: the per-layer caches are
-    then views of its two stacked buffers, and single-token steps take the fused path."""
+    then views of its two stacked buffers, and single-token steps take the fused path.
+    implementation: None or "dense" (these KVCaches), or one of long_caches.py's, configured by
+    **config: "sinks" (n_sink=4, window), "window" (window), "quantized" (bits=4,
+    group_size, residual_length=32), "h2o" (budget, recent); each also takes prefill_chunk.
+    Those hold what they choose, so max_len, dtype and slack do not apply to them."""
+    if implementation not in (None, "dense"):
+        if dtype is not None:
+            raise ValueError(f"make_caches: dtype={dtype!r} applies to the dense cache only; "
+                             f"implementation={implementation!r} keeps the model's float dtype "
+                             f"(for a quantized cache use implementation='quantized' and bits)")
+        caches, chunk = make_long_caches(model, batch, implementation, config)
+        caches = CacheList(caches)
+        caches.positions_in_cache = implementation in POSITIONS_IN_CACHE
+        caches.prefill_chunk = chunk
+        return caches
+    chunk = config.pop("prefill_chunk", None)
+    if config:
+        raise TypeError(f"make_caches: unknown arguments {sorted(config)} for the dense cache "
+                        f"(implementation={implementation!r})")
+    caches = _dense_caches(model, batch, max_len, dtype, slack)
+    if chunk is not None:
+        if isinstance(chunk, bool) or int(chunk) != chunk or chunk < 1:
+            raise ValueError(f"make_caches: prefill_chunk must be an int >= 1, got {chunk!r}")
+        caches.prefill_chunk = int(chunk)
+    return caches
+
+
+def _dense_caches(model, batch, max_len, dtype, slack):
     from .decode_step import DecodePlan       # decode_step builds on this module's caches
     def model_dtype():
         return next(iter(model.parameters())).dtype

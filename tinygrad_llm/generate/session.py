@@ -17,10 +17,15 @@ generate(10) followed by generate(10) makes the same tokens as generate(20).
 The window is the model's max positions (or a smaller `max_len`). A feed that would pass it
 raises ValueError, unless the session was made with `context_shift=True`: then the caches are
 rebuilt from the most recent half of the window plus the new ids (llama.cpp's context shift, as
-generate.py does), which re-runs those kept tokens once and forgets everything older.
+generate.py does), which re-runs those kept tokens once and forgets everything older. With
+`cache_implementation="sinks"` or `"window"` (generate/long_caches.py) the caches number the
+positions themselves and a session goes on forever in bounded memory; "quantized" and "h2o"
+compress or evict within the window. A long feed into a bounded cache runs in chunks of the
+caches' prefill_chunk.
 
 Sampling is sampling.py's (temperature 0 is greedy), on the model's device from a Philox
-generator: only the sampled id comes back to the host. Penalties count the tokens in the cache.
+generator: only the sampled id comes back to the host. Penalties count the tokens fed since the
+last reset or context shift (what the cache holds, for the dense cache).
 """
 import numpy as np
 
@@ -28,6 +33,7 @@ from .. import backend
 from ..random import Generator
 from ..tensor import array_of
 from .decode_step import forward_logits, inference
+from .generate import PAST_LIMIT_OPTIONS, check_cache_arguments
 from .kv_cache import make_caches
 from .sampling import SamplingConfig, next_ids
 
@@ -52,10 +58,13 @@ class DecodeSession:
     max_positions). seed: the sampler's Philox generator (`generator`, kept across generate
     calls; its get_state() / set_state() pair resumes the draws). context_shift:
     when a feed would pass max_len, keep the most recent half of the window instead of raising.
+    cache_implementation, cache_config: make_caches' implementation ("sinks", "window",
+    "quantized", "h2o"; None is the dense cache) and its arguments, e.g. {"window": 252}.
     **sampling: SamplingConfig's settings (temperature, top_k, top_p, min_p, penalties),
     overridable per generate call."""
 
-    def __init__(self, model, max_len=None, seed=0, context_shift=False, **sampling):
+    def __init__(self, model, max_len=None, seed=0, context_shift=False,
+                 cache_implementation=None, cache_config=None, **sampling):
         limit = model.config.max_positions
         if max_len is None:
             max_len = limit
@@ -64,6 +73,8 @@ class DecodeSession:
                              f"model's max positions), got {max_len!r}")
         self.model, self.max_len = model, int(max_len)
         self.context_shift = bool(context_shift)
+        self.cache_implementation, self.cache_config = check_cache_arguments(
+            "DecodeSession", cache_implementation, cache_config)
         self.sampling = dict(sampling)
         _sampling_config(self.sampling)                      # check the settings now
         self.generator = Generator(model.device, seed)
@@ -74,18 +85,19 @@ class DecodeSession:
     # ---- state -----------------------------------------------------------------------------
     def reset(self):
         """Forget the sequence (fresh caches); the sampler's generator keeps its state."""
-        self.caches = make_caches(self.model, 1, self.max_len)
+        self.caches = make_caches(self.model, 1, self.max_len,
+                                  implementation=self.cache_implementation, **self.cache_config)
         self._tokens = []
         self._logits = None            # (V,) on the model's device
 
     @property
     def length(self):
-        """Positions held by the caches (the model's next offset)."""
+        """Positions seen by the caches (the model's next offset; sinks and window hold fewer)."""
         return len(self._tokens)
 
     @property
     def tokens(self):
-        """The ids in the cache, oldest first (an int64 array)."""
+        """The ids fed since the last reset or shift, oldest first (an int64 array)."""
         return np.asarray(self._tokens, dtype=np.int64)
 
     @property
@@ -113,8 +125,11 @@ class DecodeSession:
     def _run(self, ids):
         """Append ids to the caches at the current offset; keep the last position's logits on
         the device."""
+        chunk = self.caches.prefill_chunk or len(ids)     # a bounded cache: a chunk at a time
         with inference(self.model):
-            logits = forward_logits(self.model, ids, self.caches, len(self._tokens))
+            for start in range(0, len(ids), chunk):
+                logits = forward_logits(self.model, ids[start:start + chunk], self.caches,
+                                        len(self._tokens) + start)
         self._tokens += ids
         self.tokens_fed += len(ids)
         self._logits = logits[-1]
@@ -129,12 +144,12 @@ class DecodeSession:
 
     def _feed(self, ids):
         """feed() without the checks and without copying the logits to the host."""
-        if self.length + len(ids) > self.max_len:
+        if self.length + len(ids) > self.max_len and not self.caches.positions_in_cache:
             if not self.context_shift or len(ids) > self.max_len:
                 raise ValueError(
                     f"DecodeSession.feed: {self.length} tokens in the cache + {len(ids)} new "
                     f"exceed max_len={self.max_len} (the model's window); call reset(), feed "
-                    f"fewer tokens, or use context_shift=True")
+                    f"fewer tokens, or make the session with {PAST_LIMIT_OPTIONS}")
             # context shift: keep the most recent half of the window (fewer if ids need room)
             keep = min(self.max_len // 2, self.max_len - len(ids), self.length)
             kept = self._tokens[self.length - keep:]

@@ -231,12 +231,14 @@ class GPT(Module):
             self.head.weight = self.tok_emb.weight        # one Parameter, two names
         init_gpt2_weights(self, config.n_layer)
 
-    def _check_ids(self, idx, offset):
+    def _check_ids(self, idx, offset, caches=None):
         idx = np.asarray(idx) if not hasattr(idx, "shape") else idx
         if idx.ndim != 2:
             raise ValueError(f"GPT: idx must be (B, T) integer ids, got shape {idx.shape}")
         t = idx.shape[1]
-        if offset + t > self.config.max_positions:
+        # caches that assign positions themselves (attention sinks) take any offset
+        in_cache = getattr(caches, "positions_in_cache", False)
+        if offset + t > self.config.max_positions and not in_cache:
             raise ValueError(f"GPT: sequence of {offset + t} positions exceeds block_size="
                              f"{self.config.block_size}" + (
                                  f" (max_positions={self.config.max_positions} with RoPE "
@@ -263,7 +265,7 @@ class GPT(Module):
                       attn_mask=None):
         """The final (normed) hidden states (B, T, C) that the head reads: what a reward or
         classification head sits on (finetune/heads.py). Arguments as forward's."""
-        idx = self._check_ids(array_of(idx), offset)
+        idx = self._check_ids(array_of(idx), offset, caches)
         b, t = idx.shape
         x = self.tok_emb(idx)                                       # (B, T, C)
         if self.pos_emb is not None:
@@ -307,6 +309,27 @@ class GPT(Module):
         """Write config.json + model.safetensors in Hugging Face's layout where it applies."""
         from .hf import save_pretrained
         save_pretrained(self, path)
+
+    def set_rope_scaling(self, scaling):
+        """Rebuild the rotary tables of this (trained) model for a RoPE scaling, in place:
+        {"type": "linear" | "ntk" | "yarn", "factor": f, ...} (nn/positions.py's
+        RotaryEmbedding documents the keys), or None for plain RoPE. model.config becomes a copy
+        with rope_scaling set, so config.max_positions is int(block_size * f). The tables keep
+        the model's device and dtype; every attention layer gets the new RotaryEmbedding.
+        Returns the model."""
+        c = self.config
+        if c.pos != "rope":
+            raise ValueError(f"set_rope_scaling: the model's pos={c.pos!r} has no rotary tables "
+                             "to rescale; expected pos='rope'")
+        old = self.rotary
+        rotary = RotaryEmbedding(c.head_dim, c.block_size, c.rope_theta, scaling,
+                                 device=backend.device_of(old.cos), dtype=old.cos.dtype)
+        holders = [m for m in self.modules() if getattr(m, "rotary", None) is old]
+        for m in holders:
+            m.rotary = rotary
+        # a new config, not an edit: another model built from the same one keeps its own
+        self.config = dataclasses.replace(c, rope_scaling=rotary.scaling)
+        return self
 
     def num_parameters(self, non_embedding=False):
         """Parameter count; non_embedding=True leaves out the token and position tables (as

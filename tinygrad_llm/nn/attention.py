@@ -24,8 +24,12 @@ gradient): the packed one attends inside the (B, T, H + 2 Hkv, D) projection (Pa
 no split, no transposes), and the general one splits q, k, v into heads and calls
 scaled_dot_product_attention. `_packed_path_applies` names when the first one may run.
 
+A decoder's cache either appends K/V and returns everything to attend over (`update`, the dense
+KVCache) or takes the attention step over (`attend`: attention sinks, KIVI, H2O in
+generate/long_caches.py, which choose what to keep and, for sinks, the positions).
+
 Reading order: _padding_bias -> MultiHeadAttention: __init__, the predicate, the packed path, the
-general path (_project, _attend), forward.
+general path (_project, _attend), the cache that attends (_attend_in_cache), forward.
 """
 import numpy as np
 
@@ -111,8 +115,8 @@ class MultiHeadAttention(Module):
                                     window=self.window or 0)          # (B, T, H, D)
         return o.reshape(b, t, h * d), None
 
-    def _project(self, x, offset, shared_kv):
-        """q (B, H, T, D), k, v (B, Hkv, T, D), rotated when RoPE is on."""
+    def _project(self, x, offset, shared_kv, rotate=True):
+        """q (B, H, T, D), k, v (B, Hkv, T, D), rotated when RoPE is on (and rotate is True)."""
         b, t, _ = x.shape
         h, hkv, d = self.n_head, self.n_kv_head, self.head_dim
         if self.shares_kv:
@@ -120,16 +124,24 @@ class MultiHeadAttention(Module):
                 raise ValueError(f"{type(self).__name__}(shares_kv=True) needs the K/V of an "
                                  f"earlier layer: pass shared_kv=(k, v)")
             q = self.q(x).reshape(b, t, h, d).transpose(0, 2, 1, 3)
-            if self.rotary is not None:
+            if self.rotary is not None and rotate:
                 q = self.rotary(q, offset)
             return (q,) + tuple(shared_kv)
         qkv = self.qkv(x).reshape(b, t, h + 2 * hkv, d)
         q = qkv[:, :, :h].transpose(0, 2, 1, 3)
         k = qkv[:, :, h:h + hkv].transpose(0, 2, 1, 3)
         v = qkv[:, :, h + hkv:].transpose(0, 2, 1, 3)
-        if self.rotary is not None:
+        if self.rotary is not None and rotate:
             q, k = self.rotary(q, offset), self.rotary(k, offset)
         return q, k, v
+
+    @staticmethod
+    def _mask(bias, padding_mask, q):
+        """The additive mask over the keys: the position bias plus the padding's -inf, or None."""
+        if padding_mask is None:
+            return bias
+        pad = _padding_bias(padding_mask, q.device, q.dtype)
+        return pad if bias is None else bias + pad
 
     def _attend(self, q, k, v, bias, padding_mask, cache):
         """q: (B, H, T, D), k, v: (B, Hkv, Tk, D) -> (o (B, H, T, D), (k, v)), the K/V attended
@@ -137,21 +149,32 @@ class MultiHeadAttention(Module):
         if cache is not None and not self.shares_kv:
             k, v = cache.update(k, v)
         tk = k.shape[2]        # a sliding-window cache returns only the most recent keys
-        mask = bias
-        if padding_mask is not None:
-            pad = _padding_bias(padding_mask, q.device, q.dtype)
-            mask = pad if mask is None else mask + pad
+        mask = self._mask(bias, padding_mask, q)
         if mask is not None and mask.shape[-1] > tk:          # keys the cache no longer holds
             mask = mask[..., -tk:]
         o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=self.causal,
                                            window=self.window)
         return o, (k, v)
 
+    def _attend_in_cache(self, x, bias, padding_mask, offset, cache):
+        """x: (B, T, C) -> (o (B, H, T, D), (k, v) of these tokens) from a cache that takes the
+        attention step over (generate/long_caches.py: it evicts or compresses what it holds).
+        One that assigns positions itself (attention sinks) gets q and k before RoPE and the
+        rotary to turn them at their slots; the others get them at their true positions. The
+        mask covers every position seen; the cache keeps the columns of the keys it holds."""
+        q, k, v = self._project(x, offset, None, rotate=not cache.positions_in_cache)
+        o = cache.attend(q, k, v, mask=self._mask(bias, padding_mask, q), rotary=self.rotary,
+                         causal=self.causal)
+        return o, (k, v)
+
     def _attend_split(self, x, bias, padding_mask, offset, shared_kv, cache):
         """x: (B, T, C) -> (o (B, T, H D), (k, v)): q, k, v apart, then the attention step."""
         b, t, _ = x.shape
-        q, k, v = self._project(x, offset, shared_kv)
-        o, kv = self._attend(q, k, v, bias, padding_mask, cache)         # o: (B, H, T, D)
+        if getattr(cache, "attends", False):
+            o, kv = self._attend_in_cache(x, bias, padding_mask, offset, cache)
+        else:
+            q, k, v = self._project(x, offset, shared_kv)
+            o, kv = self._attend(q, k, v, bias, padding_mask, cache)     # o: (B, H, T, D)
         return o.transpose(0, 2, 1, 3).reshape(b, t, self.n_head * self.head_dim), kv
 
     def forward(self, x, bias=None, padding_mask=None, offset=0, shared_kv=None, cache=None):
@@ -162,7 +185,9 @@ class MultiHeadAttention(Module):
         bias: additive (1 or B, H, Tq, Tk) array or Tensor (ALiBi, T5). padding_mask: (B, Tk) bool.
         offset: position of x's first token (RoPE, after a cache). shared_kv: (k, v) of an earlier
         layer, for a layer built with shares_kv=True. cache: an object with
-        `update(k, v) -> (k_all, v_all)` that appends this step's K/V (the decoder's KV cache).
+        `update(k, v) -> (k_all, v_all)` that appends this step's K/V (the decoder's KV cache),
+        or one with `attends = True` whose `attend(q, k, v, mask, rotary, causal)` computes the
+        attention over what it holds (the long-context caches).
         """
         if self._packed_path_applies(bias, padding_mask, cache):
             o, kv = self._attend_packed(x, offset)
