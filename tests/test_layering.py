@@ -100,8 +100,9 @@ LAYERS = {                             # a folder -> the package folders it must
 
 # (file, package above it) that a function body may import at call time, each one a decision: the
 # file still loads without that package. GPT.generate is generate(model, ...), defined where a
-# user looks for it.
-DEFERRED_UPWARD = {("tinygrad_llm/models/gpt.py", "tinygrad_llm.generate")}
+# user looks for it; TransformerXL.generate samples with generate/sampling.py.
+DEFERRED_UPWARD = {("tinygrad_llm/models/gpt.py", "tinygrad_llm.generate"),
+                   ("tinygrad_llm/models/transformer_xl.py", "tinygrad_llm.generate")}
 
 
 def _lines_in_functions(tree):

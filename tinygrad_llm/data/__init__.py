@@ -2,16 +2,25 @@
 language-model batches.
 
 Reading order: corpus.py (find, download, verify the text) -> tokens.py (ids on disk) ->
-batches.py (split, get_batch, Batcher); files.py holds the atomic-write helpers they share.
+batches.py (split, get_batch, Batcher) -> streams.py (StreamBatcher: consecutive segments for
+a model with memory); files.py holds the atomic-write helpers they share. passkey.py: the
+passkey-retrieval texts (Mohtashami & Jaggi, 2023) that long-context studies score.
 """
 from .batches import Batcher, get_batch, get_rng_state, set_rng_state, split
 from .corpus import (CACHE_ENV, DATA_ENV, SHAKESPEARE_SHA256, SHAKESPEARE_SIZE, SHAKESPEARE_URL,
                      default_cache_dir, download_file, read_text, sha256_file, shakespeare,
                      shakespeare_path)
+from .passkey import (FILLER, INTRO, KEY_SENTENCE, PASSKEY_PATTERN, QUESTION, filler_for_length,
+                      key_matches, passkey_accuracy, passkey_batch, passkey_text,
+                      passkey_training_text)
+from .streams import StreamBatcher
 from .tokens import TokenWriter, read_tokens, sidecar_path, token_file_info, write_tokens
 
 __all__ = ["shakespeare", "shakespeare_path", "download_file", "read_text", "sha256_file",
            "default_cache_dir", "SHAKESPEARE_URL", "SHAKESPEARE_SHA256", "SHAKESPEARE_SIZE",
            "DATA_ENV", "CACHE_ENV",
            "write_tokens", "read_tokens", "TokenWriter", "token_file_info", "sidecar_path",
-           "split", "get_batch", "Batcher", "get_rng_state", "set_rng_state"]
+           "split", "get_batch", "Batcher", "get_rng_state", "set_rng_state", "StreamBatcher",
+           "passkey_text", "filler_for_length", "passkey_training_text", "passkey_batch",
+           "key_matches", "passkey_accuracy", "PASSKEY_PATTERN", "INTRO", "FILLER",
+           "KEY_SENTENCE", "QUESTION"]
