@@ -204,6 +204,7 @@ CONDITION = {  # float32 error grows with these; both implementations round diff
 # integer kernels with their own kernel-vs-reference tests (odd sizes, size 1, huge counts)
 TESTED_ELSEWHERE = {"bpe_learn_merges": "tests/tokenizers/test_bpe.py",
                     "decode_step": "tests/generate/test_decode_step.py",
+                    "kv_quant_attention": "tests/generate/test_kv_quant_kernel.py",
                     "quant_matmul": "tests/quant/test_linear.py",
                     "quant_pack": "tests/quant/test_linear.py",
                     "philox_uniform": "tests/test_random.py"}

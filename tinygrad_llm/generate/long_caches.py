@@ -27,8 +27,9 @@ the others get them rotated at their true positions. Like the dense cache they a
 (tokens seen), `nbytes` (bytes of K/V state held now) and `reorder(rows)`; an evicting cache
 cannot roll back (`truncate` only to its length).
 
-Reading order: packing, KIVI's two quantization layouts, SinkCache, QuantizedKVCache, H2OCache,
-make_long_caches (what make_caches calls for these implementations).
+Reading order: packing, KIVI's two quantization layouts, SinkCache, kv_quant_attention (the
+reference of kernels/cpu/kv_quant.py, which reads the codes without dequantizing) and
+QuantizedKVCache, H2OCache, make_long_caches (what make_caches calls for these implementations).
 """
 import math
 import numbers
@@ -36,12 +37,14 @@ import numbers
 import numpy as np
 
 from .. import backend
+from ..kernels import kernel
 from ..ops.attention import attention_forward
 from ..ops.rope import rope_forward
 from ..tensor import Tensor
 
 __all__ = ["SinkCache", "QuantizedKVCache", "H2OCache", "pack_codes", "unpack_codes",
            "quantize_keys", "dequantize_keys", "quantize_values", "dequantize_values",
+           "kv_quant_attention",
            "LONG_IMPLEMENTATIONS", "POSITIONS_IN_CACHE", "make_long_caches"]
 
 LONG_IMPLEMENTATIONS = ("sinks", "window", "quantized", "h2o")
@@ -257,6 +260,29 @@ class SinkCache:
 
 
 # ---- KIVI -----------------------------------------------------------------------------------
+_STORE = ("k_codes", "k_scale", "k_min", "v_codes", "v_scale", "v_min")
+_PER_BLOCK = ("k_scale", "k_min")     # one row per block of residual_length tokens
+
+
+@kernel("kv_quant_attention")     # fast version: kernels/cpu/kv_quant.py, reads the codes
+def kv_quant_attention(q, keys, values, k_codes, k_scale, k_min, v_codes, v_scale, v_min,
+                       n_quantized, bits, block, group_size, mask, causal, scale):
+    """Attention over [the quantized store; the float tail], the store dequantized first.
+    q: (B, H, t, D); keys, values: (B, Hkv, L, D), the tail (residual, then the t new tokens);
+    the store's buffers, of which the first n_quantized tokens are held: codes
+    (B, Hkv, >= n_quantized, ceil(D bits / 8)), key scale and min (B, Hkv, >= n_quantized /
+    block, D), value scale and min (B, Hkv, >= n_quantized, D / group_size); None while empty.
+    mask: additive (B or 1, H or 1, t, n_quantized + L), or None. -> o (B, H, t, D)."""
+    n = n_quantized
+    if n:
+        d, blocks = q.shape[-1], n // block
+        keys = _concat(dequantize_keys(k_codes[:, :, :n], k_scale[:, :, :blocks],
+                                       k_min[:, :, :blocks], bits, block, d), keys)
+        values = _concat(dequantize_values(v_codes[:, :, :n], v_scale[:, :, :n],
+                                           v_min[:, :, :n], bits, group_size, d), values)
+    return attention_forward(q, keys, values, mask, causal, scale, 0)[0]
+
+
 class QuantizedKVCache:
     """KIVI's cache for one layer (Liu et al., 2024). Keys arrive rotated at their true
     positions. Each full block of residual_length tokens is quantized: keys per channel over the
@@ -264,8 +290,11 @@ class QuantizedKVCache:
     (bits 8, 4 or 2) with a (scale, min) pair per group in the keys' float dtype. The latest
     length % residual_length tokens stay in float (the residual) until their block is full.
 
-    Each step attends over [dequantized; residual; new] in float, then moves any full block of
-    the residual into the quantized store."""
+    Each step attends over [store; residual; new] (kv_quant_attention: on the CPU a kernel that
+    reads the codes; the reference dequantizes the store), then moves any full block of the
+    residual into the store. The store's buffers grow by doubling, as a list does, so a flush
+    writes only its new blocks; `nbytes` counts what is held, `capacity_nbytes` what is
+    allocated."""
     attends = True
     positions_in_cache = False
 
@@ -281,21 +310,34 @@ class QuantizedKVCache:
             raise ValueError(f"{name}: group_size={group_size} must divide head_dim={head_dim} "
                              f"(values are quantized in groups of group_size channels)")
         self.residual_length = _int(name, "residual_length", residual_length, 1)
-        # quantized store: codes (B, Hkv, nq, ceil(D bits / 8)); key scale/min (B, Hkv, nq/R, D);
-        # value scale/min (B, Hkv, nq, D / group_size)
-        self.k_codes = self.k_scale = self.k_min = None
-        self.v_codes = self.v_scale = self.v_min = None
+        # the store: buffers by name (_STORE), each (B, Hkv, capacity, ...) with the key
+        # scale/min at capacity / R rows; the first n_quantized tokens are held
+        self._buffers = None
+        self.capacity = self.n_quantized = 0
         self.res_k = self.res_v = None          # (B, Hkv, < R, D) float: the unfilled block
         self.length = 0
 
-    @property
-    def n_quantized(self):
-        """Tokens in the quantized store (a multiple of residual_length)."""
-        return 0 if self.k_codes is None else self.k_codes.shape[2]
+    def _held(self, name):
+        """The held part of buffer `name`, or None while the store is empty."""
+        if not self.n_quantized:
+            return None
+        rows = self.n_quantized
+        if name in _PER_BLOCK:
+            rows //= self.residual_length
+        return self._buffers[name][:, :, :rows]
+
+    # views of the store: codes (B, Hkv, n_quantized, ceil(D bits / 8)); key scale/min
+    # (B, Hkv, n_quantized / R, D); value scale/min (B, Hkv, n_quantized, D / group_size)
+    k_codes = property(lambda self: self._held("k_codes"))
+    k_scale = property(lambda self: self._held("k_scale"))
+    k_min = property(lambda self: self._held("k_min"))
+    v_codes = property(lambda self: self._held("v_codes"))
+    v_scale = property(lambda self: self._held("v_scale"))
+    v_min = property(lambda self: self._held("v_min"))
 
     def dequantized(self):
         """The quantized store in float: (keys, values), each (B, Hkv, n_quantized, D)."""
-        if self.k_codes is None:
+        if not self.n_quantized:
             return None, None
         d, bits = self.head_dim, self.bits
         return (dequantize_keys(self.k_codes, self.k_scale, self.k_min, bits,
@@ -311,10 +353,11 @@ class QuantizedKVCache:
         t = k.shape[2]
         mask = _mask_array(mask, self.length, t, "QuantizedKVCache")
         keys, values = _concat(self.res_k, k), _concat(self.res_v, v)     # the float tail
-        held_k, held_v = self.dequantized()
         scale = q.shape[-1] ** -0.5 if scale is None else scale
-        o = attention_forward(q, _concat(held_k, keys), _concat(held_v, values), mask, causal,
-                              scale, 0)[0]
+        buffers = self._buffers or {}
+        o = kv_quant_attention(q, keys, values, *(buffers.get(name) for name in _STORE),
+                               self.n_quantized, self.bits, self.residual_length,
+                               self.group_size, mask, causal, scale)
         self._store(keys, values)
         self.length += t
         return Tensor._wrap(o)
@@ -327,23 +370,48 @@ class QuantizedKVCache:
         if full == 0:
             self.res_k, self.res_v = keys, values
             return
-        k_codes, k_scale, k_min = quantize_keys(keys[:, :, :full], self.bits, r)
-        v_codes, v_scale, v_min = quantize_values(values[:, :, :full], self.bits, self.group_size)
-        self.k_codes, self.k_scale = _concat(self.k_codes, k_codes), _concat(self.k_scale, k_scale)
-        self.k_min, self.v_codes = _concat(self.k_min, k_min), _concat(self.v_codes, v_codes)
-        self.v_scale, self.v_min = _concat(self.v_scale, v_scale), _concat(self.v_min, v_min)
+        blocks = dict(zip(_STORE, quantize_keys(keys[:, :, :full], self.bits, r)
+                          + quantize_values(values[:, :, :full], self.bits, self.group_size)))
+        self._append(blocks, full)
         rest = keys.shape[2] - full        # copies: a view would keep the whole chunk alive
         self.res_k = keys[:, :, full:].copy() if rest else None
         self.res_v = values[:, :, full:].copy() if rest else None
 
+    def _append(self, blocks, full):
+        """Write `full` newly quantized tokens (blocks: arrays by name) after the held ones,
+        first doubling the buffers when they are full: each token is then copied O(1) times on
+        average instead of at every flush (the store is rewritten whole by a concatenate). The
+        first allocation holds 8 blocks, so short streams never grow (a growth costs a device
+        launch per buffer for the allocation and one for the copy)."""
+        xp = backend.array_module(blocks["k_codes"])
+        r, n = self.residual_length, self.n_quantized
+        if n + full > self.capacity:
+            capacity = max(n + full, 2 * self.capacity, 8 * r)   # a multiple of r
+            grown = {}
+            for name, a in blocks.items():
+                rows = capacity // r if name in _PER_BLOCK else capacity
+                grown[name] = xp.empty(a.shape[:2] + (rows,) + a.shape[3:], dtype=a.dtype)
+                if n:
+                    held = self._held(name)
+                    grown[name][:, :, :held.shape[2]] = held
+            self._buffers, self.capacity = grown, capacity
+        for name, a in blocks.items():
+            start = n // r if name in _PER_BLOCK else n
+            self._buffers[name][:, :, start:start + a.shape[2]] = a
+        self.n_quantized = n + full
+
     def update(self, k, v):
-        raise TypeError("QuantizedKVCache attends itself (over dequantized keys): the layer "
+        raise TypeError("QuantizedKVCache attends itself (over its quantized store): the layer "
                         "calls attend()")
 
     def reorder(self, rows):
+        """Keep batch rows `rows` (an int array; repeats allowed). The store is copied at its
+        held size."""
         self.batch = len(rows)
-        for name in ("k_codes", "k_scale", "k_min", "v_codes", "v_scale", "v_min", "res_k",
-                     "res_v"):
+        if self.n_quantized:
+            self._buffers = {name: self._held(name)[rows] for name in _STORE}
+            self.capacity = self.n_quantized
+        for name in ("res_k", "res_v"):
             a = getattr(self, name)
             if a is not None:
                 setattr(self, name, a[rows])
@@ -356,8 +424,13 @@ class QuantizedKVCache:
     @property
     def nbytes(self):
         """Bytes held: packed codes, scales and mins of the quantized store, and the residual."""
-        return _nbytes(self.k_codes, self.k_scale, self.k_min, self.v_codes, self.v_scale,
-                       self.v_min, self.res_k, self.res_v)
+        return _nbytes(*(self._held(name) for name in _STORE), self.res_k, self.res_v)
+
+    @property
+    def capacity_nbytes(self):
+        """Bytes allocated: the store's buffers at their capacity, and the residual."""
+        buffers = self._buffers or {}
+        return _nbytes(*buffers.values(), self.res_k, self.res_v)
 
 
 # ---- heavy hitters --------------------------------------------------------------------------
