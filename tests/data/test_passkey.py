@@ -1,5 +1,8 @@
 """data/passkey.py: the landmark-attention passkey texts, their lengths in tokens, the training
-batches and the score."""
+batches and the score; and examples/passkey.py end to end on a tiny model."""
+import json
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -83,11 +86,11 @@ def test_training_texts_vary_in_length_and_depth():
     assert all(t[-6] == " " and t[-5:] == t[t.index("key is ") + 7:][:5] for t in texts)
 
 
-@pytest.mark.parametrize("answer_weight", [None, "answer"])
-def test_batch_rows_are_shifted_texts_padded_at_the_end(bpe, answer_weight):
+@pytest.mark.parametrize("targets", ["all", "answer"])
+def test_batch_rows_are_shifted_texts_padded_at_the_end(bpe, targets):
     t = 64
     max_filler = filler_for_length(bpe, t + 1)
-    x, y = passkey_batch(rng(3), bpe, 8, t, max_filler, answer_weight=answer_weight)
+    x, y = passkey_batch(rng(3), bpe, 8, t, max_filler, targets=targets)
     assert x.shape == y.shape == (8, t) and x.dtype == y.dtype == np.int64
     r = rng(3)
     for b in range(8):
@@ -95,7 +98,7 @@ def test_batch_rows_are_shifted_texts_padded_at_the_end(bpe, answer_weight):
         n = len(ids) - 1
         np.testing.assert_array_equal(x[b, :n], ids[:-1])
         assert (x[b, n:] == 0).all() and (y[b, n:] == -100).all()
-        if answer_weight is None:
+        if targets == "all":
             np.testing.assert_array_equal(y[b, :n], ids[1:])
         else:                                     # " " and 5 digits: the answer, nothing else
             np.testing.assert_array_equal(y[b, n - 6:n], ids[-6:])
@@ -128,7 +131,61 @@ def test_bad_input_names_the_argument(bpe):
         passkey_training_text(rng(), 2, 3)
     with pytest.raises(ValueError, match="max_filler=50"):
         passkey_batch(rng(), bpe, 2, 32, 50)
-    with pytest.raises(ValueError, match="answer_weight"):
-        passkey_batch(rng(), bpe, 2, 32, 1, answer_weight="key")
+    with pytest.raises(ValueError, match="targets"):
+        passkey_batch(rng(), bpe, 2, 32, 1, targets="key")
     with pytest.raises(ValueError, match="equal length"):
         passkey_accuracy([" 1"], [])
+
+
+# ---- examples/passkey.py end to end, on a tiny model ---------------------------------------
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+TINY = ["--max_iters=3", "--n_layer=1", "--n_embd=32", "--n_head=2", "--block_size=48",
+        "--lengths=1,2", "--depths=0,1", "--samples=1", "--finetune_iters=2", "--xl_iters=2",
+        "--finetune_factor=2", "--window=16", "--eval_batch=2"]
+
+
+@pytest.fixture
+def example(monkeypatch):
+    monkeypatch.syspath_prepend(str(EXAMPLES))
+    import passkey
+    return passkey
+
+
+def test_example_xl_holds_the_gpts_function(example):
+    from tinygrad_llm.models import GPT, GPTConfig
+    model = GPT(GPTConfig.preset("llama", vocab_size=50, block_size=16, n_layer=2, n_head=4,
+                                 n_kv_head=2, n_embd=32))
+    xl = example.xl_from_gpt(model, mem_len=8)
+    ids = rng().integers(0, 50, (2, 16))
+    np.testing.assert_allclose(xl(ids)[0].numpy(), model(ids).numpy(), atol=1e-5)
+    _, mems = xl(ids[:, :8])                  # the second half over the first as memory
+    np.testing.assert_allclose(xl(ids[:, 8:], mems=mems)[0].numpy(), model(ids).numpy()[:, 8:],
+                               atol=1e-5)
+
+
+def test_example_runs_every_method_and_reloads_its_model(example, tmp_path, capsys):
+    result = example.main(TINY + [f"--out_dir={tmp_path}"])
+    out = capsys.readouterr().out
+    assert json.loads(out.strip().splitlines()[-1]) == result
+    assert set(result["accuracy"]) == set(example.ALL_METHODS)
+    for row in result["accuracy"].values():
+        assert set(row) == {"1T", "2T"} and all(0 <= a <= 1 for a in row.values())
+    written = json.loads((tmp_path / "passkey.json").read_text())
+    memory = {r["method"]: r for r in written["memory"]}
+    per_token = {m: r["bytes/token held"] for m, r in memory.items()}
+    assert per_token["int2"] < per_token["int4"] < per_token["dense"]
+    assert memory["window"]["tokens held"] == 16 and memory["sinks"]["tokens held"] == 16
+    assert memory["h2o_10"]["tokens held"] < memory["h2o_50"]["tokens held"] < \
+        memory["dense"]["tokens held"]
+    assert len(written["rows"]) == len(example.ALL_METHODS) * 2 * 2      # lengths x depths
+    assert (tmp_path / "passkey_model.safetensors").exists()
+    example.main(TINY + [f"--out_dir={tmp_path}", "--methods=dense"])
+    assert "loaded" in capsys.readouterr().out
+
+
+def test_example_rejects_bad_options(example, tmp_path):
+    from tinygrad_llm.train import OptionError
+    for bad, name in (("--methods=dense,beam", "methods"), ("--window=200", "window"),
+                      ("--depths=0,2", "depths"), ("--finetune_factor=1", "finetune_factor")):
+        with pytest.raises(OptionError, match=name):
+            example.main(TINY + [f"--out_dir={tmp_path}", bad])

@@ -119,16 +119,16 @@ def passkey_training_text(rng, max_filler, min_filler=0):
 
 
 def passkey_batch(rng, tokenizer, batch_size, block_size, max_filler, min_filler=0,
-                  answer_weight=None):
+                  targets="all"):
     """x, y: (B, T) int64 NumPy arrays of training texts, one text per row, padded at the end;
     y is x shifted by one, -100 (ignored by cross_entropy) on the padding. Each text must fit in
     block_size + 1 tokens (filler_for_length(tokenizer, block_size + 1) gives max_filler).
-    answer_weight=None: every token is a target; "answer": only the answer's tokens (the key after
-    the question) are, all others -100. Padding uses id 0 (never a target)."""
+    targets="all": every next token is a target; "answer": only the answer's (" " and the key
+    after the question), all others -100. Padding uses id 0 (never a target)."""
     batch_size = _check_int(batch_size, "batch_size", 1)
     block_size = _check_int(block_size, "block_size", 1)
-    if answer_weight not in (None, "answer"):
-        raise ValueError(f"answer_weight must be None or 'answer', got {answer_weight!r}")
+    if targets not in ("all", "answer"):
+        raise ValueError(f"targets must be 'all' or 'answer', got {targets!r}")
     x = np.zeros((batch_size, block_size), dtype=np.int64)
     y = np.full((batch_size, block_size), -100, dtype=np.int64)
     for b in range(batch_size):
@@ -140,7 +140,7 @@ def passkey_batch(rng, tokenizer, batch_size, block_size, max_filler, min_filler
                              f"filler_for_length(tokenizer, {block_size + 1}))")
         n = len(ids) - 1
         x[b, :n] = ids[:-1]
-        if answer_weight is None:
+        if targets == "all":
             y[b, :n] = ids[1:]
         else:
             n_answer = len(tokenizer.encode(text[text.rindex(QUESTION) + len(QUESTION):]))
