@@ -78,6 +78,7 @@ class Args:
     grad_clip: float = 1.0       # global gradient-norm clip
     eval_interval: int = None    # steps between points of the validation curve (none: 1/10)
     curve_tokens: int = 4096     # validation characters each curve point reads
+    val_chars: int = None        # validation characters in the final bpc (none: all of them)
     sample_tokens: int = 200     # characters generated with the memory at the end (0: none)
     seed: int = 0                # initialisation, batches and sampling
 
@@ -209,6 +210,11 @@ def main(argv):
     text = shakespeare()
     tokenizer = CharTokenizer.from_text(text)
     train_ids, val_ids = split(tokenizer.encode(text), 0.1)
+    if args.val_chars is not None:
+        if args.val_chars < 4 * T + 1:
+            raise OptionError(f"--val_chars: expected at least 4 T + 1 = {4 * T + 1}, got "
+                              f"{args.val_chars}")
+        val_ids = val_ids[:args.val_chars]
 
     # train each pair (memory, none) on the same streams, then read the whole val text
     runs, models = [], {}
