@@ -28,7 +28,7 @@ A decoder's cache either appends K/V and returns everything to attend over (`upd
 KVCache) or takes the attention step over (`attend`: attention sinks, KIVI, H2O in
 generate/long_caches.py, which choose what to keep and, for sinks, the positions).
 
-Reading order: _padding_bias -> MultiHeadAttention: __init__, the predicate, the packed path, the
+Reading order: _padding_bias, head_shape -> MultiHeadAttention: __init__, the predicate, the packed path, the
 general path (_project, _attend), the cache that attends (_attend_in_cache), forward.
 """
 import numpy as np
@@ -40,7 +40,7 @@ from . import functional as F
 from .layers import Dropout, Linear
 from .module import Module
 
-__all__ = ["MultiHeadAttention", "ATTENTION_KINDS"]
+__all__ = ["MultiHeadAttention", "ATTENTION_KINDS", "head_shape"]
 
 # the `kind` of each attention class: MultiHeadAttention here, LinearAttention in
 # linear_attention.py (GPTConfig.attention picks one)
@@ -58,6 +58,20 @@ def _padding_bias(padding_mask, device, dtype):
     return xp.where(m, 0.0, -xp.inf).astype(dtype)[:, None, None, :]
 
 
+def head_shape(owner, dim, n_head, n_kv_head, head_dim):
+    """(n_kv_head, head_dim) with their defaults (n_head; dim // n_head), checked: n_kv_head must
+    divide n_head, and dim must divide into n_head heads unless head_dim is given."""
+    n_kv_head = n_head if n_kv_head is None else n_kv_head
+    if head_dim is None:
+        if dim % n_head:
+            raise ValueError(f"{owner}: dim={dim} is not divisible by n_head={n_head} (or "
+                             f"pass head_dim)")
+        head_dim = dim // n_head
+    if n_kv_head < 1 or n_head % n_kv_head:
+        raise ValueError(f"{owner}: n_head={n_head} is not a multiple of n_kv_head={n_kv_head}")
+    return n_kv_head, head_dim
+
+
 class MultiHeadAttention(Module):
     """Softmax attention over (B, T, C) inputs.
 
@@ -73,15 +87,7 @@ class MultiHeadAttention(Module):
                  dtype=np.float32):
         super().__init__()
         name = type(self).__name__
-        n_kv_head = n_head if n_kv_head is None else n_kv_head
-        if head_dim is None:
-            if dim % n_head:
-                raise ValueError(f"{name}: dim={dim} is not divisible by n_head={n_head} (or "
-                                 f"pass head_dim)")
-            head_dim = dim // n_head
-        if n_kv_head < 1 or n_head % n_kv_head:
-            raise ValueError(f"{name}: n_head={n_head} is not a multiple of "
-                             f"n_kv_head={n_kv_head}")
+        n_kv_head, head_dim = head_shape(name, dim, n_head, n_kv_head, head_dim)
         if window is not None and window < 1:
             raise ValueError(f"{name}: window must be >= 1 or None, got {window}")
         self.n_head, self.n_kv_head, self.head_dim = n_head, n_kv_head, head_dim

@@ -30,6 +30,7 @@ from .. import backend
 from ..ops import CatOp
 from ..tensor import Tensor
 from . import functional as F
+from .attention import head_shape
 from .layers import Dropout, Linear, init_parameter
 from .module import Module
 from .positions import RotaryEmbedding, sinusoidal_table
@@ -82,15 +83,7 @@ class RelativeMultiHeadAttention(Module):
         name = type(self).__name__
         if pos not in RELATIVE_POSITIONS:
             raise ValueError(f"{name}: pos={pos!r} is not one of {RELATIVE_POSITIONS}")
-        n_kv_head = n_head if n_kv_head is None else n_kv_head
-        if head_dim is None:
-            if dim % n_head:
-                raise ValueError(f"{name}: dim={dim} is not divisible by n_head={n_head} (or "
-                                 f"pass head_dim)")
-            head_dim = dim // n_head
-        if n_kv_head < 1 or n_head % n_kv_head:
-            raise ValueError(f"{name}: n_head={n_head} is not a multiple of "
-                             f"n_kv_head={n_kv_head}")
+        n_kv_head, head_dim = head_shape(name, dim, n_head, n_kv_head, head_dim)
         if isinstance(max_len, bool) or not isinstance(max_len, (int, np.integer)) \
                 or max_len < 1:
             raise ValueError(f"{name}: max_len must be a positive int, got {max_len!r}")
