@@ -28,8 +28,9 @@ A decoder's cache either appends K/V and returns everything to attend over (`upd
 KVCache) or takes the attention step over (`attend`: attention sinks, KIVI, H2O in
 generate/long_caches.py, which choose what to keep and, for sinks, the positions).
 
-Reading order: _padding_bias, head_shape -> MultiHeadAttention: __init__, the predicate, the packed path, the
-general path (_project, _attend), the cache that attends (_attend_in_cache), forward.
+Reading order: _padding_bias, head_shape -> MultiHeadAttention: __init__, the predicate, the
+packed path, the general path (_project, _attend), the cache that attends (_attend_in_cache),
+forward.
 """
 import numpy as np
 

@@ -1,6 +1,6 @@
 """Training: the loop (trainer.py), checkpoints (checkpoint.py), command lines (cli.py: options,
---help, run_main) and running one training script from another (scripts.py), and what a study prints and writes
-(report.py: a table, JSON, a PNG, power-law fits)."""
+--help, run_main), running one training script from another (scripts.py), and what a study
+prints and writes (report.py: a table, JSON, a PNG, power-law fits)."""
 from .checkpoint import CheckpointError, load_checkpoint, load_model, save_checkpoint
 from .cli import (HelpRequested, OptionError, help_text, parse_args, parse_overrides, run_main,
                   split_overrides)
