@@ -1,7 +1,7 @@
 """What long context costs: attention time and peak memory against sequence length for four ways
 of attending, and the per-token decode time and cache size of each KV cache at long contexts.
 
-    python examples/long_context_costs.py                  # about 7 minutes on 2 cores
+    python examples/long_context_costs.py                  # about 4 minutes on 2 cores
     python examples/long_context_costs.py --quick=true     # about 1 minute: T up to 4k
 
 1. Attention curves, at B = 1, H = n_head (1), D = 64, float32, causal, T from 256 to 16k (quick:

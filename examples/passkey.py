@@ -3,8 +3,8 @@ retrieves a 5-digit key at its training length T, then its accuracy at 1, 2, 4 a
 every depth, with dense attention, bounded and compressed KV caches, RoPE extension (PI, NTK,
 YaRN; zero-shot and fine-tuned) and a recurrence memory (Transformer-XL).
 
-    python examples/passkey.py                      # about 12 minutes on 2 cores
-    python examples/passkey.py --quick=true         # about 6 minutes: less of everything
+    python examples/passkey.py                      # about 6 minutes on 2 cores
+    python examples/passkey.py --quick=true         # about 4 minutes: less of everything
     python examples/passkey.py --methods=dense,yarn,yarn_ft --lengths=1,4
 
 1. The texts (data/passkey.py): the landmark-attention prompt, a key sentence at a random depth

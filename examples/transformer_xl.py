@@ -2,8 +2,8 @@
 on character-level tiny Shakespeare: bits per character on the validation text at the training
 segment length T and at 4 T.
 
-    python examples/transformer_xl.py                  # about 20 minutes on 2 cores
-    python examples/transformer_xl.py --quick=true     # about 5 minutes: fewer steps
+    python examples/transformer_xl.py                  # about 10 minutes on 2 cores
+    python examples/transformer_xl.py --quick=true     # about 4 minutes: fewer steps
     python examples/transformer_xl.py --positions=xl,rope   # also the RoPE pair (twice the time)
 
 1. Data: tiny Shakespeare as characters, the 90/10 split of train_shakespeare.py. Training
