@@ -90,11 +90,15 @@ def imports_in_their_homes(path, tree):
 
 
 LAYERS = {                             # a folder -> the package folders it must not import
-    "tinygrad_llm/ops": ("nn", "models", "train", "generate", "optim", "quant", "finetune"),
-    "tinygrad_llm/kernels": ("nn", "models", "train", "generate", "optim", "quant", "finetune"),
-    "tinygrad_llm/quant": ("train", "generate", "finetune"),
-    "tinygrad_llm/nn": ("models", "train", "generate", "finetune"),
-    "tinygrad_llm/models": ("train", "generate", "finetune"),
+    "tinygrad_llm/ops": ("nn", "models", "train", "generate", "optim", "quant", "finetune",
+                         "eval"),
+    "tinygrad_llm/kernels": ("nn", "models", "train", "generate", "optim", "quant", "finetune",
+                             "eval"),
+    "tinygrad_llm/quant": ("train", "generate", "finetune", "eval"),
+    "tinygrad_llm/nn": ("models", "train", "generate", "finetune", "eval"),
+    "tinygrad_llm/models": ("train", "generate", "finetune", "eval"),
+    "tinygrad_llm/generate": ("finetune", "eval"),
+    "tinygrad_llm/finetune": ("eval",),
 }
 
 

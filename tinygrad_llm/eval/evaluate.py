@@ -1,0 +1,110 @@
+"""One evaluation run: each task's documents through the harness, each metric with its bootstrap
+standard error over documents, gathered into one report dict (written as JSON by the command
+line, __main__.py).
+
+    report = {"tasks": {name: {"kind", "n_docs", "metrics": {metric: {"value", "stderr"}}}},
+              "limit", "seed", "bootstrap"}
+
+Metrics by kind: multiple_choice -> acc, acc_norm, acc_centred; generate -> exact_match (the
+greedy answer, stripped, equals the answer); perplexity -> perplexity, bits_per_byte,
+nll_per_token, resampled over the rolling windows (a single long text has one document, and its
+windows are the units the loss is summed over).
+
+The standard error is the bootstrap's (Efron, 1979): the metric recomputed on `bootstrap` samples
+of the documents drawn with replacement, and the standard deviation of those values. For a mean
+it matches the usual sqrt(p (1 - p) / n); for a ratio such as perplexity it needs no formula.
+
+Reading order: bootstrap_stderr, the per-kind scorers, evaluate.
+"""
+import math
+
+import numpy as np
+
+from .harness import generate_until, loglikelihood_rolling, multiple_choice
+from .tasks import get_task
+
+__all__ = ["evaluate", "bootstrap_stderr"]
+
+
+def bootstrap_stderr(columns, statistic=np.mean, n=1000, seed=0):
+    """Standard deviation of statistic(*resampled columns) over n bootstrap samples of the rows.
+    columns: an array (N,) or a tuple of arrays (N,) resampled together (a ratio's numerator and
+    denominator). Returns nan with fewer than 2 rows or n < 2 (no spread to measure), and
+    exactly 0 when all rows are equal (summation order would otherwise leave ~1e-16)."""
+    columns = tuple(np.asarray(c, dtype=np.float64)
+                    for c in (columns if isinstance(columns, tuple) else (columns,)))
+    rows = len(columns[0])
+    if rows < 2 or n < 2:
+        return float("nan")
+    if all((c == c[0]).all() for c in columns):     # identical rows: every resample is the data
+        return 0.0
+    picks = np.random.default_rng(seed).integers(0, rows, (n, rows))          # (n, N)
+    values = np.array([statistic(*(c[p] for c in columns)) for p in picks])
+    return float(values.std(ddof=1))
+
+
+def _metric(value, stderr):
+    return {"value": float(value), "stderr": stderr}
+
+
+def _mean_metrics(per_doc, n, seed):
+    return {k: _metric(v.mean(), bootstrap_stderr(v, np.mean, n, seed))
+            for k, v in per_doc.items()}
+
+
+def _score_multiple_choice(model, tokenizer, docs, n, seed, batch_size):
+    return _mean_metrics(multiple_choice(model, tokenizer, docs, batch_size), n, seed)
+
+
+def _score_generate(model, tokenizer, docs, n, seed, max_new_tokens=16):
+    right = np.array([float(generate_until(model, tokenizer, d["context"], stop=["\n"],
+                                           max_new_tokens=max_new_tokens).strip()
+                            == d["answer"].strip()) for d in docs])
+    return _mean_metrics({"exact_match": right}, n, seed)
+
+
+def _score_perplexity(model, tokenizer, docs, n, seed, batch_size, stride):
+    nll, tokens, n_bytes = [], [], []
+    for d in docs:
+        r = loglikelihood_rolling(model, tokenizer, d["text"], stride=stride,
+                                  batch_size=batch_size)
+        nll += [w[0] for w in r["windows"]]
+        tokens += [w[1] for w in r["windows"]]
+        # a window's bytes: the document's bytes shared in proportion to its tokens
+        n_bytes += [r["bytes"] * w[1] / r["tokens"] for w in r["windows"]]
+    nll, tokens, n_bytes = np.array(nll), np.array(tokens, float), np.array(n_bytes)
+    stats = {"perplexity": lambda a, t, b: math.exp(a.sum() / t.sum()),
+             "bits_per_byte": lambda a, t, b: a.sum() / math.log(2) / b.sum(),
+             "nll_per_token": lambda a, t, b: a.sum() / t.sum()}
+    return {k: _metric(f(nll, tokens, n_bytes),
+                       bootstrap_stderr((nll, tokens, n_bytes), f, n, seed))
+            for k, f in stats.items()}
+
+
+def _score(task, model, tokenizer, docs, bootstrap, seed, batch_size, stride):
+    if task.kind == "multiple_choice":
+        return _score_multiple_choice(model, tokenizer, docs, bootstrap, seed, batch_size)
+    if task.kind == "generate":
+        return _score_generate(model, tokenizer, docs, bootstrap, seed)
+    return _score_perplexity(model, tokenizer, docs, bootstrap, seed, batch_size, stride)
+
+
+def evaluate(model, tokenizer, tasks, limit=None, seed=0, bootstrap=1000, batch_size=16,
+             stride=None, text=None):
+    """The report dict (module docstring) of `tasks` (names, .jsonl paths or Task objects).
+    limit: the first `limit` documents of each task (None: all); seed: the bootstrap's;
+    bootstrap: its number of samples; stride: the rolling window's (perplexity tasks);
+    text: the Shakespeare text for the built-in tasks made from it."""
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int)
+                              or limit < 1):
+        raise ValueError(f"evaluate: limit must be None or an int >= 1, got {limit!r}")
+    report = {"tasks": {}, "limit": limit, "seed": seed, "bootstrap": bootstrap}
+    for task in [get_task(t, text) for t in tasks]:
+        docs = task.docs[:limit] if limit is not None else task.docs
+        try:
+            metrics = _score(task, model, tokenizer, docs, bootstrap, seed, batch_size, stride)
+        except ValueError as e:      # e.g. a char tokenizer without the task's digits
+            raise ValueError(f"evaluate: task {task.name!r} cannot be scored with this model "
+                             f"and tokenizer: {e}") from e
+        report["tasks"][task.name] = {"kind": task.kind, "n_docs": len(docs), "metrics": metrics}
+    return report
