@@ -18,7 +18,11 @@ where z_teacher comes from a no-grad forward of the teacher on the same batch. T
 say, at every position, how likely each of the 65 characters is, not only which one came next:
 far more signal per token than one label, so a student learns faster. Both students (and the
 teacher) are then scored by plain cross-entropy on the same validation batches (the Trainer's
-own evaluation). Prints progress and ends with one JSON line that main(argv) also returns.
+own evaluation: the *_val_loss figures), and by the evaluation harness on the same held-out text,
+the first eval_iters * batch_size * block_size tokens of the validation split read in rolling
+windows (eval.evaluate: perplexity, bits per byte and nats per token, each with its bootstrap
+standard error over the windows; the `held_out` figures). Prints progress and ends with one JSON
+line that main(argv) also returns.
 
 The defaults (T = 1, alpha = 0.9) come from 400-step trials of this student: validation loss
 2.283 from scratch; distilled 2.196 (T=1, alpha=0.9), 2.198 (T=1, alpha=1), 2.233 (T=1,
@@ -37,6 +41,7 @@ import numpy as np  # noqa: E402
 
 from tinygrad_llm import no_grad  # noqa: E402
 from tinygrad_llm.data import shakespeare, split  # noqa: E402
+from tinygrad_llm.eval import Task, evaluate  # noqa: E402
 from tinygrad_llm.finetune import distillation_loss  # noqa: E402
 from tinygrad_llm.models import GPT, GPTConfig  # noqa: E402
 from tinygrad_llm.nn import functional as F  # noqa: E402
@@ -91,6 +96,13 @@ def train_student(args, train, config, train_ids, teacher=None, label=""):
     return student.eval(), time.perf_counter() - start
 
 
+def held_out_figures(model, tokenizer, task):
+    """The harness's perplexity-task metrics, flat: {metric: value, metric_stderr: stderr}."""
+    metrics = evaluate(model, tokenizer, [task])["tasks"][task.name]["metrics"]
+    return {k: round(v, 4) for name, m in metrics.items()
+            for k, v in ((name, m["value"]), (name + "_stderr", m["stderr"]))}
+
+
 def main(argv):
     args_kw, train_kw, model_kw = split_overrides(
         parse_overrides(argv), DistillArgs, TrainConfig, GPTConfig,
@@ -117,17 +129,29 @@ def main(argv):
         same batches for every model."""
         return Trainer(model, None, train_ids, val_ids, train, log=None).evaluate()
 
+    # the harness's held-out text: as many validation tokens as the Trainer's val batches read
+    n_held_out = train.eval_iters * train.batch_size * train.block_size + 1
+    held_out = Task("held_out", "perplexity",
+                    [{"text": tokenizer.decode([int(i) for i in val_ids[:n_held_out]])}])
     teacher_loss = score(teacher)
+    teacher_held_out = held_out_figures(teacher, tokenizer, held_out)
     print(f"teacher: {teacher.num_parameters():,} parameters, val loss "
           f"{teacher_loss['val']:.4f}", flush=True)
     scratch, scratch_wall = train_student(args, train, config, train_ids, None, "scratch")
     scratch_loss = score(scratch)
+    scratch_held_out = held_out_figures(scratch, tokenizer, held_out)
     print(f"scratch student: {scratch.num_parameters():,} parameters, val loss "
           f"{scratch_loss['val']:.4f}", flush=True)
     distilled, distill_wall = train_student(args, train, config, train_ids, teacher, "distill")
     distill_loss = score(distilled)
+    distilled_held_out = held_out_figures(distilled, tokenizer, held_out)
     print(f"distilled student: val loss {distill_loss['val']:.4f} "
           f"({scratch_loss['val'] - distill_loss['val']:+.4f} better than from scratch)")
+    for name, figures in (("teacher", teacher_held_out), ("scratch", scratch_held_out),
+                          ("distilled", distilled_held_out)):
+        print(f"held-out {name}: {figures['bits_per_byte']:.4f} "
+              f"± {figures['bits_per_byte_stderr']:.4f} bits per byte, perplexity "
+              f"{figures['perplexity']:.3f} ± {figures['perplexity_stderr']:.3f}")
 
     path = os.path.join(train.out_dir, "ckpt.safetensors") if train.out_dir else None
     if path:
@@ -150,7 +174,9 @@ def main(argv):
               "student_parameters": distilled.num_parameters(),
               "steps": train.max_iters, "temperature": args.temperature, "alpha": args.alpha,
               "scratch_wall_s": round(scratch_wall, 1),
-              "distill_wall_s": round(distill_wall, 1), "checkpoint": path}
+              "distill_wall_s": round(distill_wall, 1), "checkpoint": path,
+              "held_out": {"teacher": teacher_held_out, "scratch": scratch_held_out,
+                           "distilled": distilled_held_out}}
     print(json.dumps(result))
     return result
 

@@ -47,6 +47,15 @@ def test_distill_example(corpus, teacher, capsys):
     assert result["student_parameters"] < result["teacher_parameters"]
     assert result["distilled_val_loss"] != result["scratch_val_loss"]   # the teacher was used
     assert result["scratch_wall_s"] >= 0 and result["distill_wall_s"] >= 0
+    held_out = result["held_out"]                        # the harness's figures, per model
+    assert set(held_out) == {"teacher", "scratch", "distilled"}
+    for figures in held_out.values():
+        # one byte per character token (an ASCII corpus): bits per byte = nats per token / ln 2
+        assert figures["bits_per_byte"] == pytest.approx(
+            figures["nll_per_token"] / np.log(2), abs=2e-3)
+        assert figures["perplexity"] == pytest.approx(np.exp(figures["nll_per_token"]), rel=1e-3)
+        assert 0 < figures["bits_per_byte_stderr"] < figures["bits_per_byte"]
+    assert held_out["distilled"] != held_out["scratch"]
     student, tokenizer, record = load_model(str(out))
     assert student.num_parameters() == result["student_parameters"]
     assert record["distill"]["alpha"] == 0.9 and result["checkpoint"] == str(out)
@@ -60,6 +69,7 @@ def test_distill_with_alpha_0_is_the_scratch_run(corpus, teacher, capsys):
     result = distill.main([f"--teacher={teacher}", *TINY_TEACHER, *TINY_STUDENT, "--alpha=0"])
     assert result["distilled_val_loss"] == result["scratch_val_loss"]
     assert result["improvement"] == 0
+    assert result["held_out"]["distilled"] == result["held_out"]["scratch"]
 
 
 @pytest.mark.parametrize("bad, message", [(["--alpha=1.5"], "alpha"),

@@ -1,5 +1,6 @@
 """examples/quantize.py end to end on a tiny checkpoint: the table's rows, a smaller file, the
-record that lets load_model (and sample.py) rebuild the quantized model, and the GGUF file."""
+record that lets load_model (and sample.py) rebuild the quantized model, the GGUF file, and the
+held-out figures of the evaluation harness."""
 import json
 import os
 import sys
@@ -44,6 +45,10 @@ def test_quantize_example(checkpoint, scheme, gptq, capsys):
     assert "val ppl" in printed and json.loads(printed.strip().splitlines()[-1]) == result
     assert result["size_ratio"] < 0.6
     assert abs(result["ppl_change_pct"]) < 10
+    for r in (result["float32"], result["quantized"]):   # the harness's held-out figures
+        # one byte per character token (an ASCII corpus): bits per byte = log2 perplexity
+        assert r["val_bits_per_byte"] == pytest.approx(np.log2(r["val_ppl"]), abs=2e-3)
+        assert 0 < r["val_ppl_stderr"] < r["val_ppl"]
     model, _, record = load_model(str(out))
     assert record["quantization"]["scheme"] == scheme
     assert isinstance(model.blocks[0].attn.qkv, QuantLinear)
@@ -52,3 +57,11 @@ def test_quantize_example(checkpoint, scheme, gptq, capsys):
     with tl.no_grad():
         a, b = model(ids).numpy(), from_gguf(ids).numpy()
     assert (a.argmax(-1) == b.argmax(-1)).mean() > 0.9     # the same blocks (embeddings float)
+
+
+@pytest.mark.parametrize("bad", ["--eval_windows=0", "--eval_stride=33", "--eval_stride=-1"])
+def test_quantize_example_rejects_bad_eval_options(checkpoint, bad):
+    import quantize as example
+    with pytest.raises(ValueError, match=bad.split("=")[0].lstrip("-")):
+        example.main([f"--ckpt={checkpoint / 'base' / 'ckpt.safetensors'}",
+                      f"--out_dir={checkpoint / 'out-bad'}", bad])
