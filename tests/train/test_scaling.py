@@ -191,3 +191,10 @@ def test_too_few_points_say_what_is_missing():
     with pytest.raises(ValueError, match="no minimum"):
         fit_isoflop_parabolas([{**r, "loss": 5 - abs(np.log(r["params"]) - 20)}
                                for r in runs])
+
+
+def test_compute_optimal_needs_falling_terms():
+    from tinygrad_llm.train.scaling import compute_optimal
+    fit = dict(E=1.7, A=400.0, B=400.0, alpha=-0.1, beta=0.3, a=1.5, b=-0.5)
+    with pytest.raises(ValueError, match="alpha=-0.1"):
+        compute_optimal(fit, 1e18)

@@ -358,6 +358,9 @@ def compute_optimal(fit, budget):
     Returns dict(N_opt, D_opt, tokens_per_param, loss)."""
     c = _positive("budget", float(budget)) / 6.0
     alpha, beta = fit["alpha"], fit["beta"]
+    if not (alpha > 0 and beta > 0):       # a loss that does not fall with N or D has no optimum
+        raise ValueError(f"compute_optimal: the fit has alpha={alpha:.4g}, beta={beta:.4g}; both "
+                         f"must be positive for a compute-optimal allocation to exist")
     g = (alpha * fit["A"] / (beta * fit["B"])) ** (1.0 / (alpha + beta))
     n_opt, d_opt = g * c ** fit["a"], c ** fit["b"] / g
     return dict(N_opt=n_opt, D_opt=d_opt, tokens_per_param=d_opt / n_opt,
@@ -371,7 +374,8 @@ def bootstrap_loss_surface(n, d, loss, fit=None, n_boot=100, budget=None, confid
     the full data's fit (`fit`, computed when None).
 
     Returns {"fit": the full-data fit, "intervals": {name: (low, high)} for E, A, B, alpha,
-    beta, a, b (and tokens_per_param at `budget` when given), "samples": {name: (n_boot,)}}."""
+    beta, a, b (and tokens_per_param at `budget` when given, over the resamples whose alpha and
+    beta are positive), "samples": {name: (n_boot,)}, "degenerate": how many were not}."""
     log_n, log_d, log_loss = _surface_data(n, d, loss, "bootstrap_loss_surface")
     if not isinstance(n_boot, int) or n_boot < 2:
         raise ValueError(f"n_boot: expected an int >= 2, got {n_boot!r}")
@@ -387,10 +391,12 @@ def bootstrap_loss_surface(n, d, loss, fit=None, n_boot=100, budget=None, confid
     fits = [_constants(row, centre_n, centre_d) for row in refits]
     names = ["E", "A", "B", "alpha", "beta", "a", "b"]
     samples = {k: np.array([f[k] for f in fits]) for k in names}
-    if budget is not None:
+    if budget is not None:              # nan where a resample's alpha or beta is not positive
         samples["tokens_per_param"] = np.array(
-            [compute_optimal(f, budget)["tokens_per_param"] for f in fits])
+            [compute_optimal(f, budget)["tokens_per_param"] if f["alpha"] > 0 and f["beta"] > 0
+             else np.nan for f in fits])
     tail = 50 * (1 - confidence)
-    intervals = {k: (float(np.percentile(v, tail)), float(np.percentile(v, 100 - tail)))
+    intervals = {k: (float(np.nanpercentile(v, tail)), float(np.nanpercentile(v, 100 - tail)))
                  for k, v in samples.items()}
-    return {"fit": fit, "intervals": intervals, "samples": samples}
+    degenerate = int(np.isnan(samples["tokens_per_param"]).sum()) if budget is not None else 0
+    return {"fit": fit, "intervals": intervals, "samples": samples, "degenerate": degenerate}
