@@ -27,9 +27,10 @@ the others get them rotated at their true positions. Like the dense cache they a
 (tokens seen), `nbytes` (bytes of K/V state held now) and `reorder(rows)`; an evicting cache
 cannot roll back (`truncate` only to its length).
 
-Reading order: packing, KIVI's two quantization layouts, SinkCache, kv_quant_attention (the
-reference of kernels/cpu/kv_quant.py, which reads the codes without dequantizing) and
-QuantizedKVCache, H2OCache, make_long_caches (what make_caches calls for these implementations).
+Reading order: packing, KIVI's two quantization layouts, the shared pieces (_AttendingCache: what
+the three caches share), SinkCache, kv_quant_attention (the reference of kernels/cpu/kv_quant.py,
+which reads the codes without dequantizing) and QuantizedKVCache, H2OCache, make_long_caches
+(what make_caches calls for these implementations).
 """
 import math
 import numbers
@@ -170,8 +171,41 @@ def _nbytes(*arrays):
     return sum(a.nbytes for a in arrays if a is not None)
 
 
+class _AttendingCache:
+    """What the three caches share: they take the attention step over (`attend`), so `update`
+    does not apply; what they evicted or quantized cannot come back, so `truncate` only keeps
+    the length; and their state is the arrays named in `_state`, which `reorder` indexes by row
+    and `nbytes` counts. `_why`: why attend() is theirs; `_lost`: what truncate cannot undo."""
+    attends = True                 # the layer hands the attention step over (attend)
+    positions_in_cache = False     # True: q and k arrive before RoPE (SinkCache)
+    _state = ()
+    _why = _lost = ""
+
+    def update(self, k, v):
+        raise TypeError(f"{type(self).__name__} attends itself ({self._why}): the layer calls "
+                        f"attend()")
+
+    def reorder(self, rows):
+        """Keep batch rows `rows` (an int array; repeats allowed)."""
+        self.batch = len(rows)
+        for name in self._state:
+            a = getattr(self, name)
+            if a is not None:
+                setattr(self, name, a[rows])
+
+    def truncate(self, length):
+        if length != self.length:
+            raise ValueError(f"{type(self).__name__}.truncate: {self._lost}; length must be "
+                             f"{self.length}, got {length}")
+
+    @property
+    def nbytes(self):
+        """Bytes of the K/V state held now."""
+        return _nbytes(*(getattr(self, name) for name in self._state))
+
+
 # ---- attention sinks ------------------------------------------------------------------------
-class SinkCache:
+class SinkCache(_AttendingCache):
     """StreamingLLM's cache for one layer: the first n_sink tokens and the `window` most recent,
     at most n_sink + window un-rotated keys and values (B, Hkv, n, D), whatever the stream length.
 
@@ -179,8 +213,9 @@ class SinkCache:
     n .. n + t - 1 (the rotary's tables), attends over [held; new] with the causal mask, then
     keeps the first n_sink tokens of the stream and the last `window` of the rest. A chunk of
     t > 1 tokens thus sees up to window + t - 1 recent tokens; t = 1 is what generation sees."""
-    attends = True                 # the layer hands the attention step over (attend)
-    positions_in_cache = True      # ... with q and k before RoPE
+    positions_in_cache = True      # q and k arrive before RoPE
+    _state = ("sink_k", "sink_v", "recent_k", "recent_v")      # at most n_sink + window tokens
+    _why, _lost = "positions inside the cache", "evicted tokens cannot come back"
 
     def __init__(self, batch, n_kv_head, head_dim, n_sink=4, window=None):
         name = type(self).__name__
@@ -236,28 +271,6 @@ class SinkCache:
         self.length += t
         return Tensor._wrap(o)
 
-    def update(self, k, v):
-        raise TypeError("SinkCache attends itself (positions inside the cache): the layer calls "
-                        "attend()")
-
-    def reorder(self, rows):
-        """Keep batch rows `rows` (an int array; repeats allowed)."""
-        self.batch = len(rows)
-        for name in ("sink_k", "sink_v", "recent_k", "recent_v"):
-            a = getattr(self, name)
-            if a is not None:
-                setattr(self, name, a[rows])
-
-    def truncate(self, length):
-        if length != self.length:
-            raise ValueError(f"SinkCache.truncate: evicted tokens cannot come back; length must "
-                             f"be {self.length}, got {length}")
-
-    @property
-    def nbytes(self):
-        """Bytes of the keys and values held (at most n_sink + window tokens)."""
-        return _nbytes(self.sink_k, self.sink_v, self.recent_k, self.recent_v)
-
 
 # ---- KIVI -----------------------------------------------------------------------------------
 _STORE = ("k_codes", "k_scale", "k_min", "v_codes", "v_scale", "v_min")
@@ -283,7 +296,7 @@ def kv_quant_attention(q, keys, values, k_codes, k_scale, k_min, v_codes, v_scal
     return attention_forward(q, keys, values, mask, causal, scale, 0)[0]
 
 
-class QuantizedKVCache:
+class QuantizedKVCache(_AttendingCache):
     """KIVI's cache for one layer (Liu et al., 2024). Keys arrive rotated at their true
     positions. Each full block of residual_length tokens is quantized: keys per channel over the
     block, values per token over groups of group_size channels, codes packed 8 / bits to a byte
@@ -295,8 +308,8 @@ class QuantizedKVCache:
     residual into the store. The store's buffers grow by doubling, as a list does, so a flush
     writes only its new blocks; `nbytes` counts what is held, `capacity_nbytes` what is
     allocated."""
-    attends = True
-    positions_in_cache = False
+    _state = ("res_k", "res_v")          # the float residual; the store is reordered apart
+    _why, _lost = "over its quantized store", "quantized blocks cannot be rolled back"
 
     def __init__(self, batch, n_kv_head, head_dim, bits=4, group_size=32, residual_length=32):
         name = type(self).__name__
@@ -400,31 +413,18 @@ class QuantizedKVCache:
             self._buffers[name][:, :, start:start + a.shape[2]] = a
         self.n_quantized = n + full
 
-    def update(self, k, v):
-        raise TypeError("QuantizedKVCache attends itself (over its quantized store): the layer "
-                        "calls attend()")
-
     def reorder(self, rows):
         """Keep batch rows `rows` (an int array; repeats allowed). The store is copied at its
         held size."""
-        self.batch = len(rows)
         if self.n_quantized:
             self._buffers = {name: self._held(name)[rows] for name in _STORE}
             self.capacity = self.n_quantized
-        for name in ("res_k", "res_v"):
-            a = getattr(self, name)
-            if a is not None:
-                setattr(self, name, a[rows])
-
-    def truncate(self, length):
-        if length != self.length:
-            raise ValueError(f"QuantizedKVCache.truncate: quantized blocks cannot be rolled back; "
-                             f"length must be {self.length}, got {length}")
+        super().reorder(rows)
 
     @property
     def nbytes(self):
         """Bytes held: packed codes, scales and mins of the quantized store, and the residual."""
-        return _nbytes(*(self._held(name) for name in _STORE), self.res_k, self.res_v)
+        return _nbytes(*(self._held(name) for name in _STORE)) + super().nbytes
 
     @property
     def capacity_nbytes(self):
@@ -434,7 +434,7 @@ class QuantizedKVCache:
 
 
 # ---- heavy hitters --------------------------------------------------------------------------
-class H2OCache:
+class H2OCache(_AttendingCache):
     """H2O's cache for one layer (Zhang et al., 2023): at most `budget` keys per K/V head, the
     `recent` latest plus the budget - recent "heavy hitters", the keys whose attention
     probability summed over every query so far (and over the head's G query heads) is largest.
@@ -443,8 +443,8 @@ class H2OCache:
     the probabilities: the plain masked softmax, grouped heads, in xp), adds each key's column
     sum to its score, then evicts down to the budget. `positions` (B, Hkv, n) holds the stream
     position of each held key (each row and head keeps its own)."""
-    attends = True
-    positions_in_cache = False
+    _state = ("k", "v", "score", "positions")         # at most budget tokens
+    _why, _lost = "it needs the attention probabilities", "evicted tokens cannot come back"
 
     def __init__(self, batch, n_kv_head, head_dim, budget, recent=None):
         name = type(self).__name__
@@ -510,27 +510,6 @@ class H2OCache:
         return (xp.take_along_axis(keys, rows, axis=2), xp.take_along_axis(values, rows, axis=2),
                 xp.take_along_axis(score, keep, axis=2),
                 xp.take_along_axis(positions, keep, axis=2))
-
-    def update(self, k, v):
-        raise TypeError("H2OCache attends itself (it needs the attention probabilities): the "
-                        "layer calls attend()")
-
-    def reorder(self, rows):
-        self.batch = len(rows)
-        for name in ("k", "v", "score", "positions"):
-            a = getattr(self, name)
-            if a is not None:
-                setattr(self, name, a[rows])
-
-    def truncate(self, length):
-        if length != self.length:
-            raise ValueError(f"H2OCache.truncate: evicted tokens cannot come back; length must "
-                             f"be {self.length}, got {length}")
-
-    @property
-    def nbytes(self):
-        """Bytes held: keys, values, their scores and positions (at most budget tokens)."""
-        return _nbytes(self.k, self.v, self.score, self.positions)
 
 
 # ---- make_caches' long implementations ------------------------------------------------------
