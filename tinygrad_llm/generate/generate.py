@@ -27,13 +27,33 @@ import numpy as np
 
 from .. import backend
 from ..random import Generator
-from ..tensor import no_grad
+from ..tensor import array_of, no_grad
 from .decode_step import forward_logits
 from .kv_cache import make_caches
 from .long_caches import LONG_IMPLEMENTATIONS, POSITIONS_IN_CACHE
 from .sampling import SamplingConfig, next_ids
 
-__all__ = ["generate", "stream", "prepare_prompts"]
+__all__ = ["generate", "stream", "prepare_prompts", "sequence_ids"]
+
+
+def sequence_ids(owner, ids, vocab_size, min_tokens=1, why="give at least one token"):
+    """One sequence of ids ((T,) or (1, T): an array, list or Tensor) as a 1-D host int array,
+    checked: integers, at least min_tokens of them (`why` says what they are for), each in
+    [0, vocab_size). A DecodeSession's feed and the streaming losses read their ids this way."""
+    a = np.asarray(backend.to_numpy(array_of(ids)))
+    if a.ndim == 2 and a.shape[0] == 1:
+        a = a[0]
+    if a.ndim != 1 or (a.size and a.dtype.kind not in "iu"):
+        raise ValueError(f"{owner}: ids must be a 1-D (or (1, T)) sequence of ints, got shape "
+                         f"{a.shape} dtype {a.dtype}")
+    if len(a) < min_tokens:
+        raise ValueError(f"{owner}: ids must hold at least {min_tokens} token"
+                         f"{'s' if min_tokens > 1 else ''} ({why}), got {len(a)}"
+                         + ("; it is empty" if len(a) == 0 else ""))
+    if a.size and (a.min() < 0 or a.max() >= vocab_size):
+        raise ValueError(f"{owner}: ids must be in [0, {vocab_size}), got values in "
+                         f"[{a.min()}, {a.max()}]")
+    return a.astype(np.int64)
 
 
 def prepare_prompts(idx):

@@ -31,9 +31,8 @@ import numpy as np
 
 from .. import backend
 from ..random import Generator
-from ..tensor import array_of
 from .decode_step import forward_logits, inference
-from .generate import PAST_LIMIT_OPTIONS, check_cache_arguments
+from .generate import PAST_LIMIT_OPTIONS, check_cache_arguments, sequence_ids
 from .kv_cache import make_caches
 from .sampling import SamplingConfig, next_ids
 
@@ -107,21 +106,6 @@ class DecodeSession:
         return None if self._logits is None else backend.to_numpy(self._logits).astype(np.float64)
 
     # ---- feeding ---------------------------------------------------------------------------
-    def _check_ids(self, ids):
-        a = np.asarray(backend.to_numpy(array_of(ids)))
-        if a.ndim == 2 and a.shape[0] == 1:
-            a = a[0]
-        if a.ndim != 1 or (a.size and a.dtype.kind not in "iu"):
-            raise ValueError(f"DecodeSession.feed: ids must be a 1-D (or (1, T)) sequence of "
-                             f"ints, got shape {a.shape} dtype {a.dtype}")
-        if a.size == 0:
-            raise ValueError("DecodeSession.feed: ids is empty; give at least one token")
-        vocab = self.model.config.vocab_size
-        if a.min() < 0 or a.max() >= vocab:
-            raise ValueError(f"DecodeSession.feed: ids must be in [0, {vocab}), got values in "
-                             f"[{a.min()}, {a.max()}]")
-        return [int(t) for t in a]
-
     def _run(self, ids):
         """Append ids to the caches at the current offset; keep the last position's logits on
         the device."""
@@ -139,7 +123,8 @@ class DecodeSession:
         model. Returns the (V,) float64 logits of the last position (a host copy). ValueError
         when the window would overflow (unless context_shift, which rebuilds from the most recent
         half)."""
-        self._feed(self._check_ids(ids))
+        self._feed(sequence_ids("DecodeSession.feed", ids, self.model.config.vocab_size)
+                   .tolist())
         return self.logits
 
     def _feed(self, ids):

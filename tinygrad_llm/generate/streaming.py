@@ -20,30 +20,11 @@ import numpy as np
 
 from .. import backend
 from ..ops.softmax import cross_entropy_forward
-from ..tensor import array_of
 from .decode_step import forward_logits, inference
+from .generate import sequence_ids
 from .kv_cache import make_caches
 
 __all__ = ["stream_nll", "recompute_nll"]
-
-
-def _check_ids(name, model, ids):
-    """A 1-D host int64 copy of ids (a (T,) or (1, T) array, list or Tensor) of >= 2 tokens, all
-    in the model's vocabulary."""
-    a = np.asarray(backend.to_numpy(array_of(ids)))
-    if a.ndim == 2 and a.shape[0] == 1:
-        a = a[0]
-    if a.ndim != 1 or (a.size and a.dtype.kind not in "iu"):
-        raise ValueError(f"{name}: ids must be a 1-D sequence of ints, got shape {a.shape} "
-                         f"dtype {a.dtype}")
-    if len(a) < 2:
-        raise ValueError(f"{name}: ids must hold at least 2 tokens (one to feed, one to "
-                         f"predict), got {len(a)}")
-    vocab = model.config.vocab_size
-    if a.min() < 0 or a.max() >= vocab:
-        raise ValueError(f"{name}: ids must be in [0, {vocab}), got values in "
-                         f"[{a.min()}, {a.max()}]")
-    return a.astype(np.int64)
 
 
 def _positive_int(name, arg, value):
@@ -68,7 +49,7 @@ def stream_nll(model, ids, cache_implementation=None, cache_config=None, chunk=1
     Returns a float64 NumPy array (N - 1,); the logits come back once per chunk, as the (t,)
     losses of its targets (log-softmax and the gather run on the model's device)."""
     name = "stream_nll"
-    ids = _check_ids(name, model, ids)
+    ids = sequence_ids(name, ids, model.config.vocab_size, 2, "one to feed, one to predict")
     chunk = _positive_int(name, "chunk", chunk)
     n = len(ids) - 1                                        # tokens fed, each predicting the next
     if caches is None:
@@ -111,7 +92,7 @@ def recompute_nll(model, ids, window, batch_size=32):
     target i > W from the forward over ids[i - W:i], batch_size windows per forward.
     Returns a float64 NumPy array (N - 1,)."""
     name = "recompute_nll"
-    ids = _check_ids(name, model, ids)
+    ids = sequence_ids(name, ids, model.config.vocab_size, 2, "one to feed, one to predict")
     window = _positive_int(name, "window", window)
     batch_size = _positive_int(name, "batch_size", batch_size)
     n = len(ids) - 1
