@@ -141,6 +141,18 @@ def _choices(gold, pool, rng, n=4):
     return picked[:at] + [gold] + picked[at:], at
 
 
+def _cloze_task(name, question, pairs, pool, n, seed):
+    """A four-way multiple-choice Task from n of the (line, answer) pairs, drawn in a seeded
+    order: the question about the line, the answer among three others from pool."""
+    rng = np.random.default_rng(seed)
+    docs = []
+    for i in rng.permutation(len(pairs))[:n]:
+        line, answer = pairs[i]
+        choices, gold = _choices(answer, pool, rng)
+        docs.append({"context": render(question, line), "choices": choices, "gold": gold})
+    return Task(name, "multiple_choice", docs)
+
+
 def who_speaks_task(text, n=200, seed=0, min_words=4):
     """Which of four speakers says a held-out line (the speakers with a line there)."""
     pairs = [(s, line) for s, line in speeches(_held_out(text)) if len(line.split()) >= min_words]
@@ -148,14 +160,8 @@ def who_speaks_task(text, n=200, seed=0, min_words=4):
     if len(speakers) < 4:
         raise ValueError(f"who_speaks_task: the held-out text has {len(speakers)} speakers, "
                          f"need at least 4")
-    rng = np.random.default_rng(seed)
-    docs = []
-    for i in rng.permutation(len(pairs))[:n]:
-        speaker, line = pairs[i]
-        choices, gold = _choices(speaker, speakers, rng)
-        docs.append({"context": render("Who speaks this line?", line), "choices": choices,
-                     "gold": gold})
-    return Task("who_speaks", "multiple_choice", docs)
+    return _cloze_task("who_speaks", "Who speaks this line?",
+                       [(line, speaker) for speaker, line in pairs], speakers, n, seed)
 
 
 def next_line_task(text, n=200, seed=0):
@@ -163,15 +169,8 @@ def next_line_task(text, n=200, seed=0):
     lines = [line.strip() for line in _held_out(text).splitlines()]
     follows = [(a, b) for a, b in zip(lines, lines[1:]) if a and b and not b.endswith(":")
                and not a.endswith(":")]
-    pool = sorted({b for _, b in follows})
-    rng = np.random.default_rng(seed)
-    docs = []
-    for i in rng.permutation(len(follows))[:n]:
-        line, following = follows[i]
-        choices, gold = _choices(following, pool, rng)
-        docs.append({"context": render("Which line comes next?", line), "choices": choices,
-                     "gold": gold})
-    return Task("next_line", "multiple_choice", docs)
+    return _cloze_task("next_line", "Which line comes next?", follows,
+                       sorted({b for _, b in follows}), n, seed)
 
 
 def shakespeare_ppl_task(text):
