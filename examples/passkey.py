@@ -301,10 +301,7 @@ def kv_bytes(model, ids, implementation=None, config=None):
         for start in range(0, len(ids), chunk):
             model(tl.backend.to_device(ids[None, start:start + chunk], model.device),
                   caches=caches, offset=start)
-    config = config or {}
-    held = {"sinks": config.get("n_sink", 4) + config.get("window", 0),
-            "window": config.get("window", 0), "h2o": config.get("budget", 0)}
-    return cache_nbytes(caches), min(len(ids), held.get(implementation, len(ids)))
+    return cache_nbytes(caches), caches[0].held        # every layer holds as many
 
 
 # ---- 3. fine-tunes ------------------------------------------------------------------------

@@ -58,8 +58,7 @@ import numpy as np
 
 import tinygrad_llm as tl
 from tinygrad_llm.data import shakespeare, split
-from tinygrad_llm.generate import (DecodeSession, H2OCache, SinkCache, cache_nbytes,
-                                   make_caches)
+from tinygrad_llm.generate import DecodeSession, cache_nbytes, make_caches
 from tinygrad_llm.generate.streaming import recompute_nll, stream_nll
 from tinygrad_llm.models import GPT, GPTConfig
 from tinygrad_llm.optim import param_groups_for_weight_decay
@@ -245,17 +244,6 @@ def compression_schemes(T):
     return schemes
 
 
-def tokens_held(caches):
-    """Tokens the first layer's cache holds now (every layer holds as many): a sinks cache its
-    sinks and window, H2O its budget, the others every token seen."""
-    cache = caches[0]
-    if isinstance(cache, SinkCache):
-        return cache.held
-    if isinstance(cache, H2OCache):
-        return cache.k.shape[2]
-    return cache.length
-
-
 def compression_table(args, model, val_ids):
     T = args.block_size
     offsets = np.linspace(0, len(val_ids) - T - 2, args.eval_windows).astype(int)
@@ -267,7 +255,7 @@ def compression_table(args, model, val_ids):
         for ids in windows:
             caches = make_caches(model, 1, T, **kwargs)
             per_window.append(stream_nll(model, ids, chunk=1, caches=caches).mean())
-            nbytes, held = cache_nbytes(caches), tokens_held(caches)
+            nbytes, held = cache_nbytes(caches), caches[0].held    # every layer holds as many
         per_window = np.array(per_window)
         if dense is None:
             dense = per_window

@@ -514,3 +514,18 @@ def test_reorder_keeps_rows_and_evicted_tokens_cannot_come_back(cache):
         cache.truncate(2)
     with pytest.raises(ValueError, match="B=3, Hkv=1 .*D=4"):
         cache.attend(q, k, v)                                # the old batch of 2
+
+
+@pytest.mark.parametrize("implementation, config, fed, want", [
+    (None, {}, 16, 16),                                      # dense: every token
+    ("quantized", {"bits": 4, "group_size": 4, "residual_length": 8}, 16, 16),
+    ("h2o", {"budget": 9, "recent": 3}, 16, 9),              # the budget
+    ("sinks", {"n_sink": 2, "window": 5}, 30, 7),            # sinks + window, past block_size
+    ("window", {"window": 6}, 30, 6),
+])
+def test_held_counts_the_tokens_each_cache_keeps(implementation, config, fed, want):
+    model = model_for(n_layer=1, block_size=16)
+    caches = make_caches(model, 1, fed, implementation=implementation, **config)
+    assert caches[0].held == 0
+    feed(model, ids(fed, seed=6), [1] * fed, caches)
+    assert caches[0].held == want

@@ -151,6 +151,11 @@ class KVCache:
         self.length = length
 
     @property
+    def held(self):
+        """Tokens whose K/V the cache holds now (a window's ring keeps the last `capacity`)."""
+        return min(self.length, self.capacity)
+
+    @property
     def nbytes(self):
         n = self.k.nbytes + self.v.nbytes
         return n + (self.k_scale.nbytes + self.v_scale.nbytes if self.int8 else 0)

@@ -24,8 +24,8 @@ position seen, and `attend(q, k, v, mask, rotary, causal) -> o` attends over wha
 the new tokens (causal, end-aligned: the held keys all precede the new queries), then stores the
 new K/V and evicts. `positions_in_cache` says which hands over q and k before RoPE (SinkCache);
 the others get them rotated at their true positions. Like the dense cache they answer `length`
-(tokens seen), `nbytes` (bytes of K/V state held now) and `reorder(rows)`; an evicting cache
-cannot roll back (`truncate` only to its length).
+(tokens seen), `held` (tokens held now), `nbytes` (bytes of K/V state held now) and
+`reorder(rows)`; an evicting cache cannot roll back (`truncate` only to its length).
 
 Reading order: packing, KIVI's two quantization layouts, the shared pieces (_AttendingCache: what
 the three caches share), SinkCache, kv_quant_attention (the reference of kernels/cpu/kv_quant.py,
@@ -197,6 +197,11 @@ class _AttendingCache:
         if length != self.length:
             raise ValueError(f"{type(self).__name__}.truncate: {self._lost}; length must be "
                              f"{self.length}, got {length}")
+
+    @property
+    def held(self):
+        """Tokens whose K/V the cache holds now (every token seen, unless it evicts)."""
+        return self.length
 
     @property
     def nbytes(self):
@@ -460,6 +465,11 @@ class H2OCache(_AttendingCache):
         self.score = None                # (B, Hkv, n) accumulated attention probability
         self.positions = None            # (B, Hkv, n) int64
         self.length = 0
+
+    @property
+    def held(self):
+        """Tokens held now (at most budget)."""
+        return 0 if self.k is None else self.k.shape[2]
 
     def attend(self, q, k, v, mask=None, rotary=None, causal=True, scale=None):
         """q: (B, H, t, D), k, v: (B, Hkv, t, D) rotated at their true positions -> o Tensor
