@@ -1,15 +1,18 @@
 """Evaluation harness: the requests of EleutherAI's lm-evaluation-harness (harness.py:
 loglikelihood, loglikelihood_rolling, generate_until, multiple_choice), tasks as JSONL files or
-built in (tasks.py), one run's report with bootstrap standard errors (evaluate.py), and the
-command line `python -m tinygrad_llm.eval --ckpt=... --tasks=a,b` (__main__.py).
+built in (tasks.py), the same for a chat model through its template (chat.py), one run's
+report with bootstrap standard errors (evaluate.py), and the command line
+`python -m tinygrad_llm.eval --ckpt=... --tasks=a,b` (__main__.py).
 
-Reading order: harness.py, tasks.py, evaluate.py, __main__.py.
+Reading order: harness.py, tasks.py, evaluate.py, chat.py, __main__.py.
 """
-from .evaluate import bootstrap_stderr, evaluate
+from .chat import chat_context, chat_tasks, preference_task
+from .evaluate import bootstrap_stderr, evaluate, exact_match, scores
 from .harness import (generate_until, loglikelihood, loglikelihood_rolling, multiple_choice,
                       rolling_windows, split_request)
 from .tasks import BUILTIN, Task, get_task, load_jsonl, render
 
 __all__ = ["loglikelihood", "loglikelihood_rolling", "generate_until", "multiple_choice",
            "rolling_windows", "split_request", "Task", "load_jsonl", "get_task", "render",
-           "BUILTIN", "evaluate", "bootstrap_stderr"]
+           "BUILTIN", "evaluate", "bootstrap_stderr", "exact_match", "scores", "chat_context",
+           "chat_tasks", "preference_task"]

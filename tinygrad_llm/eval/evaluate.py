@@ -6,8 +6,8 @@ line, __main__.py).
               "limit", "seed", "bootstrap"}
 
 Metrics by kind: multiple_choice -> acc, acc_norm, acc_centred; generate -> exact_match (the
-greedy answer, stripped, equals the answer); perplexity -> perplexity, bits_per_byte,
-nll_per_token, resampled over the rolling windows (a single long text has one document, and its
+greedy answer, stripped, equals the answer), or what the task's process_results gives;
+perplexity -> perplexity, bits_per_byte, nll_per_token, resampled over the rolling windows (a single long text has one document, and its
 windows are the units the loss is summed over).
 
 The standard error is the bootstrap's (Efron, 1979): the metric recomputed on `bootstrap` samples
@@ -23,7 +23,7 @@ import numpy as np
 from .harness import generate_until, loglikelihood_rolling, multiple_choice
 from .tasks import get_task
 
-__all__ = ["evaluate", "bootstrap_stderr"]
+__all__ = ["evaluate", "bootstrap_stderr", "exact_match", "scores"]
 
 
 def bootstrap_stderr(columns, statistic=np.mean, n=1000, seed=0):
@@ -52,15 +52,30 @@ def _mean_metrics(per_doc, n, seed):
             for k, v in per_doc.items()}
 
 
-def _score_multiple_choice(model, tokenizer, docs, n, seed, batch_size):
-    return _mean_metrics(multiple_choice(model, tokenizer, docs, batch_size), n, seed)
+def _score_multiple_choice(task, model, tokenizer, docs, n, seed, batch_size):
+    return _mean_metrics(multiple_choice(model, tokenizer, docs, batch_size,
+                                         task.target_delimiter), n, seed)
 
 
-def _score_generate(model, tokenizer, docs, n, seed, max_new_tokens=16):
-    right = np.array([float(generate_until(model, tokenizer, d["context"], stop=["\n"],
-                                           max_new_tokens=max_new_tokens).strip()
-                            == d["answer"].strip()) for d in docs])
-    return _mean_metrics({"exact_match": right}, n, seed)
+def exact_match(doc, answer):
+    """The default generate metric: the stripped answer equals the stripped doc["answer"]."""
+    return {"exact_match": float(answer.strip() == doc["answer"].strip())}
+
+
+def _score_generate(task, model, tokenizer, docs, n, seed, batch_size):
+    """Greedy answers in batches of batch_size, each scored by the task's process_results."""
+    score = task.process_results or exact_match
+    per_doc = []
+    for i in range(0, len(docs), batch_size):
+        chunk = docs[i:i + batch_size]
+        texts = generate_until(model, tokenizer, [d["context"] for d in chunk], stop=task.stop,
+                               max_new_tokens=task.max_new_tokens)
+        per_doc += [score(d, t) for d, t in zip(chunk, texts)]
+    names = sorted(per_doc[0])
+    if any(sorted(r) != names for r in per_doc):
+        raise ValueError(f"task {task.name!r}: process_results must give the same metrics for "
+                         f"every document, got {sorted(per_doc[0])} and others")
+    return _mean_metrics({k: np.array([float(r[k]) for r in per_doc]) for k in names}, n, seed)
 
 
 def _score_perplexity(model, tokenizer, docs, n, seed, batch_size, stride):
@@ -83,9 +98,9 @@ def _score_perplexity(model, tokenizer, docs, n, seed, batch_size, stride):
 
 def _score(task, model, tokenizer, docs, bootstrap, seed, batch_size, stride):
     if task.kind == "multiple_choice":
-        return _score_multiple_choice(model, tokenizer, docs, bootstrap, seed, batch_size)
+        return _score_multiple_choice(task, model, tokenizer, docs, bootstrap, seed, batch_size)
     if task.kind == "generate":
-        return _score_generate(model, tokenizer, docs, bootstrap, seed)
+        return _score_generate(task, model, tokenizer, docs, bootstrap, seed, batch_size)
     return _score_perplexity(model, tokenizer, docs, bootstrap, seed, batch_size, stride)
 
 
@@ -108,3 +123,10 @@ def evaluate(model, tokenizer, tasks, limit=None, seed=0, bootstrap=1000, batch_
                              f"and tokenizer: {e}") from e
         report["tasks"][task.name] = {"kind": task.kind, "n_docs": len(docs), "metrics": metrics}
     return report
+
+
+def scores(report, digits=4):
+    """{task: {metric: value}} of a report, rounded: the figures an example prints and keeps in
+    its own JSON (the stderrs stay in the full report)."""
+    return {name: {k: round(m["value"], digits) for k, m in t["metrics"].items()}
+            for name, t in report["tasks"].items()}

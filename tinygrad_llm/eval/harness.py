@@ -211,27 +211,39 @@ def loglikelihood_rolling(model, tokenizer, text, stride=None, batch_size=16):
 def generate_until(model, tokenizer, context, stop=("\n",), max_new_tokens=32, temperature=0.0,
                    seed=0):
     """The text the model writes after `context` (greedy by default), cut before the first stop
-    string; generation ends at a stop string or after max_new_tokens tokens. The context keeps
-    its newest tokens when context + max_new_tokens would pass max_positions; if the answer
-    itself runs past them, generate's context_shift keeps the newest half of the window."""
+    string; generation ends at a stop string or after max_new_tokens tokens. context: a str, or
+    a list of them answered together in one batched decode (a list of answers back). A context
+    keeps its newest tokens when context + max_new_tokens would pass max_positions; if the
+    answer itself runs past them, generate's context_shift keeps the newest half of the
+    window."""
     max_new_tokens = _positive_int("generate_until", "max_new_tokens", max_new_tokens)
     stop = [stop] if isinstance(stop, str) else list(stop or [])
-    limit = model.config.max_positions
-    ids = _ids(tokenizer, context)[-max(1, limit - max_new_tokens):]
-    if not ids:
-        raise ValueError(f"generate_until: context {context!r} gives no tokens")
-    out = generate(model, [np.asarray(ids, dtype=np.int64)], max_new_tokens,
-                   temperature=temperature, seed=seed, stop_strings=stop or None,
-                   tokenizer=tokenizer, context_shift=True)[0]
-    text = tokenizer.decode([int(t) for t in out[len(ids):]])
-    cuts = [text.find(s) for s in stop if s and s in text]
-    return text[:min(cuts)] if cuts else text
+    single = isinstance(context, str)
+    contexts = [context] if single else list(context)
+    if not contexts or not all(isinstance(c, str) for c in contexts):
+        raise ValueError(f"generate_until: context must be a str or a non-empty list of str, "
+                         f"got {context!r:.120}")
+    keep = max(1, model.config.max_positions - max_new_tokens)
+    prompts = []
+    for c in contexts:
+        ids = _ids(tokenizer, c)[-keep:]
+        if not ids:
+            raise ValueError(f"generate_until: context {c!r} gives no tokens")
+        prompts.append(np.asarray(ids, dtype=np.int64))
+    outs = generate(model, prompts, max_new_tokens, temperature=temperature, seed=seed,
+                    stop_strings=stop or None, tokenizer=tokenizer, context_shift=True)
+    texts = []
+    for ids, out in zip(prompts, outs):
+        text = tokenizer.decode([int(t) for t in out[len(ids):]])
+        cuts = [text.find(s) for s in stop if s and s in text]
+        texts.append(text[:min(cuts)] if cuts else text)
+    return texts[0] if single else texts
 
 
 # ---- multiple choice ----------------------------------------------------------------------------
-def multiple_choice(model, tokenizer, docs, batch_size=16):
+def multiple_choice(model, tokenizer, docs, batch_size=16, target_delimiter=" "):
     """Per-document scores of multiple-choice docs [{"context", "choices", "gold"}]: each choice
-    scored by loglikelihood(context, " " + choice).
+    scored by loglikelihood(context, target_delimiter + choice).
 
     Returns {"acc", "acc_norm", "acc_centred"}: float64 arrays (len(docs),). acc: the gold
     choice has the highest log-likelihood; acc_norm: the highest log-likelihood per character of
@@ -239,7 +251,8 @@ def multiple_choice(model, tokenizer, docs, batch_size=16):
     their length); acc_centred: (acc - chance) / (1 - chance) with chance = 1 / n_choices, so 0
     is guessing and 1 is perfect whatever the number of choices (the centring small-model
     reports use, e.g. the DCLM / nanochat CORE score)."""
-    requests = [(doc["context"], " " + choice) for doc in docs for choice in doc["choices"]]
+    requests = [(doc["context"], target_delimiter + choice) for doc in docs
+                for choice in doc["choices"]]
     scores = loglikelihood(model, tokenizer, requests, batch_size=batch_size)
     acc, acc_norm, centred = [], [], []
     k = 0

@@ -38,15 +38,28 @@ KINDS = {"multiple_choice": ("context", "choices", "gold"), "generate": ("contex
 
 @dataclasses.dataclass
 class Task:
-    """name, kind (one of KINDS) and docs (dicts with that kind's keys)."""
+    """name, kind (one of KINDS) and docs (dicts with that kind's keys), and how the harness
+    asks them (the per-task settings of lm-evaluation-harness's task configs):
+    target_delimiter: what joins a multiple-choice context to each choice (" " after "Answer:";
+        "" after a chat template's assistant token, which the answer follows directly);
+    stop, max_new_tokens: where a generated answer ends;
+    process_results: (doc, generated text) -> {metric: float} for a generate task; None scores
+        exact_match (the stripped answer equals the stripped doc["answer"])."""
     name: str
     kind: str
     docs: list
+    target_delimiter: str = " "
+    stop: tuple = ("\n",)
+    max_new_tokens: int = 16
+    process_results: object = None
 
     def __post_init__(self):
         if self.kind not in KINDS:
             raise ValueError(f"Task {self.name!r}: kind must be one of {sorted(KINDS)}, got "
                              f"{self.kind!r}")
+        if self.process_results is not None and not callable(self.process_results):
+            raise TypeError(f"Task {self.name!r}: process_results must be callable or None, "
+                            f"got {type(self.process_results).__name__}")
 
 
 def _kind_of(doc):
