@@ -24,7 +24,23 @@ adjusted rather than overwritten: Howard & Ruder, 2018) and the new head with a 
 (`head_lr`), both with warmup and cosine decay. Reported on held-out passages for each backbone:
 accuracy with the untrained head (before), after `max_iters` steps, and after the same steps from
 a randomly initialised backbone of the same shape (`scratch`), beside the majority-class
-baseline. One JSON line.
+baseline. Each accuracy is the head's (a new classifier, not the language model), with its
+bootstrap standard error over the held-out passages (eval.bootstrap_stderr: `*_stderr`).
+
+Against it, the GPT's own zero-shot answer, asked through the evaluation harness before any
+fine-tuning (`zero_shot`, on `zero_shot_docs` of the held-out passages drawn at random, so that it
+stays cheap): each passage scored by eval.loglikelihood after each speaker's heading as the play
+sets it (a blank line, then "LEONTES:" on its own line), the answer the speaker under whom it is
+likeliest, argmax_s log p(passage | s): the noisy-channel form of zero-shot classification (Min
+et al., 2022). The harness's who_speaks form ("Context: ... Question: Who speaks this line?
+Answer:" with the names as choices) would ask a model that has only read plays a format it never
+saw, and so measure the format as much as what the model knows about the speakers. The channel
+form asks in the play's own terms, and every choice scores the same continuation, so no length
+normalisation is needed.
+The head's gain over `zero_shot.acc` is what the labels taught beyond what pretraining already
+knew. Both read text the backbone saw in pretraining (the passages come from the whole play), so
+neither is a held-out figure for the language model, only for the classification. The Encoder is
+not a causal language model and has no zero-shot figure. One JSON line.
 """
 import dataclasses
 import json
@@ -36,12 +52,13 @@ import numpy as np  # noqa: E402
 
 from tinygrad_llm import no_grad  # noqa: E402
 from tinygrad_llm.data import shakespeare  # noqa: E402
+from tinygrad_llm.eval import bootstrap_stderr, loglikelihood  # noqa: E402
 from tinygrad_llm.finetune import SequenceHead  # noqa: E402
 from tinygrad_llm.finetune.tasks import speeches  # noqa: E402
 from tinygrad_llm.models import GPT, Encoder, GPTConfig  # noqa: E402
 from tinygrad_llm.nn import functional as F  # noqa: E402
-from tinygrad_llm.train import (CheckpointError, TrainConfig, Trainer,  # noqa: E402
-                                ensure_checkpoint, load_model, parse_args, run_main)
+from tinygrad_llm.train import (CheckpointError, OptionError, TrainConfig,  # noqa: E402
+                                Trainer, ensure_checkpoint, load_model, parse_args, run_main)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -58,6 +75,7 @@ class ClassifyArgs:
     held_out: float = 0.2          # fraction of the speeches held out
     head_lr: float = 2e-3          # the new head's peak lr (the backbone's: learning_rate)
     scratch: bool = True           # also train the same head on a random backbone
+    zero_shot_docs: int = 48       # held-out passages the GPT is asked zero-shot (0: none)
 
 
 # the backbone's peak learning_rate; min_lr a tenth of each group's peak
@@ -80,7 +98,7 @@ def speaker_passages(text, k, lines):
         counts[speaker] = counts.get(speaker, 0) + len(body)
     names = sorted(counts, key=lambda s: (-counts[s], s))[:k]
     if len(names) < k:
-        raise ValueError(f"--classes={k}: the text has only {len(names)} speakers")
+        raise OptionError(f"--classes={k}: the text has only {len(names)} speakers")
     passages, labels, speech = [], [], []
     for i, (speaker, body) in enumerate(runs):
         if speaker in names:
@@ -148,15 +166,46 @@ def encode(kind, tokenizer, passages, block_size):
 
 
 # ---- training and evaluation -----------------------------------------------------------------
-def accuracy(head, ids, lengths, labels, batch_size=64):
+def correct(head, ids, lengths, labels, batch_size=64):
+    """(N,) floats: 1 where the head names the passage's speaker, 0 elsewhere."""
     head.eval()
-    hits = 0
+    hits = []
     with no_grad():
         for s in range(0, len(ids), batch_size):
             n = lengths[s:s + batch_size]
             logits = head(ids[s:s + batch_size, :n.max()], n).numpy()
-            hits += int((logits.argmax(-1) == labels[s:s + batch_size]).sum())
-    return hits / len(ids)
+            hits.append(logits.argmax(-1) == labels[s:s + batch_size])
+    return np.concatenate(hits).astype(np.float64)
+
+
+def with_stderr(name, per_passage, seed):
+    """{name: mean, name_stderr: its bootstrap standard error over the passages}, rounded."""
+    return {name: round(float(per_passage.mean()), 3),
+            f"{name}_stderr": round(bootstrap_stderr(per_passage, np.mean, seed=seed), 3)}
+
+
+def heading(name):
+    """A speech's opening as the play sets it: a blank line, then "NAME:" on its own line."""
+    return f"\n\n{name}:\n"
+
+
+def zero_shot(model, tokenizer, passages, labels, names, seed):
+    """The GPT as a language model, without a head: each passage's speaker as
+    argmax_s log p(passage | heading(s)), through eval.loglikelihood (module docstring).
+    A passage keeps its first tokens so that it and the longest heading fit max_positions.
+    Returns acc and acc_centred ((acc - chance) / (1 - chance)), each with its bootstrap stderr
+    over the passages, beside chance = 1 / k and the number of passages."""
+    room = model.config.max_positions - max(len(tokenizer.encode(heading(n))) for n in names)
+    texts = []
+    for p in passages:
+        ids = [int(i) for i in tokenizer.encode(p + "\n")]
+        texts.append(p + "\n" if len(ids) <= room else tokenizer.decode(ids[:room]))
+    requests = [(heading(name), text) for text in texts for name in names]
+    logp = np.array([lp for lp, _ in loglikelihood(model, tokenizer, requests)])
+    right = (logp.reshape(len(texts), len(names)).argmax(-1) == labels).astype(np.float64)
+    chance = 1.0 / len(names)
+    return {"docs": len(texts), "chance": round(chance, 3), **with_stderr("acc", right, seed),
+            **with_stderr("acc_centred", (right - chance) / (1.0 - chance), seed)}
 
 
 def fine_tune(head, ids, lengths, labels, args, train):
@@ -187,28 +236,41 @@ def fine_tune(head, ids, lengths, labels, args, train):
 
 
 def run_backbone(kind, data, args, train):
-    """Before / after / from-scratch held-out accuracy of one backbone."""
+    """Before / after / from-scratch held-out accuracy of one backbone, each with its stderr;
+    for the GPT, first its zero-shot accuracy as a language model (fine-tuning changes it)."""
     pretrained, fresh, tokenizer = load_backbone(kind, args, train.seed)
-    passages, labels, held = data
+    passages, labels, held, names = data
     ids, lengths = encode(kind, tokenizer, passages, pretrained.config.block_size)
     fit_data = (ids[~held], lengths[~held], labels[~held])
     test = (ids[held], lengths[held], labels[held])
     out = {"parameters": pretrained.num_parameters(),
            "mean_tokens": round(float(lengths.mean()), 1)}
+    if kind == "gpt" and args.zero_shot_docs > 0:
+        asked = np.random.default_rng(train.seed).permutation(np.flatnonzero(held))
+        asked = np.sort(asked[:args.zero_shot_docs])
+        out["zero_shot"] = zero_shot(pretrained, tokenizer, [passages[i] for i in asked],
+                                     labels[asked], names, train.seed)
+        print(f"gpt (zero-shot, as a language model): accuracy {out['zero_shot']['acc']:.3f} "
+              f"± {out['zero_shot']['acc_stderr']:.3f} on {len(asked)} held-out passages")
     runs = [("pretrained", pretrained)] + ([("scratch", fresh)] if args.scratch else [])
     for name, backbone in runs:
         tl.manual_seed(train.seed)          # the same head initialisation for both
         head = SequenceHead(backbone, n_out=args.classes)
-        before = accuracy(head, *test)
-        print(f"{kind} ({name}): held-out accuracy with the untrained head {before:.3f}")
+        before = with_stderr("accuracy_before", correct(head, *test), train.seed)
+        print(f"{kind} ({name}): held-out accuracy with the untrained head "
+              f"{before['accuracy_before']:.3f} ± {before['accuracy_before_stderr']:.3f}")
         start = time.perf_counter()
         losses = fine_tune(head, *fit_data, args, train)
         seconds = time.perf_counter() - start
-        after = accuracy(head, *test)
-        print(f"{kind} ({name}): held-out accuracy after {train.max_iters} steps {after:.3f}")
-        out[name] = {"accuracy_before": round(before, 3), "accuracy_after": round(after, 3),
+        after = with_stderr("accuracy_after", correct(head, *test), train.seed)
+        print(f"{kind} ({name}): held-out accuracy after {train.max_iters} steps "
+              f"{after['accuracy_after']:.3f} ± {after['accuracy_after_stderr']:.3f}")
+        out[name] = {"accuracy_before": before["accuracy_before"],
+                     "accuracy_after": after["accuracy_after"],
                      "final_loss": round(float(np.mean(losses[-20:])), 4),
-                     "train_s": round(seconds, 1)}
+                     "train_s": round(seconds, 1),
+                     "accuracy_before_stderr": before["accuracy_before_stderr"],
+                     "accuracy_after_stderr": after["accuracy_after_stderr"]}
     return out
 
 
@@ -217,10 +279,12 @@ def main(argv):
                              defaults={TrainConfig: TRAIN_DEFAULTS})
     kinds = [k.strip() for k in args.backbones.split(",") if k.strip()]
     if not kinds or set(kinds) - {"gpt", "encoder"}:
-        raise ValueError(f"--backbones must list 'gpt' and/or 'encoder', got {args.backbones!r}")
+        raise OptionError(f"--backbones must list 'gpt' and/or 'encoder', got {args.backbones!r}")
     if args.classes < 2 or args.lines < 1 or not 0 < args.held_out < 1:
-        raise ValueError(f"need --classes >= 2, --lines >= 1 and 0 < --held_out < 1; got "
-                         f"{args.classes}, {args.lines}, {args.held_out}")
+        raise OptionError(f"need --classes >= 2, --lines >= 1 and 0 < --held_out < 1; got "
+                          f"{args.classes}, {args.lines}, {args.held_out}")
+    if args.zero_shot_docs < 0:
+        raise OptionError(f"--zero_shot_docs must be >= 0, got {args.zero_shot_docs}")
     ensure_backbones(args, kinds)
     start = time.perf_counter()
     passages, labels, speech, names = speaker_passages(shakespeare(), args.classes, args.lines)
@@ -231,12 +295,14 @@ def main(argv):
             "held_out_examples": int(held.sum()),
             "class_fractions": [round(float(f), 3) for f in
                                 np.bincount(labels, minlength=args.classes) / len(labels)],
-            "majority_baseline": round(float((labels[held] == majority).mean()), 3)}
+            "majority_baseline": round(float((labels[held] == majority).mean()), 3),
+            "majority_baseline_stderr": round(bootstrap_stderr(
+                (labels[held] == majority).astype(np.float64), np.mean, seed=train.seed), 3)}
     print(f"task: {task}")
     result = {"task": task, "steps": train.max_iters, "learning_rate": train.learning_rate,
               "head_lr": args.head_lr}
     for kind in kinds:
-        result[kind] = run_backbone(kind, (passages, labels, held), args, train)
+        result[kind] = run_backbone(kind, (passages, labels, held, names), args, train)
     result["wall_s"] = round(time.perf_counter() - start, 1)
     print(json.dumps(result))
     return result

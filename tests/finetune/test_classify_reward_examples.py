@@ -1,6 +1,7 @@
 """examples/classify.py and examples/reward_model.py end to end on a tiny corpus: the classifier
 on a GPT and on an MLM Encoder that it trains itself when missing (train_mlm.py, a command), the
-reward model on a tiny SFT checkpoint, each printing its JSON line with accuracies in [0, 1];
+reward model on a tiny SFT checkpoint, each printing its JSON line with accuracies in [0, 1]
+(the classifier's with bootstrap stderrs, beside the GPT's zero-shot answer through the harness);
 the saved Encoder and reward model reopen with the same outputs."""
 import json
 
@@ -8,6 +9,7 @@ import numpy as np
 import pytest
 
 from tinygrad_llm import no_grad
+from tinygrad_llm.eval import bootstrap_stderr
 from tinygrad_llm.finetune import alignment_setup, preference_pairs
 from tinygrad_llm.train import CheckpointError
 
@@ -39,11 +41,23 @@ def test_classify_example(corpus, capsys):
     assert task["train_examples"] + task["held_out_examples"] == 125      # 75 + 50 speeches
     assert sum(task["class_fractions"]) == pytest.approx(1.0, abs=2e-3)
     assert 0 < task["majority_baseline"] <= 1
+    # over n held-out passages a proportion's stderr is about sqrt(p (1 - p) / n)
+    n, p = task["held_out_examples"], task["majority_baseline"]
+    assert task["majority_baseline_stderr"] == pytest.approx(np.sqrt(p * (1 - p) / n), abs=0.02)
     for kind in ("gpt", "encoder"):
         for run in ("pretrained", "scratch"):
             got = result[kind][run]
-            assert 0 <= got["accuracy_before"] <= 1 and 0 <= got["accuracy_after"] <= 1
+            for when in ("before", "after"):
+                acc, stderr = got[f"accuracy_{when}"], got[f"accuracy_{when}_stderr"]
+                assert 0 <= acc <= 1
+                assert stderr == pytest.approx(np.sqrt(acc * (1 - acc) / n), abs=0.02)
             assert np.isfinite(got["final_loss"])
+    # the GPT's own zero-shot answer, before fine-tuning, on (at most 48 of) the held-out passages
+    zero = result["gpt"]["zero_shot"]
+    assert zero["docs"] == min(48, n) and zero["chance"] == 0.5
+    assert 0 <= zero["acc"] <= 1 and 0 <= zero["acc_stderr"] <= 0.11
+    assert zero["acc_centred"] == pytest.approx(2 * zero["acc"] - 1, abs=2e-3)
+    assert "zero_shot" not in result["encoder"]
     # the Encoder was trained because it was missing, and reopens as the same network
     assert encoder.exists()
     model, tokenizer, record = classify.load_encoder(str(encoder))
@@ -57,6 +71,47 @@ def test_classify_example(corpus, capsys):
         classify.load_encoder(str(gpt_dir / "ckpt.safetensors"))
     with pytest.raises(ValueError, match="backbones"):
         classify.main(["--backbones=lstm"])
+    with pytest.raises(ValueError, match="zero_shot_docs"):
+        classify.main(["--zero_shot_docs=-1"])
+
+
+def test_zero_shot_names_the_speaker_under_whose_heading_a_passage_is_likeliest(corpus,
+                                                                                monkeypatch):
+    """A stand-in language model that knows which heading each passage belongs under: the
+    zero-shot answer must follow its log-likelihoods, not the labels."""
+    import classify
+
+    class Tokenizer:                                   # one token per character
+        def encode(self, text):
+            return [ord(c) for c in text]
+
+        def decode(self, ids):
+            return "".join(chr(i) for i in ids)
+
+    class Model:
+        class config:
+            max_positions = 64
+
+    passages = ["north wind", "south sun", "north star", "south sea"]
+    labels = np.array([0, 1, 0, 0])                   # the last is labelled against its words
+    names = ["NORTH", "SOUTH"]
+    likely = {(classify.heading(names[p.startswith("south")]), p + "\n") for p in passages}
+
+    def fake_loglikelihood(model, tokenizer, requests):
+        return [(0.0 if request in likely else -5.0, False) for request in requests]
+
+    monkeypatch.setattr(classify, "loglikelihood", fake_loglikelihood)
+    got = classify.zero_shot(Model(), Tokenizer(), passages, labels, names, seed=0)
+    assert got["docs"] == 4 and got["chance"] == 0.5
+    assert got["acc"] == 0.75 and got["acc_centred"] == 0.5
+    assert got["acc_stderr"] == round(bootstrap_stderr(np.array([1.0, 1, 1, 0])), 3) > 0
+    # a passage too long for the window keeps its first tokens, after the whole heading
+    Model.config.max_positions = 12                   # heading "\n\nNORTH:\n" is 9 characters
+    seen = []
+    monkeypatch.setattr(classify, "loglikelihood",
+                        lambda m, t, requests: seen.extend(requests) or [(0.0, False)] * 8)
+    classify.zero_shot(Model(), Tokenizer(), passages, labels, names, seed=0)
+    assert seen[0] == ("\n\nNORTH:\n", "nor")
 
 
 def test_speaker_passages_labels_and_held_out_speeches():

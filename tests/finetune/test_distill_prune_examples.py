@@ -1,12 +1,14 @@
 """examples/distill.py and examples/prune.py end to end on a tiny corpus with a tiny teacher that
 the examples train themselves (train_shakespeare.py, run as a command): the JSON line, a fair
 comparison (alpha=0 distillation is the scratch run exactly), the saved student, sparsities as
-requested and kept through recovery."""
+requested and kept through recovery, pruning's held-out figures as the harness gives them."""
 import json
 
 import numpy as np
 import pytest
 
+from tinygrad_llm.data import shakespeare, split
+from tinygrad_llm.eval import Task, evaluate
 from tinygrad_llm.train import load_model
 
 # a teacher small enough to train in a second: train_shakespeare.py's own overrides
@@ -96,18 +98,45 @@ def test_prune_example(corpus, teacher, capsys):
         assert [r["target"] for r in rows] == [0.0, 0.5, 0.9]
         for r in rows:                                  # measured = requested (up to rounding)
             assert r["sparsity"] == pytest.approx(r["target"], abs=2e-3)
-            assert np.isfinite(r["val_loss"])
+            assert_held_out_figures(r)
     assert result["curve"]["layer"][0]["val_loss"] == result["dense_val_loss"]
+    assert result["dense"]["val_loss"] == result["dense_val_loss"]
+    assert result["curve"]["layer"][0] == {"target": 0.0, "sparsity": 0.0, **result["dense"]}
+    assert result["curve"]["layer"][2]["val_loss"] != result["dense_val_loss"]   # 90% pruned
     assert result["2:4"]["sparsity"] == 0.5
+    assert_held_out_figures(result["2:4"])
+    # the figures are the harness's on the first eval_iters * batch_size * block_size validation
+    # tokens: recomputed here from the dense model
+    assert result["held_out_tokens"] == 2 * 4 * 32 + 1
+    model, tokenizer, _ = load_model(str(teacher))
+    val_ids = split(tokenizer.encode(shakespeare()), 0.1)[1]
+    task = Task("held_out", "perplexity",
+                [{"text": tokenizer.decode([int(i) for i in val_ids[:2 * 4 * 32 + 1]])}])
+    metrics = evaluate(model, tokenizer, [task])["tasks"]["held_out"]["metrics"]
+    assert result["dense_val_loss"] == round(metrics["nll_per_token"]["value"], 4)
+    assert result["dense"]["bits_per_byte_stderr"] == round(metrics["bits_per_byte"]["stderr"], 4)
     recovery = result["recovery"]
     assert set(recovery) == {"dense (control)", "2:4", "global@0.9"}
     assert recovery["dense (control)"]["val_loss_before"] == result["dense_val_loss"]
     assert recovery["2:4"]["sparsity"] == 0.5                          # kept exactly
     assert recovery["global@0.9"]["sparsity"] == result["curve"]["global"][2]["sparsity"]
     assert recovery["2:4"]["val_loss_before"] == result["2:4"]["val_loss"]
+    assert recovery["2:4"]["bits_per_byte_before"] == result["2:4"]["bits_per_byte"]
     for r in recovery.values():
         assert r["steps"] == 3 and r["val_loss_after"] != r["val_loss_before"]
+        for when in ("before", "after"):
+            assert_held_out_figures({k.replace(f"_{when}", ""): v for k, v in r.items()
+                                     if f"_{when}" in k})
     assert result["plot"] is None
+
+
+def assert_held_out_figures(r):
+    """One model's held-out figures: nats per token, perplexity and bits per byte agree (one
+    byte per character token, an ASCII corpus), each with a positive stderr below its value."""
+    assert r["perplexity"] == pytest.approx(np.exp(r["val_loss"]), rel=1e-3)
+    assert r["bits_per_byte"] == pytest.approx(r["val_loss"] / np.log(2), abs=2e-3)
+    for key in ("val_loss", "perplexity", "bits_per_byte"):
+        assert 0 < r[key + "_stderr"] < r[key]
 
 
 def test_prune_rejects_bad_sparsities(corpus, teacher):
@@ -118,10 +147,11 @@ def test_prune_rejects_bad_sparsities(corpus, teacher):
 
 def test_prune_plot_is_written_or_skipped_with_a_message(corpus, tmp_path, capsys):
     import prune
-    curve = {"layer": [{"target": 0.0, "sparsity": 0.0, "val_loss": 1.6},
-                       {"target": 0.5, "sparsity": 0.5, "val_loss": 1.7}]}
+    curve = {"layer": [{"target": 0.0, "sparsity": 0.0, "val_loss": 1.6, "val_loss_stderr": 0.02},
+                       {"target": 0.5, "sparsity": 0.5, "val_loss": 1.7, "val_loss_stderr": 0.03}]}
     path = tmp_path / "plot" / "prune.png"
-    written = prune.plot_curve(curve, {"sparsity": 0.5, "val_loss": 1.8}, 1.6, str(path))
+    written = prune.plot_curve(curve, {"sparsity": 0.5, "val_loss": 1.8, "val_loss_stderr": 0.03},
+                               {"val_loss": 1.6, "val_loss_stderr": 0.02}, str(path))
     try:
         import matplotlib  # noqa: F401
     except ImportError:
