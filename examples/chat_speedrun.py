@@ -22,11 +22,17 @@ child process: train.run_script passes its output through and reads its last lin
                (quantize.py)
   6 chat       a scripted two-turn conversation with the quantized model (chat.py)
 
-Every model stage is measured the same way (`measure`): the loss on the held-out tenth of the
-play (how much of Shakespeare the model knows), the loss on held-out chats' answers (how well it
-follows the template), each task's exact-match accuracy of greedy answers to held-out prompts,
-and the preferred-behaviour rate (how often those answers end ", my lord"). The report card
-(out_dir/report.md and report.json) has one row per stage, so the gain of each shows.
+Every model stage is measured the same way (`measure`), by the evaluation harness
+(tinygrad_llm.eval), each figure with its bootstrap standard error (the "_stderr" keys): the loss
+per token on the held-out tenth of the play (how much of Shakespeare the model knows;
+loglikelihood_rolling in disjoint windows of the model's length over the first eval_windows
+windows' worth of tokens, so it costs what eval_windows forward passes cost), the loss on
+held-out chats' answers (how well it follows the template; loglikelihood of each answer and its
+end token after the user's turn), each task's exact-match accuracy of greedy answers to held-out
+prompts, and the preferred-behaviour rate (how often those answers end ", my lord"). The report
+card (out_dir/report.md and report.json) has one row per stage, so the gain of each shows.
+`python -m tinygrad_llm.eval --ckpt=<out_dir>/quantize/ckpt.safetensors --tasks=chat_arithmetic,
+chat_reversal,chat_who_speaks,chat_preference` asks the same held-out prompts of any stage.
 
 Resumable: a stage writes out_dir/<stage>/ and, last, its stage.json with the measurements and
 the settings it was made with; a stage whose stage.json exists is skipped (its settings must be
@@ -35,7 +41,6 @@ from its last checkpoint (every 500 steps, and on Ctrl-C).
 """
 import dataclasses
 import json
-import math
 import os
 import shutil
 import subprocess
@@ -45,11 +50,12 @@ import time
 import tinygrad_llm as tl  # noqa: F401  (first: it tunes the thread pools before NumPy loads)
 import numpy as np  # noqa: E402
 
-from tinygrad_llm import no_grad  # noqa: E402
 from tinygrad_llm.data import shakespeare, split  # noqa: E402
 from tinygrad_llm.data.files import atomic_write  # noqa: E402
-from tinygrad_llm.finetune import (TASKS, SFTBatcher, judge, perplexity,  # noqa: E402
-                                   segment_mask, task_records, windows)
+from tinygrad_llm.eval import (Task, bootstrap_stderr, by_task, chat_context,  # noqa: E402
+                               chat_tasks, evaluate, figure, loglikelihood, split_request,
+                               task_mean)
+from tinygrad_llm.finetune import TASKS, task_records  # noqa: E402
 from tinygrad_llm.tokenizers import CHAT_SPECIAL_TOKENS, BPETokenizer, ChatTemplate  # noqa: E402
 from tinygrad_llm.train import (load_model, parse_overrides, run_main, run_script,  # noqa: E402
                                 split_overrides)
@@ -76,7 +82,7 @@ class SpeedrunArgs:
     quant_scheme: str = "q8_0"    # the quantize stage's scheme
     per_task: int = 2000          # SFT / DPO records per task
     held_out: int = 60            # held-out prompts per task (accuracy, behaviour rate)
-    eval_windows: int = 100       # held-out windows of the play for the validation loss
+    eval_windows: int = 100       # held-out windows' worth of the play for the validation loss
     seed: int = 0                 # seeds every stage
 
 
@@ -98,27 +104,38 @@ def example(name, *options, input=None):
 
 
 # ---- measuring a model ----------------------------------------------------------------------
-def measure(model, template, held, val_windows):
-    """The same numbers for every model stage (see the docstring)."""
+def _per_token(nll, tokens):
+    return nll.sum() / tokens.sum()
+
+
+def chat_loss(model, template, records):
+    """{"value", "stderr"}: the mean loss per token of the records' answers and end tokens after
+    their user turns (the tokens SFT learns, each record read alone, as SFT's packing with a
+    segment mask reads it), and its bootstrap stderr over the records."""
+    tok, end = template.tokenizer, template.end_token
+    requests = [(chat_context(template, r["prompt"]), r["response"] + end) for r in records]
+    nll = -np.array([s for s, _ in loglikelihood(model, tok, requests)])            # (N,)
+    tokens = np.array([len(split_request(tok, *q)[1]) for q in requests], float)    # (N,)
+    return {"value": float(_per_token(nll, tokens)),
+            "stderr": bootstrap_stderr((nll, tokens), _per_token)}
+
+
+def measure(model, template, held, val_text):
+    """The same numbers for every model stage (see the docstring), from one harness run."""
     model.eval()
-    val_loss = math.log(perplexity(model, val_windows))
-    records = [r for rs in held.values() for r in rs]
-    batcher = SFTBatcher(template, records, block_size=model.config.block_size)
-    total = count = 0.0
-    with no_grad():
-        for i in range(0, len(batcher), 16):
-            rows = np.arange(i, min(i + 16, len(batcher)))
-            batch = (batcher.inputs[rows], batcher.targets[rows], batcher.positions[rows],
-                     segment_mask(batcher.segments[rows]))
-            inputs, kw = batcher.forward_kwargs(model, batch)
-            _, loss = model(inputs, **kw)
-            n = int((batch[1] != -100).sum())
-            total, count = total + float(loss.numpy()) * n, count + n
-    rate, accuracy = judge(model, template, held)
-    return {"val_loss": round(val_loss, 4), "chat_val_loss": round(total / count, 4),
-            "accuracy": accuracy,
-            "mean_accuracy": round(float(np.mean(list(accuracy.values()))), 3),
-            "behaviour_rate": round(rate, 3)}
+    # batch_size: prompts decoded together, windows per forward
+    report = evaluate(model, template.tokenizer, [Task("val", "perplexity", [{"text": val_text}]),
+                                                  *chat_tasks(template, held)], batch_size=64)
+    val, val_stderr = figure(report["tasks"]["val"]["metrics"]["nll_per_token"], 4)
+    chat, chat_stderr = figure(chat_loss(model, template,
+                                         [r for rs in held.values() for r in rs]), 4)
+    accuracy, accuracy_stderr = by_task(report, "exact_match")
+    mean_accuracy, mean_stderr = task_mean(report, "exact_match")
+    rate, rate_stderr = task_mean(report, "courtesy")
+    return {"val_loss": val, "chat_val_loss": chat, "accuracy": accuracy,
+            "mean_accuracy": mean_accuracy, "behaviour_rate": rate, "val_loss_stderr": val_stderr,
+            "chat_val_loss_stderr": chat_stderr, "accuracy_stderr": accuracy_stderr,
+            "mean_accuracy_stderr": mean_stderr, "behaviour_rate_stderr": rate_stderr}
 
 
 # ---- the stages -----------------------------------------------------------------------------
@@ -130,21 +147,23 @@ class Speedrun:
         self.tokenizer_file = os.path.join(self.dir["tokenizer"], "tokenizer.json")
         self._eval = None
 
-    def evaluation_data(self, block_size):
+    def evaluation_data(self, window):
         """The held-out prompts (split exactly as finetune_sft.py splits them, so SFT never
-        trained on them) and validation windows of the play, in this run's tokenizer."""
+        trained on them) and the validation text: the held-out tenth of the play, cut after
+        eval_windows * window tokens of this run's tokenizer (the cost of eval_windows
+        forwards)."""
         if self._eval is None:
             a = self.args
             tokenizer = BPETokenizer.load(self.tokenizer_file)
             _, held = task_records(shakespeare(), a.per_task, a.held_out, a.seed)
-            _, val_ids = split(tokenizer.encode(shakespeare()), 0.1)
-            val_windows = windows(np.asarray(val_ids), a.eval_windows, block_size, seed=1)
-            self._eval = ChatTemplate(tokenizer), held, val_windows
+            _, val_text = split(shakespeare(), 0.1)
+            val_text = tokenizer.decode(tokenizer.encode(val_text)[:a.eval_windows * window + 1])
+            self._eval = ChatTemplate(tokenizer), held, val_text
         return self._eval
 
     def measure(self, path):
         model, _, _ = load_model(path)
-        return measure(model, *self.evaluation_data(model.config.block_size))
+        return measure(model, *self.evaluation_data(model.config.max_positions))
 
     def tokenizer(self):
         a = self.args
@@ -187,6 +206,7 @@ class Speedrun:
                          f"--per_task={a.per_task}", f"--held_out={a.held_out}",
                          f"--seed={a.seed}")
         return {"steps": a.dpo_iters, "preference_rate": result["after"]["preference_rate"],
+                "preference_rate_stderr": result["after"]["preference_rate_stderr"],
                 **self.measure(self.ckpt["dpo"])}
 
     def quantize(self):
@@ -252,21 +272,24 @@ def report_card(results, args):
     """(markdown text, JSON-able dict)."""
     total = sum(r["wall_s"] for r in results.values())
     rows = ["| stage | wall s | val loss | chat val loss | " +
-            " | ".join(f"{t} acc" for t in TASKS) + " | ', my lord' rate | notes |",
-            "|---" * (6 + len(TASKS)) + "|"]
+            " | ".join(f"{t} acc" for t in TASKS) + " | mean acc | ', my lord' rate | notes |",
+            "|---" * (7 + len(TASKS)) + "|"]
     for stage, r in results.items():
         cells = [stage, f"{r['wall_s']:.0f}"]
         if "val_loss" in r:
             cells += [f"{r['val_loss']:.3f}", f"{r['chat_val_loss']:.3f}"]
             cells += [f"{r['accuracy'][t]:.2f}" for t in TASKS]
+            cells.append(_with_stderr(r["mean_accuracy"], r.get("mean_accuracy_stderr")))
             cells.append(f"{r['behaviour_rate']:.2f}")
         else:
-            cells += [""] * (3 + len(TASKS))
+            cells += [""] * (4 + len(TASKS))
         cells.append(_notes(stage, r))
         rows.append("| " + " | ".join(cells) + " |")
     lines = [f"# chat_speedrun report card ({'quick' if args.quick else 'full'})", "",
              f"Total wall time: {total:.0f} s ({total / 60:.1f} min) on {os.cpu_count()} cores.",
-             "", *rows, ""]
+             "", *rows, "",
+             "Figures from the evaluation harness (tinygrad_llm.eval) on held-out text and "
+             "prompts; ± is the bootstrap standard error.", ""]
     conversation = results.get("chat", {}).get("conversation", [])
     if conversation:
         lines += ["Conversation with the quantized model (greedy):", "", "```"]
@@ -278,6 +301,12 @@ def report_card(results, args):
     return "\n".join(lines), card
 
 
+def _with_stderr(value, stderr):
+    """"0.43 ± 0.04": a figure and its bootstrap standard error (the value alone when a stage
+    was measured without one)."""
+    return f"{value:.2f}" if stderr is None else f"{value:.2f} ± {stderr:.2f}"
+
+
 def _notes(stage, r):
     if stage == "tokenizer":
         return f"vocab {r['vocab_size']}, {r['chars_per_token']} chars/token"
@@ -286,7 +315,8 @@ def _notes(stage, r):
     if stage == "sft":
         return f"{r['steps']} steps on {r['examples']} chats"
     if stage == "dpo":
-        return f"{r['steps']} steps, held-out preference rate {r['preference_rate']:.2f}"
+        rate = _with_stderr(r["preference_rate"], r.get("preference_rate_stderr"))
+        return f"{r['steps']} steps, held-out preference rate {rate}"
     if stage == "quantize":
         return (f"{r['scheme']}: {r['file_mb']} MB (float {r['float_file_mb']} MB), "
                 f"{r['tokens_per_s']:.0f} tok/s (float {r['float_tokens_per_s']:.0f})")
@@ -317,7 +347,7 @@ def main(argv):
                         f"--ckpt={run.ckpt['quantize']}"])
     print(json.dumps({"total_wall_s": card["total_wall_s"], "report": os.path.join(
         args.out_dir, "report.md"), **{s: {k: v for k, v in r.items() if k in (
-            "wall_s", "val_loss", "mean_accuracy", "behaviour_rate")}
+            "wall_s", "val_loss", "mean_accuracy", "mean_accuracy_stderr", "behaviour_rate")}
             for s, r in results.items()}}))
     return card
 

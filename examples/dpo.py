@@ -13,9 +13,11 @@ reversed, another speaker). The policy starts as the SFT model; a frozen copy is
 Each step of the Trainer (a constant learning rate) takes a batch of pairs and minimises
 -log sigmoid(beta [(log pi(y_w) - log pi_ref(y_w)) - (log pi(y_l) - log pi_ref(y_l))])
 (finetune/dpo.py), logging the implicit rewards' accuracy and margin. Reported before and after
-on held-out prompts: the behaviour's rate, the preference rate (how often the policy gives the
-chosen answer the higher log-probability) and each task's greedy exact-match accuracy. One JSON
-line at the end.
+on held-out prompts, each figure by the evaluation harness (tinygrad_llm.eval) with its bootstrap
+standard error (the "_stderr" keys): the behaviour's rate (the chat tasks' courtesy metric, or
+with --behaviour=correct their mean exact match), the preference rate (preference_task's acc: how
+often the policy gives the chosen answer the higher log-probability) and each task's greedy
+exact-match accuracy. One JSON line at the end.
 
 DPO only asks that y_w gain on y_l; both may lose probability together, and the answers' content
 drifts (task accuracy falls). --sft_coef=c adds c times the chosen answers' mean negative
@@ -31,9 +33,10 @@ import tinygrad_llm as tl  # noqa: F401  (first: it tunes the thread pools befor
 import numpy as np  # noqa: E402
 
 from tinygrad_llm import no_grad  # noqa: E402
+from tinygrad_llm.eval import (by_task, chat_tasks, evaluate, preference_task,  # noqa: E402
+                               task_mean)
 from tinygrad_llm.finetune import (COURTESY, alignment_setup, dpo_loss,  # noqa: E402
-                                   encode_pairs, judge, preference_pairs, preference_rate,
-                                   sequence_logprobs)
+                                   encode_pairs, preference_pairs, sequence_logprobs)
 from tinygrad_llm.train import (TrainConfig, Trainer, load_model, parse_args,  # noqa: E402
                                 run_main, save_checkpoint)
 
@@ -65,6 +68,23 @@ def make_pairs(records, behaviour, seed):
              "rejected": r["response"], "task": r["task"]} for r in records]
 
 
+def measure(model, template, held, held_pairs, behaviour):
+    """The behaviour's rate, the preference rate and each task's accuracy, with their stderrs,
+    from one harness run: one greedy answer to every held-out prompt, the pairs as two-way
+    multiple choice."""
+    report = evaluate(model, template.tokenizer,
+                      [*chat_tasks(template, held), preference_task(template, held_pairs)],
+                      batch_size=64)             # prompts decoded together
+    # courtesy: how often the answers end ", my lord" (equal-sized tasks: the mean over all)
+    rate, rate_stderr = task_mean(report, "exact_match" if behaviour == "correct" else "courtesy")
+    accuracy, accuracy_stderr = by_task(report, "exact_match")
+    preference, preference_stderr = by_task(report, "acc")       # the preference task's alone
+    return {"behaviour_rate": rate, "preference_rate": preference["preference"],
+            "accuracy": accuracy, "behaviour_rate_stderr": rate_stderr,
+            "preference_rate_stderr": preference_stderr["preference"],
+            "accuracy_stderr": accuracy_stderr}
+
+
 def main(argv):
     args, train_config = parse_args(argv, DPOArgs, TrainConfig,
                                     defaults={TrainConfig: TRAIN_DEFAULTS})
@@ -73,11 +93,8 @@ def main(argv):
     reference, _, _ = load_model(args.sft)
     train_pairs = make_pairs(train, args.behaviour, train_config.seed)
     held_records = [r for records in held.values() for r in records]
-    held_encoded = encode_pairs(template, make_pairs(held_records, args.behaviour,
-                                                     train_config.seed + 1))
-    rate, accuracy = judge(policy, template, held, args.behaviour)
-    before = {"behaviour_rate": rate, "preference_rate": preference_rate(policy, held_encoded),
-              "accuracy": accuracy}
+    held_pairs = make_pairs(held_records, args.behaviour, train_config.seed + 1)
+    before = measure(policy, template, held, held_pairs, args.behaviour)
     print(f"before DPO: {before}")
 
     def batch_fn(pairs, rng):
@@ -112,9 +129,7 @@ def main(argv):
                   f"{np.mean([r['reward_margin'] for r in recent]):.3f}", flush=True)
     wall = time.perf_counter() - start
     policy.eval()
-    rate, accuracy = judge(policy, template, held, args.behaviour)
-    after = {"behaviour_rate": rate, "preference_rate": preference_rate(policy, held_encoded),
-             "accuracy": accuracy}
+    after = measure(policy, template, held, held_pairs, args.behaviour)
     print(f"after DPO: {after}")
     path = os.path.join(train_config.out_dir, "ckpt.safetensors")
     save_checkpoint(path, policy, record={**record, "dpo": {"steps": train_config.max_iters,

@@ -10,9 +10,12 @@ line of the play, what a small sum is, a word reversed. Each record is rendered 
 template with the loss only on the answer (a quarter more are two-turn chats, so that a second
 question in a conversation is answered too), short records are packed into blocks (each attends
 only to itself), and the Trainer runs `max_iters` AdamW steps on them (all weights, or LoRA
-adapters with --lora). Task accuracy (exact answer, greedy decoding) on held-out prompts is
-measured before and after. Writes out_dir/ckpt.safetensors (a checkpoint chat.py can open) and
-prints one JSON line.
+adapters with --lora). Task accuracy on held-out prompts is measured before and after by the
+evaluation harness (tinygrad_llm.eval: each prompt asked through the chat template, the greedy
+answer's exact match), each task's with its bootstrap standard error. Writes
+out_dir/ckpt.safetensors (a checkpoint chat.py and `python -m tinygrad_llm.eval` can open; its
+record keeps the held-out split, so the harness's chat tasks ask the same prompts) and prints one
+JSON line.
 """
 import dataclasses
 import json
@@ -23,8 +26,9 @@ import tinygrad_llm as tl  # noqa: F401  (first: it tunes the thread pools befor
 import numpy as np  # noqa: E402
 
 from tinygrad_llm.data import shakespeare  # noqa: E402
+from tinygrad_llm.eval import by_task, chat_tasks, evaluate  # noqa: E402
 from tinygrad_llm.finetune import (SFTBatcher, apply_lora, merge_and_unload,  # noqa: E402
-                                   task_accuracy, task_records)
+                                   task_records)
 from tinygrad_llm.tokenizers import ChatTemplate  # noqa: E402
 from tinygrad_llm.train import (TrainConfig, Trainer, ensure_checkpoint, load_model,  # noqa: E402
                                 parse_args, run_main, save_checkpoint)
@@ -64,6 +68,13 @@ def two_turn_chats(records, fraction, seed):
     return chats
 
 
+def task_accuracy(model, template, held):
+    """({task: exact-match accuracy}, {task: its bootstrap stderr}) of greedy answers to the
+    held-out prompts, through the harness (64 prompts decoded together)."""
+    return by_task(evaluate(model, template.tokenizer, chat_tasks(template, held),
+                            batch_size=64), "exact_match")
+
+
 def main(argv):
     args, train_config = parse_args(argv, SFTArgs, TrainConfig,
                                     defaults={TrainConfig: TRAIN_DEFAULTS})
@@ -74,8 +85,8 @@ def main(argv):
     train, held = task_records(shakespeare(), args.per_task, args.held_out, train_config.seed)
     train = train + two_turn_chats(train, args.two_turn, train_config.seed)
     batcher = SFTBatcher(template, train, block_size=model.config.block_size)
-    before = task_accuracy(model, template, held)
-    print(f"before SFT: {before}")
+    before, before_stderr = task_accuracy(model, template, held)
+    print(f"before SFT: {before} (stderr {before_stderr})")
 
     if args.lora:
         apply_lora(model, ["*.attn.qkv", "*.attn.proj", "*.ffn.up", "*.ffn.down"],
@@ -97,12 +108,15 @@ def main(argv):
     model.eval()
     if args.lora:                  # the merged weights, in the base model's own layout
         merge_and_unload(model)
-    after = task_accuracy(model, template, held)
-    print(f"after SFT: {after}")
+    after, after_stderr = task_accuracy(model, template, held)
+    print(f"after SFT: {after} (stderr {after_stderr})")
     path = os.path.join(train_config.out_dir, "ckpt.safetensors")
-    save_checkpoint(path, model, record={**record, "sft": {"steps": train_config.max_iters,
-                                                           "lora": args.lora}})
+    # the split, so that the harness's chat tasks ask what SFT held out (eval.chat_builtin)
+    save_checkpoint(path, model, record={**record, "sft": {
+        "steps": train_config.max_iters, "lora": args.lora, "per_task": args.per_task,
+        "held_out": args.held_out, "seed": train_config.seed}})
     result = {"accuracy_before": before, "accuracy_after": after,
+              "accuracy_before_stderr": before_stderr, "accuracy_after_stderr": after_stderr,
               "final_loss": round(float(np.mean(losses[-20:])), 4),
               "steps": train_config.max_iters, "examples": batcher.n_examples,
               "packed_blocks": len(batcher), "train_s": round(wall, 1), "lora": args.lora,

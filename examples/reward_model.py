@@ -17,7 +17,9 @@ the head with `head_lr`.
 
 Reported per task on held-out pairs (prompts never trained on, the SFT split): the reward
 model's pair accuracy before and after (a tie counts 1/2), beside the SFT model's own preference
-(how often log pi(y_w | x) > log pi(y_l | x)), what a reward model must beat to be worth having.
+(how often log pi(y_w | x) > log pi(y_l | x): the evaluation harness's preference_task acc),
+what a reward model must beat to be worth having; each with its bootstrap standard error
+(tinygrad_llm.eval, the "_stderr" keys).
 Writes out_dir/ckpt.safetensors (`load_reward_model` reopens it) and prints one JSON line.
 """
 import dataclasses
@@ -29,9 +31,10 @@ import tinygrad_llm as tl  # noqa: F401  (first: it tunes the thread pools befor
 import numpy as np  # noqa: E402
 
 from tinygrad_llm import no_grad  # noqa: E402
+from tinygrad_llm.eval import bootstrap_stderr, by_task, preference_task  # noqa: E402
+from tinygrad_llm.eval import evaluate as evaluate_tasks  # noqa: E402
 from tinygrad_llm.finetune import (SequenceHead, alignment_setup,  # noqa: E402
-                                   bradley_terry_loss, encode_pairs, preference_pairs,
-                                   preference_rate)
+                                   bradley_terry_loss, encode_pairs, preference_pairs)
 from tinygrad_llm.models import GPT, GPTConfig  # noqa: E402
 from tinygrad_llm.train import (CheckpointError, TrainConfig, Trainer,  # noqa: E402
                                 load_checkpoint, parse_args, run_main, save_checkpoint)
@@ -67,8 +70,8 @@ def encode(template, pairs):
     return ids, lengths
 
 
-def pair_accuracy(reward_model, template, pairs, batch_size=32):
-    """How often r(chosen) > r(rejected) on `pairs`, a tie counting 1/2."""
+def pair_scores(reward_model, template, pairs, batch_size=32):
+    """Per pair: 1 when r(chosen) > r(rejected), 1/2 for a tie, else 0 (N,)."""
     margins = []
     reward_model.eval()
     with no_grad():
@@ -78,12 +81,21 @@ def pair_accuracy(reward_model, template, pairs, batch_size=32):
             n = len(r) // 2
             margins.append(r[:n] - r[n:])
     m = np.concatenate(margins)
-    return float((m > 0).mean() + 0.5 * (m == 0).mean())
+    return (m > 0) + 0.5 * (m == 0)
+
+
+def accuracy_by_task(reward_model, template, held_pairs):
+    """({task: pair accuracy}, {task: its bootstrap stderr over the pairs}) on held_pairs."""
+    scores = {task: pair_scores(reward_model, template, pairs)
+              for task, pairs in held_pairs.items()}
+    return ({task: round(float(s.mean()), 3) for task, s in scores.items()},
+            {task: round(bootstrap_stderr(s), 3) if len(s) > 1 else None
+             for task, s in scores.items()})
 
 
 def evaluate(reward_model, template, held_pairs):
-    return {task: round(pair_accuracy(reward_model, template, pairs), 3)
-            for task, pairs in held_pairs.items()}
+    """{task: pair accuracy} on held_pairs (a tie counting 1/2)."""
+    return accuracy_by_task(reward_model, template, held_pairs)[0]
 
 
 def load_reward_model(path):
@@ -105,11 +117,13 @@ def main(argv):
     train_pairs = preference_pairs(train, seed=train_config.seed)
     held_pairs = {task: preference_pairs(records, seed=train_config.seed + 1)
                   for task, records in held.items()}
-    sft_preference = {task: round(preference_rate(backbone, encode_pairs(template, p)), 3)
-                      for task, p in held_pairs.items()}
-    print(f"the SFT model's own preference (log-prob) on held-out pairs: {sft_preference}")
+    sft_preference, sft_preference_stderr = by_task(evaluate_tasks(
+        backbone, template.tokenizer,
+        [preference_task(template, p, name=task) for task, p in held_pairs.items()]), "acc")
+    print(f"the SFT model's own preference (log-prob) on held-out pairs: {sft_preference} "
+          f"(stderr {sft_preference_stderr})")
     reward_model = SequenceHead(backbone, n_out=1)
-    before = evaluate(reward_model, template, held_pairs)
+    before, before_stderr = accuracy_by_task(reward_model, template, held_pairs)
     print(f"reward model before training: {before}")
 
     body = [p for p in backbone.parameters() if p.requires_grad]
@@ -134,14 +148,16 @@ def main(argv):
             recent = np.mean(log[-25:], axis=0)
             print(f"step {step}: loss {recent[0]:.4f} pair accuracy {recent[1]:.3f}", flush=True)
     wall = time.perf_counter() - start
-    after = evaluate(reward_model, template, held_pairs)
-    print(f"reward model after {train_config.max_iters} steps: {after}")
+    after, after_stderr = accuracy_by_task(reward_model, template, held_pairs)
+    print(f"reward model after {train_config.max_iters} steps: {after} (stderr {after_stderr})")
     path = os.path.join(train_config.out_dir, "ckpt.safetensors")
     save_checkpoint(path, reward_model, record={
         **record, "reward_model": {"steps": train_config.max_iters, "sft": args.sft}})
     recent = np.mean(log[-20:], axis=0)
     result = {"accuracy_before": before, "accuracy_after": after,
               "sft_logprob_preference": sft_preference,
+              "accuracy_before_stderr": before_stderr, "accuracy_after_stderr": after_stderr,
+              "sft_logprob_preference_stderr": sft_preference_stderr,
               "mean_after": round(float(np.mean(list(after.values()))), 3),
               "steps": train_config.max_iters, "train_pairs": len(train_pairs),
               "held_out_pairs": sum(len(p) for p in held_pairs.values()),

@@ -16,7 +16,8 @@ a constant learning rate: its batch function samples the answers from the policy
 that step (on-policy) and scores them, its loss function is Reinforce's. Reported
 before and after: the mean reward of sampled answers (temperature `temperature`) on 200 fixed
 training prompts (the objective) and on held-out prompts (generalisation), the greedy held-out
-accuracy, and the KL to the reference at the end. One JSON line.
+accuracy (the evaluation harness's chat tasks, tinygrad_llm.eval), each with its bootstrap
+standard error (the "_stderr" keys), and the KL to the reference at the end. One JSON line.
 """
 import dataclasses
 import json
@@ -26,8 +27,8 @@ import time
 import tinygrad_llm as tl  # noqa: F401  (first: it tunes the thread pools before NumPy loads)
 import numpy as np  # noqa: E402
 
-from tinygrad_llm.finetune import (Reinforce, alignment_setup, rollout,  # noqa: E402
-                                   task_accuracy)
+from tinygrad_llm.eval import bootstrap_stderr, by_task, chat_tasks, evaluate  # noqa: E402
+from tinygrad_llm.finetune import Reinforce, alignment_setup, rollout  # noqa: E402
 from tinygrad_llm.finetune.tasks import answer_is_correct  # noqa: E402
 from tinygrad_llm.train import (TrainConfig, Trainer, load_model, parse_args,  # noqa: E402
                                 run_main, save_checkpoint)
@@ -81,14 +82,18 @@ def main(argv):
 
     def measure(model):
         """Mean sampled reward on 200 fixed training prompts (the objective RL maximises) and on
-        the held-out ones, and greedy held-out accuracy."""
-        rewards = {}
+        the held-out ones, and greedy held-out accuracy, each with its bootstrap stderr."""
+        rewards, stderrs = {}, {}
         for name, records in (("train_prompts", probe), ("held_out", held_records)):
-            rewards[name] = round(float(sampled_reward(model, template, records,
-                                                       args.temperature, seed + 7,
-                                                       args.max_new_tokens)[2].mean()), 3)
-        return {"sampled_reward": rewards,
-                "greedy_accuracy": task_accuracy(model, template, held)}
+            reward = sampled_reward(model, template, records, args.temperature, seed + 7,
+                                    args.max_new_tokens)[2]
+            rewards[name] = round(float(reward.mean()), 3)
+            stderrs[name] = round(bootstrap_stderr(reward), 3) if len(reward) > 1 else None
+        accuracy, accuracy_stderr = by_task(
+            evaluate(model, template.tokenizer, chat_tasks(template, held), batch_size=64),
+            "exact_match")
+        return {"sampled_reward": rewards, "greedy_accuracy": accuracy,
+                "sampled_reward_stderr": stderrs, "greedy_accuracy_stderr": accuracy_stderr}
 
     before = measure(policy)
     print(f"before RLHF: {before}")

@@ -1,18 +1,24 @@
 """The harness's per-task settings and its chat tasks: batched generate_until against one
 context at a time, target_delimiter, process_results, chat_tasks' answers against generate with
-the end-of-turn token as stop id, preference_task's acc against DPO's sequence log-probabilities."""
+the end-of-turn token as stop id, preference_task's acc against DPO's sequence log-probabilities,
+the built-in chat tasks on the fine-tuning examples' held-out split (and their error for a
+tokenizer without the chat tokens), and the per-task and mean figures the examples print."""
+import math
+
 import numpy as np
 import pytest
 
 from tinygrad_llm import no_grad
-from tinygrad_llm.eval import (Task, chat_context, chat_tasks, evaluate, generate_until,
-                               loglikelihood, multiple_choice, preference_task, scores)
+from tinygrad_llm.eval import (CHAT_BUILTIN, Task, by_task, chat_builtin, chat_context,
+                               chat_tasks, evaluate, figure, generate_until, loglikelihood,
+                               multiple_choice, preference_task, scores, task_mean)
 from tinygrad_llm.eval.chat import _chat_results
-from tinygrad_llm.finetune import COURTESY
+from tinygrad_llm.finetune import COURTESY, preference_pairs, task_records
 from tinygrad_llm.finetune.dpo import encode_pairs, sequence_logprobs
 from tinygrad_llm.generate import generate
 from tinygrad_llm.models import GPT, GPTConfig
-from tinygrad_llm.tokenizers import CHAT_SPECIAL_TOKENS, BPETokenizer, ChatTemplate
+from tinygrad_llm.tokenizers import (CHAT_SPECIAL_TOKENS, BPETokenizer, CharTokenizer,
+                                     ChatTemplate)
 
 TEXT = "What is 12+30? 42. Reverse: night thgin. Who speaks this line? ROMEO JULIET " * 20
 
@@ -113,3 +119,72 @@ def test_process_results_must_name_the_same_metrics(template, model):
         Task("bad", "generate", [], process_results=3)
     with pytest.raises(ValueError, match="held must be a non-empty dict"):
         chat_tasks(template, {})
+
+
+# a play of two speakers with 60 lines each: who_speaks keeps speakers with >= 50 lines
+PLAY = "\n".join(f"{['ROMEO', 'JULIET'][i % 2]}:\nBut soft, what light through window {i}\n"
+                 f"It is the east, and {i} is the sun.\n" for i in range(60))
+
+
+def test_chat_builtin_asks_the_examples_held_out_prompts(template):
+    tasks = chat_builtin(list(CHAT_BUILTIN), template.tokenizer, text=PLAY, per_task=20,
+                         held_out=4, seed=0)             # 4: both speakers among the held out
+    assert [t.name for t in tasks] == list(CHAT_BUILTIN)
+    _, held = task_records(PLAY, 20, 4, 0)              # the split finetune_sft.py holds out
+    by_name = {t.name: t for t in tasks}
+    for name, records in held.items():
+        task = by_name[f"chat_{name}"]
+        assert task.kind == "generate" and task.stop == (template.end_token,)
+        assert [d["context"] for d in task.docs] == [chat_context(template, r["prompt"])
+                                                     for r in records]
+        assert [d["answer"] for d in task.docs] == [r["response"] for r in records]
+    pairs = preference_pairs([r for rs in held.values() for r in rs], seed=1)
+    preference = by_name["chat_preference"]
+    assert preference.kind == "multiple_choice" and len(preference.docs) == 12
+    assert [d["choices"][1] for d in preference.docs] == [p["rejected"] + template.end_token
+                                                          for p in pairs]
+
+
+def test_evaluate_takes_chat_task_names_with_the_model_s_tokenizer(template, model,
+                                                                   shakespeare_text):
+    report = evaluate(model, template.tokenizer, ["chat_arithmetic", "chat_preference"],
+                      limit=2, bootstrap=10, text=shakespeare_text)
+    assert report["tasks"]["chat_arithmetic"]["n_docs"] == 2
+    assert set(report["tasks"]["chat_arithmetic"]["metrics"]) == {"exact_match", "courtesy"}
+    assert "acc" in report["tasks"]["chat_preference"]["metrics"]
+
+
+def test_chat_builtin_names_the_task_when_the_tokenizer_has_no_chat_tokens():
+    tok = CharTokenizer.from_text(PLAY)
+    with pytest.raises(ValueError) as err:
+        chat_builtin(["chat_arithmetic"], tok, text=PLAY, per_task=20, held_out=3)
+    message = str(err.value)
+    assert "chat_arithmetic" in message and "<|user|>" in message and "\n" not in message
+    with pytest.raises(ValueError, match="unknown chat tasks \\['chat_poetry'\\]"):
+        chat_builtin(["chat_poetry"], tok, text=PLAY)
+
+
+def report_of(metrics):
+    """A report with tasks {name: {metric: (value, stderr)}}."""
+    return {"tasks": {name: {"kind": "generate", "n_docs": 4, "metrics": {
+        k: {"value": v, "stderr": e} for k, (v, e) in m.items()}} for name, m in metrics.items()}}
+
+
+def test_figures_by_task_and_their_mean():
+    report = report_of({"a": {"exact_match": (0.5, 0.25), "courtesy": (1.0, 0.0)},
+                        "b": {"exact_match": (0.25, float("nan"))},
+                        "p": {"acc": (0.75, 0.2)}})
+    assert figure(report["tasks"]["a"]["metrics"]["exact_match"]) == (0.5, 0.25)
+    assert by_task(report, "exact_match") == ({"a": 0.5, "b": 0.25}, {"a": 0.25, "b": None})
+    assert by_task(report, "acc") == ({"p": 0.75}, {"p": 0.2})
+    # independent tasks: the variances add, the mean's stderr is sqrt(sum se^2) / k
+    report["tasks"]["b"]["metrics"]["exact_match"]["stderr"] = 0.1
+    mean, stderr = task_mean(report, "exact_match", digits=6)
+    assert mean == 0.375 and stderr == pytest.approx(math.sqrt(0.25 ** 2 + 0.1 ** 2) / 2, abs=1e-6)
+    assert task_mean(report, "courtesy") == (1.0, 0.0)
+    report["tasks"]["b"]["metrics"]["exact_match"]["stderr"] = None    # one document: no spread
+    assert task_mean(report, "exact_match")[1] is None
+    with pytest.raises(ValueError, match="no metric 'courtesy'"):
+        task_mean(report, "courtesy", names=["a", "b"])
+    with pytest.raises(ValueError, match="no task in the report has the metric 'bleu'"):
+        task_mean(report, "bleu")

@@ -59,7 +59,8 @@ def test_unknown_task_lists_the_available_ones():
         get_task("hellaswag")
     message = str(err.value)
     assert "'hellaswag'" in message
-    for name in ("arithmetic", "reversal", "who_speaks", "next_line", "shakespeare_ppl"):
+    for name in ("arithmetic", "reversal", "who_speaks", "next_line", "who_speaks_play",
+                 "next_line_play", "shakespeare_ppl"):
         assert name in message
 
 
@@ -86,6 +87,23 @@ def test_shakespeare_cloze_tasks(shakespeare_text):
     assert line + "\n" + next_line["choices"][next_line["gold"]] in held_out
     ppl = get_task("shakespeare_ppl", text=shakespeare_text)
     assert ppl.docs == [{"text": held_out}]
+
+
+def test_play_layout_cloze_tasks_ask_the_same_questions(shakespeare_text):
+    held_out = shakespeare_text[int(len(shakespeare_text) * 0.9):]
+    for name in ("who_speaks", "next_line"):
+        qa, play = get_task(name, text=shakespeare_text), get_task(name + "_play",
+                                                                   text=shakespeare_text)
+        assert play.name == name + "_play" and play.target_delimiter == ""
+        assert qa.target_delimiter == " " and len(play.docs) == len(qa.docs)
+        assert [d["gold"] for d in play.docs] == [d["gold"] for d in qa.docs]
+    speaker = get_task("who_speaks_play", text=shakespeare_text).docs[0]
+    heading, line = speaker["choices"][speaker["gold"]].split(":\n")
+    assert speaker["context"] == "\n\n" and f"{heading}:\n" in held_out and line in held_out
+    assert all(c.endswith(f":\n{line}") for c in speaker["choices"])
+    follow = get_task("next_line_play", text=shakespeare_text).docs[0]
+    assert follow["context"].endswith("\n")
+    assert follow["context"] + follow["choices"][follow["gold"]] in held_out
 
 
 def test_bootstrap_stderr():

@@ -156,6 +156,9 @@ def test_reward_model_example(corpus, sft, capsys):
     assert all(v == 0.5 for v in result["accuracy_before"].values())   # a zero head ties all
     assert all(0 <= v <= 1 for v in result["accuracy_after"].values())
     assert all(0 <= v <= 1 for v in result["sft_logprob_preference"].values())
+    assert all(e == 0.0 for e in result["accuracy_before_stderr"].values())   # all ties
+    for key in ("accuracy_after_stderr", "sft_logprob_preference_stderr"):
+        assert set(result[key]) == tasks and all(0 <= e <= 0.5 for e in result[key].values())
     assert result["held_out_pairs"] == 12 and np.isfinite(result["final_loss"])
     # the saved reward model scores as the trained one did
     model, record = reward_model.load_reward_model(str(out))

@@ -1,7 +1,9 @@
 """examples/finetune_sft.py end to end on a tiny corpus: it trains a base model with the chat
 tokens (train_shakespeare.py, run as a command because the base is missing), measures accuracy
-before and after, and writes a checkpoint that load_model opens (full fine-tuning and LoRA,
-merged back into plain layers); then dpo.py and rlhf.py from that SFT checkpoint."""
+before and after through the harness (each with its stderr), and writes a checkpoint that
+load_model opens (full fine-tuning and LoRA, merged back into plain layers) and whose record
+keeps the held-out split; then dpo.py and rlhf.py from that SFT checkpoint, their figures the
+harness's."""
 import json
 
 import numpy as np
@@ -27,10 +29,13 @@ def test_finetune_sft_example(corpus, lora, capsys):
                                 f"--out_dir={out.parent}"])
     printed = capsys.readouterr().out.strip().splitlines()
     assert json.loads(printed[-1]) == result
-    assert set(result["accuracy_before"]) == {"who_speaks", "arithmetic", "reversal"}
-    assert all(0 <= v <= 1 for v in result["accuracy_after"].values())
+    tasks = {"who_speaks", "arithmetic", "reversal"}
+    for when in ("before", "after"):
+        assert set(result[f"accuracy_{when}"]) == set(result[f"accuracy_{when}_stderr"]) == tasks
+        assert all(0 <= v <= 1 for v in result[f"accuracy_{when}"].values())
+        assert all(0 <= e <= 0.5 for e in result[f"accuracy_{when}_stderr"].values())
     model, _, record = load_model(str(out))
-    assert record["sft"] == {"steps": 3, "lora": lora}
+    assert record["sft"] == {"steps": 3, "lora": lora, "per_task": 40, "held_out": 4, "seed": 0}
     assert not any(isinstance(m, LoRALinear) for m in model.modules())
 
 
@@ -53,7 +58,13 @@ def test_dpo_example(corpus, sft, capsys):
                        "--batch_size=4", f"--out_dir={out.parent}"])
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1]) == result
     for when in ("before", "after"):
-        assert 0 <= result[when]["preference_rate"] <= 1
+        figures = result[when]
+        assert 0 <= figures["preference_rate"] <= 1
+        assert 0 <= figures["behaviour_rate"] <= 1
+        assert set(figures["accuracy"]) == set(figures["accuracy_stderr"]) == {
+            "who_speaks", "arithmetic", "reversal"}
+        for key in ("preference_rate_stderr", "behaviour_rate_stderr"):
+            assert 0 <= figures[key] <= 0.5
     model, _, record = load_model(str(out))
     assert record["dpo"] == {"steps": 3, "beta": 0.1, "sft_coef": 0.5}
 
@@ -66,6 +77,10 @@ def test_rlhf_example(corpus, sft, capsys):
                         "--batch_size=4", "--group_size=2", f"--out_dir={out.parent}"])
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1]) == result
     for when in ("before", "after"):
-        assert set(result[when]["sampled_reward"]) == {"train_prompts", "held_out"}
+        figures = result[when]
+        assert set(figures["sampled_reward"]) == set(figures["sampled_reward_stderr"]) == {
+            "train_prompts", "held_out"}
+        assert set(figures["greedy_accuracy"]) == set(figures["greedy_accuracy_stderr"]) == {
+            "arithmetic", "who_speaks"}
     assert np.isfinite(result["final_kl"])
     assert load_model(str(out))[2]["rlhf"] == {"steps": 2, "kl_coef": 0.05, "group_size": 2}

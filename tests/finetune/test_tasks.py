@@ -1,9 +1,13 @@
 """Generated tasks: speakers parsed from the play's headings, each record well formed and
-answerable, preference pairs with a wrong rejected answer, the checker, and the split."""
+answerable, preference pairs with a wrong rejected answer, the checker, and the splits (no
+held-out prompt among the training records)."""
 import numpy as np
 
+import pytest
+
 from tinygrad_llm.finetune.tasks import (answer_is_correct, arithmetic, continue_line,
-                                         preference_pairs, reversal, speeches, split_records,
+                                         play_words, preference_pairs, reversal, speeches,
+                                         split_by_prompt, split_records, task_records,
                                          who_speaks)
 
 PLAY = """First Citizen:
@@ -59,3 +63,26 @@ def eval_sum(record):
 def test_arithmetic_is_seeded():
     assert arithmetic(5, seed=7) == arithmetic(5, seed=7)
     assert np.any([a != b for a, b in zip(arithmetic(5, seed=7), arithmetic(5, seed=8))])
+
+
+def test_split_by_prompt_never_trains_on_a_held_out_prompt():
+    records = arithmetic(300, max_value=6, seed=0)         # 36 distinct sums: many repeats
+    train, held = split_by_prompt(records, 10, seed=1)
+    held_prompts = {r["prompt"] for r in held}
+    assert len(held) == 10 == len(held_prompts)
+    assert not any(r["prompt"] in held_prompts for r in train)
+    assert len(train) + sum(r["prompt"] in held_prompts for r in records) == len(records)
+    with pytest.raises(ValueError, match="held_out=40 distinct prompts asked, the records have 36"):
+        split_by_prompt(records, 40)
+
+
+def test_task_records_hold_out_unseen_prompts(shakespeare_text):
+    train, held = task_records(shakespeare_text, 300, 20, seed=0)
+    held_prompts = {r["prompt"] for rs in held.values() for r in rs}
+    assert {k: len(v) for k, v in held.items()} == {"who_speaks": 20, "arithmetic": 20,
+                                                    "reversal": 20}
+    assert len(train) == 900 and not any(r["prompt"] in held_prompts for r in train)
+    # reversal reverses the play's words: held-out words are ones training never reversed
+    assert len(play_words(shakespeare_text)) > 1000
+    trained = {r["prompt"] for r in train if r["task"] == "reversal"}
+    assert len(trained) > 200

@@ -7,23 +7,26 @@ line, __main__.py).
 
 Metrics by kind: multiple_choice -> acc, acc_norm, acc_centred; generate -> exact_match (the
 greedy answer, stripped, equals the answer), or what the task's process_results gives;
-perplexity -> perplexity, bits_per_byte, nll_per_token, resampled over the rolling windows (a single long text has one document, and its
-windows are the units the loss is summed over).
+perplexity -> perplexity, bits_per_byte, nll_per_token, resampled over the rolling windows (a
+single long text has one document, and its windows are the units the loss is summed over).
 
 The standard error is the bootstrap's (Efron, 1979): the metric recomputed on `bootstrap` samples
 of the documents drawn with replacement, and the standard deviation of those values. For a mean
 it matches the usual sqrt(p (1 - p) / n); for a ratio such as perplexity it needs no formula.
 
-Reading order: bootstrap_stderr, the per-kind scorers, evaluate.
+Reading order: bootstrap_stderr, the per-kind scorers, evaluate; then what the examples read
+out of a report: scores, figure, by_task, task_mean.
 """
 import math
 
 import numpy as np
 
 from .harness import generate_until, loglikelihood_rolling, multiple_choice
+from .chat import CHAT_BUILTIN, chat_builtin
 from .tasks import get_task
 
-__all__ = ["evaluate", "bootstrap_stderr", "exact_match", "scores"]
+__all__ = ["evaluate", "bootstrap_stderr", "exact_match", "scores", "figure", "by_task",
+           "task_mean"]
 
 
 def bootstrap_stderr(columns, statistic=np.mean, n=1000, seed=0):
@@ -104,9 +107,18 @@ def _score(task, model, tokenizer, docs, bootstrap, seed, batch_size, stride):
     return _score_perplexity(model, tokenizer, docs, bootstrap, seed, batch_size, stride)
 
 
+def _resolve(name, tokenizer, text):
+    """A Task object, a built-in or chat task name, or a .jsonl path -> the Task. The chat tasks
+    need the tokenizer (for the template); they ask chat.HELD_OUT_SPLIT's held-out prompts."""
+    if isinstance(name, str) and name in CHAT_BUILTIN:
+        return chat_builtin([name], tokenizer, text=text)[0]
+    return get_task(name, text)
+
+
 def evaluate(model, tokenizer, tasks, limit=None, seed=0, bootstrap=1000, batch_size=16,
              stride=None, text=None):
-    """The report dict (module docstring) of `tasks` (names, .jsonl paths or Task objects).
+    """The report dict (module docstring) of `tasks` (names, chat.CHAT_BUILTIN names for a chat
+    model, .jsonl paths or Task objects).
     limit: the first `limit` documents of each task (None: all); seed: the bootstrap's;
     bootstrap: its number of samples; stride: the rolling window's (perplexity tasks);
     text: the Shakespeare text for the built-in tasks made from it."""
@@ -114,7 +126,7 @@ def evaluate(model, tokenizer, tasks, limit=None, seed=0, bootstrap=1000, batch_
                               or limit < 1):
         raise ValueError(f"evaluate: limit must be None or an int >= 1, got {limit!r}")
     report = {"tasks": {}, "limit": limit, "seed": seed, "bootstrap": bootstrap}
-    for task in [get_task(t, text) for t in tasks]:
+    for task in [_resolve(t, tokenizer, text) for t in tasks]:
         docs = task.docs[:limit] if limit is not None else task.docs
         try:
             metrics = _score(task, model, tokenizer, docs, bootstrap, seed, batch_size, stride)
@@ -130,3 +142,41 @@ def scores(report, digits=4):
     its own JSON (the stderrs stay in the full report)."""
     return {name: {k: round(m["value"], digits) for k, m in t["metrics"].items()}
             for name, t in report["tasks"].items()}
+
+
+def _plain(stderr, digits):
+    """A stderr for JSON: rounded, None where it is not defined (nan: fewer than 2 documents)."""
+    return None if stderr is None or math.isnan(stderr) else round(stderr, digits)
+
+
+def figure(metric, digits=3):
+    """(value, stderr) of one report metric {"value", "stderr"}, rounded to `digits`, the stderr
+    None where it is not defined (nan: fewer than 2 documents), so the pair is plain JSON."""
+    return round(metric["value"], digits), _plain(metric["stderr"], digits)
+
+
+def by_task(report, metric, digits=3):
+    """({task: value}, {task: stderr}) of `metric` for every task of the report that has it,
+    each as `figure` rounds it."""
+    found = {name: figure(t["metrics"][metric], digits) for name, t in report["tasks"].items()
+             if metric in t["metrics"]}
+    return ({name: v for name, (v, _) in found.items()},
+            {name: e for name, (_, e) in found.items()})
+
+
+def task_mean(report, metric, names=None, digits=3):
+    """(mean, stderr) of `metric` over the report's tasks `names` (default: every task with it),
+    each task counting equally. The tasks' documents are drawn apart, so their bootstrap
+    variances add: stderr = sqrt(sum of stderr_t^2) / k. With equal-sized tasks (task_records
+    holds out `held_out` prompts of each) the mean is also the mean over all documents."""
+    if names is None:
+        names = [n for n, t in report["tasks"].items() if metric in t["metrics"]]
+    if not names:
+        raise ValueError(f"task_mean: no task in the report has the metric {metric!r}")
+    lacking = [n for n in names if metric not in report["tasks"].get(n, {}).get("metrics", {})]
+    if lacking:
+        raise ValueError(f"task_mean: tasks {lacking} have no metric {metric!r} in the report")
+    found = [report["tasks"][n]["metrics"][metric] for n in names]
+    errors = [float("nan") if m["stderr"] is None else m["stderr"] for m in found]
+    stderr = math.sqrt(sum(e * e for e in errors)) / len(found)
+    return round(sum(m["value"] for m in found) / len(found), digits), _plain(stderr, digits)

@@ -13,6 +13,10 @@ examples train on through the chat template, are asked here of a bare language m
     arithmetic, reversal     finetune.tasks' generated checkable tasks, answered by generation
     who_speaks               a line of the play's held-out 10 %; which of four speakers says it
     next_line                a held-out line; which of four lines follows it
+    who_speaks_play,         the same two questions in the play's own layout ("NAME:" over the
+      next_line_play         line; a line, then the next): a base model that has read only
+                             plays has never seen "Question: ... Answer:", and the gap between
+                             the two forms is how much of a score is the format
     shakespeare_ppl          perplexity of the held-out 10 % (nanoGPT's validation split)
 `get_task(name)` builds one (the Shakespeare tasks read the text through data.shakespeare, or
 from `text`); an unknown name raises listing the available ones.
@@ -154,36 +158,56 @@ def _choices(gold, pool, rng, n=4):
     return picked[:at] + [gold] + picked[at:], at
 
 
-def _cloze_task(name, question, pairs, pool, n, seed):
+def _cloze_task(name, question, pairs, pool, n, seed, play=None):
     """A four-way multiple-choice Task from n of the (line, answer) pairs, drawn in a seeded
-    order: the question about the line, the answer among three others from pool."""
+    order: the answer among three others from pool. Asked as the question about the line in the
+    "Context: ... Question: ... Answer:" form, or (play: (context, choice_format)) in the play's
+    own layout: the context, then each choice formatted with the line, no delimiter."""
     rng = np.random.default_rng(seed)
     docs = []
     for i in rng.permutation(len(pairs))[:n]:
         line, answer = pairs[i]
         choices, gold = _choices(answer, pool, rng)
-        docs.append({"context": render(question, line), "choices": choices, "gold": gold})
-    return Task(name, "multiple_choice", docs)
+        if play is None:
+            docs.append({"context": render(question, line), "choices": choices, "gold": gold})
+        else:
+            context, layout = play
+            docs.append({"context": context.format(line=line),
+                         "choices": [layout.format(choice=c, line=line) for c in choices],
+                         "gold": gold})
+    return Task(name, "multiple_choice", docs, target_delimiter=" " if play is None else "")
 
 
-def who_speaks_task(text, n=200, seed=0, min_words=4):
-    """Which of four speakers says a held-out line (the speakers with a line there)."""
+def _speaker_lines(text, min_words):
     pairs = [(s, line) for s, line in speeches(_held_out(text)) if len(line.split()) >= min_words]
     speakers = sorted({s for s, _ in pairs})
     if len(speakers) < 4:
         raise ValueError(f"who_speaks_task: the held-out text has {len(speakers)} speakers, "
                          f"need at least 4")
-    return _cloze_task("who_speaks", "Who speaks this line?",
-                       [(line, speaker) for speaker, line in pairs], speakers, n, seed)
+    return [(line, speaker) for speaker, line in pairs], speakers
 
 
-def next_line_task(text, n=200, seed=0):
-    """Which of four held-out lines follows a held-out line of the same speech."""
+def who_speaks_task(text, n=200, seed=0, min_words=4, play=False):
+    """Which of four speakers says a held-out line (the speakers with a line there).
+    play=True: asked as the play sets a speech, a blank line then each "NAME:" heading over the
+    line, so a choice scores log p(NAME, line) = log p(NAME) + log p(line | NAME), the joint whose
+    argmax over names is the posterior's (who_speaks_play)."""
+    pairs, speakers = _speaker_lines(text, min_words)
+    return _cloze_task("who_speaks_play" if play else "who_speaks", "Who speaks this line?",
+                       pairs, speakers, n, seed,
+                       play=("\n\n", "{choice}:\n{line}\n") if play else None)
+
+
+def next_line_task(text, n=200, seed=0, play=False):
+    """Which of four held-out lines follows a held-out line of the same speech. play=True: the
+    line and its newline as the context, each candidate line as the continuation, as the play
+    runs (next_line_play)."""
     lines = [line.strip() for line in _held_out(text).splitlines()]
     follows = [(a, b) for a, b in zip(lines, lines[1:]) if a and b and not b.endswith(":")
                and not a.endswith(":")]
-    return _cloze_task("next_line", "Which line comes next?", follows,
-                       sorted({b for _, b in follows}), n, seed)
+    return _cloze_task("next_line_play" if play else "next_line", "Which line comes next?",
+                       follows, sorted({b for _, b in follows}), n, seed,
+                       play=("{line}\n", "{choice}\n") if play else None)
 
 
 def shakespeare_ppl_task(text):
@@ -195,8 +219,11 @@ BUILTIN = {"arithmetic": lambda text: arithmetic_task(),
            "reversal": lambda text: reversal_task(),
            "who_speaks": who_speaks_task,
            "next_line": next_line_task,
+           "who_speaks_play": lambda text: who_speaks_task(text, play=True),
+           "next_line_play": lambda text: next_line_task(text, play=True),
            "shakespeare_ppl": shakespeare_ppl_task}
-_NEEDS_TEXT = {"who_speaks", "next_line", "shakespeare_ppl"}
+_NEEDS_TEXT = {"who_speaks", "next_line", "who_speaks_play", "next_line_play",
+               "shakespeare_ppl"}
 
 
 def get_task(name, text=None):

@@ -10,11 +10,11 @@ dpo.py       direct preference optimisation's loss and its logged statistics, pa
 heads.py     SequenceHead (reward model, classifier), Bradley-Terry and distillation losses
 rlhf.py      RLHF by REINFORCE with a baseline and a KL penalty to the reference
 prune.py     magnitude pruning and 2:4 semi-structured sparsity, masks kept through fine-tuning
-evaluate.py  what the examples measure: task accuracy of greedy answers, a behaviour's rate,
-             preference rate, perplexity on fixed windows
+evaluate.py  fixed windows of a token stream (GPTQ calibration); what the examples report is
+             measured by tinygrad_llm.eval (its chat tasks: eval/chat.py)
 """
 from .dpo import dpo_loss, encode_pairs, sequence_logprobs
-from .evaluate import answers, judge, perplexity, preference_rate, task_accuracy, windows
+from .evaluate import windows
 from .heads import SequenceHead, bradley_terry_loss, distillation_loss
 from .lora import (LoRALinear, apply_lora, load_adapters, lora_layers, lora_state_dict,
                    merge_and_unload, merge_lora, save_adapters, unmerge_lora)
@@ -29,5 +29,4 @@ __all__ = ["LoRALinear", "apply_lora", "lora_layers", "lora_state_dict", "save_a
            "SFTBatcher", "dpo_loss", "sequence_logprobs", "encode_pairs", "magnitude_prune",
            "prune_2_4", "apply_masks", "sparsity", "SequenceHead", "bradley_terry_loss",
            "distillation_loss", "Reinforce", "rollout", "task_records", "preference_pairs",
-           "alignment_setup", "TASKS", "COURTESY", "answers", "task_accuracy", "judge",
-           "preference_rate", "windows", "perplexity"]
+           "alignment_setup", "TASKS", "COURTESY", "windows"]

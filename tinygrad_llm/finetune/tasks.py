@@ -10,10 +10,12 @@ every fine-tuning method runs offline and its gain can be measured.
 Records are {"prompt", "response"} dicts (sft.py renders them through the chat template).
 `task_records` makes the fine-tuning examples' data: TASKS, each split into training records and
 held-out prompts the same way in every example, so no example trains on another's held-out
-prompt; `alignment_setup` adds the SFT model they start from. `preference_pairs(records)` makes
-DPO / reward-model pairs: chosen = the right response, rejected = a plausible wrong one;
-`answer_is_correct(record, response)` checks an answer, for accuracy and for programmatic
-rewards. COURTESY is the style the DPO example teaches (an answer ending ", my lord").
+prompt, and no training record repeats a held-out prompt (split_by_prompt: small sums recur, and
+reversal's held-out words are words training never reversed); `alignment_setup` adds the SFT
+model they start from. `preference_pairs(records)` makes DPO / reward-model pairs: chosen =
+the right response, rejected = a plausible wrong one; `answer_is_correct(record, response)`
+checks an answer, for accuracy and for programmatic rewards. COURTESY is the style the DPO
+example teaches (an answer ending ", my lord").
 """
 import re
 
@@ -24,7 +26,8 @@ from ..tokenizers import ChatTemplate
 from ..train import ensure_checkpoint, load_model
 
 __all__ = ["speeches", "who_speaks", "continue_line", "arithmetic", "reversal",
-           "preference_pairs", "answer_is_correct", "split_records", "task_records",
+           "preference_pairs", "answer_is_correct", "split_records", "split_by_prompt",
+           "play_words", "task_records",
            "alignment_setup", "TASKS", "COURTESY"]
 
 TASKS = ("who_speaks", "arithmetic", "reversal")
@@ -80,9 +83,12 @@ def arithmetic(n, max_value=50, seed=0):
             for x, y in zip(a.tolist(), b.tolist())]
 
 
+_REVERSAL_WORDS = ["night", "love", "sword", "crown", "death", "heart", "king", "queen", "blood",
+                   "grace", "honour", "fair", "sweet", "noble", "lord", "night"]
+
+
 def reversal(n, words=None, seed=0):
-    words = words or ["night", "love", "sword", "crown", "death", "heart", "king", "queen",
-                      "blood", "grace", "honour", "fair", "sweet", "noble", "lord", "night"]
+    words = words or _REVERSAL_WORDS
     rng = np.random.default_rng(seed)
     picked = [words[i] for i in rng.integers(0, len(words), n)]
     return [{"prompt": f"Reverse: {w}", "response": w[::-1], "task": "reversal"} for w in picked]
@@ -99,6 +105,9 @@ def _wrong_answer(record, rng, pool):
     if record["task"] == "reversal":
         return record["prompt"].split(": ", 1)[1]               # not reversed
     others = [r for r in pool if r != record["response"]]
+    if not others:
+        raise ValueError(f"preference_pairs: every {record['task']} record answers "
+                         f"{record['response']!r}; a wrong answer needs a second response")
     return others[int(rng.integers(0, len(others)))]
 
 
@@ -122,16 +131,43 @@ def split_records(records, held_out=0.1, seed=0):
     return [records[i] for i in order[:cut]], [records[i] for i in order[cut:]]
 
 
+def split_by_prompt(records, held_out, seed=0):
+    """(train, held-out): held_out records of distinct prompts drawn at random, and every other
+    record whose prompt is not among theirs, so that no held-out prompt is ever trained on (a
+    task with few distinct prompts, small sums or a short word list, repeats them)."""
+    order = np.random.default_rng(seed).permutation(len(records))
+    held, prompts = [], set()
+    for i in order:
+        if len(held) == held_out:
+            break
+        if records[i]["prompt"] not in prompts:
+            prompts.add(records[i]["prompt"])
+            held.append(records[i])
+    if len(held) < held_out:
+        raise ValueError(f"split_by_prompt: held_out={held_out} distinct prompts asked, the "
+                         f"records have {len(held)}")
+    return [records[i] for i in order if records[i]["prompt"] not in prompts], held
+
+
+def play_words(text, min_len=4, max_len=7):
+    """The lowercase words of min_len..max_len letters in `text`, sorted: reversal's vocabulary
+    in task_records (thousands in the play, so held-out words are ones training never reversed)."""
+    return sorted({w for w in re.findall(r"\b[a-z]+\b", text) if min_len <= len(w) <= max_len})
+
+
 def task_records(text, per_task, held_out, seed=0):
-    """(training records, {task: held-out records}) of TASKS: per_task + held_out records of
-    each (who_speaks from the play `text`), held_out of them set aside at random."""
-    n = per_task + held_out
+    """(training records, {task: held-out records}) of TASKS: held_out records of distinct
+    prompts per task set aside at random, and up to per_task training records of each whose
+    prompts are none of those (split_by_prompt). Reversal reverses the play's words
+    (play_words) with the default list's; who_speaks asks lines of the play `text`."""
+    n = 2 * (per_task + held_out)      # spare draws: records repeating a held-out prompt go
+    words = sorted(set(play_words(text)) | set(_REVERSAL_WORDS))
     tasks = {"who_speaks": who_speaks(text, n=n, seed=seed), "arithmetic": arithmetic(n, seed=seed),
-             "reversal": reversal(n, seed=seed)}
+             "reversal": reversal(n, words=words, seed=seed)}
     train, held = [], {}
     for name, records in tasks.items():
-        t, h = split_records(records, held_out / len(records), seed=seed)
-        train += t
+        t, h = split_by_prompt(records, held_out, seed=seed)
+        train += t[:per_task]
         held[name] = h
     return train, held
 
