@@ -71,6 +71,16 @@ def shakespeare_text():
     return Path(path).read_text(encoding="utf-8")
 
 
+@pytest.fixture
+def load_example(monkeypatch):
+    """importlib.import_module with examples/ on the path: load_example("nas") is
+    examples/nas.py as a module, for the tests of an example's own functions."""
+    import importlib
+    from pathlib import Path
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "examples"))
+    return importlib.import_module
+
+
 def pytest_collection_modifyitems(config, items):
     """Without a GPU, the ("cuda", "fast") combination of the device-parametrised tests is left
     out: there it would run every CUDA kernel under Numba's simulator, whose blocks cost tens of

@@ -1,7 +1,6 @@
 """data/passkey.py: the landmark-attention passkey texts, their lengths in tokens, the training
 batches and the score; and examples/passkey.py end to end on a tiny model."""
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -138,17 +137,14 @@ def test_bad_input_names_the_argument(bpe):
 
 
 # ---- examples/passkey.py end to end, on a tiny model ---------------------------------------
-EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 TINY = ["--max_iters=3", "--n_layer=1", "--n_embd=32", "--n_head=2", "--block_size=48",
         "--lengths=1,2", "--depths=0,1", "--samples=1", "--finetune_iters=2", "--xl_iters=2",
         "--finetune_factor=2", "--window=16", "--eval_batch=2"]
 
 
 @pytest.fixture
-def example(monkeypatch):
-    monkeypatch.syspath_prepend(str(EXAMPLES))
-    import passkey
-    return passkey
+def example(load_example):
+    return load_example("passkey")
 
 
 def test_example_xl_holds_the_gpts_function(example):

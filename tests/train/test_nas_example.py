@@ -21,10 +21,8 @@ TINY = ["--quick=true", "--text_chars=20000", "--block_size=16", "--batch_size=4
 
 
 @pytest.fixture
-def nas(monkeypatch):
-    monkeypatch.syspath_prepend(str(EXAMPLES))
-    import nas
-    return nas
+def nas(load_example):
+    return load_example("nas")
 
 
 def test_a_tiny_study_searches_both_budgets_and_retrains_at_equal_compute(

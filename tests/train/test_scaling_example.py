@@ -4,14 +4,12 @@ the budget or the shortage when a sweep cannot be fitted. Also: the default grid
 issue 26 asks (>= 7 sizes over >= 30x in N, >= 4 budgets over >= 30x)."""
 import json
 import math
-from pathlib import Path
 
 import pytest
 
 from tinygrad_llm.train import OptionError
 from tinygrad_llm.train.scaling import non_embedding_params
 
-EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
 # 3 sizes x 3 budgets of a few steps each; the largest budget is held out of the fits
 TINY = ["--text_chars=20000", "--vocab_size=300", "--sizes=1x8,1x16,2x16", "--block_size=16",
@@ -20,10 +18,8 @@ BUDGETS = "--budgets=2e7,4e7,8e7"
 
 
 @pytest.fixture
-def scaling_laws(monkeypatch):
-    monkeypatch.syspath_prepend(str(EXAMPLES))
-    import scaling_laws
-    return scaling_laws
+def scaling_laws(load_example):
+    return load_example("scaling_laws")
 
 
 def _lines(path):
