@@ -1,8 +1,11 @@
-"""Learning-rate schedules: plain functions of the step, and the two ways to apply them.
+"""Learning-rate schedules and size warmups: plain functions of the step, and the two ways to
+apply a learning rate.
 
-Reading order: warmup_cosine (nanoGPT's and GPT-3's schedule), linear_decay, constant, then
-set_lr (one lr for every group, as nanoGPT's loop does) and LambdaLR (each group's own lr times a
-factor, as torch.optim.lr_scheduler.LambdaLR).
+Reading order: warmup_cosine (nanoGPT's and GPT-3's schedule), linear_decay,
+warmup_stable_decay (the trapezoid modded-nanogpt uses), constant, then size_warmup (the integer
+ramp behind sequence-length and batch-size warmup), then set_lr (one lr for every group, as
+nanoGPT's loop does) and LambdaLR (each group's own lr times a factor, as
+torch.optim.lr_scheduler.LambdaLR).
 
 Warmup (Goyal et al., 2017) rises linearly to max_lr over `warmup_steps` steps and starts at
 max_lr / warmup_steps rather than 0, so the first step is not wasted: step s < warmup_steps gets
@@ -15,7 +18,10 @@ runs from max_lr at step warmup_steps to min_lr at step total_steps, and stays a
 import math
 import numbers
 
-__all__ = ["warmup_cosine", "linear_decay", "constant", "set_lr", "LambdaLR"]
+__all__ = ["warmup_cosine", "linear_decay", "warmup_stable_decay", "constant", "size_warmup",
+           "set_lr", "LambdaLR"]
+
+WSD_DECAYS = ("linear", "1-sqrt")
 
 
 def _check_schedule(step, warmup_steps, total_steps):
@@ -53,10 +59,56 @@ def linear_decay(step, max_lr, min_lr, warmup_steps, total_steps):
                         total_steps)
 
 
+def warmup_stable_decay(step, max_lr, min_lr, warmup_steps, total_steps, decay_frac=0.2,
+                        decay="linear"):
+    """Warmup-stable-decay, the trapezoid (Hägele et al., 2024, "Scaling Laws and Compute-Optimal
+    Training Beyond Fixed Training Durations"; modded-nanogpt's schedule): linear warmup, max_lr
+    held, then a decay over the last decay_frac of total_steps to min_lr at total_steps.
+
+    decay "linear": a straight line; "1-sqrt": lr = min_lr + (max_lr - min_lr) * (1 - sqrt(done)),
+    which Hägele et al. find matches cosine's final loss with a shorter cooldown. The decay spans
+    round(decay_frac * total_steps) steps (at least one) and never starts inside the warmup: a run
+    too short for both loses its stable phase, then the start of its decay."""
+    _check_schedule(step, warmup_steps, total_steps)
+    if isinstance(decay_frac, bool) or not isinstance(decay_frac, numbers.Real) \
+            or not 0 < decay_frac <= 1:
+        raise ValueError(f"decay_frac: expected a number in (0, 1], got {decay_frac!r}")
+    if decay not in WSD_DECAYS:
+        raise ValueError(f"decay: expected one of {WSD_DECAYS}, got {decay!r}")
+    if step < warmup_steps:
+        return max_lr * (step + 1) / warmup_steps
+    if step >= total_steps:
+        return min_lr
+    decay_start = max(warmup_steps, total_steps - max(1, round(decay_frac * total_steps)))
+    if step < decay_start:
+        return max_lr
+    done = (step - decay_start) / (total_steps - decay_start)    # in [0, 1)
+    left = 1.0 - done if decay == "linear" else 1.0 - math.sqrt(done)
+    return min_lr + left * (max_lr - min_lr)
+
+
 def constant(step, lr, warmup_steps=0):
     """lr, after an optional linear warmup."""
     _check_schedule(step, warmup_steps, warmup_steps)
     return lr * (step + 1) / warmup_steps if step < warmup_steps else lr
+
+
+def size_warmup(step, start, end, warmup_steps, multiple=1):
+    """An int that grows linearly from `start` at step 0 to `end` at step warmup_steps and stays
+    there: the training length under sequence-length warmup (Li et al., 2022, "The
+    Stability-Efficiency Dilemma") or the batch size under batch-size warmup (GPT-3, Brown et al.,
+    2020). Values between are rounded down to a multiple of `multiple`, never below `start`, so
+    the ramp moves in a few coarse steps rather than one unit per step."""
+    for name, value, low in (("step", step, 0), ("start", start, 1), ("end", end, 1),
+                             ("warmup_steps", warmup_steps, 0), ("multiple", multiple, 1)):
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < low:
+            raise ValueError(f"{name}: expected an int >= {low}, got {value!r}")
+    if start > end:
+        raise ValueError(f"start: expected <= end={end}, got {start}")
+    if step >= warmup_steps:
+        return end
+    size = start + (end - start) * step // warmup_steps
+    return max(start, size - size % multiple)
 
 
 def set_lr(optimizer, lr):

@@ -1,8 +1,9 @@
 """The training loop: batches -> forward -> backward -> clip -> AdamW step, with periodic
 evaluation, a progress bar, a JSONL log, checkpoints and bit-identical resume.
 
-Reading order: TrainConfig (every knob, nanoGPT's names), then Trainer: the learning-rate schedule,
-one step, evaluation, the loop (`fit`), and the checkpoint record that makes resume exact.
+Reading order: TrainConfig (every knob, nanoGPT's names), then Trainer: the schedules (learning
+rate, and the block length and batch size under their warmups), one step, evaluation, the loop
+(`fit`), and the checkpoint record that makes resume exact.
 
 What a step trains on is two functions: batch_fn(data, rng) draws a batch and loss_fn(model,
 batch) returns its loss. The defaults are a language model's (random windows of a token array,
@@ -10,6 +11,13 @@ batch) returns its loss. The defaults are a language model's (random windows of 
 answers, labelled passages) and keeps the rest: the schedule, accumulation, autocast, the
 non-finite check, clipping and the update. A run that calls train_step in its own loop, logging
 what it likes, uses the Trainer as much as one that calls fit.
+
+Warmups (off by default). Sequence-length warmup (Li et al., 2022) trains on short windows
+first, growing to block_size; batch-size warmup (Brown et al., 2020) grows the micro-batch to
+batch_size. Both are functions of the step alone (optim/schedule.py: size_warmup), so the
+checkpoint needs nothing new, and both shape only the default batches: evaluation always uses
+the full block and batch. A step's tokens are its actual ones (tokens_at), and fit's tok_s and
+the log's "tokens" count those.
 
 What "bit-identical" needs: the parameters, the optimizer's moments, the step, the generator that
 draws batch offsets, and the library's Philox generator (dropout masks; its state is two ints,
@@ -38,11 +46,20 @@ import numpy as np
 from .. import amp, backend
 from ..data import get_batch, get_rng_state, set_rng_state
 from ..nn import functional as F
-from ..optim import AdamW, GradScaler, clip_grad_norm_, unflatten_state_dict, warmup_cosine
+from ..optim import AdamW, GradScaler, clip_grad_norm_, unflatten_state_dict
+from ..optim.schedule import (WSD_DECAYS, linear_decay, size_warmup, warmup_cosine,
+                              warmup_stable_decay)
 from ..tensor import no_grad
 from .checkpoint import load_checkpoint, save_checkpoint
 
 __all__ = ["TrainConfig", "Trainer", "lm_loss"]
+
+LR_SCHEDULES = ("cosine", "wsd", "linear")
+# Sequence-length warmup grows the block in steps of this many tokens: a GPU's tensor cores take
+# float16 matmul dimensions in multiples of 8 (MosaicML Composer's SeqLengthWarmup uses 8 for
+# this), and a handful of lengths instead of one per step keeps the set of array shapes, and so
+# the allocator's pools and the kernels' tilings, small.
+SEQ_WARMUP_MULTIPLE = 8
 
 
 @dataclasses.dataclass
@@ -54,9 +71,16 @@ class TrainConfig:
     eval_iters: int = 20              # batches per split in an evaluation
     log_interval: int = 10            # fit(): progress-bar refresh, in steps
     learning_rate: float = 1e-3       # the schedule's peak, after warmup
-    min_lr: float = 1e-4              # the cosine decay's floor
+    min_lr: float = 1e-4              # the decay's floor
     warmup_iters: int = 100           # steps of linear warmup
     lr_decay_iters: int = None        # the step the decay reaches min_lr (none: max_iters)
+    lr_schedule: str = "cosine"       # after warmup: "cosine", "wsd" (stable, then decay), "linear"
+    decay_frac: float = 0.2           # wsd: the last fraction of lr_decay_iters spent decaying
+    wsd_decay: str = "linear"         # wsd: the decay's shape, "linear" or "1-sqrt"
+    seq_warmup_iters: int = 0         # grow the block from seq_warmup_start over this many steps
+    seq_warmup_start: int = 8         # the block length at step 0 of sequence-length warmup
+    batch_warmup_iters: int = 0       # grow the batch from batch_warmup_start over these steps
+    batch_warmup_start: int = 1       # the micro-batch size at step 0 of batch-size warmup
     weight_decay: float = 0.1         # AdamW's decoupled weight decay
     beta1: float = 0.9                # AdamW's first-moment decay
     beta2: float = 0.99               # AdamW's second-moment decay
@@ -80,6 +104,23 @@ class TrainConfig:
         for name in ("batch_size", "block_size", "grad_accum", "eval_iters", "eval_interval"):
             if getattr(self, name) < 1:
                 raise ValueError(f"TrainConfig: {name} must be >= 1, got {getattr(self, name)}")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ValueError(f"TrainConfig: lr_schedule must be one of {LR_SCHEDULES}, got "
+                             f"{self.lr_schedule!r}")
+        if isinstance(self.decay_frac, bool) or not isinstance(self.decay_frac, (int, float)) \
+                or not 0 < self.decay_frac <= 1:
+            raise ValueError(f"TrainConfig: decay_frac must be in (0, 1], got "
+                             f"{self.decay_frac!r}")
+        if self.wsd_decay not in WSD_DECAYS:
+            raise ValueError(f"TrainConfig: wsd_decay must be one of {WSD_DECAYS}, got "
+                             f"{self.wsd_decay!r}")
+        for iters, start, end in (("seq_warmup_iters", "seq_warmup_start", "block_size"),
+                                  ("batch_warmup_iters", "batch_warmup_start", "batch_size")):
+            if getattr(self, iters) < 0:
+                raise ValueError(f"TrainConfig: {iters} must be >= 0, got {getattr(self, iters)}")
+            if getattr(self, iters) and not 1 <= getattr(self, start) <= getattr(self, end):
+                raise ValueError(f"TrainConfig: {start} must be in [1, {end}="
+                                 f"{getattr(self, end)}], got {getattr(self, start)}")
 
     def adamw(self, params):
         """AdamW over `params` (Parameters, or param groups whose own keys win) with this
@@ -109,6 +150,10 @@ class Trainer:
         # evaluation reports the cross-entropy alone (an MoE's loss adds its balancing terms)
         self.eval_loss_fn = loss_fn or _cross_entropy
         self.batch_fn = batch_fn or self.windows
+        if batch_fn is not None and (config.seq_warmup_iters or config.batch_warmup_iters):
+            raise ValueError("Trainer: seq_warmup_iters and batch_warmup_iters shape the default "
+                             "batches only; with a batch_fn they must be 0, got "
+                             f"{config.seq_warmup_iters} and {config.batch_warmup_iters}")
         if batch_fn is None:
             for name, data in (("train_data", train_data), ("val_data", val_data)):
                 if data is not None and len(data) <= config.block_size:
@@ -131,15 +176,43 @@ class Trainer:
         self.ckpt_path = os.path.join(config.out_dir, "ckpt.safetensors") if config.out_dir \
             else None
 
-    # ---- one step ---------------------------------------------------------------------------
+    # ---- schedules ---------------------------------------------------------------------------
     def lr_at(self, step):
         c = self.config
-        return warmup_cosine(step, c.learning_rate, c.min_lr, c.warmup_iters, c.lr_decay_iters)
+        args = (step, c.learning_rate, c.min_lr, c.warmup_iters, c.lr_decay_iters)
+        if c.lr_schedule == "wsd":
+            return warmup_stable_decay(*args, decay_frac=c.decay_frac, decay=c.wsd_decay)
+        return (linear_decay if c.lr_schedule == "linear" else warmup_cosine)(*args)
 
-    def windows(self, data, rng):
-        """The default batch_fn: (x, y) windows of a token array, on the model's device."""
+    def block_size_at(self, step):
+        """Tokens per training sequence at `step`: block_size, or less during seq warmup."""
         c = self.config
-        x, y = get_batch(data, c.batch_size, c.block_size, rng)
+        return size_warmup(step, min(c.seq_warmup_start, c.block_size), c.block_size,
+                           c.seq_warmup_iters, SEQ_WARMUP_MULTIPLE)
+
+    def batch_size_at(self, step):
+        """Sequences per micro-batch at `step`: batch_size, or less during batch warmup."""
+        c = self.config
+        return size_warmup(step, min(c.batch_warmup_start, c.batch_size), c.batch_size,
+                           c.batch_warmup_iters)
+
+    def tokens_at(self, step):
+        """Tokens one optimizer step trains on (with a batch_fn: batch_size x block_size per
+        micro-batch, the config's estimate)."""
+        return self.batch_size_at(step) * self.block_size_at(step) * self.config.grad_accum
+
+    def tokens_seen(self, step=None):
+        """Tokens trained on before `step` (default: the current step)."""
+        step = self.step if step is None else step
+        ramp = min(step, max(self.config.seq_warmup_iters, self.config.batch_warmup_iters))
+        return sum(self.tokens_at(s) for s in range(ramp)) + (step - ramp) * self.tokens_at(ramp)
+
+    # ---- one step ---------------------------------------------------------------------------
+    def windows(self, data, rng, batch_size=None, block_size=None):
+        """The default batch_fn: (x, y) windows of a token array, on the model's device;
+        batch_size and block_size default to the config's (evaluation's sizes)."""
+        c = self.config
+        x, y = get_batch(data, batch_size or c.batch_size, block_size or c.block_size, rng)
         device = self.model.device
         return backend.to_device(x, device), backend.to_device(y, device)
 
@@ -150,9 +223,13 @@ class Trainer:
         for group, scale in zip(self.optimizer.param_groups, self.lr_scales):
             group["lr"] = lr * scale
         self.model.train()
+        sizes = (self.batch_size_at(self.step), self.block_size_at(self.step))
         total = None
         for _ in range(c.grad_accum):
-            batch = self.batch_fn(self.train_data, self.data_rng)
+            if self.batch_fn == self.windows:     # the warmups shape the default batches only
+                batch = self.windows(self.train_data, self.data_rng, *sizes)
+            else:
+                batch = self.batch_fn(self.train_data, self.data_rng)
             with amp.autocast(c.dtype):
                 loss = self.loss_fn(self.model, batch)
             if c.grad_accum > 1:
@@ -213,19 +290,18 @@ class Trainer:
         bar = _progress(c, self.step)
         previous = signal.getsignal(signal.SIGINT)
         signal.signal(signal.SIGINT, self._on_interrupt)
-        tokens = c.batch_size * c.block_size * c.grad_accum
         last = None
         try:
-            t0, done = time.perf_counter(), 0
+            t0, tokens = time.perf_counter(), 0
             while self.step < c.max_iters and not self._stop:
                 if self.step % c.eval_interval == 0 and self.step > 0:
                     last = self._evaluate_and_save()
+                tokens += self.tokens_at(self.step)
                 loss = self.train_step()
-                done += 1
                 if bar is not None:
                     bar.update(1)
                     if self.step % c.log_interval == 0 or self.step == c.max_iters:
-                        rate = done * tokens / (time.perf_counter() - t0)
+                        rate = tokens / (time.perf_counter() - t0)
                         bar.set_postfix(loss=f"{loss:.4f}", lr=f"{self.lr_at(self.step):.2e}",
                                         tok_s=f"{rate:,.0f}")
             if self._stop:
@@ -249,7 +325,8 @@ class Trainer:
     def _evaluate_and_save(self):
         losses = self.evaluate()
         entry = {"step": self.step, **{f"{k}_loss": v for k, v in losses.items()},
-                 "lr": self.lr_at(self.step), "time": time.time()}
+                 "lr": self.lr_at(self.step), "tokens": self.tokens_seen(),
+                 "time": time.time()}
         self.history.append(entry)
         with open(os.path.join(self.config.out_dir, "log.jsonl"), "a") as f:
             f.write(json.dumps(entry) + "\n")
