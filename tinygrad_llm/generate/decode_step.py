@@ -180,6 +180,9 @@ class DecodePlan:
             (c.pos not in POSITIONS, f"{c.pos} position biases"),
             (c.norm not in NORMS, f"{c.norm} norms"),
             (c.mlp not in ACTIVATIONS, f"{c.mlp} feed-forward"),
+            (c.qk_norm, "QK-norm"),
+            (c.logit_softcap is not None, "logit soft-capping"),
+            (c.unet_skips, "U-net skips"),
             (_float_dtype(model) not in (np.float32, np.float64),
              f"{_float_dtype(model)} weights"))
         for failed, why in checks:

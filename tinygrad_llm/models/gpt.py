@@ -4,7 +4,8 @@
 Reading order: GPTConfig (the fields and the two presets), the small factories that turn a field
 into a layer, then GPT: embeddings -> blocks -> final norm -> head.
 
-    idx (B, T) -> tok_emb (+ pos_emb) -> [block] x n_layer -> norm -> head -> logits (B, T, V)
+    idx (B, T) -> tok_emb (+ pos_emb) -> [block] x n_layer -> norm -> head (-> soft cap)
+        -> logits (B, T, V)
 
 Variants are chosen once, in __init__, by the factories (norm, feed-forward, positions, attention
 kind); forward has no `if` ladder over them.
@@ -20,16 +21,16 @@ from ..nn.attention import ATTENTION_KINDS, MultiHeadAttention
 from ..nn.block import TransformerBlock
 from ..nn.layers import MLP, Embedding, LayerNorm, Linear, RMSNorm, SwiGLU
 from ..nn.linear_attention import LinearAttention
-from ..nn.module import Module, ModuleList
+from ..nn.module import Module, ModuleList, Parameter
 from ..nn.moe import MoE
 from ..nn.positions import (ALiBi, LearnedPositions, RotaryEmbedding, SinusoidalPositions,
                             T5RelativeBias)
 from ..tensor import array_of, no_grad
 
-__all__ = ["GPTConfig", "GPT", "PRESETS", "init_gpt2_weights", "position_bias"]
+__all__ = ["GPTConfig", "GPT", "PRESETS", "init_gpt2_weights", "position_bias", "soft_cap"]
 
 NORMS = ("layernorm", "rmsnorm")
-MLPS = ("gelu", "gelu_tanh", "relu", "swiglu")
+MLPS = ("gelu", "gelu_tanh", "relu", "relu2", "swiglu")
 POSITIONS = ("learned", "sinusoidal", "rope", "alibi", "t5", "none")
 
 
@@ -42,6 +43,9 @@ class GPTConfig:
     window: sliding-window attention in every layer (None: full). kv_share: layers in groups of
     kv_share, each layer reusing the K/V of its group's first layer (1: no sharing).
     n_expert > 0 replaces the feed-forward with a mixture of experts.
+    Pieces of the modded-nanogpt recipe (Jordan et al., 2024), all off by default: qk_norm
+    (nn/attention.py), mlp="relu2" (Primer's squared ReLU, So et al., 2021), logit_softcap,
+    zero_init_proj (init_gpt2_weights) and unet_skips (GPT.hidden_states).
     """
     vocab_size: int = 50257           # token ids the embedding and head cover (V)
     block_size: int = 1024            # longest sequence (positions) the model takes (T)
@@ -55,7 +59,7 @@ class GPTConfig:
     bias: bool = True                 # biases in the linear layers and norms
     norm: str = "layernorm"           # layernorm | rmsnorm
     norm_eps: float = 1e-5            # epsilon inside the norms
-    mlp: str = "gelu_tanh"            # gelu | gelu_tanh | relu | swiglu
+    mlp: str = "gelu_tanh"            # gelu | gelu_tanh | relu | relu2 | swiglu
     pos: str = "learned"              # learned | sinusoidal | rope | alibi | t5 | none
     rope_theta: float = 10000.0       # RoPE base frequency
     rope_scaling: dict = None         # RoPE scaling as JSON, e.g. {"type": "linear", "factor": 2}
@@ -70,6 +74,10 @@ class GPTConfig:
     moe_z_loss_coef: float = 0.0      # weight of the MoE router z-loss
     t5_num_buckets: int = 32          # relative-position buckets of the T5 bias
     t5_max_distance: int = 128        # distance beyond which T5 buckets are shared
+    qk_norm: bool = False             # RMS-normalise each head's q and k (learned gains)
+    logit_softcap: float = None       # c: logits = c tanh(logits / c) (None: uncapped)
+    zero_init_proj: bool = False      # residual-branch output projections start at zero
+    unet_skips: bool = False          # layer i's output is added, weighted, to layer L-1-i's input
 
     def __post_init__(self):
         if self.n_kv_head is None:
@@ -94,6 +102,19 @@ class GPTConfig:
             raise ValueError(f"GPTConfig: kv_share must be >= 1, got {self.kv_share}")
         if self.pos == "rope" and self.head_dim % 2:
             raise ValueError(f"GPTConfig: RoPE needs an even head_dim, got {self.head_dim}")
+        for field in ("qk_norm", "zero_init_proj", "unet_skips"):
+            if not isinstance(getattr(self, field), (bool, np.bool_)):
+                raise TypeError(f"GPTConfig: {field} must be a bool, got "
+                                f"{getattr(self, field)!r}")
+            setattr(self, field, bool(getattr(self, field)))
+        if self.logit_softcap is not None:
+            cap = self.logit_softcap
+            if isinstance(cap, (bool, np.bool_)) or not isinstance(cap, (int, float, np.number)):
+                raise TypeError(f"GPTConfig: logit_softcap must be a number or None, got {cap!r}")
+            if not 0 < cap < math.inf:
+                raise ValueError(f"GPTConfig: logit_softcap must be a positive finite number "
+                                 f"(or None), got {cap}")
+            self.logit_softcap = float(cap)
 
     @classmethod
     def preset(cls, name, **overrides):
@@ -159,7 +180,8 @@ def make_attention(config, layer, rotary):
     attn = attention(
         config.n_embd, config.n_head, config.n_kv_head, config.head_dim, config.bias,
         config.dropout, causal=True, window=config.window, rotary=rotary,
-        shares_kv=layer % config.kv_share != 0)
+        shares_kv=layer % config.kv_share != 0, qk_norm=config.qk_norm,
+        qk_norm_eps=config.norm_eps)
     attn.provides_kv = config.kv_share > 1 and layer % config.kv_share == 0
     return attn
 
@@ -181,12 +203,23 @@ def make_positions(config, bidirectional=False):
     return None, None, None
 
 
-def init_gpt2_weights(model, n_layer):
+def soft_cap(logits, cap):
+    """cap * tanh(logits / cap) (Gemma 2, Gemma Team 2024; modded-nanogpt): smooth, identity-like
+    for |logits| << cap and bounded by +-cap, so no logit can run away and sharpen the softmax
+    without limit. logits: Tensor (..., V); cap None returns them unchanged."""
+    return logits if cap is None else (logits / cap).tanh() * cap
+
+
+def init_gpt2_weights(model, n_layer, zero_residual=False):
     """GPT-2's initialisation: N(0, 0.02) for matrices and embeddings, zero biases, and the
     projections that write into the residual stream scaled by 1/sqrt(2 n_layer), so the stream's
-    variance does not grow with depth. Norm weights keep their ones; T5 bias tables their init."""
+    variance does not grow with depth. Norm weights keep their ones; T5 bias tables their init.
+    zero_residual: those projections start at zero instead, as modded-nanogpt does (muP zeroes
+    its readout the same way, Yang et al., 2022): every block starts as the identity and the
+    projections still get a gradient. Their random numbers are still drawn, so every other
+    weight is the one the default draws."""
     std = 0.02
-    residual_std = std / math.sqrt(2 * n_layer)
+    residual_std = 0.0 if zero_residual else std / math.sqrt(2 * n_layer)
     rng = backend.rng("cpu")
     with no_grad():
         for name, p in model.named_parameters():
@@ -194,7 +227,7 @@ def init_gpt2_weights(model, n_layer):
                 if name.endswith("bias"):
                     p.data[...] = 0
                 continue
-            if name.startswith("pos_bias"):
+            if name.startswith(("pos_bias", "skip_weights")):
                 continue
             residual = name.endswith(("attn.proj.weight", "down.weight"))
             values = rng.standard_normal(p.shape) * (residual_std if residual else std)
@@ -229,7 +262,14 @@ class GPT(Module):
         self.head = Linear(config.n_embd, config.vocab_size, bias=False)
         if config.tie_embeddings:
             self.head.weight = self.tok_emb.weight        # one Parameter, two names
-        init_gpt2_weights(self, config.n_layer)
+        # U-net skips (modded-nanogpt, after Ronneberger et al., 2015): the output of layer i
+        # < n_skip = L // 2 is added, times a learned weight (init 1), to the input of layer
+        # L - 1 - i, so the late layers see early features directly (an odd middle layer
+        # takes none). skip_weights[j] belongs to the j-th receiving layer, L - n_skip + j.
+        self.n_skip = config.n_layer // 2 if config.unet_skips else 0
+        self.skip_weights = (Parameter(np.ones(self.n_skip, np.float32))
+                             if config.unet_skips else None)
+        init_gpt2_weights(self, config.n_layer, config.zero_init_proj)
 
     def _check_ids(self, idx, offset, caches=None):
         idx = np.asarray(idx) if not hasattr(idx, "shape") else idx
@@ -255,7 +295,7 @@ class GPT(Module):
         attn_mask: an additive (B or 1, 1, T, T) array (0 or -inf) on top of the causal mask,
         e.g. to keep packed examples from seeing each other (finetune/sft.py)."""
         x = self.hidden_states(idx, padding_mask, caches, offset, positions, attn_mask)
-        logits = self.head(x)                                       # (B, T, V)
+        logits = soft_cap(self.head(x), self.config.logit_softcap)  # (B, T, V)
         if targets is None:
             return logits
         loss = F.cross_entropy(logits, targets)
@@ -276,13 +316,17 @@ class GPT(Module):
             attn_mask = backend.to_device(array_of(attn_mask), x.device,
                                           x.dtype)
             bias = attn_mask if bias is None else bias + attn_mask
-        shared = None
+        shared, skips, first_receiver = None, [], len(self.blocks) - self.n_skip
         for layer, block in enumerate(self.blocks):
+            if layer >= first_receiver:                  # U-net: the mirrored layer's output
+                x = x + self.skip_weights[layer - first_receiver] * skips.pop()
             cache = caches[layer] if caches is not None else None
             x, kv = block(x, bias=bias, padding_mask=padding_mask, offset=offset,
                           shared_kv=shared, cache=cache)
             if layer % self.config.kv_share == 0:
                 shared = kv
+            if layer < self.n_skip:
+                skips.append(x)
         return self.norm(x) if self.norm is not None else x
 
     def auxiliary_loss(self):

@@ -9,6 +9,12 @@
   KV cache) stay Hkv heads wide.
 - One projection computes q, k and v together (one GEMM, (C) -> (H + 2 Hkv) D); `proj` maps the
   concatenated heads back to C.
+- QK-norm (qk_norm=True; Dehghani et al., 2023; Wortsman et al., 2023): each head's q and k are
+  RMS-normalised over D, with a learned (D,) gain each (`q_norm`, `k_norm`, shared by the heads,
+  as OLMo 2 and Qwen 3 do), before RoPE. |q.k| / sqrt(D) is then at most
+  sqrt(D) max|g_q| max|g_k| (RoPE is a rotation), so the logits cannot drift upward with the
+  weights (the instability those papers trace to growing attention logits), while the learned
+  gains keep the attention able to sharpen where D is small.
 - Positions: a RotaryEmbedding rotates q and k (RoPE, Su et al., 2021); ALiBi and T5-style biases
   arrive as an additive `bias` (1, H, Tq, Tk); learned/sinusoidal positions are added to the token
   embeddings by the model, not here.
@@ -29,16 +35,17 @@ KVCache) or takes the attention step over (`attend`: attention sinks, KIVI, H2O 
 generate/long_caches.py, which choose what to keep and, for sinks, the positions).
 
 Reading order: _padding_bias, head_shape -> MultiHeadAttention: __init__, the predicate, the
-packed path, the general path (_project, _attend), the cache that attends (_attend_in_cache),
-forward.
+packed path (QK-norm on the packed projection), the general path (_project, _attend), the cache
+that attends (_attend_in_cache), forward.
 """
 import numpy as np
 
 from .. import backend
+from ..ops import CatOp
 from ..ops.attention import PackedAttentionOp
 from ..tensor import Tensor
 from . import functional as F
-from .layers import Dropout, Linear
+from .layers import Dropout, Linear, RMSNorm
 from .module import Module
 
 __all__ = ["MultiHeadAttention", "ATTENTION_KINDS", "head_shape"]
@@ -80,12 +87,15 @@ class MultiHeadAttention(Module):
     head_dim: D (default C // H). bias: biases on the projections. causal: mask future keys.
     window: sliding-window size W (None: unlimited). rotary: a RotaryEmbedding applied to q and k.
     shares_kv: project only q; K/V come from an earlier layer.
+    qk_norm: RMS-normalise each head's q and k (learned (D,) gains `q_norm`, `k_norm`) before
+    RoPE, with epsilon qk_norm_eps. A layer that shares K/V norms only its q (the K/V it
+    receives were normed by the layer that made them).
     """
     kind = "softmax"
 
     def __init__(self, dim, n_head, n_kv_head=None, head_dim=None, bias=True, dropout=0.0,
-                 causal=True, window=None, rotary=None, shares_kv=False, device=None,
-                 dtype=np.float32):
+                 causal=True, window=None, rotary=None, shares_kv=False, qk_norm=False,
+                 qk_norm_eps=1e-6, device=None, dtype=np.float32):
         super().__init__()
         name = type(self).__name__
         n_kv_head, head_dim = head_shape(name, dim, n_head, n_kv_head, head_dim)
@@ -102,6 +112,10 @@ class MultiHeadAttention(Module):
             self.qkv = Linear(dim, width, bias, device, dtype)
         self.proj = Linear(n_head * head_dim, dim, bias, device, dtype)
         self.dropout = Dropout(dropout)
+        # no modules at all when off: the parameter names (and checkpoints) stay as they were
+        self.q_norm = RMSNorm(head_dim, qk_norm_eps, device, dtype) if qk_norm else None
+        self.k_norm = (RMSNorm(head_dim, qk_norm_eps, device, dtype)
+                       if qk_norm and not shares_kv else None)
 
     def _packed_path_applies(self, bias, padding_mask, cache):
         """The packed path never splits q, k and v, so it runs only when nothing needs them apart:
@@ -116,6 +130,9 @@ class MultiHeadAttention(Module):
         b, t, _ = x.shape
         h, hkv, d = self.n_head, self.n_kv_head, self.head_dim
         qkv = self.qkv(x).reshape(b, t, h + 2 * hkv, d)
+        if self.q_norm is not None:           # norm the q and k slots, pass v through
+            qkv = CatOp.apply(self.q_norm(qkv[:, :, :h]), self.k_norm(qkv[:, :, h:h + hkv]),
+                              qkv[:, :, h + hkv:], axis=2)
         if self.rotary is not None:
             qkv = self.rotary.rotate_packed(qkv, h + hkv, offset)
         o = PackedAttentionOp.apply(qkv, n_head=h, n_kv_head=hkv, causal=self.causal,
@@ -130,13 +147,18 @@ class MultiHeadAttention(Module):
             if shared_kv is None:
                 raise ValueError(f"{type(self).__name__}(shares_kv=True) needs the K/V of an "
                                  f"earlier layer: pass shared_kv=(k, v)")
-            q = self.q(x).reshape(b, t, h, d).transpose(0, 2, 1, 3)
+            q = self.q(x).reshape(b, t, h, d)
+            if self.q_norm is not None:
+                q = self.q_norm(q)
+            q = q.transpose(0, 2, 1, 3)
             if self.rotary is not None and rotate:
                 q = self.rotary(q, offset)
             return (q,) + tuple(shared_kv)
         qkv = self.qkv(x).reshape(b, t, h + 2 * hkv, d)
-        q = qkv[:, :, :h].transpose(0, 2, 1, 3)
-        k = qkv[:, :, h:h + hkv].transpose(0, 2, 1, 3)
+        q, k = qkv[:, :, :h], qkv[:, :, h:h + hkv]                       # (B, T, H | Hkv, D)
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
+        q, k = q.transpose(0, 2, 1, 3), k.transpose(0, 2, 1, 3)
         v = qkv[:, :, h + hkv:].transpose(0, 2, 1, 3)
         if self.rotary is not None and rotate:
             q, k = self.rotary(q, offset), self.rotary(k, offset)
@@ -205,5 +227,6 @@ class MultiHeadAttention(Module):
     def extra_repr(self):
         extra = f", window={self.window}" if self.window else ""
         extra += ", shares_kv=True" if self.shares_kv else ""
+        extra += ", qk_norm=True" if self.q_norm is not None else ""
         return (f"n_head={self.n_head}, n_kv_head={self.n_kv_head}, head_dim={self.head_dim}, "
                 f"kind={self.kind!r}, causal={self.causal}{extra}")

@@ -13,9 +13,9 @@ from ..ops.softmax import REDUCTIONS
 from ..random import Generator
 from ..tensor import Tensor, _lift
 
-__all__ = ["relu", "gelu", "silu", "sigmoid", "tanh", "softmax", "log_softmax", "cross_entropy",
-           "layer_norm", "rms_norm", "embedding", "dropout", "scaled_dot_product_attention",
-           "linear", "where", "masked_fill", "linear_attention"]
+__all__ = ["relu", "relu2", "gelu", "silu", "sigmoid", "tanh", "softmax", "log_softmax",
+           "cross_entropy", "layer_norm", "rms_norm", "embedding", "dropout",
+           "scaled_dot_product_attention", "linear", "where", "masked_fill", "linear_attention"]
 
 
 def _ids(ids, device, name, limit=None, ignore=None):
@@ -49,6 +49,13 @@ def _array(x, device):
 
 def relu(x):
     return x.relu()
+
+
+def relu2(x):
+    """max(x, 0)^2, Primer's squared ReLU (So et al., 2021). A composition: autograd derives
+    d/dx = 2 max(x, 0)."""
+    r = x.relu()
+    return r * r
 
 
 def gelu(x, approximate="none"):

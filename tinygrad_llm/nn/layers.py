@@ -117,6 +117,7 @@ ACTIVATIONS = {
     "gelu": lambda x: F.gelu(x),
     "gelu_tanh": lambda x: F.gelu(x, approximate="tanh"),   # GPT-2's "gelu_new"
     "relu": F.relu,
+    "relu2": F.relu2,                                        # Primer (So et al., 2021)
     "silu": F.silu,
 }
 
