@@ -1,10 +1,11 @@
-"""Training-step throughput (forward, backward, clipping, AdamW) of small and GPT-2-sized models,
-tinygrad_llm beside PyTorch eager when installed, and MFU against this machine's measured matmul
-peak; on the CPU or a GPU (--device=cuda).
+"""Training-step throughput (forward, backward, clipping, AdamW or Muon) of small and GPT-2-sized
+models, tinygrad_llm beside PyTorch eager when installed, and MFU against this machine's measured
+matmul peak; on the CPU or a GPU (--device=cuda).
 
     python bench/bench_train.py                    # configs a and b
     python bench/bench_train.py --configs=a --repeats=30
     python bench/bench_train.py --device=cuda --torch_python=/tmp/torchvenv/bin/python
+    python bench/bench_train.py --optimizer=muon   # Muon on the blocks' matrices, AdamW the rest
 
 (a) gpt2 preset, 4 layers, 4 heads, 128 dims, block 64, batch 12, vocabulary 65;
 (b) 6 layers, 6 heads, 384 dims, block 256, batch 64;
@@ -19,6 +20,13 @@ with a device synchronisation (PyTorch's with torch.cuda.synchronize(), on torch
 attention); "reference" is ours with every fused kernel off (tl.use_kernels(False)), and
 kernel_launches_per_step counts this library's CUDA kernels in one step; MFU is against CuPy's
 float32 GEMM peak on the device. Prints one JSON object on the last line.
+
+--optimizer=muon: both sides step Muon (optim/muon.py; PyTorch's torch.optim.Muon, where that
+PyTorch has it) on the blocks' 2-D weights and AdamW on the rest. The FLOPs then count Muon's
+Newton-Schulz products (newton_schulz_flops, 5 steps a matrix) beside the model's 6 per parameter
+per token: each config reports flops_per_step and newton_schulz_flops_per_step, and MFU divides
+their sum by the step time. The step's other optimizer work (elementwise) is left out, as AdamW's
+is.
 """
 import contextlib
 import json
@@ -41,7 +49,8 @@ GPT2_VOCAB = 50257
 
 DEFAULTS = {"configs": "", "preset": "gpt2", "repeats": 10, "torch": True, "only": "",
             "rounds": 2, "device": "cpu", "torch_python": "", "reference": "auto",
-            "isolate": True, "peak_n": 0}
+            "isolate": True, "peak_n": 0, "optimizer": "adamw"}
+OPTIMIZERS = ("adamw", "muon")
 DEVICE_CONFIGS = {"cpu": "a,b", "cuda": "a,c"}
 PEAK_N = {"cpu": 1024, "cuda": 4096}
 
@@ -89,9 +98,37 @@ def _timed(f, sync=None):
     return time.perf_counter() - t0
 
 
-def run_one(framework, name, preset, repeats, device="cpu"):
+def muon_optimizer(model):
+    """Muon over muon_param_groups (the blocks' matrices; AdamW for the rest), this bench's
+    AdamW settings for the AdamW groups and the learning rate for every group."""
+    from tinygrad_llm.optim import Muon, muon_param_groups
+    return Muon(muon_param_groups(model, muon_lr=1e-3, adam_lr=1e-3, weight_decay=0.1),
+                betas=(0.9, 0.99))
+
+
+def newton_schulz_flops_per_step(model):
+    """Muon's Newton-Schulz FLOPs in one step of `model` (0 under AdamW)."""
+    return muon_optimizer(model).flops_per_step()
+
+
+def _torch_muon(torch, tm):
+    """torch.optim.Muon on the blocks' 2-D weights (TorchGPT names them "blocks__..."), AdamW on
+    the rest: the split muon_param_groups makes (PyTorch's own Muon scales its update by
+    sqrt(max(1, rows / cols)) where ours defaults to 0.2 sqrt(max(rows, cols)): the same FLOPs)."""
+    if not hasattr(torch.optim, "Muon"):
+        raise RuntimeError(f"--optimizer=muon: PyTorch {torch.__version__} has no "
+                           "torch.optim.Muon (added in 2.9)")
+    matrices = [p for n, p in tm.params.items() if n.startswith("blocks__") and p.ndim == 2]
+    rest = [p for n, p in tm.params.items() if not (n.startswith("blocks__") and p.ndim == 2)]
+    muon = torch.optim.Muon(matrices, lr=1e-3, weight_decay=0.1)
+    adamw = torch.optim.AdamW(rest, lr=1e-3, betas=(0.9, 0.99), weight_decay=0.1)
+    return muon, adamw
+
+
+def run_one(framework, name, preset, repeats, device="cpu", optimizer="adamw"):
     """(median seconds per training step, config, tokens per step, launches per step) of
-    `framework` ("ours", "reference": ours with the kernels off, or "torch") on config `name`."""
+    `framework` ("ours", "reference": ours with the kernels off, or "torch") on config `name`,
+    stepping `optimizer` ("adamw" or "muon")."""
     from tinygrad_llm.optim import AdamW, clip_grad_norm_, param_groups_for_weight_decay
     tl.manual_seed(0)
     model, batch = build_config(preset, name)
@@ -105,7 +142,10 @@ def run_one(framework, name, preset, repeats, device="cpu"):
         if device != "cpu":
             model.to(device)
             x, y = backend.to_device(x, device), backend.to_device(y, device)
-        opt = AdamW(param_groups_for_weight_decay(model, 0.1), lr=1e-3, betas=(0.9, 0.99))
+        if optimizer == "muon":
+            opt = muon_optimizer(model)
+        else:
+            opt = AdamW(param_groups_for_weight_decay(model, 0.1), lr=1e-3, betas=(0.9, 0.99))
 
         def step():
             _, loss = model(x, y)
@@ -127,15 +167,20 @@ def run_one(framework, name, preset, repeats, device="cpu"):
         from torch_reference import TorchGPT
         dev, sync, _ = devices.torch_setup(device)
         tm = TorchGPT.from_ours(model).to(dev)
-        topt = torch.optim.AdamW(tm.parameters(), lr=1e-3, betas=(0.9, 0.99), weight_decay=0.1)
+        if optimizer == "muon":
+            topts = _torch_muon(torch, tm)
+        else:
+            topts = (torch.optim.AdamW(tm.parameters(), lr=1e-3, betas=(0.9, 0.99),
+                                       weight_decay=0.1),)
         tx, ty = torch.from_numpy(x).to(dev), torch.from_numpy(y).to(dev)
 
         def step():
             _, loss = tm(tx, ty)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(tm.parameters(), 1.0)
-            topt.step()
-            topt.zero_grad(set_to_none=True)
+            for topt in topts:
+                topt.step()
+                topt.zero_grad(set_to_none=True)
             if sync is not None:
                 sync()
         sec = measure({framework: step}, repeats)[framework]
@@ -151,6 +196,8 @@ def resolve(opts):
     opts["reference"] = opts["reference"] == "true" or (opts["reference"] == "auto"
                                                         and device != "cpu")
     opts["peak_n"] = opts["peak_n"] or PEAK_N.get(device, PEAK_N["cpu"])
+    if opts["optimizer"] not in OPTIMIZERS:
+        raise SystemExit(f"--optimizer: expected one of {OPTIMIZERS}, got {opts['optimizer']!r}")
     return opts
 
 
@@ -159,7 +206,7 @@ def main(argv):
     device = devices.check(opts["device"], ours=opts["only"] != "torch")
     if opts["only"]:                          # a child process: one framework, one config
         sec, _, _, launches = run_one(opts["only"], opts["configs"], opts["preset"],
-                                      opts["repeats"], device)
+                                      opts["repeats"], device, opts["optimizer"])
         print(json.dumps({"seconds": sec, "launches": launches}))
         return sec
     frameworks = ["ours"] + (["reference"] if opts["reference"] else [])
@@ -177,12 +224,14 @@ def main(argv):
                 if fw == "torch" and torch_error is not None:
                     continue
                 if fw != "torch" and not opts["isolate"]:
-                    sec, _, _, n = run_one(fw, name, opts["preset"], opts["repeats"], device)
+                    sec, _, _, n = run_one(fw, name, opts["preset"], opts["repeats"], device,
+                                           opts["optimizer"])
                 else:
                     try:
                         child = devices.run_child(pythons[fw], __file__, [
                             f"--only={fw}", f"--configs={name}", f"--preset={opts['preset']}",
-                            f"--repeats={opts['repeats']}", f"--device={device}"],
+                            f"--repeats={opts['repeats']}", f"--device={device}",
+                            f"--optimizer={opts['optimizer']}"],
                             f"the {fw} run of config {name}")
                     except RuntimeError as e:   # PyTorch's side failing keeps ours: say why
                         if fw != "torch":
@@ -196,9 +245,11 @@ def main(argv):
         tl.manual_seed(0)
         model, batch = build_config(opts["preset"], name)
         tokens = batch * model.config.block_size
-        fpt = flops_per_token(model.config)
+        ns_flops = newton_schulz_flops_per_step(model) if opts["optimizer"] == "muon" else 0
+        flops = flops_per_token(model.config) * tokens + ns_flops
         entry = {k: {"ms_per_iter": round(v * 1e3, 2), "tokens_per_s": round(tokens / v),
-                     "mfu": round(fpt * tokens / v / peak, 4)} for k, v in best.items()}
+                     "mfu": round(flops / v / peak, 4)} for k, v in best.items()}
+        entry.update(flops_per_step=flops, newton_schulz_flops_per_step=ns_flops)
         if launches is not None:
             entry["ours"]["kernel_launches_per_step"] = launches
         if "torch" in best:
@@ -218,7 +269,7 @@ def main(argv):
            "device": devices.info(device),
            "configs": {k: (dict(GPT2_SMALL, vocab_size=GPT2_VOCAB) if k == "c" else SIZES[v])
                        for k, v in CONFIGS.items()},
-           "preset": opts["preset"], "results": results}
+           "preset": opts["preset"], "optimizer": opts["optimizer"], "results": results}
     print(json.dumps(out))
     return out
 

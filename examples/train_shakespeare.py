@@ -6,6 +6,7 @@
     python examples/train_shakespeare.py --tokenizer=bpe --vocab_size=1024   # byte-level BPE
     python examples/train_shakespeare.py --device=cuda --dtype=float16       # mixed precision
     python examples/train_shakespeare.py --device=cuda --tf32                # TF32 matmuls
+    python examples/train_shakespeare.py --optimizer=muon --lr_schedule=wsd  # recipe pieces
 
 Follows nanoGPT's train.py order: configuration, data, model, optimizer, loop (with evaluation
 and checkpoints), sample, and a final JSON line with the headline numbers. Every field of RunArgs,
@@ -21,7 +22,6 @@ import tinygrad_llm as tl
 from tinygrad_llm.data import shakespeare, split
 from tinygrad_llm.generate import generate
 from tinygrad_llm.models import GPT, GPTConfig
-from tinygrad_llm.optim import param_groups_for_weight_decay
 from tinygrad_llm.tokenizers import CHAT_SPECIAL_TOKENS, BPETokenizer, CharTokenizer
 from tinygrad_llm.train import (OptionError, TrainConfig, Trainer, load_checkpoint,
                                 parse_overrides, run_main, split_overrides)
@@ -87,10 +87,10 @@ def main(argv):
     print(f"{run.preset} model: {model.num_parameters() / 1e6:.2f}M parameters, "
           f"vocab {tokenizer.vocab_size}, device {run.device}")
 
-    # optimizer: AdamW with no decay on biases and norm weights
-    optimizer = train_config.adamw(param_groups_for_weight_decay(model,
-                                                                 train_config.weight_decay))
-    trainer = Trainer(model, optimizer, train_ids, val_ids, train_config,
+    # optimizer: AdamW with no decay on biases and norm weights (--optimizer=muon: Muon for the
+    # blocks' matrices; --embed_lr / --head_lr: those groups' own peak learning rates)
+    optimizer, lr_scales = train_config.optimizer_for(model)
+    trainer = Trainer(model, optimizer, train_ids, val_ids, train_config, lr_scales=lr_scales,
                       record={"model_config": config.to_dict(),
                               "tokenizer": tokenizer.to_dict(), "preset": run.preset})
     if run.resume:

@@ -346,6 +346,29 @@ def test_train_shakespeare_runs_and_resumes(tmp_path, capsys):
                      + ["--n_embd=32", "--max_iters=6", "--resume"])
 
 
+def test_train_shakespeare_with_muon_trains_and_resumes_exactly(tmp_path):
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("To be, or not to be: that is the question.\n" * 40)
+    example = _example()
+    args = TINY + [f"--data={corpus}", "--optimizer=muon", "--tie_embeddings=false",
+                   "--embed_lr=0.01", "--sample_tokens=0", "--lr_decay_iters=4"]
+    straight = example.main(args + [f"--out_dir={tmp_path / 'a'}", "--max_iters=4"])
+    example.main(args + [f"--out_dir={tmp_path / 'b'}", "--max_iters=2"])
+    resumed = example.main(args + [f"--out_dir={tmp_path / 'b'}", "--max_iters=4", "--resume"])
+    assert straight["steps"] == resumed["steps"] == 4 and np.isfinite(straight["val_loss"])
+    a, opt_a, record = load_checkpoint(straight["checkpoint"])
+    b, opt_b, _ = load_checkpoint(resumed["checkpoint"])
+    assert record["train_config"]["optimizer"] == "muon"
+    assert [g["muon"] for g in record["optimizer"]["param_groups"]].count(True) == 1
+    assert any("momentum_buffer" in k for k in opt_a)           # Muon's state was saved
+    assert all(np.array_equal(a[k], b[k]) for k in a)           # resume is exact
+    assert all(np.array_equal(opt_a[k], opt_b[k]) for k in opt_a)
+    plain = example.main(TINY + [f"--data={corpus}", "--tie_embeddings=false",
+                                 "--sample_tokens=0", f"--out_dir={tmp_path / 'c'}",
+                                 "--max_iters=4"])
+    assert plain["train_loss"] != straight["train_loss"]
+
+
 def test_train_shakespeare_with_bpe(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("TINYGRAD_LLM_CACHE", str(tmp_path / "cache"))
     corpus = tmp_path / "corpus.txt"

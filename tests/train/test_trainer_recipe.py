@@ -1,7 +1,9 @@
 """The training-schedule switches of the speedrun recipe: the learning-rate schedule the config
 names, sequence-length and batch-size warmup (the shapes trained on, step by step, drawn from the
 seed exactly as get_batch would), bit-identical resume from the middle of each warmup, the tokens
-the Trainer reports, bad settings named, and defaults that keep the old batches."""
+the Trainer reports, bad settings named, and defaults that keep the old batches. Then the
+optimizer the config builds (optimizer_for): AdamW by default, the same groups and updates as the
+construction it replaced; Muon over the expected groups; embed_lr / head_lr as lr_scales."""
 import json
 
 import numpy as np
@@ -10,7 +12,7 @@ import pytest
 import tinygrad_llm as tl
 from tinygrad_llm.data import get_batch
 from tinygrad_llm.models import GPT, GPTConfig
-from tinygrad_llm.optim import AdamW, param_groups_for_weight_decay
+from tinygrad_llm.optim import AdamW, Muon, param_groups_for_weight_decay
 from tinygrad_llm.optim.schedule import linear_decay, warmup_cosine, warmup_stable_decay
 from tinygrad_llm.train import TrainConfig, Trainer
 from tinygrad_llm.train import trainer as trainer_module
@@ -188,3 +190,96 @@ def test_warmups_need_the_default_batches(tmp_path):
     with pytest.raises(ValueError, match="seq_warmup_iters and batch_warmup_iters"):
         Trainer(None, None, DATA, None, TrainConfig(seq_warmup_iters=3),
                 batch_fn=lambda data, rng: None)
+
+
+# ---- the optimizer the config builds --------------------------------------------------------
+def _model(seed=0, **overrides):
+    tl.manual_seed(seed)
+    return GPT(GPTConfig.preset("gpt2", n_layer=2, n_head=2, n_embd=16, block_size=32,
+                                vocab_size=VOCAB, **overrides))
+
+
+def _steps(model, optimizer, lr_scales, n=4, **overrides):
+    train = dict(batch_size=4, block_size=32, max_iters=n, warmup_iters=2, learning_rate=1e-2,
+                 seed=5, out_dir=None, progress=False, **overrides)
+    t = Trainer(model, optimizer, DATA[:2500], DATA[2500:], TrainConfig(**train),
+                log=None, lr_scales=lr_scales)
+    return [t.train_step() for _ in range(n)], t
+
+
+def test_the_default_optimizer_is_the_adamw_it_replaced():
+    config = TrainConfig(learning_rate=1e-2, weight_decay=0.1)
+    old_model, new_model = _model(), _model()
+    old = config.adamw(param_groups_for_weight_decay(old_model, 0.1))
+    new, scales = config.optimizer_for(new_model)
+    assert type(new) is AdamW and scales == [1.0, 1.0]
+    names = {id(p): k for k, p in new_model.named_parameters()}
+    old_names = {id(p): k for k, p in old_model.named_parameters()}
+    assert [[names[id(p)] for p in g["params"]] for g in new.param_groups] == \
+        [[old_names[id(p)] for p in g["params"]] for g in old.param_groups]
+    assert [{k: v for k, v in g.items() if k != "params"} for g in new.param_groups] == \
+        [{k: v for k, v in g.items() if k != "params"} for g in old.param_groups]
+    losses_old, _ = _steps(old_model, old, None)
+    losses_new, _ = _steps(new_model, new, scales)
+    assert losses_new == losses_old
+    a, b = _params(old_model), _params(new_model)
+    assert all(np.array_equal(a[k], b[k]) for k in a)
+
+
+def test_muon_gets_the_block_matrices_and_adamw_the_rest():
+    model = _model(tie_embeddings=False)
+    config = TrainConfig(optimizer="muon", learning_rate=1e-2, muon_lr=2e-2, embed_lr=5e-2,
+                         head_lr=4e-3, weight_decay=0.1, beta2=0.95, muon_momentum=0.9)
+    opt, scales = config.optimizer_for(model)
+    assert isinstance(opt, Muon) and scales == [1.0] * len(opt.param_groups)
+    names = {id(p): k for k, p in model.named_parameters()}
+    groups = {tuple(sorted(names[id(p)] for p in g["params"])): g for g in opt.param_groups}
+    muon = [g for g in opt.param_groups if g["muon"]]
+    assert len(muon) == 1 and muon[0]["momentum"] == 0.9
+    assert sorted(names[id(p)] for p in muon[0]["params"]) == sorted(
+        k for k, p in model.named_parameters() if k.startswith("blocks.") and p.ndim == 2)
+    assert muon[0]["lr_scale"] == pytest.approx(2.0)
+    embed = groups[("pos_emb.weight", "tok_emb.weight")]
+    head = groups[("head.weight",)]
+    assert not embed["muon"] and embed["lr_scale"] == pytest.approx(5.0)
+    assert not head["muon"] and head["lr_scale"] == pytest.approx(0.4)
+    assert all(g["betas"] == (0.9, 0.95) for g in opt.param_groups if not g["muon"])
+    assert sum(len(g["params"]) for g in opt.param_groups) == len(list(model.parameters()))
+    before = _params(model)
+    losses, t = _steps(model, opt, scales, n=3)
+    assert all(np.isfinite(losses))
+    assert muon[0]["lr"] == t.lr_at(2)                 # the schedule's lr; Muon scales it
+    after = _params(model)
+    assert all(not np.array_equal(before[k], after[k]) for k in before if "blocks." in k)
+
+
+def test_adamw_with_embed_and_head_lrs_scales_those_groups():
+    model = _model(tie_embeddings=False)
+    config = TrainConfig(learning_rate=1e-2, embed_lr=3e-2, head_lr=5e-3)
+    opt, scales = config.optimizer_for(model)
+    assert type(opt) is AdamW
+    names = [sorted(k for k, p in model.named_parameters()
+                    if any(p is q for q in g["params"])) for g in opt.param_groups]
+    by_name = {tuple(n): s for n, s in zip(names, scales)}
+    assert by_name[("pos_emb.weight", "tok_emb.weight")] == pytest.approx(3.0)
+    assert by_name[("head.weight",)] == pytest.approx(0.5)
+    assert sorted(set(scales)) == pytest.approx([0.5, 1.0, 3.0])
+    _, t = _steps(model, opt, scales, n=3)
+    for group, scale in zip(opt.param_groups, scales):
+        assert group["lr"] == t.lr_at(2) * scale
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (dict(optimizer="sgd"), "optimizer must be one of .*, got 'sgd'"),
+    (dict(muon_lr=1e-2), "muon_lr=0.01 needs optimizer='muon'"),
+    (dict(embed_lr=-1.0), "embed_lr must be a positive number or None, got -1.0"),
+    (dict(optimizer="muon", head_lr=0), "head_lr must be a positive number or None, got 0"),
+])
+def test_bad_optimizer_settings_raise_naming_them(overrides, message):
+    with pytest.raises(ValueError, match=message):
+        TrainConfig(**overrides)
+
+
+def test_head_lr_needs_an_untied_head():
+    with pytest.raises(ValueError, match="head_lr=0.005 needs an untied head"):
+        TrainConfig(head_lr=5e-3).optimizer_for(_model())

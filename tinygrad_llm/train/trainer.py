@@ -12,6 +12,12 @@ answers, labelled passages) and keeps the rest: the schedule, accumulation, auto
 non-finite check, clipping and the update. A run that calls train_step in its own loop, logging
 what it likes, uses the Trainer as much as one that calls fit.
 
+The optimizer (`optimizer_for`): AdamW by default, over param_groups_for_weight_decay's two
+groups; "muon" puts the blocks' 2-D weights under Muon (optim/muon.py; Jordan et al., 2024) and
+the rest under AdamW, in one optimizer. embed_lr and head_lr give the embeddings and an untied
+head their own peak learning rates (modded-nanogpt's embedding and head groups): one schedule
+moves every group, each keeping its ratio to learning_rate.
+
 Warmups (off by default). Sequence-length warmup (Li et al., 2022) trains on short windows
 first, growing to block_size; batch-size warmup (Brown et al., 2020) grows the micro-batch to
 batch_size. Both are functions of the step alone (optim/schedule.py: size_warmup), so the
@@ -46,7 +52,8 @@ import numpy as np
 from .. import amp, backend
 from ..data import get_batch, get_rng_state, set_rng_state
 from ..nn import functional as F
-from ..optim import AdamW, GradScaler, clip_grad_norm_, unflatten_state_dict
+from ..optim import (AdamW, GradScaler, Muon, clip_grad_norm_, muon_param_groups,
+                     param_groups_for_weight_decay, unflatten_state_dict)
 from ..optim.schedule import (WSD_DECAYS, linear_decay, size_warmup, warmup_cosine,
                               warmup_stable_decay)
 from ..tensor import no_grad
@@ -55,6 +62,7 @@ from .checkpoint import load_checkpoint, save_checkpoint
 __all__ = ["TrainConfig", "Trainer", "lm_loss"]
 
 LR_SCHEDULES = ("cosine", "wsd", "linear")
+OPTIMIZERS = ("adamw", "muon")
 # Sequence-length warmup grows the block in steps of this many tokens: a GPU's tensor cores take
 # float16 matmul dimensions in multiples of 8 (MosaicML Composer's SeqLengthWarmup uses 8 for
 # this), and a handful of lengths instead of one per step keeps the set of array shapes, and so
@@ -84,6 +92,11 @@ class TrainConfig:
     weight_decay: float = 0.1         # AdamW's decoupled weight decay
     beta1: float = 0.9                # AdamW's first-moment decay
     beta2: float = 0.99               # AdamW's second-moment decay
+    optimizer: str = "adamw"          # "adamw", or "muon" (Muon for the blocks' matrices)
+    muon_lr: float = None             # muon: the blocks' 2-D weights' peak lr (none: learning_rate)
+    muon_momentum: float = 0.95       # muon: the matrices' (Nesterov) momentum
+    embed_lr: float = None            # the embeddings' peak lr (none: learning_rate)
+    head_lr: float = None             # an untied head's peak lr (none: learning_rate)
     grad_clip: float = 1.0            # clip the gradients' global norm to this (0: off)
     grad_accum: int = 1               # micro-batches per optimizer step
     seed: int = 1337                  # seeds the batches (and the run's other draws)
@@ -114,6 +127,18 @@ class TrainConfig:
         if self.wsd_decay not in WSD_DECAYS:
             raise ValueError(f"TrainConfig: wsd_decay must be one of {WSD_DECAYS}, got "
                              f"{self.wsd_decay!r}")
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"TrainConfig: optimizer must be one of {OPTIMIZERS}, got "
+                             f"{self.optimizer!r}")
+        for name in ("muon_lr", "embed_lr", "head_lr"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool)
+                                      or not isinstance(value, (int, float)) or value <= 0):
+                raise ValueError(f"TrainConfig: {name} must be a positive number or None, got "
+                                 f"{value!r}")
+        if self.muon_lr is not None and self.optimizer != "muon":
+            raise ValueError(f"TrainConfig: muon_lr={self.muon_lr} needs optimizer='muon', got "
+                             f"optimizer={self.optimizer!r}")
         for iters, start, end in (("seq_warmup_iters", "seq_warmup_start", "block_size"),
                                   ("batch_warmup_iters", "batch_warmup_start", "batch_size")):
             if getattr(self, iters) < 0:
@@ -127,6 +152,36 @@ class TrainConfig:
         config's learning rate, betas and weight decay."""
         return AdamW(params, lr=self.learning_rate, betas=(self.beta1, self.beta2),
                      weight_decay=self.weight_decay)
+
+    def optimizer_for(self, model):
+        """(optimizer, lr_scales) for `model`, to pass to Trainer(..., lr_scales=lr_scales).
+
+        "adamw" without embed_lr / head_lr: AdamW over param_groups_for_weight_decay (matrices
+        and embeddings decayed, gains and biases not), every scale 1. With embed_lr or head_lr:
+        muon_param_groups' split (block matrices, embeddings, untied head, other weights, gains
+        and biases), each AdamW group scaled by its lr / learning_rate through lr_scales.
+        "muon": Muon over muon_param_groups at muon_lr, embed_lr and head_lr (default
+        learning_rate); Muon applies each group's lr_scale itself, so lr_scales are all 1."""
+        if self.head_lr is not None and not any(
+                name.startswith("head.") and p.ndim >= 2 for name, p in model.named_parameters()):
+            raise ValueError(f"TrainConfig: head_lr={self.head_lr} needs an untied head (a "
+                             "'head.*' matrix, GPTConfig tie_embeddings=False); this model's "
+                             "head is its token table")
+        if self.optimizer == "adamw" and self.embed_lr is None and self.head_lr is None:
+            groups = param_groups_for_weight_decay(model, self.weight_decay)
+            return self.adamw(groups), [1.0] * len(groups)
+        groups = muon_param_groups(model, muon_lr=self.muon_lr or self.learning_rate,
+                                   adam_lr=self.learning_rate, weight_decay=self.weight_decay,
+                                   embed_lr=self.embed_lr, head_lr=self.head_lr,
+                                   base_lr=self.learning_rate)
+        if self.optimizer == "muon":
+            optimizer = Muon(groups, lr=self.learning_rate, momentum=self.muon_momentum,
+                             betas=(self.beta1, self.beta2), weight_decay=self.weight_decay)
+            return optimizer, [1.0] * len(groups)
+        scales = [group.pop("lr_scale") for group in groups]
+        for group in groups:
+            del group["muon"]                 # AdamW for the block matrices too
+        return self.adamw(groups), scales
 
 
 class Trainer:
