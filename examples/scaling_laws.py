@@ -81,7 +81,7 @@ CHINCHILLA_A, EPOCH_AI_A = 0.50, 0.513    # Hoffmann et al. (2022); Besiroglu et
 CHINCHILLA_TOKENS_PER_PARAM, NANOCHAT_TOKENS_PER_PARAM = 20.0, 8.0
 
 # the default grids: (sizes "LxC", budgets in FLOPs), each spanning >= 30x
-FULL = ("1x16,1x32,2x32,2x48,3x64,4x80,4x96,5x128", "1e11,2.5e11,6e11,1.5e12,3.5e12,8e12")
+FULL = ("1x16,1x32,2x32,2x48,3x64,4x80,4x96,5x128", "1e11,2.5e11,6e11,1.5e12,3.5e12")
 QUICK = ("1x8,1x16,2x16,1x32,2x32,2x48,3x64", "2.5e10,6e10,1.5e11,3.5e11,8e11")
 
 
