@@ -84,7 +84,8 @@ from tinygrad_llm.models import GPT, GPTConfig
 from tinygrad_llm.optim import param_groups_for_weight_decay
 from tinygrad_llm.tokenizers import BPETokenizer
 from tinygrad_llm.train import OptionError, TrainConfig, Trainer, parse_args, run_main
-from tinygrad_llm.train.report import power_law_fit, print_table, save_figure, write_json
+from tinygrad_llm.train.report import (append_run, power_law_fit, print_table, read_runs,
+                                       save_figure, write_json)
 from tinygrad_llm.train.scaling import (bootstrap_loss_surface, compute_optimal,
                                         fit_isoflop_parabolas, fit_loss_surface,
                                         isoflop_plan, predict_loss,
@@ -238,38 +239,11 @@ def _setting(args, vocab_size, n_chars):
                 device=args.device)
 
 
-def _read_runs(path):
-    """The finished runs in runs.jsonl; a line cut short (a run killed while writing) is skipped,
-    named, and its run trained again."""
-    if not os.path.exists(path):
-        return []
-    runs = []
-    with open(path, encoding="utf-8") as f:
-        for number, line in enumerate(f, 1):
-            try:
-                runs.append(json.loads(line))
-            except ValueError:
-                if line.strip():
-                    print(f"{path}:{number}: not a whole JSON line, skipped (its run trains "
-                          "again)")
-    return runs
-
-
-def _append_run(path, run):
-    """One line per finished run; a cut-short last line is ended first, so the new one is whole."""
-    with open(path, "ab+") as f:
-        if f.seek(0, os.SEEK_END):
-            f.seek(-1, os.SEEK_END)
-            if f.read(1) != b"\n":
-                f.write(b"\n")
-        f.write((json.dumps(run) + "\n").encode("utf-8"))
-
-
 def sweep(args, plan, configs, setting, train_ids, val_set):
     """Every planned run, trained or read back from out_dir/runs.jsonl; returns the runs (with
     "loss") and how many were trained now."""
     path = os.path.join(args.out_dir, "runs.jsonl")
-    done = {(r["size"], r["budget"]): r for r in _read_runs(path) if r["setting"] == setting}
+    done = {(r["size"], r["budget"]): r for r in read_runs(path) if r["setting"] == setting}
     runs, trained = [], 0
     for i, planned in enumerate(plan["runs"]):
         key = (planned["size"], planned["budget"])
@@ -282,7 +256,7 @@ def sweep(args, plan, configs, setting, train_ids, val_set):
                                               train_ids, val_set)
         run = {**planned, "epochs": planned["tokens"] / len(train_ids), "loss": loss,
                "train_loss": train_loss, "wall_s": seconds, "setting": setting}
-        _append_run(path, run)
+        append_run(path, run)
         runs.append(run)
         trained += 1
     return runs, trained

@@ -63,7 +63,7 @@ from tinygrad_llm.models import GPT, GPTConfig
 from tinygrad_llm.tokenizers import CharTokenizer
 from tinygrad_llm.train import (OptionError, TrainConfig, Trainer, parse_overrides, run_main,
                                 split_overrides)
-from tinygrad_llm.train.report import print_table, save_figure, write_json
+from tinygrad_llm.train.report import append_run, print_table, read_runs, save_figure, write_json
 
 
 @dataclasses.dataclass
@@ -282,28 +282,6 @@ def train_run(piece, args, base, steps, seed, vocab_size, train_ids, val_set,
                 train_s=train_s, parameters=trainer.model.num_parameters(), curve=curve)
 
 
-def _read_runs(path):
-    if not os.path.exists(path):
-        return []
-    runs = []
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            try:
-                runs.append(json.loads(line))
-            except ValueError:
-                pass                                # a line cut short: its run trains again
-    return runs
-
-
-def _append_run(path, run):
-    with open(path, "ab+") as f:
-        if f.seek(0, os.SEEK_END):
-            f.seek(-1, os.SEEK_END)
-            if f.read(1) != b"\n":
-                f.write(b"\n")
-        f.write((json.dumps(run) + "\n").encode("utf-8"))
-
-
 # ---- the summary --------------------------------------------------------------------------
 def summarise(name, runs, default_runs):
     """One table row: the mean final loss over seeds, its spread (sample standard deviation),
@@ -381,7 +359,7 @@ def main(argv):
     setting = dict(base_train=base_train, base_model=base_model, budget_s=args.budget_s,
                    warmup_frac=args.warmup_frac, eval_batches=args.eval_batches,
                    curve_points=args.curve_points, chars=len(text), device=args.device)
-    done = {(r["piece"], r["seed"]): r for r in _read_runs(path) if r["setting"] == setting}
+    done = {(r["piece"], r["seed"]): r for r in read_runs(path) if r["setting"] == setting}
 
     runs, plans, trained = [], {}, 0
     for name in names:
@@ -401,7 +379,7 @@ def main(argv):
             run = dict(piece=name, **train_run(piece, args, base, plans[name]["steps"], seed,
                                                tokenizer.vocab_size, train_ids, val_set),
                        setting=setting)
-            _append_run(path, run)
+            append_run(path, run)
             runs.append(run)
             trained += 1
             loss = "diverged" if run["diverged"] else f"{run['val_loss']:.4f}"

@@ -1,12 +1,13 @@
-"""train/report.py: the table, the JSON file, the figure and the power-law fits every study uses."""
+"""train/report.py: the table, the JSON file, the figure, the runs log and the power-law fits
+every study uses."""
 import json
 import math
 
 import numpy as np
 import pytest
 
-from tinygrad_llm.train.report import (crossovers, power_law_fit, print_table, save_figure,
-                                       write_json)
+from tinygrad_llm.train.report import (append_run, crossovers, power_law_fit, print_table,
+                                       read_runs, save_figure, write_json)
 
 
 def test_table_aligns_columns_and_marks_missing_values(capsys):
@@ -62,3 +63,15 @@ def test_crossovers_interpolate_on_log_log_axes():
 def test_fits_reject_bad_input(x, y, match):
     with pytest.raises(ValueError, match=match):
         power_law_fit(x, y)
+
+
+def test_runs_log_resumes_after_a_cut_short_line(tmp_path, capsys):
+    path = str(tmp_path / "runs.jsonl")
+    assert read_runs(path) == []
+    append_run(path, {"size": "1x16", "loss": 3.5})
+    with open(path, "a", encoding="utf-8") as f:
+        f.write('{"size": "2x32", "lo')                 # killed while writing
+    assert read_runs(path) == [{"size": "1x16", "loss": 3.5}]
+    assert "runs.jsonl:2: not a whole JSON line" in capsys.readouterr().out
+    append_run(path, {"size": "2x32", "loss": 3.1})    # ends the torn line before its own
+    assert read_runs(path) == [{"size": "1x16", "loss": 3.5}, {"size": "2x32", "loss": 3.1}]

@@ -7,7 +7,11 @@ fixed-width table to read in the terminal, a JSON file to compare runs with, and
 figure needs matplotlib (the `plot` extra); without it a study still prints and writes its
 numbers and says, in one line, that no PNG was drawn.
 
-Reading order: print_table, write_json, save_figure, power_law_fit, crossovers.
+A long study also keeps one JSON line per finished run (append_run), so that a killed sweep
+resumes where it stopped: read_runs gives them back, skipping a last line the kill cut short.
+
+Reading order: print_table, write_json, save_figure, read_runs, append_run, power_law_fit,
+crossovers.
 """
 import json
 import math
@@ -17,7 +21,8 @@ import numpy as np
 
 from ..data.files import atomic_write
 
-__all__ = ["print_table", "write_json", "save_figure", "power_law_fit", "crossovers"]
+__all__ = ["print_table", "write_json", "save_figure", "read_runs", "append_run", "power_law_fit",
+           "crossovers"]
 
 
 def _cell(value):
@@ -94,6 +99,34 @@ def save_figure(path, draw):
     plt.savefig(path, dpi=120, bbox_inches="tight")
     plt.close("all")
     return path
+
+
+def read_runs(path):
+    """The runs of a JSON-lines log (an empty list when there is none). A line that is not whole
+    JSON (a run killed while writing) is skipped with a one-line message: its run runs again."""
+    if not os.path.exists(path):
+        return []
+    runs = []
+    with open(path, encoding="utf-8") as f:
+        for number, line in enumerate(f, 1):
+            try:
+                runs.append(json.loads(line))
+            except ValueError:
+                if line.strip():
+                    print(f"{path}:{number}: not a whole JSON line, skipped (its run runs "
+                          "again)")
+    return runs
+
+
+def append_run(path, run):
+    """Append one finished run as a JSON line; a cut-short last line is ended first, so the new
+    one is whole."""
+    with open(path, "ab+") as f:
+        if f.seek(0, os.SEEK_END):
+            f.seek(-1, os.SEEK_END)
+            if f.read(1) != b"\n":
+                f.write(b"\n")
+        f.write((json.dumps(run) + "\n").encode("utf-8"))
 
 
 def _positive_pairs(x, y, owner):
