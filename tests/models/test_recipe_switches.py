@@ -469,3 +469,20 @@ def test_the_fused_decode_step_refuses_what_it_does_not_compute(switch, why):
     # batch-1 decoding then goes through the model's forward, which has every switch
     assert why in DecodePlan.reason(tiny("llama", np.float32, **SWITCHES[switch]))
     assert DecodePlan.reason(tiny("llama", np.float32)) is None
+
+
+@pytest.mark.parametrize("field,value", [("logit_softcap", 30.0), ("unet_skips", True),
+                                         ("zero_init_proj", True)])
+def test_models_without_a_switch_refuse_it(field, value):
+    from tinygrad_llm.models import Encoder
+    from tinygrad_llm.models.transformer_xl import TransformerXLConfig
+    config = GPTConfig.preset("gpt2", n_layer=1, n_head=2, n_embd=16, block_size=8,
+                              vocab_size=V, **{field: value})
+    with pytest.raises(ValueError, match=f"Encoder: {field}="):
+        Encoder(config)
+    with pytest.raises(ValueError, match=f"TransformerXLConfig: {field}="):
+        TransformerXLConfig(n_layer=1, n_head=2, n_embd=16, block_size=8, vocab_size=V,
+                            **{field: value})
+    with pytest.raises(ValueError, match="TransformerXLConfig: qk_norm="):
+        TransformerXLConfig(n_layer=1, n_head=2, n_embd=16, block_size=8, vocab_size=V,
+                            qk_norm=True)

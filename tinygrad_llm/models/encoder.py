@@ -57,6 +57,11 @@ class Encoder(Module):
         super().__init__()
         if pooling not in ("cls", "mean"):
             raise ValueError(f"Encoder: pooling must be 'cls' or 'mean', got {pooling!r}")
+        for field, default in (("logit_softcap", None), ("unet_skips", False),
+                               ("zero_init_proj", False)):
+            if getattr(config, field) != default:      # GPT-only switches: refuse, not ignore
+                raise ValueError(f"Encoder: {field}={getattr(config, field)!r} is not supported "
+                                 f"(only {default!r})")
         self.config, self.pooling = config, pooling
         c = config.n_embd
         self.tok_emb = Embedding(config.vocab_size, c)
