@@ -26,7 +26,7 @@ import tinygrad_llm as tl  # noqa: F401  (first: it tunes the thread pools befor
 import numpy as np  # noqa: E402
 
 from tinygrad_llm.data import shakespeare  # noqa: E402
-from tinygrad_llm.eval import by_task, chat_tasks, evaluate  # noqa: E402
+from tinygrad_llm.eval import task_accuracy  # noqa: E402
 from tinygrad_llm.finetune import (SFTBatcher, apply_lora, merge_and_unload,  # noqa: E402
                                    task_records)
 from tinygrad_llm.tokenizers import ChatTemplate  # noqa: E402
@@ -66,13 +66,6 @@ def two_turn_chats(records, fraction, seed):
                                    {"role": "user", "content": records[b]["prompt"]},
                                    {"role": "assistant", "content": records[b]["response"]}]})
     return chats
-
-
-def task_accuracy(model, template, held):
-    """({task: exact-match accuracy}, {task: its bootstrap stderr}) of greedy answers to the
-    held-out prompts, through the harness (64 prompts decoded together)."""
-    return by_task(evaluate(model, template.tokenizer, chat_tasks(template, held),
-                            batch_size=64), "exact_match")
 
 
 def main(argv):

@@ -27,7 +27,7 @@ import time
 import tinygrad_llm as tl  # noqa: F401  (first: it tunes the thread pools before NumPy loads)
 import numpy as np  # noqa: E402
 
-from tinygrad_llm.eval import bootstrap_stderr, by_task, chat_tasks, evaluate  # noqa: E402
+from tinygrad_llm.eval import bootstrap_stderr, task_accuracy  # noqa: E402
 from tinygrad_llm.finetune import Reinforce, alignment_setup, rollout  # noqa: E402
 from tinygrad_llm.finetune.tasks import answer_is_correct  # noqa: E402
 from tinygrad_llm.train import (TrainConfig, Trainer, load_model, parse_args,  # noqa: E402
@@ -89,9 +89,7 @@ def main(argv):
                                     args.max_new_tokens)[2]
             rewards[name] = round(float(reward.mean()), 3)
             stderrs[name] = round(bootstrap_stderr(reward), 3) if len(reward) > 1 else None
-        accuracy, accuracy_stderr = by_task(
-            evaluate(model, template.tokenizer, chat_tasks(template, held), batch_size=64),
-            "exact_match")
+        accuracy, accuracy_stderr = task_accuracy(model, template, held)
         return {"sampled_reward": rewards, "greedy_accuracy": accuracy,
                 "sampled_reward_stderr": stderrs, "greedy_accuracy_stderr": accuracy_stderr}
 

@@ -7,7 +7,7 @@ report with bootstrap standard errors (evaluate.py), and the command line
 Reading order: harness.py, tasks.py, evaluate.py, chat.py, __main__.py.
 """
 from .chat import CHAT_BUILTIN, chat_builtin, chat_context, chat_tasks, preference_task
-from .evaluate import (bootstrap_stderr, by_task, evaluate, exact_match, figure, scores,
+from .evaluate import (bootstrap_stderr, by_task, evaluate, exact_match, figure, task_accuracy,
                        task_mean)
 from .harness import (generate_until, loglikelihood, loglikelihood_rolling, multiple_choice,
                       rolling_windows, split_request)
@@ -15,6 +15,6 @@ from .tasks import BUILTIN, Task, get_task, load_jsonl, render
 
 __all__ = ["loglikelihood", "loglikelihood_rolling", "generate_until", "multiple_choice",
            "rolling_windows", "split_request", "Task", "load_jsonl", "get_task", "render",
-           "BUILTIN", "evaluate", "bootstrap_stderr", "exact_match", "scores", "figure", "by_task",
-           "task_mean", "chat_context", "chat_tasks", "preference_task", "chat_builtin",
+           "BUILTIN", "evaluate", "bootstrap_stderr", "exact_match", "figure", "by_task",
+           "task_mean", "task_accuracy", "chat_context", "chat_tasks", "preference_task", "chat_builtin",
            "CHAT_BUILTIN"]

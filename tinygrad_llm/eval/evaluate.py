@@ -15,18 +15,18 @@ of the documents drawn with replacement, and the standard deviation of those val
 it matches the usual sqrt(p (1 - p) / n); for a ratio such as perplexity it needs no formula.
 
 Reading order: bootstrap_stderr, the per-kind scorers, evaluate; then what the examples read
-out of a report: scores, figure, by_task, task_mean.
+out of a report: figure, by_task, task_mean, and task_accuracy (a chat model's, in one call).
 """
 import math
 
 import numpy as np
 
 from .harness import generate_until, loglikelihood_rolling, multiple_choice
-from .chat import CHAT_BUILTIN, chat_builtin
+from .chat import CHAT_BUILTIN, chat_builtin, chat_tasks
 from .tasks import get_task
 
-__all__ = ["evaluate", "bootstrap_stderr", "exact_match", "scores", "figure", "by_task",
-           "task_mean"]
+__all__ = ["evaluate", "bootstrap_stderr", "exact_match", "figure", "by_task", "task_mean",
+           "task_accuracy"]
 
 
 def bootstrap_stderr(columns, statistic=np.mean, n=1000, seed=0):
@@ -137,13 +137,6 @@ def evaluate(model, tokenizer, tasks, limit=None, seed=0, bootstrap=1000, batch_
     return report
 
 
-def scores(report, digits=4):
-    """{task: {metric: value}} of a report, rounded: the figures an example prints and keeps in
-    its own JSON (the stderrs stay in the full report)."""
-    return {name: {k: round(m["value"], digits) for k, m in t["metrics"].items()}
-            for name, t in report["tasks"].items()}
-
-
 def _plain(stderr, digits):
     """A stderr for JSON: rounded, None where it is not defined (nan: fewer than 2 documents)."""
     return None if stderr is None or math.isnan(stderr) else round(stderr, digits)
@@ -180,3 +173,11 @@ def task_mean(report, metric, names=None, digits=3):
     errors = [float("nan") if m["stderr"] is None else m["stderr"] for m in found]
     stderr = math.sqrt(sum(e * e for e in errors)) / len(found)
     return round(sum(m["value"] for m in found) / len(found), digits), _plain(stderr, digits)
+
+
+def task_accuracy(model, template, held, batch_size=64):
+    """({task: exact-match accuracy}, {task: its bootstrap stderr}) of a chat model's greedy
+    answers to held = {task: records} (chat.chat_tasks through `template`), batch_size prompts
+    decoded together: what the fine-tuning examples report before and after training."""
+    return by_task(evaluate(model, template.tokenizer, chat_tasks(template, held),
+                            batch_size=batch_size), "exact_match")
