@@ -116,7 +116,7 @@ class Args:
     param_budget: int = None     # max non-embedding parameters (none: the default's count)
     min_tokens_per_s: float = None   # the speed budget (none: latency_fraction x the default's)
     latency_fraction: float = 0.9    # the speed budget as a fraction of the default's tokens/s
-    decode_tokens: int = 56      # tokens decoded per speed measurement (< block_size)
+    decode_tokens: int = None    # tokens decoded per speed measurement (none: block_size - 8)
     speed_repeats: int = 7       # timed decodes per candidate; the fastest counts
     retrain_steps: int = None    # the default's steps when retrained (none: 1500; quick: 1000)
     retrain_seeds: int = 2       # seeds per retrained model (>= 2: the error bar needs two)
@@ -361,12 +361,17 @@ def _defaults(args):
                               ("default_size", "2x64", "2x48"), ("retrain_steps", 1500, 1000)):
         if getattr(args, name) is None:
             setattr(args, name, quick if args.quick else full)
+    if args.decode_tokens is None:       # after a one-token prompt, within the positions
+        args.decode_tokens = max(1, args.block_size - 8)
     for name, low in (("block_size", 1), ("batch_size", 1), ("n_candidates", 1),
                       ("oversample", 1), ("min_steps", 1), ("eta", 2), ("warmup_steps", 0),
                       ("eval_batches", 1), ("decode_tokens", 1), ("speed_repeats", 1),
                       ("retrain_steps", 1), ("retrain_seeds", 2)):
         if getattr(args, name) < low:
             raise OptionError(f"--{name}: expected an int >= {low}, got {getattr(args, name)}")
+    if args.decode_tokens >= args.block_size:
+        raise OptionError(f"--decode_tokens: expected fewer than --block_size={args.block_size} "
+                          f"(a one-token prompt comes first), got {args.decode_tokens}")
     if not 0 < args.latency_fraction:
         raise OptionError(f"--latency_fraction: expected a number > 0, got "
                           f"{args.latency_fraction}")

@@ -90,6 +90,7 @@ def test_a_budget_nothing_meets_names_the_budget_and_the_closest_candidate(
     ("--eta=1", "--eta: expected an int >= 2, got 1"),
     ("--retrain_seeds=1", "--retrain_seeds: expected an int >= 2, got 1"),
     ("--min_steps=0", "--min_steps: expected an int >= 1, got 0"),
+    ("--decode_tokens=64", "--decode_tokens: expected fewer than --block_size=64"),
     ("--default_size=2x50", "--default_size: expected 'LxC' with C a multiple of 16")])
 def test_bad_options_are_one_line_and_exit_2(option, message, tmp_path):
     env = {**os.environ, "TINYGRAD_LLM_DATA": "/nonexistent"}     # refused before the data
