@@ -102,7 +102,8 @@ def test_preference_task_acc_is_the_dpo_preference_rate(template, model):
     with no_grad():
         chosen = sequence_logprobs(model, *encoded["chosen"]).numpy()
         rejected = sequence_logprobs(model, *encoded["rejected"]).numpy()
-    assert by_task(report, "acc", digits=4)[0]["preference"] == pytest.approx((chosen > rejected).mean())
+    preference = by_task(report, "acc", digits=4)[0]["preference"]
+    assert preference == pytest.approx((chosen > rejected).mean())
     lls = loglikelihood(model, template.tokenizer,
                         [(chat_context(template, p["prompt"]), p["chosen"] + template.end_token)
                          for p in pairs])

@@ -16,5 +16,5 @@ from .tasks import BUILTIN, Task, get_task, load_jsonl, render
 __all__ = ["loglikelihood", "loglikelihood_rolling", "generate_until", "multiple_choice",
            "rolling_windows", "split_request", "Task", "load_jsonl", "get_task", "render",
            "BUILTIN", "evaluate", "bootstrap_stderr", "exact_match", "figure", "by_task",
-           "task_mean", "task_accuracy", "chat_context", "chat_tasks", "preference_task", "chat_builtin",
-           "CHAT_BUILTIN"]
+           "task_mean", "task_accuracy", "chat_context", "chat_tasks", "preference_task",
+           "chat_builtin", "CHAT_BUILTIN"]
