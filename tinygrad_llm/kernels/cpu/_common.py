@@ -1,6 +1,7 @@
-"""Shared pieces of the Numba kernels: the jit decorators, the `supports` predicate `floats`, the
-fixed row chunking for column reductions, a vectorisable float32 exp (exp_f32) and the row
-primitives built on it (exp_shifted, exp_shifted_affine), and row_max.
+"""Shared pieces of the Numba kernels: the jit decorators, the task-range threads (jit_tasks,
+run_tasks), the `supports` predicate `floats`, the fixed row chunking for column reductions, a
+vectorisable float32 exp (exp_f32) and the row primitives built on it (exp_shifted,
+exp_shifted_affine), and row_max.
 
 Every loop is compiled with `cache=True` (the first call's compile is paid once per machine) and
 fastmath limited to {'contract', 'reassoc'}: fused multiply-adds and reassociated reductions let
@@ -8,9 +9,13 @@ LLVM vectorise, while inf/NaN semantics stay exact (causal masks rely on -inf). 
 gives IEEE division (x/0 is inf, as in NumPy) instead of Python's ZeroDivisionError check, whose
 branch on every division stops vectorisation.
 """
+import concurrent.futures
 import functools
 import math
+import os
+import threading
 
+import numba
 import numpy as np
 from llvmlite import ir
 from numba import njit, types
@@ -29,6 +34,77 @@ def jit(fn):
 def jit_parallel(fn):
     """A Numba loop with `prange` over an axis that owns its writes."""
     return njit(cache=True, fastmath=FASTMATH, error_model="numpy", parallel=True)(fn)
+
+
+def jit_tasks(fn):
+    """A serial Numba loop over a range of tasks, for run_tasks: its first two arguments are
+    `lo, hi` and its body `for task in range(lo, hi): ...`, each task owning everything it
+    writes (the contract of a prange loop). nogil, so that run_tasks' threads run it at once."""
+    return njit(cache=True, fastmath=FASTMATH, error_model="numpy", nogil=True)(fn)
+
+
+# ---- run_tasks: a jit_tasks loop on several threads ---------------------------------------------
+# What prange does, without its compile cost: Numba's parallel lowering (the loop outlined into a
+# gufunc, compiled and optimised again) roughly tripled the compile time of the large loops, and
+# that compile is what a fresh install's first training step waits for (bench/bench_compile.py,
+# numba 0.68, a loaded 2-core machine: attention's two loops 13.4 s with prange, 4.7 s as task
+# loops). Here a loop compiles once, serially, and Python threads run contiguous ranges of its
+# tasks (a prange body moved into a jitted function does not help: the gufunc compiles it again
+# inlined). Each task does the same arithmetic whoever runs it, so results don't depend on the
+# thread count. A call costs a sleeping worker thread's wake-up, tens of microseconds (about what
+# a prange launch costs when its workers sleep): small beside loops of a millisecond, not beside a
+# few microseconds. Loops called from other jitted code (decode, quant) keep prange.
+_pool = None                          # run_tasks' worker threads, started on its first need
+_pool_lock = threading.Lock()
+
+
+def _workers():
+    global _pool
+    if _pool is None:
+        with _pool_lock:
+            if _pool is None:
+                _pool = concurrent.futures.ThreadPoolExecutor(
+                    max(1, numba.config.NUMBA_NUM_THREADS - 1),
+                    thread_name_prefix="tinygrad_llm_tasks")
+    return _pool
+
+
+def _forget_workers():
+    """In a forked child the pool's threads don't exist: start a new pool when one is needed."""
+    global _pool
+    _pool = None
+
+
+os.register_at_fork(after_in_child=_forget_workers)
+
+
+def task_bounds(n_tasks, n_threads):
+    """Boundaries of min(n_threads, n_tasks) contiguous, near-equal ranges of range(n_tasks):
+    range k is [b[k], b[k + 1])."""
+    n = min(n_threads, n_tasks)
+    return [k * n_tasks // n for k in range(n + 1)] if n > 0 else [0]
+
+
+def run_tasks(kernel, n_tasks, *args):
+    """kernel(lo, hi, *args) over the tasks 0..n_tasks-1, split into numba.get_num_threads()
+    contiguous ranges (fewer when there are fewer tasks): the first runs in this thread, the
+    others on worker threads. Returns when all are done; a worker's exception is raised here.
+
+    kernel: a jit_tasks loop (nogil: a loop holding the GIL would run the ranges one by one)."""
+    bounds = task_bounds(n_tasks, numba.get_num_threads())
+    if len(bounds) <= 2:                          # one range or none: no thread to wake
+        if n_tasks > 0:
+            kernel(0, n_tasks, *args)
+        return
+    pool = _workers()
+    futures = [pool.submit(kernel, bounds[k], bounds[k + 1], *args)
+               for k in range(1, len(bounds) - 1)]
+    try:
+        kernel(bounds[0], bounds[1], *args)
+    finally:                                      # no worker may still be writing on return
+        concurrent.futures.wait(futures)
+    for future in futures:
+        future.result()
 
 
 def floats(*arrays):

@@ -21,9 +21,11 @@ and dq, sharing the loads of the query and key rows). Accumulators start from a 
 input's dtype so float32 stays float32 (a float64 accumulator halves the vector width). P V and
 dS K are such axpy updates rather than dot products over a transposed copy of V and K: no
 horizontal sum per output element, and no copy. The exponentials of a tile go through the
-vectorised exp_shifted. The parallel axis is (batch, query head) in forward and (batch, K/V
-head) in backward, where the G query heads that share a K/V head are handled by one task: each
-task owns everything it writes.
+vectorised exp_shifted. The tasks are (batch, query head) pairs in forward and (batch, K/V
+head) pairs in backward, where the G query heads that share a K/V head are handled by one task:
+each task owns everything it writes. The loops are serial over a range of tasks (jit_tasks) and
+run_tasks runs ranges of them on several threads: prange's parallel lowering tripled their
+compile time, the first training step's largest cost on a fresh install (see _common.py).
 
 Reading order: the visibility and row helpers, _add_key_pair4 (the 4-row x 2-key update both
 loops share), the forward loop and the backward loop (each with its math in its docstring),
@@ -32,10 +34,10 @@ then the wrappers that allocate and dispatch.
 import math
 
 import numpy as np
-from numba import njit, prange
+from numba import njit
 
 from .. import implements
-from ._common import FASTMATH, exp_shifted, floats, jit, jit_parallel, row_max
+from ._common import FASTMATH, exp_shifted, floats, jit, jit_tasks, row_max, run_tasks
 
 _TILE = 256   # keys per tile: wider tiles make fewer per-tile passes (masks, running maxima, the
 #              rescale of acc); 256 was faster than 64 or 128 at the bench's large size
@@ -69,8 +71,9 @@ def _row(x, b, t, slot, head_major):
 
 @jit
 def _fill(row, value):
-    """row[:] = value, as a loop: inside a prange body Numba drops a slice assignment to a view
-    that a function returned (`_row(...)[:] = 0` wrote nothing; seen with numba 0.68)."""
+    """row[:] = value, as a loop: when these loops were prange loops, Numba dropped a slice
+    assignment to a view that a function returned (`_row(...)[:] = 0` wrote nothing; numba
+    0.68)."""
     for c in range(row.shape[0]):
         row[c] = value
 
@@ -109,14 +112,14 @@ def _mask_outside(s_row, j0, width, start, end):
         s_row[jj] = -np.inf
 
 
-@jit_parallel
-def _attention_forward_loop(q, q0, k, k0, v, v0, n_h, n_hkv, head_major, causal, window, scale,
-                            zero, o, lse, scratch, accs, maxes, sums):
+@jit_tasks
+def _attention_forward_loop(lo, hi, q, q0, k, k0, v, v0, n_h, n_hkv, head_major, causal, window,
+                            scale, zero, o, lse, scratch, accs, maxes, sums):
     """o_i = sum_j softmax(s_i)_j v_j, s_ij = scale q_i . k_j, over the keys j that query i
-    sees, and lse_i = log sum_j e^(s_ij), for every batch b and query head h (reading K/V head
-    h // (H / Hkv)). q: query head h in slot q0 + h; k, v: K/V head g in slots k0 + g, v0 + g
-    (one packed qkv array may be all three); o: (B, H, Tq, D) when head_major, else
-    (B, Tq, H, D); lse: (B, H, Tq).
+    sees, and lse_i = log sum_j e^(s_ij), for the tasks lo..hi-1 of the B H tasks, task
+    b H + h taking batch b and query head h (reading K/V head h // (H / Hkv)). q: query head h
+    in slot q0 + h; k, v: K/V head g in slots k0 + g, v0 + g (one packed qkv array may be all
+    three); o: (B, H, Tq, D) when head_major, else (B, Tq, H, D); lse: (B, H, Tq).
 
     The keys go by in tiles J of _TILE, and each row keeps a running max m, sum l (`total`) and
     output acc (D,), rescaled when the max grows (online softmax):
@@ -131,11 +134,11 @@ def _attention_forward_loop(q, q0, k, k0, v, v0, n_h, n_hkv, head_major, causal,
     loaded and stored once per two keys). Per task: scratch (2, 4, _TILE) for the block's s and
     p, accs (4, D), maxes (4,) in the dtype and sums (4,) float64 (a float64 max would make
     exp_shifted's arithmetic float64)."""
-    n_b, d = q.shape[0], q.shape[3]
+    d = q.shape[3]
     tq, tk = _length(q, head_major), _length(k, head_major)
     group = n_h // n_hkv
     offset = tk - tq                                  # causal: query i sees keys j <= i + offset
-    for task in prange(n_b * n_h):
+    for task in range(lo, hi):
         b, h = task // n_h, task % n_h
         hk = h // group
         qh, kh, vh = q0 + h, k0 + hk, v0 + hk
@@ -197,11 +200,12 @@ def _attention_forward_loop(q, q0, k, k0, v, v0, n_h, n_hkv, head_major, causal,
                     lse[b, h, i0 + r] = m[r] + math.log(total[r])
 
 
-@jit_parallel
-def _attention_backward_loop(do, o, q, q0, k, k0, v, v0, n_h, n_hkv, head_major, lse, causal,
-                             window, scale, zero, dq, dk, dv, scratch, delta):
-    """Gradients of forward's o = softmax(s) v, s = scale q k^T, for every batch b and K/V
-    head g: one task takes the G = H / Hkv query heads that read g, so it owns dk_g and dv_g.
+@jit_tasks
+def _attention_backward_loop(lo, hi, do, o, q, q0, k, k0, v, v0, n_h, n_hkv, head_major, lse,
+                             causal, window, scale, zero, dq, dk, dv, scratch, delta):
+    """Gradients of forward's o = softmax(s) v, s = scale q k^T, for the tasks lo..hi-1 of the
+    B Hkv tasks, task b Hkv + g taking batch b and K/V head g with the G = H / Hkv query heads
+    that read g, so that it owns dk_g and dv_g.
     Layouts as in forward; do, o: laid out as o; dq, dk, dv: as q, k, v, each row zeroed by the
     task that owns it; lse: (B, H, Tq), forward's.
 
@@ -222,11 +226,11 @@ def _attention_backward_loop(do, o, q, q0, k, k0, v, v0, n_h, n_hkv, head_major,
     are loaded and stored once per block of four query rows, the four dq rows once per two keys
     (_add_key_pair4). Per task: scratch (3, 4, _TILE) for the block's s, p, and dP (then dS, in
     place); delta (4,)."""
-    n_b, d = q.shape[0], q.shape[3]
+    d = q.shape[3]
     tq, tk = _length(q, head_major), _length(k, head_major)
     group = n_h // n_hkv
     offset = tk - tq
-    for task in prange(n_b * n_hkv):
+    for task in range(lo, hi):
         b, hk = task // n_hkv, task % n_hkv
         kh, vh = k0 + hk, v0 + hk
         s, p, ds = scratch[task, 0], scratch[task, 1], scratch[task, 2]      # (4, _TILE) each
@@ -340,11 +344,10 @@ def _forward(q, q0, k, k0, v, v0, n_h, n_hkv, head_major, causal, scale, window,
     if o is None:
         o = np.empty((b, n_h, tq, d) if head_major else (b, tq, n_h, d), dtype=q.dtype)
     lse = np.empty((b, n_h, tq), dtype=q.dtype)
-    _attention_forward_loop(q, q0, k, k0, v, v0, n_h, n_hkv, head_major, causal, int(window),
-                            q.dtype.type(scale), q.dtype.type(0), o, lse,
-                            np.empty((tasks, 2, 4, _TILE), q.dtype),
-                            np.empty((tasks, 4, d), q.dtype), np.empty((tasks, 4), q.dtype),
-                            np.empty((tasks, 4)))
+    run_tasks(_attention_forward_loop, tasks, q, q0, k, k0, v, v0, n_h, n_hkv, head_major, causal,
+              int(window), q.dtype.type(scale), q.dtype.type(0), o, lse,
+              np.empty((tasks, 2, 4, _TILE), q.dtype), np.empty((tasks, 4, d), q.dtype),
+              np.empty((tasks, 4), q.dtype), np.empty((tasks, 4)))
     return o, lse
 
 
@@ -352,10 +355,10 @@ def _backward(do, o, q, q0, k, k0, v, v0, n_h, n_hkv, head_major, lse, causal, s
               dq, dk, dv):
     """do, o laid out as q with H slots; dq, dk, dv written whole (they may be one array)."""
     tasks = q.shape[0] * n_hkv
-    _attention_backward_loop(do, o, q, q0, k, k0, v, v0, n_h, n_hkv, head_major,
-                             np.ascontiguousarray(lse), causal, int(window), q.dtype.type(scale),
-                             q.dtype.type(0), dq, dk, dv, np.empty((tasks, 3, 4, _TILE), q.dtype),
-                             np.empty((tasks, 4), q.dtype))
+    run_tasks(_attention_backward_loop, tasks, do, o, q, q0, k, k0, v, v0, n_h, n_hkv, head_major,
+              np.ascontiguousarray(lse), causal, int(window), q.dtype.type(scale),
+              q.dtype.type(0), dq, dk, dv, np.empty((tasks, 3, 4, _TILE), q.dtype),
+              np.empty((tasks, 4), q.dtype))
 
 
 @implements("attention_forward", device="cpu", supports=_supported)

@@ -4,14 +4,16 @@ References: ops/norm.py (same arguments, same results; the math is written there
 Forward: per row, mean and variance accumulated in float64, then y written in the same loop nest.
 Backward: rows are split into N_CHUNKS fixed chunks; each chunk writes dx for its rows and its own
 row of partial dw/db sums (float64), summed after the loop. One pass over x and dy.
+The loops are serial over a range of tasks (jit_tasks: forward's are the rows, backward's the
+chunks), ranges of which run_tasks runs on several threads (what prange would do, without its
+compile time; see _common.py).
 """
 import math
 
 import numpy as np
-from numba import prange
 
 from .. import implements
-from ._common import N_CHUNKS, chunk_bounds, floats, jit_parallel
+from ._common import N_CHUNKS, chunk_bounds, floats, jit_tasks, run_tasks
 
 
 def _supported(x, w, *rest, **kwargs):
@@ -19,11 +21,11 @@ def _supported(x, w, *rest, **kwargs):
 
 
 # ---- LayerNorm ----------------------------------------------------------------------------------
-@jit_parallel
-def _layer_norm_forward_loop(x, w, b, eps, y, mu, r):
-    # x, y: (N, C)  w, b: (C,)  mu, r: (N,)
-    n_rows, c = x.shape
-    for n in prange(n_rows):
+@jit_tasks
+def _layer_norm_forward_loop(lo, hi, x, w, b, eps, y, mu, r):
+    # x, y: (N, C)  w, b: (C,)  mu, r: (N,)  task n: row n
+    c = x.shape[1]
+    for n in range(lo, hi):
         s = 0.0                                     # float64 accumulators
         for j in range(c):
             s += x[n, j]
@@ -39,11 +41,12 @@ def _layer_norm_forward_loop(x, w, b, eps, y, mu, r):
         r[n] = rs
 
 
-@jit_parallel
-def _layer_norm_backward_loop(dy, x, w, mu, r, bounds, dx, dw_part, db_part):
+@jit_tasks
+def _layer_norm_backward_loop(lo, hi, dy, x, w, mu, r, bounds, dx, dw_part, db_part):
     # dy, x, dx: (N, C)  w: (C,)  mu, r: (N,)  dw_part, db_part: (N_CHUNKS, C) float64
+    # task k: the rows bounds[k]..bounds[k + 1]-1, summing into dw_part[k], db_part[k]
     c = x.shape[1]
-    for k in prange(len(bounds) - 1):
+    for k in range(lo, hi):
         for n in range(bounds[k], bounds[k + 1]):
             m, rs = mu[n], r[n]
             g_mean = 0.0
@@ -69,7 +72,7 @@ def layer_norm_forward_cpu(x, w, b, eps):
     y = np.empty_like(x)
     mu, r = np.empty(n, x.dtype), np.empty(n, x.dtype)
     bias = np.zeros_like(w) if b is None else np.ascontiguousarray(b)
-    _layer_norm_forward_loop(x, np.ascontiguousarray(w), bias, eps, y, mu, r)
+    run_tasks(_layer_norm_forward_loop, n, x, np.ascontiguousarray(w), bias, eps, y, mu, r)
     return y, mu, r
 
 
@@ -80,17 +83,18 @@ def layer_norm_backward_cpu(dy, x, w, mu, r, has_bias):
     dw_part = np.zeros((N_CHUNKS, x.shape[1]))
     db_part = np.zeros((N_CHUNKS, x.shape[1]))
     bounds = chunk_bounds(x.shape[0])
-    _layer_norm_backward_loop(dy, x, np.ascontiguousarray(w), mu, r, bounds, dx, dw_part, db_part)
+    run_tasks(_layer_norm_backward_loop, N_CHUNKS, dy, x, np.ascontiguousarray(w), mu, r, bounds,
+              dx, dw_part, db_part)
     db = db_part.sum(axis=0).astype(x.dtype) if has_bias else None
     return dx, dw_part.sum(axis=0).astype(x.dtype), db
 
 
 # ---- RMSNorm ------------------------------------------------------------------------------------
-@jit_parallel
-def _rms_norm_forward_loop(x, w, eps, y, r):
-    # x, y: (N, C)  w: (C,)  r: (N,)
-    n_rows, c = x.shape
-    for n in prange(n_rows):
+@jit_tasks
+def _rms_norm_forward_loop(lo, hi, x, w, eps, y, r):
+    # x, y: (N, C)  w: (C,)  r: (N,)  task n: row n
+    c = x.shape[1]
+    for n in range(lo, hi):
         ss = 0.0
         for j in range(c):
             ss += x[n, j] * x[n, j]
@@ -100,11 +104,12 @@ def _rms_norm_forward_loop(x, w, eps, y, r):
         r[n] = rs
 
 
-@jit_parallel
-def _rms_norm_backward_loop(dy, x, w, r, bounds, dx, dw_part):
+@jit_tasks
+def _rms_norm_backward_loop(lo, hi, dy, x, w, r, bounds, dx, dw_part):
     # dy, x, dx: (N, C)  w: (C,)  r: (N,)  dw_part: (N_CHUNKS, C) float64
+    # task k: the rows bounds[k]..bounds[k + 1]-1, summing into dw_part[k]
     c = x.shape[1]
-    for k in prange(len(bounds) - 1):
+    for k in range(lo, hi):
         for n in range(bounds[k], bounds[k + 1]):
             rs = r[n]
             gx_mean = 0.0
@@ -121,7 +126,7 @@ def _rms_norm_backward_loop(dy, x, w, r, bounds, dx, dw_part):
 def rms_norm_forward_cpu(x, w, eps):
     x = np.ascontiguousarray(x)
     y, r = np.empty_like(x), np.empty(x.shape[0], x.dtype)
-    _rms_norm_forward_loop(x, np.ascontiguousarray(w), eps, y, r)
+    run_tasks(_rms_norm_forward_loop, x.shape[0], x, np.ascontiguousarray(w), eps, y, r)
     return y, r
 
 
@@ -131,5 +136,6 @@ def rms_norm_backward_cpu(dy, x, w, r):
     dx = np.empty_like(x)
     dw_part = np.zeros((N_CHUNKS, x.shape[1]))
     bounds = chunk_bounds(x.shape[0])
-    _rms_norm_backward_loop(dy, x, np.ascontiguousarray(w), r, bounds, dx, dw_part)
+    run_tasks(_rms_norm_backward_loop, N_CHUNKS, dy, x, np.ascontiguousarray(w), r, bounds, dx,
+              dw_part)
     return dx, dw_part.sum(axis=0).astype(x.dtype)
