@@ -432,6 +432,9 @@ def test_tokenizer_larger_than_the_model_is_refused(tokenizer, tmp_path):
     ("llama", dict(bias=True), "bias=True"),
     ("gpt2", dict(mlp="gelu"), "mlp='gelu'"),
     ("llama", dict(rope_scaling={"type": "ntk", "factor": 2.0}), "rope_scaling"),
+    ("gpt2", dict(qk_norm=True), "QK-norm"),
+    ("llama", dict(logit_softcap=15.0), "soft-capping"),
+    ("gpt2", dict(unet_skips=True), "U-net skips"),
 ])
 def test_unsupported_configs_are_refused(preset, overrides, message, tmp_path):
     model = GPT(GPTConfig.preset(preset, **{**SMALL, **overrides}))

@@ -90,7 +90,12 @@ def _architecture(config):
         (f"attention={c.attention!r}", c.attention != "softmax"),
         (f"sliding-window attention (window={c.window})", c.window is not None),
         (f"cross-layer KV sharing (kv_share={c.kv_share})", c.kv_share != 1),
-        (f"mixture of experts (n_expert={c.n_expert})", c.n_expert)) if present]
+        (f"mixture of experts (n_expert={c.n_expert})", c.n_expert),
+        ("QK-norm (qk_norm=True)", c.qk_norm),
+        (f"logit soft-capping (logit_softcap={c.logit_softcap})", c.logit_softcap is not None),
+        ("U-net skips (unet_skips=True)", c.unet_skips),
+        (f"value embeddings (value_embeds={getattr(c, 'value_embeds', 0)})",
+         getattr(c, "value_embeds", 0))) if present]
     if extras:
         raise ValueError(f"save_gguf: llama.cpp's llama/gpt2 architectures cannot express "
                          f"{', '.join(extras)}")
