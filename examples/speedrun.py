@@ -130,6 +130,8 @@ PIECES = {
     "zero_init": Piece("residual output projections start at zero",
                        model={"zero_init_proj": True}),
     "unet": Piece("U-net skips: layer i's output feeds layer L-1-i", model={"unet_skips": True}),
+    "value_embed": Piece("a value-embedding table added to the values of layers 0 and L-1",
+                         model={"value_embeds": 1}),
     # every piece above that modded-nanogpt kept; revise after the ablation
     "recipe": Piece("muon + wsd + qk_norm + relu2 + softcap + untied",
                     train={**_MUON.train, **_WSD.train},

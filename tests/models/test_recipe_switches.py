@@ -1,5 +1,5 @@
 """The architecture switches of the modded-nanogpt recipe (issue 27): GPTConfig's qk_norm,
-mlp="relu2", logit_softcap, unet_skips and zero_init_proj.
+mlp="relu2", logit_softcap, unet_skips, value_embeds and zero_init_proj.
 
 Each switch is checked five ways: the forward equals a NumPy transcription of its formula on a
 tiny float64 model (`numpy_forward`, an independent oracle written from the papers' equations);
@@ -31,7 +31,8 @@ SWITCHES = {                       # name -> the overrides that turn the switch 
     "relu2": dict(mlp="relu2"),
     "softcap": dict(logit_softcap=0.5),       # below the tiny model's logits: it really bends
     "unet": dict(unet_skips=True),
-    "all": dict(qk_norm=True, mlp="relu2", logit_softcap=0.5, unet_skips=True),
+    "value_embed": dict(value_embeds=1),
+    "all": dict(qk_norm=True, mlp="relu2", logit_softcap=0.5, unet_skips=True, value_embeds=1),
 }
 
 
@@ -49,8 +50,8 @@ def _batch(B=2, T=8, seed=0):
 
 
 def _spread_gains(model, seed=1):
-    """Move every norm gain (the QK-norm ones included) off its initial ones, so a test sees
-    whether each gain is applied where it should be."""
+    """Move every norm gain (the QK-norm ones included), U-net weight and value-embedding gain
+    off its initial ones, so a test sees whether each is applied where it should be."""
     rng = np.random.default_rng(seed)
     with no_grad():
         for name, p in model.named_parameters():
@@ -62,6 +63,10 @@ def _spread_gains(model, seed=1):
             w = rng.uniform(-1.5, 1.5, model.skip_weights.shape)
             model.skip_weights.data[...] = backend.to_device(w.astype(model.skip_weights.dtype),
                                                              model.skip_weights.device)
+        if model.value_gains is not None:
+            g = model.value_gains
+            g.data[...] = backend.to_device(rng.uniform(-1.5, 1.5, g.shape).astype(g.dtype),
+                                            g.device)
 
 
 # ---- the oracle: the model's forward written out in NumPy ----------------------------------
@@ -88,7 +93,9 @@ def numpy_forward(model, idx):
       qk_norm:  q <- q / rms(q) * g_q,  k <- k / rms(k) * g_k  per head, before RoPE
       relu2:    act(u) = max(u, 0)^2
       softcap:  logits <- c tanh(logits / c)
-      unet:     before layer L - n + j (n = L // 2): x <- x + w_j * (output of layer n - 1 - j)"""
+      unet:     before layer L - n + j (n = L // 2): x <- x + w_j * (output of layer n - 1 - j)
+      value:    for i < k, layers i and L - 1 - i: v <- v + g * E_i[idx], g the gain of that
+                layer among the receiving ones (0..k-1, L-k..L-1) in layer order"""
     c = model.config
     P = {n: p.numpy().astype(np.float64) for n, p in model.named_parameters()}
     eps, H, Hkv, D = c.norm_eps, c.n_head, c.n_kv_head, c.head_dim
@@ -107,6 +114,7 @@ def numpy_forward(model, idx):
         x = x + P["pos_emb.weight"][:T]
     causal = np.triu(np.ones((T, T), bool), 1)
     n_skip = c.n_layer // 2 if c.unet_skips else 0
+    receivers = list(range(c.value_embeds)) + list(range(c.n_layer - c.value_embeds, c.n_layer))
     outputs = []
     for i in range(c.n_layer):
         pre = f"blocks.{i}."
@@ -114,6 +122,10 @@ def numpy_forward(model, idx):
             j = i - (c.n_layer - n_skip)
             x = x + P["skip_weights"][j] * outputs[n_skip - 1 - j]
         qkv = linear(norm(x, pre + "norm1"), pre + "attn.qkv").reshape(B, T, H + 2 * Hkv, D)
+        if i in receivers:
+            table = P[f"value_embeds.{min(i, c.n_layer - 1 - i)}.weight"][idx]    # (B, T, Hkv D)
+            gain = P["value_gains"][receivers.index(i)]
+            qkv[:, :, H + Hkv:] += gain * table.reshape(B, T, Hkv, D)
         q, k, v = (a.transpose(0, 2, 1, 3) for a in
                    (qkv[:, :, :H], qkv[:, :, H:H + Hkv], qkv[:, :, H + Hkv:]))
         if c.qk_norm:
@@ -150,7 +162,7 @@ def numpy_forward(model, idx):
 def test_switches_default_off():
     c = GPTConfig()
     assert c.qk_norm is False and c.logit_softcap is None and c.mlp == "gelu_tanh"
-    assert c.unet_skips is False and c.zero_init_proj is False
+    assert c.unet_skips is False and c.zero_init_proj is False and c.value_embeds == 0
     assert GPTConfig.preset("llama").qk_norm is False
 
 
@@ -169,12 +181,25 @@ def test_relu2_keeps_the_mlp_width():
     (dict(logit_softcap=True), TypeError, ["logit_softcap", "True"]),
     (dict(logit_softcap="30"), TypeError, ["logit_softcap", "'30'"]),
     (dict(mlp="relu3"), ValueError, ["mlp", "relu3", "relu2"]),
+    (dict(value_embeds=True), TypeError, ["value_embeds", "int", "True"]),
+    (dict(value_embeds=1.0), TypeError, ["value_embeds", "int", "1.0"]),
+    (dict(value_embeds=-1), ValueError, ["value_embeds=-1", "between 0 and n_layer // 2 = 6"]),
+    (dict(value_embeds=7), ValueError, ["value_embeds=7", "between 0 and n_layer // 2 = 6"]),
+    (dict(value_embeds=1, n_layer=1), ValueError, ["value_embeds=1", "n_layer // 2 = 0"]),
+    (dict(value_embeds=1, kv_share=2), ValueError, ["value_embeds=1", "kv_share=1",
+                                                    "kv_share=2"]),
 ])
 def test_bad_switch_values_raise_at_config_time(overrides, error, words):
     with pytest.raises(error) as err:
         GPTConfig(n_embd=16, n_head=4, **overrides)
     for word in words:
         assert word in str(err.value)
+
+
+def test_value_embeds_take_up_to_half_the_layers_and_are_stored_as_an_int():
+    c = GPTConfig(n_embd=16, n_head=4, n_layer=5, value_embeds=np.int64(2))
+    assert type(c.value_embeds) is int and c.value_embeds == 2
+    assert json.loads(json.dumps(c.to_dict()))["value_embeds"] == 2
 
 
 def test_softcap_is_stored_as_a_float():
@@ -187,11 +212,11 @@ def test_softcap_is_stored_as_a_float():
 @pytest.mark.parametrize("preset", ["gpt2", "llama"])
 def test_switches_off_keep_names_and_outputs(preset):
     explicit = tiny(preset, qk_norm=False, logit_softcap=None, unet_skips=False,
-                    zero_init_proj=False)
+                    zero_init_proj=False, value_embeds=0)
     default = tiny(preset)
     names = [n for n, _ in default.named_parameters()]
     assert names == [n for n, _ in explicit.named_parameters()]
-    assert not any("q_norm" in n or "k_norm" in n or "skip" in n for n in names)
+    assert not any("q_norm" in n or "k_norm" in n or "skip" in n or "value" in n for n in names)
     idx, _ = _batch()
     with no_grad():
         np.testing.assert_array_equal(default(idx).numpy(), explicit(idx).numpy())
@@ -239,6 +264,66 @@ def test_unet_skips_pair_mirrored_layers(n_layer):
                                atol=1e-12)
 
 
+@pytest.mark.parametrize("preset", ["gpt2", "llama"])
+@pytest.mark.parametrize("n_layer, k", [(2, 1), (5, 2)])
+def test_value_embeds_add_k_tables_and_a_gain_per_receiving_layer(preset, n_layer, k):
+    off, on = tiny(preset, n_layer=n_layer), tiny(preset, n_layer=n_layer, value_embeds=k)
+    p_off, p_on = dict(off.named_parameters()), dict(on.named_parameters())
+    tables = {f"value_embeds.{i}.weight" for i in range(k)}
+    assert set(p_on) - set(p_off) == tables | {"value_gains"}
+    width = on.config.n_kv_head * on.config.head_dim
+    for name in tables:                      # drawn as the token table is: N(0, 0.02)
+        assert p_on[name].shape == (V, width)
+        assert 0.01 < p_on[name].numpy().std() < 0.03, name
+    assert len({p_on[n].numpy().tobytes() for n in tables}) == k         # k different draws
+    np.testing.assert_array_equal(p_on["value_gains"].numpy(), np.ones(2 * k))
+    for name in p_off:                       # the tables draw last: the rest is the default
+        np.testing.assert_array_equal(p_on[name].numpy(), p_off[name].numpy(), err_msg=name)
+    # the tables are embeddings: left out of the non-embedding count, the gains are not
+    assert on.num_parameters(non_embedding=True) == off.num_parameters(non_embedding=True) + 2 * k
+
+
+def test_value_embeds_keep_float32_forward_and_backward():
+    model = tiny("llama", np.float32, n_layer=4, value_embeds=2)
+    idx, tgt = _batch()
+    logits, loss = model(idx, tgt)
+    loss.backward()
+    assert logits.dtype == np.float32 and loss.dtype == np.float32
+    for name, p in model.named_parameters():
+        assert p.grad.dtype == np.float32, name
+
+
+@pytest.mark.parametrize("n_layer, k", [(3, 1), (4, 2), (5, 2)])
+def test_value_embeds_feed_the_first_and_last_k_layers(n_layer, k):
+    model = tiny("llama", n_layer=n_layer, value_embeds=k)
+    _spread_gains(model)
+    idx, _ = _batch()
+    np.testing.assert_allclose(model(idx).numpy(), numpy_forward(model, idx), rtol=1e-10,
+                               atol=1e-12)
+
+
+def test_value_embeds_are_embeddings_for_the_optimizers_and_their_gains_never_decay():
+    from tinygrad_llm.optim import muon_param_groups, param_groups_for_weight_decay
+    model = tiny("llama", n_layer=4, value_embeds=2)
+    params = dict(model.named_parameters())
+    tables = {id(params[f"value_embeds.{i}.weight"]) for i in range(2)}
+    gains = id(params["value_gains"])
+    groups = muon_param_groups(model, muon_lr=0.02, adam_lr=1e-3, weight_decay=0.1,
+                               embed_lr=5e-3)
+    embed = next(g for g in groups if id(model.tok_emb.weight) in map(id, g["params"]))
+    assert tables <= set(map(id, embed["params"])) and not embed["muon"]
+    assert embed["lr"] * embed["lr_scale"] == pytest.approx(5e-3)
+    home = next(g for g in groups if gains in map(id, g["params"]))
+    assert home["weight_decay"] == 0.0 and not home["muon"]
+    assert home["lr"] * home["lr_scale"] == pytest.approx(1e-3)
+    for decay_embeddings, table_decay in ((True, 0.1), (False, 0.0)):
+        groups = param_groups_for_weight_decay(model, 0.1, decay_embeddings=decay_embeddings)
+        decay_of = {id(p): g["weight_decay"] for g in groups for p in g["params"]}
+        assert decay_of[gains] == 0.0
+        assert {decay_of[t] for t in tables} == {table_decay}
+        assert decay_of[id(model.tok_emb.weight)] == table_decay
+
+
 def test_zero_init_proj_zeroes_only_the_residual_projections():
     for preset in ("gpt2", "llama"):
         off, on = tiny(preset), tiny(preset, zero_init_proj=True)
@@ -279,10 +364,12 @@ def test_forward_matches_the_numpy_formula(device, impl, preset, switch):
 
 
 @pytest.mark.parametrize("preset", ["gpt2", "llama"])
-def test_qk_norm_packed_path_equals_split_path(device, impl, preset):
-    # the packed path norms the q and k slots inside the (B, T, H + 2 Hkv, D) projection;
-    # provides_kv forces the split one (q, k, v apart): outputs and every gradient agree
-    model = tiny(preset, device=device, qk_norm=True)
+@pytest.mark.parametrize("switch", ["qk_norm", "value_embed", "all"])
+def test_packed_path_equals_split_path(device, impl, preset, switch):
+    # the packed path norms the q and k slots and adds the value embedding to the v slots
+    # inside the (B, T, H + 2 Hkv, D) projection; provides_kv forces the split one (q, k, v
+    # apart): outputs and every gradient agree
+    model = tiny(preset, device=device, **SWITCHES[switch])
     _spread_gains(model)
     idx, tgt = _batch()
 
@@ -368,17 +455,35 @@ def test_whole_model_directional_gradcheck(impl, preset, switch):
     params = dict(model.named_parameters())
     names = ["tok_emb.weight", "blocks.0.attn.qkv.weight", "blocks.1.ffn.up.weight",
              "blocks.1.attn.proj.weight", "norm.weight"]
-    names += [n for n in params if "q_norm" in n or "k_norm" in n or n == "skip_weights"]
+    names += [n for n in params if "q_norm" in n or "k_norm" in n or n == "skip_weights"
+              or n.startswith("value_")]
     chosen = [params[n] for n in names]
     assert tl.gradcheck(lambda *_: model(idx, tgt)[1], *chosen, directions=4)
     assert tl.gradcheck(lambda *_: model(idx), *chosen, directions=4)
 
 
+@pytest.mark.parametrize("preset", ["gpt2", "llama"])
+def test_value_embeds_gradcheck_every_element(preset):
+    # the loss w.r.t. every entry of the table and both gains, in float64; layer 1 of 3 takes
+    # no table, and ids 0 and 12 appear nowhere, so their rows must get exactly zero
+    model = tiny(preset, n_layer=3, value_embeds=1)
+    _spread_gains(model)
+    idx, tgt = _batch(2, 5, seed=5)
+    idx[idx == 0], idx[idx == 12], tgt[0, 1] = 1, 11, -100
+    table, gains = model.value_embeds[0].weight, model.value_gains
+    assert tl.gradcheck(lambda *_: model(idx, tgt)[1], table, gains)
+    grad = table.grad.numpy()
+    used = np.isin(np.arange(V), idx)
+    assert np.abs(grad[used]).max(axis=1).min() > 0 and not grad[~used].any()
+    assert np.abs(gains.grad.numpy()).min() > 0
+
+
 # ---- decoding with a KV cache --------------------------------------------------------------
-def _cached_logits(model, ids, split):
+def _cached_logits(model, ids, split, **cache_args):
     """Logits of every position of ids (T,): ids[:split] at once, then one token at a time,
-    through the decoders' entry point (the fused step when its plan applies)."""
-    caches = make_caches(model, 1, model.config.max_positions)
+    through the decoders' entry point (the fused step when its plan applies); cache_args go to
+    make_caches (implementation and its settings)."""
+    caches = make_caches(model, 1, model.config.max_positions, **cache_args)
     with no_grad():
         out = [forward_logits(model, ids[:split], caches, 0)]
         out += [forward_logits(model, ids[i:i + 1], caches, i) for i in range(split, len(ids))]
@@ -414,6 +519,20 @@ def test_cached_generate_equals_uncached_greedy(preset, switch, batch):
             np.testing.assert_array_equal(step.argmax(-1), cached[:, t])
 
 
+@pytest.mark.parametrize("preset, kind, room", [("llama", "sinks", {"n_sink": 1, "window": 10}),
+                                               ("gpt2", "h2o", {"budget": 12})])
+def test_a_cache_that_attends_itself_gets_the_value_embeddings_too(preset, kind, room):
+    # these caches take the attention step over (MultiHeadAttention._attend_in_cache); with
+    # room for every token they evict nothing, so they give the full forward's logits
+    model = tiny(preset, np.float32, value_embeds=1).eval()
+    _spread_gains(model)
+    ids = np.random.default_rng(3).integers(0, V, 10)
+    with no_grad():
+        full = model(ids[None]).numpy()[0]
+    got = _cached_logits(model, ids, 4, implementation=kind, **room)
+    np.testing.assert_allclose(got, full, rtol=0, atol=1e-5 * np.abs(full).max())
+
+
 # ---- checkpoints ---------------------------------------------------------------------------
 def test_checkpoint_round_trips_the_switches(tmp_path):
     model = tiny("llama", np.float32, **SWITCHES["all"])
@@ -423,19 +542,36 @@ def test_checkpoint_round_trips_the_switches(tmp_path):
     loaded, _, record = load_model(path)
     assert loaded.config == model.config
     c = loaded.config
-    assert (c.qk_norm, c.mlp, c.logit_softcap, c.unet_skips) == (True, "relu2", 0.5, True)
+    assert (c.qk_norm, c.mlp, c.logit_softcap, c.unet_skips, c.value_embeds) == (
+        True, "relu2", 0.5, True, 1)
     idx, _ = _batch()
     with no_grad():
         np.testing.assert_array_equal(loaded(idx).numpy(), model.eval()(idx).numpy())
 
 
+def test_state_dict_round_trips_the_value_embeddings():
+    model = tiny("llama", n_layer=4, value_embeds=2)
+    _spread_gains(model)
+    state = model.state_dict()
+    assert {"value_embeds.0.weight", "value_embeds.1.weight", "value_gains"} <= set(state)
+    fresh = tiny("llama", n_layer=4, value_embeds=2, seed=9)
+    idx, _ = _batch()
+    with no_grad():
+        assert np.abs(fresh(idx).numpy() - model(idx).numpy()).max() > 1e-3
+        fresh.load_state_dict(state)
+        np.testing.assert_array_equal(fresh(idx).numpy(), model(idx).numpy())
+    with pytest.raises(ValueError, match="value_embeds.0.weight"):
+        tiny("llama", n_layer=4).load_state_dict(state)          # no tables to put them in
+
+
 def test_a_record_from_before_the_switches_loads_with_them_off():
     d = tiny().config.to_dict()
-    for key in ("qk_norm", "logit_softcap", "unet_skips", "zero_init_proj"):
+    for key in ("qk_norm", "logit_softcap", "unet_skips", "zero_init_proj", "value_embeds"):
         d.pop(key)
     c = GPTConfig(**d)
     assert c == GPTConfig.preset("gpt2", **{k: v for k, v in d.items()})
     assert not c.qk_norm and c.logit_softcap is None and not c.unet_skips and not c.zero_init_proj
+    assert c.value_embeds == 0
 
 
 def _pretrained_round_trip(model, path):
@@ -456,15 +592,18 @@ def test_save_pretrained_round_trips_the_switches_in_the_native_layout(tmp_path)
 
 
 @pytest.mark.parametrize("preset", ["gpt2", "llama"])
-@pytest.mark.parametrize("switch", ["qk_norm", "softcap", "unet"])
+@pytest.mark.parametrize("switch", ["qk_norm", "softcap", "unet", "value_embed"])
 def test_save_pretrained_round_trips_each_switch(tmp_path, preset, switch):
     model = tiny(preset, **SWITCHES[switch])
     _spread_gains(model)
     assert _pretrained_round_trip(model, tmp_path).config == model.config
+    # Hugging Face's GPT-2 and Llama have no such switch: the native layout is written
+    assert json.loads((tmp_path / "config.json").read_text())["model_type"] == "tinygrad_llm"
 
 
 @pytest.mark.parametrize("switch,why", [("qk_norm", "QK-norm"), ("softcap", "soft-capping"),
-                                        ("unet", "U-net"), ("relu2", "relu2")])
+                                        ("unet", "U-net"), ("relu2", "relu2"),
+                                        ("value_embed", "value embeddings")])
 def test_the_fused_decode_step_refuses_what_it_does_not_compute(switch, why):
     # batch-1 decoding then goes through the model's forward, which has every switch
     assert why in DecodePlan.reason(tiny("llama", np.float32, **SWITCHES[switch]))
@@ -472,16 +611,16 @@ def test_the_fused_decode_step_refuses_what_it_does_not_compute(switch, why):
 
 
 @pytest.mark.parametrize("field,value", [("logit_softcap", 30.0), ("unet_skips", True),
-                                         ("zero_init_proj", True)])
+                                         ("zero_init_proj", True), ("value_embeds", 1)])
 def test_models_without_a_switch_refuse_it(field, value):
     from tinygrad_llm.models import Encoder
     from tinygrad_llm.models.transformer_xl import TransformerXLConfig
-    config = GPTConfig.preset("gpt2", n_layer=1, n_head=2, n_embd=16, block_size=8,
+    config = GPTConfig.preset("gpt2", n_layer=2, n_head=2, n_embd=16, block_size=8,
                               vocab_size=V, **{field: value})
     with pytest.raises(ValueError, match=f"Encoder: {field}="):
         Encoder(config)
     with pytest.raises(ValueError, match=f"TransformerXLConfig: {field}="):
-        TransformerXLConfig(n_layer=1, n_head=2, n_embd=16, block_size=8, vocab_size=V,
+        TransformerXLConfig(n_layer=2, n_head=2, n_embd=16, block_size=8, vocab_size=V,
                             **{field: value})
     with pytest.raises(ValueError, match="TransformerXLConfig: qk_norm="):
         TransformerXLConfig(n_layer=1, n_head=2, n_embd=16, block_size=8, vocab_size=V,

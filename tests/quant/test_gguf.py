@@ -435,6 +435,7 @@ def test_tokenizer_larger_than_the_model_is_refused(tokenizer, tmp_path):
     ("gpt2", dict(qk_norm=True), "QK-norm"),
     ("llama", dict(logit_softcap=15.0), "soft-capping"),
     ("gpt2", dict(unet_skips=True), "U-net skips"),
+    ("gpt2", dict(value_embeds=1), "value embeddings"),
 ])
 def test_unsupported_configs_are_refused(preset, overrides, message, tmp_path):
     model = GPT(GPTConfig.preset(preset, **{**SMALL, **overrides}))

@@ -35,7 +35,7 @@ def _args(speedrun, **kw):
 
 
 BASE = ({"batch_size": 4, "block_size": 16, "learning_rate": 1e-2},
-        {"n_layer": 1, "n_head": 2, "n_embd": 16, "block_size": 16})
+        {"n_layer": 2, "n_head": 2, "n_embd": 16, "block_size": 16})
 
 
 def test_pieces_resolve_fractions_of_the_run_and_multiples_of_the_lr(speedrun):

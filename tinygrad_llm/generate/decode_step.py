@@ -183,6 +183,7 @@ class DecodePlan:
             (c.qk_norm, "QK-norm"),
             (c.logit_softcap is not None, "logit soft-capping"),
             (c.unet_skips, "U-net skips"),
+            (c.value_embeds, "value embeddings"),
             (_float_dtype(model) not in (np.float32, np.float64),
              f"{_float_dtype(model)} weights"))
         for failed, why in checks:

@@ -58,7 +58,7 @@ class Encoder(Module):
         if pooling not in ("cls", "mean"):
             raise ValueError(f"Encoder: pooling must be 'cls' or 'mean', got {pooling!r}")
         for field, default in (("logit_softcap", None), ("unet_skips", False),
-                               ("zero_init_proj", False)):
+                               ("zero_init_proj", False), ("value_embeds", 0)):
             if getattr(config, field) != default:      # GPT-only switches: refuse, not ignore
                 raise ValueError(f"Encoder: {field}={getattr(config, field)!r} is not supported "
                                  f"(only {default!r})")

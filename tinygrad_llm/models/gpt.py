@@ -45,7 +45,7 @@ class GPTConfig:
     n_expert > 0 replaces the feed-forward with a mixture of experts.
     Pieces of the modded-nanogpt recipe (Jordan et al., 2024), all off by default: qk_norm
     (nn/attention.py), mlp="relu2" (Primer's squared ReLU, So et al., 2021), logit_softcap,
-    zero_init_proj (init_gpt2_weights) and unet_skips (GPT.hidden_states).
+    zero_init_proj (init_gpt2_weights), unet_skips and value_embeds (GPT.hidden_states).
     """
     vocab_size: int = 50257           # token ids the embedding and head cover (V)
     block_size: int = 1024            # longest sequence (positions) the model takes (T)
@@ -78,6 +78,7 @@ class GPTConfig:
     logit_softcap: float = None       # c: logits = c tanh(logits / c) (None: uncapped)
     zero_init_proj: bool = False      # residual-branch output projections start at zero
     unet_skips: bool = False          # layer i's output is added, weighted, to layer L-1-i's input
+    value_embeds: int = 0             # k tables; table i adds to the values of layers i, L-1-i
 
     def __post_init__(self):
         if self.n_kv_head is None:
@@ -115,6 +116,16 @@ class GPTConfig:
                 raise ValueError(f"GPTConfig: logit_softcap must be a positive finite number "
                                  f"(or None), got {cap}")
             self.logit_softcap = float(cap)
+        k = self.value_embeds
+        if isinstance(k, (bool, np.bool_)) or not isinstance(k, (int, np.integer)):
+            raise TypeError(f"GPTConfig: value_embeds must be an int, got {k!r}")
+        if not 0 <= k <= self.n_layer // 2:
+            raise ValueError(f"GPTConfig: value_embeds={k} must be between 0 and n_layer // 2 = "
+                             f"{self.n_layer // 2} (table i feeds layers i and n_layer - 1 - i)")
+        if k and self.kv_share != 1:
+            raise ValueError(f"GPTConfig: value_embeds={k} needs kv_share=1, got kv_share="
+                             f"{self.kv_share} (a layer that shares K/V has no values of its own)")
+        self.value_embeds = int(k)
 
     @classmethod
     def preset(cls, name, **overrides):
@@ -270,6 +281,17 @@ class GPT(Module):
         self.skip_weights = (Parameter(np.ones(self.n_skip, np.float32))
                              if config.unet_skips else None)
         init_gpt2_weights(self, config.n_layer, config.zero_init_proj)
+        # Value embeddings (modded-nanogpt): k = value_embeds more token tables (V, Hkv D);
+        # table i < k is added to the attention values of layer i and of its mirror L - 1 - i,
+        # times a learned gain (init 1) per receiving layer: v <- v + value_gains[j] E_i[idx],
+        # value_gains[j] belonging to the j-th receiving layer (layers 0..k-1, L-k..L-1). Built
+        # and drawn (N(0, 0.02), as tok_emb) after every other weight, so those stay the default's.
+        k, width = config.value_embeds, config.n_kv_head * config.head_dim
+        self.value_embeds = (ModuleList(Embedding(config.vocab_size, width) for _ in range(k))
+                             if k else None)
+        self.value_gains = Parameter(np.ones(2 * k, np.float32)) if k else None
+        if k:
+            init_gpt2_weights(self.value_embeds, config.n_layer)
 
     def _check_ids(self, idx, offset, caches=None):
         idx = np.asarray(idx) if not hasattr(idx, "shape") else idx
@@ -316,18 +338,32 @@ class GPT(Module):
             attn_mask = backend.to_device(array_of(attn_mask), x.device,
                                           x.dtype)
             bias = attn_mask if bias is None else bias + attn_mask
+        values = self._value_terms(idx)
         shared, skips, first_receiver = None, [], len(self.blocks) - self.n_skip
         for layer, block in enumerate(self.blocks):
             if layer >= first_receiver:                  # U-net: the mirrored layer's output
                 x = x + self.skip_weights[layer - first_receiver] * skips.pop()
             cache = caches[layer] if caches is not None else None
             x, kv = block(x, bias=bias, padding_mask=padding_mask, offset=offset,
-                          shared_kv=shared, cache=cache)
+                          shared_kv=shared, cache=cache, value_embed=values[layer])
             if layer % self.config.kv_share == 0:
                 shared = kv
             if layer < self.n_skip:
                 skips.append(x)
         return self.norm(x) if self.norm is not None else x
+
+    def _value_terms(self, idx):
+        """What each layer adds to its attention values: value_gains[j] * E_i[idx] (B, T, Hkv D)
+        for the layers a table feeds, None for the others. One lookup serves both of a table's
+        layers; the gains' gradient is then sum(dv * E_i[idx]), the table's a scatter-add of
+        value_gains[j] * dv (autograd's MulOp and EmbeddingOp)."""
+        n, k = len(self.blocks), self.config.value_embeds
+        terms = [None] * n
+        for i in range(k):
+            e = self.value_embeds[i](idx)                               # (B, T, Hkv D)
+            terms[i] = self.value_gains[i] * e
+            terms[n - 1 - i] = self.value_gains[2 * k - 1 - i] * e
+        return terms
 
     def auxiliary_loss(self):
         """Sum of the MoE load-balancing and router z-losses of the last forward."""
@@ -376,11 +412,12 @@ class GPT(Module):
         return self
 
     def num_parameters(self, non_embedding=False):
-        """Parameter count; non_embedding=True leaves out the token and position tables (as
-        GPT-2's paper counts). A tied head is counted once."""
+        """Parameter count; non_embedding=True leaves out the token, value and position tables
+        (as GPT-2's paper counts). A tied head is counted once."""
         n = super().num_parameters()
         if non_embedding:
             n -= self.tok_emb.weight.numel()
+            n -= sum(table.weight.numel() for table in self.value_embeds or ())
             if isinstance(self.pos_emb, LearnedPositions):
                 n -= self.pos_emb.weight.numel()
         return n

@@ -216,7 +216,8 @@ def _is_llama(c):
 def _plain(c):
     """No architectural extra that neither format has (dropout is a training setting: ignored)."""
     return (c.prenorm and c.attention == "softmax" and c.kv_share == 1 and not c.n_expert
-            and not c.qk_norm and c.logit_softcap is None and not c.unet_skips)
+            and not c.qk_norm and c.logit_softcap is None and not c.unet_skips
+            and not c.value_embeds)
 
 
 def _hf_config(c):

@@ -31,7 +31,7 @@ __all__ = ["TransformerXLConfig", "TransformerXL", "TransformerXLBlock"]
 # GPTConfig fields that describe something this model does not have, with their only value here
 _FIXED = dict(attention="softmax", window=None, kv_share=1, n_expert=0, prenorm=True,
               rope_scaling=None, qk_norm=False, logit_softcap=None, unet_skips=False,
-              zero_init_proj=False)
+              zero_init_proj=False, value_embeds=0)
 
 
 @dataclasses.dataclass
@@ -40,8 +40,8 @@ class TransformerXLConfig(GPTConfig):
     (T); mem_len: hidden states kept per layer (M; 0: no memory; default block_size);
     pos: "xl" (Dai et al.'s relative attention) or "rope". The GPTConfig fields with no meaning
     here (attention kind, window, kv_share, experts, post-LN, RoPE scaling, and the speedrun
-    switches QK-norm, logit soft-capping, U-net skips, zero-initialised projections) must keep
-    their defaults."""
+    switches QK-norm, logit soft-capping, U-net skips, zero-initialised projections, value
+    embeddings) must keep their defaults."""
     pos: str = "xl"
     mem_len: int = None
 

@@ -15,6 +15,8 @@
   sqrt(D) max|g_q| max|g_k| (RoPE is a rotation), so the logits cannot drift upward with the
   weights (the instability those papers trace to growing attention logits), while the learned
   gains keep the attention able to sharpen where D is small.
+- Value embeddings (value_embed; modded-nanogpt): a (B, T, Hkv D) term the model adds to v
+  (v <- v + e, so dv = de = dy's v slots); q and k, RoPE and QK-norm do not see it.
 - Positions: a RotaryEmbedding rotates q and k (RoPE, Su et al., 2021); ALiBi and T5-style biases
   arrive as an additive `bias` (1, H, Tq, Tk); learned/sinusoidal positions are added to the token
   embeddings by the model, not here.
@@ -35,8 +37,8 @@ KVCache) or takes the attention step over (`attend`: attention sinks, KIVI, H2O 
 generate/long_caches.py, which choose what to keep and, for sinks, the positions).
 
 Reading order: _padding_bias, head_shape -> MultiHeadAttention: __init__, the predicate, the
-packed path (QK-norm on the packed projection), the general path (_project, _attend), the cache
-that attends (_attend_in_cache), forward.
+packed path (QK-norm and value embeddings on the packed projection), the general path
+(_project, _attend), the cache that attends (_attend_in_cache), forward.
 """
 import numpy as np
 
@@ -124,26 +126,34 @@ class MultiHeadAttention(Module):
         return (bias is None and padding_mask is None and cache is None
                 and not self.shares_kv and not self.provides_kv)
 
-    def _attend_packed(self, x, offset):
+    def _attend_packed(self, x, offset, value_embed=None):
         """x: (B, T, C) -> (o (B, T, H D), None): rotate and attend on the packed
         (B, T, H + 2 Hkv, D) projection; K/V never exist apart, so none are returned."""
         b, t, _ = x.shape
         h, hkv, d = self.n_head, self.n_kv_head, self.head_dim
         qkv = self.qkv(x).reshape(b, t, h + 2 * hkv, d)
-        if self.q_norm is not None:           # norm the q and k slots, pass v through
-            qkv = CatOp.apply(self.q_norm(qkv[:, :, :h]), self.k_norm(qkv[:, :, h:h + hkv]),
-                              qkv[:, :, h + hkv:], axis=2)
+        if self.q_norm is not None or value_embed is not None:   # rebuild the slots that change
+            q, k, v = qkv[:, :, :h], qkv[:, :, h:h + hkv], qkv[:, :, h + hkv:]
+            if self.q_norm is not None:
+                q, k = self.q_norm(q), self.k_norm(k)
+            if value_embed is not None:
+                v = v + value_embed.reshape(b, t, hkv, d)
+            qkv = CatOp.apply(q, k, v, axis=2)    # the slices' gradients fill one buffer
         if self.rotary is not None:
             qkv = self.rotary.rotate_packed(qkv, h + hkv, offset)
         o = PackedAttentionOp.apply(qkv, n_head=h, n_kv_head=hkv, causal=self.causal,
                                     window=self.window or 0)          # (B, T, H, D)
         return o.reshape(b, t, h * d), None
 
-    def _project(self, x, offset, shared_kv, rotate=True):
-        """q (B, H, T, D), k, v (B, Hkv, T, D), rotated when RoPE is on (and rotate is True)."""
+    def _project(self, x, offset, shared_kv, rotate=True, value_embed=None):
+        """q (B, H, T, D), k, v (B, Hkv, T, D), rotated when RoPE is on (and rotate is True);
+        value_embed (B, T, Hkv D) is added to v."""
         b, t, _ = x.shape
         h, hkv, d = self.n_head, self.n_kv_head, self.head_dim
         if self.shares_kv:
+            if value_embed is not None:
+                raise ValueError(f"{type(self).__name__}(shares_kv=True) makes no values to add "
+                                 "a value_embed to")
             if shared_kv is None:
                 raise ValueError(f"{type(self).__name__}(shares_kv=True) needs the K/V of an "
                                  f"earlier layer: pass shared_kv=(k, v)")
@@ -159,7 +169,10 @@ class MultiHeadAttention(Module):
         if self.q_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
         q, k = q.transpose(0, 2, 1, 3), k.transpose(0, 2, 1, 3)
-        v = qkv[:, :, h + hkv:].transpose(0, 2, 1, 3)
+        v = qkv[:, :, h + hkv:]
+        if value_embed is not None:
+            v = v + value_embed.reshape(b, t, hkv, d)
+        v = v.transpose(0, 2, 1, 3)
         if self.rotary is not None and rotate:
             q, k = self.rotary(q, offset), self.rotary(k, offset)
         return q, k, v
@@ -185,28 +198,29 @@ class MultiHeadAttention(Module):
                                            window=self.window)
         return o, (k, v)
 
-    def _attend_in_cache(self, x, bias, padding_mask, offset, cache):
+    def _attend_in_cache(self, x, bias, padding_mask, offset, cache, value_embed):
         """x: (B, T, C) -> (o (B, H, T, D), (k, v) of these tokens) from a cache that takes the
         attention step over (generate/long_caches.py: it evicts or compresses what it holds).
         One that assigns positions itself (attention sinks) gets q and k before RoPE and the
         rotary to turn them at their slots; the others get them at their true positions. The
         mask covers every position seen; the cache keeps the columns of the keys it holds."""
-        q, k, v = self._project(x, offset, None, rotate=not cache.positions_in_cache)
+        q, k, v = self._project(x, offset, None, not cache.positions_in_cache, value_embed)
         o = cache.attend(q, k, v, mask=self._mask(bias, padding_mask, q), rotary=self.rotary,
                          causal=self.causal)
         return o, (k, v)
 
-    def _attend_split(self, x, bias, padding_mask, offset, shared_kv, cache):
+    def _attend_split(self, x, bias, padding_mask, offset, shared_kv, cache, value_embed):
         """x: (B, T, C) -> (o (B, T, H D), (k, v)): q, k, v apart, then the attention step."""
         b, t, _ = x.shape
         if getattr(cache, "attends", False):
-            o, kv = self._attend_in_cache(x, bias, padding_mask, offset, cache)
+            o, kv = self._attend_in_cache(x, bias, padding_mask, offset, cache, value_embed)
         else:
-            q, k, v = self._project(x, offset, shared_kv)
+            q, k, v = self._project(x, offset, shared_kv, value_embed=value_embed)
             o, kv = self._attend(q, k, v, bias, padding_mask, cache)     # o: (B, H, T, D)
         return o.transpose(0, 2, 1, 3).reshape(b, t, self.n_head * self.head_dim), kv
 
-    def forward(self, x, bias=None, padding_mask=None, offset=0, shared_kv=None, cache=None):
+    def forward(self, x, bias=None, padding_mask=None, offset=0, shared_kv=None, cache=None,
+                value_embed=None):
         """x: (B, T, C) -> (y (B, T, C), kv): kv is (k, v) (B, Hkv, Tk, D), the K/V this layer
         attended over (what a later layer shares), or None from the packed path, which runs only
         when nothing asks for them.
@@ -216,12 +230,14 @@ class MultiHeadAttention(Module):
         layer, for a layer built with shares_kv=True. cache: an object with
         `update(k, v) -> (k_all, v_all)` that appends this step's K/V (the decoder's KV cache),
         or one with `attends = True` whose `attend(q, k, v, mask, rotary, causal)` computes the
-        attention over what it holds (the long-context caches).
+        attention over what it holds (the long-context caches). value_embed: (B, T, Hkv D),
+        added to this layer's v (GPT's value embeddings), or None.
         """
         if self._packed_path_applies(bias, padding_mask, cache):
-            o, kv = self._attend_packed(x, offset)
+            o, kv = self._attend_packed(x, offset, value_embed)
         else:
-            o, kv = self._attend_split(x, bias, padding_mask, offset, shared_kv, cache)
+            o, kv = self._attend_split(x, bias, padding_mask, offset, shared_kv, cache,
+                                       value_embed)
         return self.dropout(self.proj(o)), kv
 
     def extra_repr(self):

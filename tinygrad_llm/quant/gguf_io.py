@@ -94,8 +94,7 @@ def _architecture(config):
         ("QK-norm (qk_norm=True)", c.qk_norm),
         (f"logit soft-capping (logit_softcap={c.logit_softcap})", c.logit_softcap is not None),
         ("U-net skips (unet_skips=True)", c.unet_skips),
-        (f"value embeddings (value_embeds={getattr(c, 'value_embeds', 0)})",
-         getattr(c, "value_embeds", 0))) if present]
+        (f"value embeddings (value_embeds={c.value_embeds})", c.value_embeds)) if present]
     if extras:
         raise ValueError(f"save_gguf: llama.cpp's llama/gpt2 architectures cannot express "
                          f"{', '.join(extras)}")
