@@ -69,7 +69,7 @@ from tinygrad_llm.train.report import append_run, print_table, read_runs, save_f
 @dataclasses.dataclass
 class Args:
     quick: bool = False          # short runs (budget_s 15, 4 validation batches, 3 curve points)
-    out_dir: str = "out-speedrun"   # runs.jsonl, speedrun.json, speedrun.png
+    out_dir: str = "out-ablation"   # runs.jsonl, speedrun.json, speedrun.png
     pieces: str = None           # comma-separated pieces to run (none: all); "default" always runs
     budget_s: float = None       # training wall seconds per run (none: 300; quick: 15)
     seeds: int = 2               # runs per piece, seeds seed, seed + 1, ...
