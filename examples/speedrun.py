@@ -63,6 +63,7 @@ from tinygrad_llm.models import GPT, GPTConfig
 from tinygrad_llm.tokenizers import CharTokenizer
 from tinygrad_llm.train import (OptionError, TrainConfig, Trainer, parse_overrides, run_main,
                                 split_overrides)
+from tinygrad_llm.train.recipes import SPEEDRUN_MODEL, SPEEDRUN_TRAIN
 from tinygrad_llm.train.report import append_run, print_table, read_runs, save_figure, write_json
 
 
@@ -103,40 +104,32 @@ class Piece:
     per_lr: dict = dataclasses.field(default_factory=dict)
 
 
-# modded-nanogpt's record history (Jordan et al., 2024) for the settings, unless noted
-_MUON = Piece("Muon on the blocks' matrices, AdamW for the rest", train={"optimizer": "muon"})
-_WSD = Piece("warmup-stable-decay: peak until the last 30%, linear decay (Hagele et al., 2024)",
-             train={"lr_schedule": "wsd", "decay_frac": 0.3})
-# the ratios are ours: modded-nanogpt's embeddings take its largest steps, its head small ones
-_UNTIED = Piece("untied head; embeddings at 5x, the head at 0.5x the lr",
-                model={"tie_embeddings": False}, per_lr={"embed_lr": 5.0, "head_lr": 0.5})
-_QK_NORM = Piece("RMS-normalised q and k per head", model={"qk_norm": True})
-_RELU2 = Piece("squared-ReLU MLP (So et al., 2021)", model={"mlp": "relu2"})
-_SOFTCAP = Piece("logits soft-capped at 15 (c tanh(z / c))", model={"logit_softcap": 15.0})
 PIECES = {
     "default": Piece("the main job's default"),
-    "muon": _MUON,
-    "wsd": _WSD,
+    # modded-nanogpt's record history (Jordan et al., 2024) for the settings, unless noted
+    "muon": Piece("Muon on the blocks' matrices, AdamW for the rest", train={"optimizer": "muon"}),
+    "wsd": Piece("warmup-stable-decay: peak until the last 30%, linear decay (Hagele et al., 2024)",
+                 train={"lr_schedule": "wsd", "decay_frac": 0.3}),
     "seq_warmup": Piece("sequence length 16 -> block over the first 25% of steps "
                         "(Li et al., 2022)", train={"seq_warmup_start": 16},
                         per_step={"seq_warmup_iters": 0.25}),
     "batch_warmup": Piece("batch 4 -> batch_size over the first 25% of steps "
                           "(Brown et al., 2020)", train={"batch_warmup_start": 4},
                           per_step={"batch_warmup_iters": 0.25}),
-    "qk_norm": _QK_NORM,
-    "relu2": _RELU2,
-    "softcap": _SOFTCAP,
-    "untied": _UNTIED,
+    "qk_norm": Piece("RMS-normalised q and k per head", model={"qk_norm": True}),
+    "relu2": Piece("squared-ReLU MLP (So et al., 2021)", model={"mlp": "relu2"}),
+    "softcap": Piece("logits soft-capped at 15 (c tanh(z / c))", model={"logit_softcap": 15.0}),
+    # the ratios are ours: modded-nanogpt's embeddings take its largest steps, its head small ones
+    "untied": Piece("untied head; embeddings at 5x, the head at 0.5x the lr",
+                    model={"tie_embeddings": False}, per_lr={"embed_lr": 5.0, "head_lr": 0.5}),
     "zero_init": Piece("residual output projections start at zero",
                        model={"zero_init_proj": True}),
     "unet": Piece("U-net skips: layer i's output feeds layer L-1-i", model={"unet_skips": True}),
     "value_embed": Piece("a value-embedding table added to the values of layers 0 and L-1",
                          model={"value_embeds": 1}),
-    # every piece above that modded-nanogpt kept; revise after the ablation
-    "recipe": Piece("muon + wsd + qk_norm + relu2 + softcap + untied",
-                    train={**_MUON.train, **_WSD.train},
-                    model={**_QK_NORM.model, **_RELU2.model, **_SOFTCAP.model, **_UNTIED.model},
-                    per_lr=dict(_UNTIED.per_lr)),
+    # the pieces together: the library's speedrun recipe (train_shakespeare.py --recipe=speedrun)
+    "recipe": Piece("muon + wsd + untied + qk_norm + relu2 + softcap (train.recipes.SPEEDRUN)",
+                    train=dict(SPEEDRUN_TRAIN), model=dict(SPEEDRUN_MODEL)),
 }
 
 

@@ -6,11 +6,17 @@
     python examples/train_shakespeare.py --tokenizer=bpe --vocab_size=1024   # byte-level BPE
     python examples/train_shakespeare.py --device=cuda --dtype=float16       # mixed precision
     python examples/train_shakespeare.py --device=cuda --tf32                # TF32 matmuls
+    python examples/train_shakespeare.py --recipe=speedrun   # Muon, WSD, QK-norm, ReLU^2, ...
     python examples/train_shakespeare.py --optimizer=muon --lr_schedule=wsd  # recipe pieces
 
 Follows nanoGPT's train.py order: configuration, data, model, optimizer, loop (with evaluation
-and checkpoints), sample, and a final JSON line with the headline numbers. Every field of RunArgs,
-TrainConfig and GPTConfig can be overridden with --key=value (--help lists them).
+and checkpoints), sample, and a final JSON line with the headline numbers (train_flops: the
+training FLOPs as bench/bench_train.py counts them, 6 per parameter per token plus attention's
+products, plus Muon's Newton-Schulz products). Every field of RunArgs, TrainConfig and GPTConfig
+can be overridden with --key=value (--help lists them), on top of the recipe's values.
+--recipe=speedrun lays tinygrad_llm.train.recipes' SPEEDRUN fields under the options, with 1500
+steps (75 of warmup): Muon's Newton-Schulz products make a step ~1.33x the FLOPs, so 1500 steps
+cost what the default's 2000 do.
 """
 import dataclasses
 import json
@@ -22,14 +28,18 @@ import tinygrad_llm as tl
 from tinygrad_llm.data import shakespeare, split
 from tinygrad_llm.generate import generate
 from tinygrad_llm.models import GPT, GPTConfig
+from tinygrad_llm.optim import Muon
 from tinygrad_llm.tokenizers import CHAT_SPECIAL_TOKENS, BPETokenizer, CharTokenizer
 from tinygrad_llm.train import (OptionError, TrainConfig, Trainer, load_checkpoint,
                                 parse_overrides, run_main, split_overrides)
+from tinygrad_llm.train.recipes import SPEEDRUN_MODEL, SPEEDRUN_TRAIN
+from tinygrad_llm.train.scaling import train_flops_per_token
 
 
 @dataclasses.dataclass
 class RunArgs:
     preset: str = "gpt2"         # the architecture's defaults: "gpt2" or "llama"
+    recipe: str = "default"      # "default", or "speedrun" (Muon, WSD, QK-norm, ReLU^2, ...)
     device: str = "cpu"          # "cpu" or "cuda"
     data: str = None             # path to the text (none: tiny Shakespeare)
     resume: bool = False         # continue from out_dir's checkpoint
@@ -49,12 +59,21 @@ MODEL_DEFAULTS = dict(n_layer=4, n_head=4, n_embd=192, dropout=0.0, bias=False)
 TRAIN_DEFAULTS = dict(batch_size=16, block_size=128, max_iters=2000, eval_interval=500,
                       eval_iters=20, learning_rate=2e-3, min_lr=2e-4, warmup_iters=100,
                       weight_decay=0.1, beta2=0.99, grad_clip=1.0, out_dir="out-shakespeare")
+# recipe -> (TrainConfig, GPTConfig) fields over the defaults, under the command line's options
+RECIPES = {"default": ({}, {}),
+           "speedrun": ({**SPEEDRUN_TRAIN, "max_iters": 1500, "warmup_iters": 75}, SPEEDRUN_MODEL)}
 
 
 def main(argv):
+    overrides = parse_overrides(argv)
+    recipe = overrides.get("recipe") or RunArgs.recipe
+    if recipe not in RECIPES:
+        raise OptionError(f"--recipe: expected one of {', '.join(RECIPES)}, got {recipe!r}")
+    recipe_train, recipe_model = RECIPES[recipe]
     run_kw, train_kw, model_kw = split_overrides(
-        parse_overrides(argv), RunArgs, TrainConfig, GPTConfig,
-        defaults={TrainConfig: TRAIN_DEFAULTS, GPTConfig: MODEL_DEFAULTS})
+        overrides, RunArgs, TrainConfig, GPTConfig,
+        defaults={TrainConfig: {**TRAIN_DEFAULTS, **recipe_train},
+                  GPTConfig: {**MODEL_DEFAULTS, **recipe_model}})
     run = RunArgs(**run_kw)
     train_config = TrainConfig(**train_kw)
     # --dtype=float16 / bfloat16: matmuls under tl.autocast, float32 master weights (GPU only)
@@ -116,10 +135,20 @@ def main(argv):
               "tokenizer": run.tokenizer, "vocab_size": tokenizer.vocab_size,
               "train_loss": round(last["train_loss"], 4) if last else None,
               "steps": trainer.step, "wall_s": round(wall, 1),
+              "train_flops": float(f"{train_flops(trainer, config):.4g}"),
               "parameters": model.num_parameters(), "dtype": train_config.dtype,
               "checkpoint": trainer.ckpt_path if train_config.checkpoint else None}
     print(json.dumps(result))
     return result
+
+
+def train_flops(trainer, config):
+    """The training FLOPs of the steps done, as bench_train counts them: per token, 6 per
+    parameter and the attention products over the whole block (train_flops_per_token, "full");
+    per step, Muon's Newton-Schulz products."""
+    per_token = train_flops_per_token(config, config.block_size, context="full")
+    per_step = trainer.optimizer.flops_per_step() if isinstance(trainer.optimizer, Muon) else 0
+    return per_token * trainer.tokens_seen() + per_step * trainer.step
 
 
 def _check_resume(path, config):

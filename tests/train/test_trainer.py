@@ -12,8 +12,8 @@ import pytest
 import tinygrad_llm as tl
 from tinygrad_llm.models import GPT, GPTConfig
 from tinygrad_llm.optim import AdamW, param_groups_for_weight_decay
-from tinygrad_llm.train import (CheckpointError, TrainConfig, Trainer, load_checkpoint, load_model,
-                                save_checkpoint)
+from tinygrad_llm.train import (CheckpointError, OptionError, TrainConfig, Trainer,
+                                load_checkpoint, load_model, save_checkpoint)
 from tinygrad_llm.train import checkpoint as checkpoint_module
 
 VOCAB = 11
@@ -367,6 +367,30 @@ def test_train_shakespeare_with_muon_trains_and_resumes_exactly(tmp_path):
                                  "--sample_tokens=0", f"--out_dir={tmp_path / 'c'}",
                                  "--max_iters=4"])
     assert plain["train_loss"] != straight["train_loss"]
+
+
+def test_train_shakespeare_speedrun_recipe_sets_its_fields_under_the_options(tmp_path):
+    from tinygrad_llm.train.recipes import SPEEDRUN_MODEL, SPEEDRUN_TRAIN
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("To be, or not to be: that is the question.\n" * 40)
+    example = _example()
+    args = TINY + [f"--data={corpus}", "--sample_tokens=12", "--recipe=speedrun",
+                   "--max_iters=2", "--logit_softcap=30"]
+    result = example.main(args + [f"--out_dir={tmp_path / 'a'}"])
+    _, _, record = load_checkpoint(result["checkpoint"])
+    train, model = record["train_config"], record["model_config"]
+    assert {k: train[k] for k in SPEEDRUN_TRAIN} == SPEEDRUN_TRAIN
+    assert train["warmup_iters"] == 2                    # the recipe's 75, capped by the run
+    assert {k: model[k] for k in SPEEDRUN_MODEL} == {**SPEEDRUN_MODEL, "logit_softcap": 30.0}
+    plain = example.main(TINY + [f"--data={corpus}", "--sample_tokens=0", "--max_iters=2",
+                                 f"--out_dir={tmp_path / 'b'}"])
+    _, _, plain_record = load_checkpoint(plain["checkpoint"])
+    assert plain_record["train_config"]["optimizer"] == "adamw"
+    assert not plain_record["model_config"]["qk_norm"]
+    # the FLOPs: Muon's Newton-Schulz products on top of the same per-token count
+    assert result["train_flops"] > plain["train_flops"] > 0
+    with pytest.raises(OptionError, match="--recipe: expected one of default, speedrun"):
+        example.main(TINY + ["--recipe=fast"])
 
 
 def test_train_shakespeare_with_bpe(tmp_path, capsys, monkeypatch):
