@@ -116,6 +116,8 @@ PIECES = {
     "batch_warmup": Piece("batch 4 -> batch_size over the first 25% of steps "
                           "(Brown et al., 2020)", train={"batch_warmup_start": 4},
                           per_step={"batch_warmup_iters": 0.25}),
+    "rope": Piece("rotary positions instead of a learned table (Su et al., 2021)",
+                  model={"pos": "rope"}),
     "qk_norm": Piece("RMS-normalised q and k per head", model={"qk_norm": True}),
     "relu2": Piece("squared-ReLU MLP (So et al., 2021)", model={"mlp": "relu2"}),
     "softcap": Piece("logits soft-capped at 15 (c tanh(z / c))", model={"logit_softcap": 15.0}),
