@@ -2,7 +2,7 @@
 and optionally a llama.cpp GGUF file.
 
     python examples/quantize.py                                   # the main job's model, q4_0
-    python examples/quantize.py --scheme=q8_0 --gguf=out-quant/model-q8_0.gguf
+    python examples/quantize.py --ckpt=out-baseline/ckpt.safetensors --gguf=out-quant/m.gguf
     python examples/quantize.py --scheme=q4_0 --gptq               # GPTQ for the blocks
 
 Reads a train_shakespeare.py checkpoint, measures the float model, quantizes every Linear, the
@@ -43,7 +43,8 @@ class QuantizeArgs:
     eval_windows: int = 160       # held-out text: this many blocks of the validation split
     eval_stride: int = 0          # tokens each window adds (0: the block; less: more context)
     out_dir: str = "out-quant"    # where the quantized checkpoint (ckpt.safetensors) goes
-    gguf: str = ""                # also write a llama.cpp file here (q8_0 / q4_0 / q4_1 / f32)
+    gguf: str = ""                # also write a llama.cpp file here (q8_0 / q4_0 / q4_1 / f32;
+    #                               llama.cpp takes train_shakespeare.py --recipe=baseline models)
     prompt: str = "ROMEO:\n"      # the sample's prompt
     max_new_tokens: int = 200     # the sample's length, in tokens
     temperature: float = 0.8      # the sample's softmax temperature

@@ -24,8 +24,10 @@ def checkpoint(tmp_path_factory):
     with pytest.MonkeyPatch.context() as mp:            # the corpus for this module only
         mp.setenv("TINYGRAD_LLM_DATA", str(corpus))
         import train_shakespeare
-        train_shakespeare.main(["--max_iters=3", "--n_layer=1", "--n_head=2", "--n_embd=64",
-                                "--block_size=32", f"--out_dir={tmp / 'base'}",
+        # the baseline GPT-2: llama.cpp's gpt2 cannot express the speedrun recipe's pieces
+        train_shakespeare.main(["--recipe=baseline", "--max_iters=3", "--n_layer=1",
+                                "--n_head=2", "--n_embd=64", "--block_size=32",
+                                f"--out_dir={tmp / 'base'}",
                                 "--sample_tokens=0", "--progress=false", "--eval_interval=3",
                                 "--eval_iters=1"])
         yield tmp

@@ -350,8 +350,9 @@ def test_train_shakespeare_with_muon_trains_and_resumes_exactly(tmp_path):
     corpus = tmp_path / "corpus.txt"
     corpus.write_text("To be, or not to be: that is the question.\n" * 40)
     example = _example()
-    args = TINY + [f"--data={corpus}", "--optimizer=muon", "--tie_embeddings=false",
-                   "--embed_lr=0.01", "--sample_tokens=0", "--lr_decay_iters=4"]
+    args = TINY + [f"--data={corpus}", "--recipe=baseline", "--optimizer=muon",
+                   "--tie_embeddings=false", "--embed_lr=0.01", "--sample_tokens=0",
+                   "--lr_decay_iters=4"]
     straight = example.main(args + [f"--out_dir={tmp_path / 'a'}", "--max_iters=4"])
     example.main(args + [f"--out_dir={tmp_path / 'b'}", "--max_iters=2"])
     resumed = example.main(args + [f"--out_dir={tmp_path / 'b'}", "--max_iters=4", "--resume"])
@@ -363,19 +364,19 @@ def test_train_shakespeare_with_muon_trains_and_resumes_exactly(tmp_path):
     assert any("momentum_buffer" in k for k in opt_a)           # Muon's state was saved
     assert all(np.array_equal(a[k], b[k]) for k in a)           # resume is exact
     assert all(np.array_equal(opt_a[k], opt_b[k]) for k in opt_a)
-    plain = example.main(TINY + [f"--data={corpus}", "--tie_embeddings=false",
-                                 "--sample_tokens=0", f"--out_dir={tmp_path / 'c'}",
-                                 "--max_iters=4"])
+    plain = example.main(TINY + [f"--data={corpus}", "--recipe=baseline",
+                                 "--tie_embeddings=false", "--sample_tokens=0",
+                                 f"--out_dir={tmp_path / 'c'}", "--max_iters=4"])
     assert plain["train_loss"] != straight["train_loss"]
 
 
-def test_train_shakespeare_speedrun_recipe_sets_its_fields_under_the_options(tmp_path):
+def test_train_shakespeare_speedrun_recipe_is_the_default_under_the_options(tmp_path):
     from tinygrad_llm.train.recipes import SPEEDRUN_MODEL, SPEEDRUN_TRAIN
     corpus = tmp_path / "corpus.txt"
     corpus.write_text("To be, or not to be: that is the question.\n" * 40)
     example = _example()
-    args = TINY + [f"--data={corpus}", "--sample_tokens=12", "--recipe=speedrun",
-                   "--max_iters=2", "--logit_softcap=30"]
+    args = TINY + [f"--data={corpus}", "--sample_tokens=12", "--max_iters=2",
+                   "--logit_softcap=30"]
     result = example.main(args + [f"--out_dir={tmp_path / 'a'}"])
     _, _, record = load_checkpoint(result["checkpoint"])
     train, model = record["train_config"], record["model_config"]
@@ -383,13 +384,14 @@ def test_train_shakespeare_speedrun_recipe_sets_its_fields_under_the_options(tmp
     assert train["warmup_iters"] == 2                    # the recipe's 75, capped by the run
     assert {k: model[k] for k in SPEEDRUN_MODEL} == {**SPEEDRUN_MODEL, "logit_softcap": 30.0}
     plain = example.main(TINY + [f"--data={corpus}", "--sample_tokens=0", "--max_iters=2",
-                                 f"--out_dir={tmp_path / 'b'}"])
+                                 "--recipe=baseline", f"--out_dir={tmp_path / 'b'}"])
     _, _, plain_record = load_checkpoint(plain["checkpoint"])
     assert plain_record["train_config"]["optimizer"] == "adamw"
     assert not plain_record["model_config"]["qk_norm"]
+    assert plain_record["model_config"]["pos"] == "learned"
     # the FLOPs: Muon's Newton-Schulz products on top of the same per-token count
     assert result["train_flops"] > plain["train_flops"] > 0
-    with pytest.raises(OptionError, match="--recipe: expected one of default, speedrun"):
+    with pytest.raises(OptionError, match="--recipe: expected one of speedrun, baseline"):
         example.main(TINY + ["--recipe=fast"])
 
 

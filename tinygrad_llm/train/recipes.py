@@ -8,18 +8,21 @@ equal wall time; examples/train_shakespeare.py --recipe=speedrun runs them toget
     warmup-stable-decay, the last 30% decaying             lr_schedule="wsd", decay_frac=0.3
     an untied head, embeddings at 5x and the head at 0.5x  tie_embeddings=False, embed_lr, head_lr
       the peak learning rate 2e-3 (written as rates: set them again with another learning_rate)
+    rotary positions instead of a learned table            pos="rope"
     RMS-normalised q and k per head                        qk_norm=True
     a squared-ReLU feed-forward (So et al., 2021)          mlp="relu2"
     logits soft-capped at 15, c tanh(z / c)                logit_softcap=15.0
 The architecture pieces cost portability: llama.cpp's GGUF, Hugging Face's plain GPT-2 layout and
 the fused decoder (generate's decode_step) cannot express them, so such a model is saved in this
-library's own layout and decodes through its forward pass. Steps are not part of a recipe: Muon's
+library's own layout and decodes through its forward pass (train_shakespeare.py --recipe=baseline
+trains the plain GPT-2 that all three take). Steps are not part of a recipe: Muon's
 Newton-Schulz products add FLOPs per step (optim.newton_schulz_flops), so a run at equal compute
 takes fewer steps (the main job: 1500 instead of 2000).
 """
 
 SPEEDRUN_TRAIN = dict(optimizer="muon", lr_schedule="wsd", decay_frac=0.3, embed_lr=1e-2,
                       head_lr=1e-3)
-SPEEDRUN_MODEL = dict(tie_embeddings=False, qk_norm=True, mlp="relu2", logit_softcap=15.0)
+SPEEDRUN_MODEL = dict(tie_embeddings=False, pos="rope", qk_norm=True, mlp="relu2",
+                      logit_softcap=15.0)
 
 __all__ = ["SPEEDRUN_TRAIN", "SPEEDRUN_MODEL"]
