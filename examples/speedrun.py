@@ -1,20 +1,22 @@
 """The speedrun ablation (issue 27): each piece of the modded-nanogpt recipe switched on alone
-against the main job's default, at equal wall time on this machine, over seeds.
+against the main job's baseline, at equal wall time on this machine, over seeds.
 
     python examples/speedrun.py                  # every piece, 300 s a run, 2 seeds: ~2 hours
     python examples/speedrun.py --quick=true             # 15 s a run (about 10 minutes)
     python examples/speedrun.py --pieces=muon,wsd --budget_s=120 --seeds=3
 
-Reading order: Args and the main job's defaults; the pieces (PIECES: named overrides of
+Reading order: Args and the main job's baseline; the pieces (PIECES: named overrides of
 TrainConfig and GPTConfig, some relative to the run's length or learning rate); data and the
 fixed validation batches; calibration and the plan (how many steps fill the budget); one run;
 the summary (mean, spread, the paired delta against the default); the table, JSON, figure and
 the last JSON line.
 
-1. Base: train_shakespeare.py's defaults (4 layers, 192 dims, characters, batch 16 x 128,
-   AdamW, warmup + cosine), with any --key=value of TrainConfig or GPTConfig on top; "default"
-   is that base, and every piece changes only its own fields. The warmup is warmup_frac of each
-   run's steps (the main job's 100 of 2000), so a run of any length keeps the main job's shape.
+1. Base: train_shakespeare.py --recipe=baseline (4 layers, 192 dims, characters, batch
+   16 x 128, AdamW, warmup + cosine, learned positions, a tied head, GELU), with any --key=value
+   of TrainConfig or GPTConfig on top; "default" is that base, and every piece changes only its
+   own fields ("recipe" is the main job's default, train.recipes.SPEEDRUN). The warmup is
+   warmup_frac of each run's steps (the baseline's 100 of 2000), so a run of any length keeps
+   the baseline's shape.
 2. Equal wall time, by calibration: before its runs, each piece times a few steps of its own
    config on a throwaway model (after one untimed step that compiles its kernels), at full size
    and, with a warmup, at the warmup's first sizes; the step time is then a line in the step's
@@ -82,7 +84,8 @@ class Args:
     device: str = "cpu"          # "cpu" or "cuda"
 
 
-# The main job's defaults (examples/train_shakespeare.py; examples do not import each other).
+# The main job's baseline (train_shakespeare.py --recipe=baseline; examples do not import each
+# other).
 # max_iters, lr_decay_iters and warmup_iters are not here: the time budget sets them.
 MODEL_DEFAULTS = dict(n_layer=4, n_head=4, n_embd=192, dropout=0.0, bias=False)
 TRAIN_DEFAULTS = dict(batch_size=16, block_size=128, learning_rate=2e-3, min_lr=2e-4,
@@ -105,7 +108,7 @@ class Piece:
 
 
 PIECES = {
-    "default": Piece("the main job's default"),
+    "default": Piece("the baseline (train_shakespeare.py --recipe=baseline)"),
     # modded-nanogpt's record history (Jordan et al., 2024) for the settings, unless noted
     "muon": Piece("Muon on the blocks' matrices, AdamW for the rest", train={"optimizer": "muon"}),
     "wsd": Piece("warmup-stable-decay: peak until the last 30%, linear decay (Hagele et al., 2024)",
