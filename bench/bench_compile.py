@@ -6,8 +6,9 @@ that run leaves.
     python bench/bench_compile.py --part=main_job --repeats=3
 
 main_job: the first training step of examples/train_shakespeare.py's default run (its model and
-training config: a 4-layer, 192-dim char GPT over a 65-symbol vocabulary, float32, AdamW; random
-tokens stand in for the text, which compilation never reads). Reports the compile seconds per
+training config under its default recipe: a 4-layer, 192-dim char GPT over a 65-symbol
+vocabulary, float32, with the optimizer the recipe names; random tokens stand in for the text,
+which compilation never reads). Reports the compile seconds per
 kernel family (each outermost jitted loop's compile, the helpers it compiles included, under the
 kernels/cpu file it lives in), the first step (cold: mostly compilation), a steady step, the warm
 start (import to the end of the first step, from the cache) and the compile events of the warm
@@ -84,7 +85,6 @@ if sys.argv[2] == "serial":
 import numpy as np
 import tinygrad_llm as tl
 from tinygrad_llm.models import GPT, GPTConfig
-from tinygrad_llm.optim import param_groups_for_weight_decay
 from tinygrad_llm.train import TrainConfig, Trainer
 import_s = time.perf_counter() - start
 
@@ -96,8 +96,9 @@ with tempfile.TemporaryDirectory() as out_dir:
     config = TrainConfig(**{**train_defaults, "out_dir": out_dir})
     model = GPT(GPTConfig.preset("gpt2", vocab_size=vocab_size, block_size=config.block_size,
                                  **model_defaults))
-    optimizer = config.adamw(param_groups_for_weight_decay(model, config.weight_decay))
-    trainer = Trainer(model, optimizer, ids[:45_000], ids[45_000:], config, log=None)
+    optimizer, lr_scales = config.optimizer_for(model)
+    trainer = Trainer(model, optimizer, ids[:45_000], ids[45_000:], config, log=None,
+                      lr_scales=lr_scales)
     t = time.perf_counter()
     trainer.train_step()
     first_step_s = time.perf_counter() - t
@@ -171,10 +172,12 @@ def run(env, code=CHILD, args=()):
 
 
 def main_job_defaults():
-    """(MODEL_DEFAULTS, TRAIN_DEFAULTS) of examples/train_shakespeare.py, read from the script
-    itself (its main() does not run) so that this bench follows the main job's config."""
+    """(model fields, train fields) of examples/train_shakespeare.py's default run: its
+    MODEL_DEFAULTS and TRAIN_DEFAULTS under its default recipe's, read from the script itself
+    (its main() does not run) so that this bench follows the main job's config."""
     example = runpy.run_path(EXAMPLE, run_name="bench_compile")
-    return example["MODEL_DEFAULTS"], example["TRAIN_DEFAULTS"]
+    train, model = example["RECIPES"][example["RunArgs"].recipe]
+    return {**example["MODEL_DEFAULTS"], **model}, {**example["TRAIN_DEFAULTS"], **train}
 
 
 def _min_by_family(runs, phase):

@@ -25,6 +25,7 @@ def test_main_job_config_is_the_examples(bench_compile):
     model, train = bench_compile.main_job_defaults()
     assert (model["n_layer"], model["n_head"], model["n_embd"]) == (4, 4, 192)
     assert (train["batch_size"], train["block_size"]) == (16, 128)
+    assert train["optimizer"] == "muon" and model["pos"] == "rope"     # the default recipe's
 
 
 def test_main_job_child_reports_its_figures(bench_compile):
