@@ -133,7 +133,7 @@ PIECES = {
     "value_embed": Piece("a value-embedding table added to the values of layers 0 and L-1",
                          model={"value_embeds": 1}),
     # the pieces together: the library's speedrun recipe (train_shakespeare.py --recipe=speedrun)
-    "recipe": Piece("muon + wsd + untied + qk_norm + relu2 + softcap (train.recipes.SPEEDRUN)",
+    "recipe": Piece("muon + wsd + untied + rope + qk_norm + relu2 + softcap (recipes.SPEEDRUN)",
                     train=dict(SPEEDRUN_TRAIN), model=dict(SPEEDRUN_MODEL)),
 }
 

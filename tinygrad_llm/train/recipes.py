@@ -5,7 +5,8 @@ SPEEDRUN: the pieces of modded-nanogpt's record history (Jordan et al., 2024) th
 job's validation loss at equal training FLOPs here (examples/speedrun.py ablates each piece at
 equal wall time; examples/train_shakespeare.py --recipe=speedrun runs them together):
     Muon on the blocks' matrices (AdamW for the rest)      optimizer="muon"
-    warmup-stable-decay, the last 30% decaying             lr_schedule="wsd", decay_frac=0.3
+    warmup-stable-decay, the last 40% decaying to 1% of    lr_schedule="wsd", decay_frac=0.4,
+      the peak (from the baseline's cosine to 10%)          min_lr=2e-5
     an untied head, embeddings at 5x and the head at 0.5x  tie_embeddings=False, embed_lr, head_lr
       the peak learning rate 2e-3 (written as rates: set them again with another learning_rate)
     rotary positions instead of a learned table            pos="rope"
@@ -20,8 +21,8 @@ Newton-Schulz products add FLOPs per step (optim.newton_schulz_flops), so a run 
 takes fewer steps (the main job: 1500 instead of 2000).
 """
 
-SPEEDRUN_TRAIN = dict(optimizer="muon", lr_schedule="wsd", decay_frac=0.3, embed_lr=1e-2,
-                      head_lr=1e-3)
+SPEEDRUN_TRAIN = dict(optimizer="muon", lr_schedule="wsd", decay_frac=0.4, min_lr=2e-5,
+                      embed_lr=1e-2, head_lr=1e-3)
 SPEEDRUN_MODEL = dict(tie_embeddings=False, pos="rope", qk_norm=True, mlp="relu2",
                       logit_softcap=15.0)
 
