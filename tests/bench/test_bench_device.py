@@ -136,7 +136,8 @@ def test_a_failing_pytorch_side_keeps_our_figures(standin_cuda, capsys):
 @pytest.mark.slow
 def test_bench_train_counts_muons_newton_schulz_flops(capsys):
     """On the CPU: --optimizer=muon steps Muon, and the FLOPs (and so MFU) add its Newton-Schulz
-    products: 5 steps of 4 m^2 n + 2 m^3 for each of config a's block matrices."""
+    products for each of config a's block matrices: 5 steps of 4 m^2 n + 2 m^3 for the square one,
+    the Gram form's 4 m^2 n + 17 (2 m^3) for the wider ones."""
     bench = _bench("bench_train")
     args = ["--configs=a", "--repeats=1", "--rounds=1", "--torch=false", "--isolate=false",
             "--peak_n=32"]
@@ -144,13 +145,14 @@ def test_bench_train_counts_muons_newton_schulz_flops(capsys):
     out = _last_json(capsys)
     entry = out["results"]["a"]
     # per block (C = 128): qkv (128, 384), proj (128, 128), MLP up and down (128, 512)
-    per_block = sum(4 * 128 ** 2 * n + 2 * 128 ** 3 for n in (384, 128, 512, 512))
+    per_block = 5 * (4 * 128 ** 3 + 2 * 128 ** 3) + sum(
+        4 * 128 ** 2 * n + 17 * 2 * 128 ** 3 for n in (384, 512, 512))
     assert out["optimizer"] == "muon"
-    assert entry["newton_schulz_flops_per_step"] == 5 * 4 * per_block
+    assert entry["newton_schulz_flops_per_step"] == 4 * per_block
     model, batch = bench.build_config("gpt2", "a")
     tokens = batch * model.config.block_size
     model_flops = bench.flops_per_token(model.config) * tokens
-    assert entry["flops_per_step"] == model_flops + 5 * 4 * per_block
+    assert entry["flops_per_step"] == model_flops + 4 * per_block
     peak = out["machine"]["matmul_peak_gflops"] * 1e9
     mfu = entry["flops_per_step"] / (entry["ours"]["ms_per_iter"] / 1e3) / peak
     assert entry["ours"]["mfu"] == pytest.approx(mfu, rel=0.02, abs=1e-4)

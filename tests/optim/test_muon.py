@@ -18,6 +18,7 @@ from tinygrad_llm.models import GPT, GPTConfig
 from tinygrad_llm.nn.module import Parameter
 from tinygrad_llm.optim import (AdamW, Muon, flatten_state_dict, muon_param_groups,
                                 newton_schulz_flops, set_lr, unflatten_state_dict)
+from tinygrad_llm.optim import muon
 from tinygrad_llm.optim.muon import newton_schulz
 from tinygrad_llm.train import TrainConfig, Trainer
 
@@ -102,10 +103,38 @@ def test_newton_schulz_keeps_float32_and_zero():
     assert not np.any(newton_schulz(np.zeros((3, 4), np.float32), 5))
 
 
-def test_newton_schulz_flops_counts_the_three_products():
-    # (12, 5) is transposed to (5, 12): X X^T 2*5*5*12, A^2 2*5^3, B X 2*5*5*12, per step
-    assert newton_schulz_flops((12, 5), 5) == 5 * (600 + 250 + 600)
+@pytest.mark.parametrize("shape", [(5, 12), (12, 5), (3, 5), (1, 9), (16, 100)])
+@pytest.mark.parametrize("steps", [1, 2, 5, 7])
+def test_newton_schulz_gram_form_is_the_direct_one(shape, steps):
+    """The (m, m) Gram iteration (A <- Q A Q, P <- Q P, then P X0) is the direct one's products in
+    another order: float64 agrees to rounding, float32 to well under the update's scale."""
+    rng = np.random.default_rng(steps)
+    x = rng.standard_normal(shape)
+    x = (x.T if shape[0] > shape[1] else x) / np.linalg.norm(x)
+    want = muon._newton_schulz_direct(x, steps)
+    np.testing.assert_allclose(muon._newton_schulz_gram(x, steps), want, rtol=0, atol=1e-12)
+    low = x.astype(np.float32)
+    np.testing.assert_allclose(muon._newton_schulz_gram(low, steps), want, rtol=0, atol=2e-5)
+
+
+def test_newton_schulz_runs_the_cheaper_form(monkeypatch):
+    ran = []
+    for name in ("_newton_schulz_direct", "_newton_schulz_gram"):
+        form = getattr(muon, name)
+        monkeypatch.setattr(muon, name, lambda x, k, f=form, n=name: ran.append(n) or f(x, k))
+    for shape in [(8, 12), (8, 13), (24, 8), (8, 8)]:     # n > 1.5 m: Gram
+        newton_schulz(np.ones(shape), 5)
+    newton_schulz(np.ones((4, 16)), 1)                       # one step: the same cost, direct
+    assert ran == ["_newton_schulz_direct", "_newton_schulz_gram", "_newton_schulz_gram",
+                   "_newton_schulz_direct", "_newton_schulz_direct"]
+
+
+def test_newton_schulz_flops_counts_the_products_of_the_form_it_runs():
+    # (12, 5) is transposed to (5, 12): directly X X^T 2*5*5*12, A^2 2*5^3, B X 2*5*5*12 per
+    # step (7250 for 5); the Gram form X0 X0^T and P X0 once (1200) and 17 (5, 5) products (4250)
+    assert newton_schulz_flops((12, 5), 5) == 1200 + 17 * 250 < 5 * (600 + 250 + 600)
     assert newton_schulz_flops((5, 12), 5) == newton_schulz_flops((12, 5), 5)
+    assert newton_schulz_flops((8, 8), 5) == 5 * (4 * 512 + 2 * 512)       # square: direct
     assert newton_schulz_flops((128, 384), 1) == 4 * 128 ** 2 * 384 + 2 * 128 ** 3
     model = GPT(GPTConfig.preset("gpt2", n_layer=2, n_head=2, n_embd=8, block_size=4,
                                  vocab_size=5))
