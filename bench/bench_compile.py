@@ -127,6 +127,7 @@ import_s = time.perf_counter() - t
 import numpy as np
 import tinygrad_llm.nn.functional as F
 from tinygrad_llm import kernels
+from tinygrad_llm.ops.rope import PackedQKNormRopeOp
 
 def leaf(*shape, dtype):
     return tl.Tensor(np.random.default_rng(0).standard_normal(shape).astype(dtype),
@@ -145,6 +146,10 @@ for dtype in (np.float32, np.float64):
         "rms_norm": lambda: F.rms_norm(leaf(4, 5, dtype=dtype), leaf(5, dtype=dtype)),
         "gelu": lambda: F.gelu(leaf(4, 5, dtype=dtype), approximate="tanh")
                         + F.gelu(leaf(4, 5, dtype=dtype)),
+        "relu2": lambda: F.relu2(leaf(4, 5, dtype=dtype)),
+        "qk_norm_rope": lambda: PackedQKNormRopeOp.apply(
+            leaf(1, 3, 3, 4, dtype=dtype), leaf(4, dtype=dtype), leaf(4, dtype=dtype),
+            cos=np.ones((3, 4), dtype), sin=np.zeros((3, 4), dtype), n_head=1, n_kv_head=1),
         "embedding": lambda: F.embedding(np.arange(4), leaf(5, 3, dtype=dtype)),
         "attention": lambda: F.scaled_dot_product_attention(
             leaf(1, 2, 3, 4, dtype=dtype), leaf(1, 2, 3, 4, dtype=dtype),

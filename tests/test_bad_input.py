@@ -15,8 +15,22 @@ def sdpa(q, k, v, **kw):
     return lambda: F.scaled_dot_product_attention(t(*q), t(*k), t(*v), **kw)
 
 
+def qk_norm(qkv, w_q=(4,), w_k=(4,), **kw):
+    from tinygrad_llm.ops.rope import PackedQKNormRopeOp
+    kw = {"n_head": 2, "n_kv_head": 1, **kw}
+    return lambda: PackedQKNormRopeOp.apply(t(*qkv), t(*w_q), t(*w_k), **kw)
+
+
 CASES = [
     # name, call, error type, substrings the message must contain
+    ("qk_norm_ndim", qk_norm((3, 4, 4)), ValueError, ["qkv (B, T, S, D)", "(3, 4, 4)"]),
+    ("qk_norm_slots", qk_norm((1, 3, 2, 4)), ValueError, ["n_head + n_kv_head <= S",
+                                                         "(1, 3, 2, 4)", "n_head=2"]),
+    ("qk_norm_gain", qk_norm((1, 3, 4, 4), w_k=(3,)), ValueError, ["w_k", "(4,)", "(3,)"]),
+    ("qk_norm_one_table", qk_norm((1, 3, 4, 4), cos=np.ones((3, 4))), ValueError,
+     ["cos and sin"]),
+    ("qk_norm_table_shape", qk_norm((1, 3, 4, 4), cos=np.ones((2, 4)), sin=np.ones((2, 4))),
+     ValueError, ["cos", "(2, 4)", "(3, 4)"]),
     ("matmul_inner", lambda: t(2, 3) @ t(4, 5), ValueError, ["(2, 3)", "(4, 5)"]),
     ("matmul_1d", lambda: t(3) @ t(4, 5), ValueError, ["(3,)", "(4, 5)"]),
     ("matmul_2d_1d", lambda: t(4, 5) @ t(4), ValueError, ["(4, 5)", "(4,)"]),

@@ -5,7 +5,8 @@ Head dims D = 2 (one pair), odd pair counts, one past the simulator's grid strid
 THREADS pairs) and more; T = 1 and odd; leading dims none, one and two; tables from real angles
 and random ones (which differ between the two halves, so a kernel that reads one half's entry for
 both would fail); magnitudes 1e4. Packed: the rotated slots first, the rest copied (n_rotated = 1,
-S - 1 and S).
+S - 1 and S). QK-norm with RoPE on a packed projection: the same tables or none, GQA, a head
+wider than the grid stride; then through MultiHeadAttention's packed path on the device.
 """
 import numpy as np
 import pytest
@@ -13,8 +14,9 @@ import pytest
 import tinygrad_llm as tl
 from cuda_parity import SIZES, THREADS, check, down, up, x
 from tinygrad_llm import kernels
+from tinygrad_llm.nn.attention import MultiHeadAttention
 from tinygrad_llm.nn.positions import RotaryEmbedding
-from tinygrad_llm.ops.rope import PackedRopeOp, RopeOp
+from tinygrad_llm.ops.rope import PackedQKNormRopeOp, PackedRopeOp, RopeOp
 
 
 def _tables(rng, t, d, dtype, real):
@@ -47,11 +49,31 @@ def _packed_rope_forward(rng, dtype):
                 yield x(rng, shape, dtype, scale), cos, sin, n_rotated
 
 
+def _packed_qk_norm_rope_forward(rng, dtype):
+    # (B, T, H, Hkv, D): one head of one pair; GQA with odd T; a head wider than the simulator's
+    # grid stride; tables real, random or none (QK-norm alone); activations at 1e4
+    for b, t, h, hkv, d in [(1, 1, 1, 1, 2), (2, SIZES[1], 3, 1, 6), (1, 2, 2, 1, 2 * THREADS + 2)]:
+        for scale, tables in [(1.0, "real"), (1e4, "random"), (1.0, "none")]:
+            cos, sin = (None, None) if tables == "none" else _tables(rng, t, d, dtype,
+                                                                     tables == "real")
+            yield (x(rng, (b, t, h + 2 * hkv, d), dtype, scale), x(rng, (d,), dtype),
+                   x(rng, (d,), dtype), cos, sin, h, hkv, 1e-6)
+
+
+def _packed_qk_norm_rope_backward(rng, dtype):
+    for qkv, w_q, w_k, cos, sin, h, hkv, eps in _packed_qk_norm_rope_forward(rng, dtype):
+        _, r = kernels.reference("packed_qk_norm_rope_forward")(qkv, w_q, w_k, cos, sin, h, hkv,
+                                                               eps)
+        yield x(rng, qkv.shape, dtype), qkv, w_q, w_k, cos, sin, h, hkv, r
+
+
 CASES = {
     "rope_forward": _rope_forward,
     "rope_backward": _rope_backward,
     "packed_rope_forward": _packed_rope_forward,
     "packed_rope_backward": _packed_rope_forward,
+    "packed_qk_norm_rope_forward": _packed_qk_norm_rope_forward,
+    "packed_qk_norm_rope_backward": _packed_qk_norm_rope_backward,
 }
 
 
@@ -100,3 +122,37 @@ def test_rotary_embedding_on_the_device_matches_the_cpu(packed):
                                                              n_rotated=2), dev)
         else:
             assert tl.gradcheck(lambda q: RopeOp.apply(q, cos=up(cos), sin=up(sin)), dev)
+
+
+@pytest.mark.parametrize("rotary", [True, False], ids=["rope", "no_rope"])
+def test_qk_norm_attention_on_the_device_matches_the_cpu(rotary):
+    """MultiHeadAttention with QK-norm (and RoPE) on its packed path: output and every gradient
+    on both devices, kernels on; then the op's float64 gradcheck on the device."""
+    rng = np.random.default_rng(2)
+    attn = MultiHeadAttention(12, 3, n_kv_head=1, qk_norm=True,
+                              rotary=RotaryEmbedding(4, 8) if rotary else None)
+    for p in (attn.q_norm.weight, attn.k_norm.weight):
+        p.data[...] = x(rng, p.shape, np.float32)
+    a, g = x(rng, (2, 5, 12), np.float32), x(rng, (2, 5, 12), np.float32)
+
+    def run(device):
+        module = attn.to(device)
+        module.zero_grad()
+        t = tl.Tensor(a, requires_grad=True, device=device)
+        (module(t)[0] * tl.Tensor(g, device=device)).sum().backward()
+        return [down(t.grad.data)] + [down(p.grad.data) for p in module.parameters()]
+
+    with tl.use_kernels(True):
+        want = run("cpu")
+        got = run("cuda")
+        assert kernels.ran("packed_qk_norm_rope_backward") == "cuda"
+    for w, v in zip(want, got):
+        np.testing.assert_allclose(v, w, rtol=1e-5, atol=1e-5)
+    cos, sin = _tables(rng, 5, 4, np.float64, True) if rotary else (None, None)
+    qkv = tl.Tensor(x(rng, (2, 5, 5, 4), np.float64), requires_grad=True, device="cuda")
+    w_q = tl.Tensor(x(rng, (4,), np.float64), requires_grad=True, device="cuda")
+    w_k = tl.Tensor(x(rng, (4,), np.float64), requires_grad=True, device="cuda")
+    with tl.use_kernels(True):
+        assert tl.gradcheck(lambda q, wq, wk: PackedQKNormRopeOp.apply(
+            q, wq, wk, cos=up(cos) if rotary else None, sin=up(sin) if rotary else None,
+            n_head=3, n_kv_head=1), qkv, w_q, w_k)

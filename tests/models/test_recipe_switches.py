@@ -17,13 +17,14 @@ import pytest
 
 import tinygrad_llm as tl
 import tinygrad_llm.nn.functional as F
-from tinygrad_llm import backend, no_grad
+from tinygrad_llm import backend, kernels, no_grad
 from tinygrad_llm.generate import generate
 from tinygrad_llm.generate.decode_step import DecodePlan, forward_logits
 from tinygrad_llm.generate.kv_cache import make_caches
 from tinygrad_llm.models.gpt import GPT, GPTConfig, soft_cap
 from tinygrad_llm.nn.attention import MultiHeadAttention
 from tinygrad_llm.train.checkpoint import load_model, save_checkpoint
+from tinygrad_llm.train.recipes import SPEEDRUN_MODEL
 
 V = 13
 SWITCHES = {                       # name -> the overrides that turn the switch on
@@ -437,6 +438,36 @@ def test_relu2_gradcheck_elementwise():
     xt = tl.Tensor(x, requires_grad=True)
     assert tl.gradcheck(F.relu2, xt)
     np.testing.assert_array_equal(F.relu2(xt).numpy(), np.maximum(x, 0) ** 2)
+
+
+def _logits_loss_grads(model, idx, tgt):
+    model.zero_grad()
+    logits, loss = model(idx, tgt)
+    loss.backward()
+    return logits.numpy(), loss.item(), {n: p.grad.numpy() for n, p in model.named_parameters()}
+
+
+def test_relu2_model_takes_the_fused_kernels():
+    """The speedrun recipe's model (mlp="relu2") runs the squared ReLU as Relu2Op's Numba
+    kernels, one forward and one backward per layer (not relu and a product), and agrees with
+    the reference path on logits, loss and every gradient (float32)."""
+    model = tiny(dtype=np.float32, **SPEEDRUN_MODEL)
+    assert model.config.mlp == "relu2"
+    idx, tgt = _batch()
+    with tl.use_kernels(False):
+        want = _logits_loss_grads(model, idx, tgt)
+    with tl.use_kernels(True), kernels.trace() as log:
+        got = _logits_loss_grads(model, idx, tgt)
+    n = model.config.n_layer
+    assert [e for e in log if e[0].startswith("relu2")] == (
+        [("relu2_forward", "cpu")] * n + [("relu2_backward", "cpu")] * n)
+    assert not [name for name, _ in log if name.startswith("gelu")]
+    assert got[0].dtype == np.float32
+    np.testing.assert_allclose(got[0], want[0], rtol=1e-4, atol=1e-4 * np.abs(want[0]).max())
+    assert abs(got[1] - want[1]) <= 1e-4 * abs(want[1])
+    for name, g in want[2].items():
+        np.testing.assert_allclose(got[2][name], g, rtol=1e-4, atol=1e-4 * np.abs(g).max(),
+                                   err_msg=name)
 
 
 def test_soft_cap_gradcheck_elementwise():

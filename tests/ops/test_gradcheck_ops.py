@@ -14,8 +14,9 @@ import pytest
 import tinygrad_llm as tl
 import tinygrad_llm.nn.functional as F
 from tinygrad_llm.kernels import trace
+from tinygrad_llm.ops.activation import Relu2Op
 from tinygrad_llm.ops.attention import PackedAttentionOp
-from tinygrad_llm.ops.rope import PackedRopeOp
+from tinygrad_llm.ops.rope import PackedQKNormRopeOp, PackedRopeOp
 
 
 # ---- input specs: (kind, shape) --------------------------------------------------------------
@@ -207,6 +208,8 @@ CASES = [
     case("gelu_none", lambda a: F.gelu(a, approximate="none"), N(3, 4)),
     case("gelu_none_wide", lambda a: F.gelu(a * 3.0), N(3, 4)),
     case("gelu_tanh", lambda a: F.gelu(a, approximate="tanh"), N(3, 4)),
+    case("relu2", lambda a: Relu2Op.apply(a), A(2, 3, 4)),      # at 0: tests/ops/test_activation.py
+    case("F_relu2", lambda a: F.relu2(a), A(3, 4)),
     case("silu", lambda a: F.silu(a), N(3, 4)),
     case("silu_method", lambda a: (a * 4.0).silu(), N(3, 4)),
     # softmax family
@@ -290,6 +293,12 @@ CASES = [
         qkv, n_head=2, n_kv_head=1, causal=False), N(2, 3, 4, 3)),
     case("packed_rope", lambda qkv: PackedRopeOp.apply(qkv, cos=np.cos(ANGLES), sin=np.sin(ANGLES),
                                                       n_rotated=3), N(2, 3, 4, 4)),
+    # QK-norm (and RoPE) on the packed projection: the gains get their gradients too
+    case("packed_qk_norm_rope_gqa", lambda qkv, w_q, w_k: PackedQKNormRopeOp.apply(
+        qkv, w_q, w_k, cos=np.cos(ANGLES), sin=np.sin(ANGLES), n_head=2, n_kv_head=1),
+        N(2, 3, 4, 4), N(4), N(4)),
+    case("packed_qk_norm_mha", lambda qkv, w_q, w_k: PackedQKNormRopeOp.apply(
+        qkv, w_q, w_k, n_head=2, n_kv_head=2), N(1, 3, 6, 4), N(4), N(4)),
     # a learned additive bias (T5 / ALiBi-like) broadcast over the batch gets its own gradient
     case("sdpa_learned_bias", lambda q, k, v, bias: F.scaled_dot_product_attention(
         q, k, v, attn_mask=bias, is_causal=True), N(2, 2, 3, 2), N(2, 2, 3, 2), N(2, 2, 3, 2),
@@ -299,6 +308,7 @@ CASES = [
         q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), is_causal=True).transpose(1, 2),
         N(2, 3, 2, 2), N(2, 3, 1, 2), N(2, 3, 1, 2)),
     case("gelu_strided", lambda a: F.gelu(a.T[::2]).T, N(3, 4)),
+    case("relu2_strided", lambda a: F.relu2(a.T[::2]).T, A(3, 4)),
     case("layer_norm_strided", lambda x, w, b: F.layer_norm(x[:, ::2], w, b).transpose(0, 1),
          N(2, 6, 3), N(3), N(3)),
     case("rms_norm_strided", lambda x, w: F.rms_norm(x.T, w[::2]).T, N(4, 3), N(8)),
@@ -331,6 +341,7 @@ LARGE = [
     case("layer_norm_C192", lambda x, w, b: F.layer_norm(x, w, b), N(2, 17, 192), N(192), N(192)),
     case("rms_norm_C192", lambda x, w: F.rms_norm(x, w), N(2, 17, 192), N(192)),
     case("gelu_1k", lambda x: F.gelu(x * 3.0), N(33, 40)),
+    case("relu2_1k", lambda x: F.relu2(x * 3.0), A(33, 40)),
     case("embedding_V65", lambda w: F.embedding(np.arange(64).reshape(4, 16) % 13, w), N(65, 32)),
 ]
 

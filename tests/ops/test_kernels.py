@@ -12,6 +12,7 @@ import tinygrad_llm as tl
 import tinygrad_llm.nn.functional as F
 from tinygrad_llm import kernels
 from tinygrad_llm.ops.attention import PackedAttentionOp, attention_forward
+from tinygrad_llm.ops.rope import PackedQKNormRopeOp
 from tinygrad_llm.optim import SGD, AdamW, Lion
 
 SIZES = [1, 3, 17, 65]
@@ -77,6 +78,22 @@ def _gelu_backward(rng, dtype):
         yield _x(rng, x.shape, dtype), x, approximate
 
 
+def _relu2_forward(rng, dtype):
+    """Sizes 1, odd, past the parallel loop's split over threads (100_003) and the main job's
+    (B, T, 4C) = (16, 128, 768), with exact zeros (+0.0 and -0.0) among the values; NaN and
+    infinities: test_relu2_kernel_is_exact_on_special_and_strided_inputs."""
+    for shape in [(1,), (3,), (17, 65), (100_003,), (16, 128, 768)]:
+        for scale in (1.0, 1e4):
+            x = _x(rng, shape, dtype, scale)
+            x.reshape(-1)[:2] = [0.0, -0.0][:x.size]
+            yield (x,)
+
+
+def _relu2_backward(rng, dtype):
+    for (x,) in _relu2_forward(rng, dtype):
+        yield _x(rng, x.shape, dtype), x
+
+
 def _embedding_backward(rng, dtype):
     for n, c, v in [(1, 1, 1), (3, 3, 2), (17, 65, 5), (768, 128, 65), (65, 17, 1000)]:
         yield _x(rng, (n, c), dtype), rng.integers(0, v, n), v
@@ -131,6 +148,27 @@ def _packed_magnitude(qkv, h, hkv, scale):
                             qkv[:, :, h:h + hkv].transpose(0, 2, 1, 3), scale)
 
 
+def _packed_qk_norm_rope_forward(rng, dtype):
+    # (B, T, H, Hkv, D): one head each, odd T and heads, GQA, a task boundary past 8 chunks
+    # (B T = 17 rows), the main job's (16, 128, 4, 4, 48); tables real-looking or random (halves
+    # differ), or None (QK-norm alone); activations at 1e4 (the norm takes the scale out)
+    for b, t, h, hkv, d in [(1, 1, 1, 1, 2), (1, 17, 3, 1, 6), (3, 5, 4, 2, 10),
+                            (16, 128, 4, 4, 48)]:
+        for scale, tables in [(1.0, "random"), (1e4, "none"), (1.0, "none"), (1e4, "random")]:
+            qkv = _x(rng, (b, t, h + 2 * hkv, d), dtype, scale)
+            w_q, w_k = _x(rng, (d,), dtype), _x(rng, (d,), dtype)
+            cos = _x(rng, (t, d), dtype) if tables == "random" else None
+            sin = _x(rng, (t, d), dtype) if tables == "random" else None
+            yield qkv, w_q, w_k, cos, sin, h, hkv, 1e-6
+
+
+def _packed_qk_norm_rope_backward(rng, dtype):
+    for qkv, w_q, w_k, cos, sin, h, hkv, eps in _packed_qk_norm_rope_forward(rng, dtype):
+        _, r = kernels.reference("packed_qk_norm_rope_forward")(qkv, w_q, w_k, cos, sin, h, hkv,
+                                                               eps)
+        yield _x(rng, qkv.shape, dtype), qkv, w_q, w_k, cos, sin, h, hkv, r
+
+
 def _optimizer_state(rng, dtype):
     """Parameters, gradients and mid-training state, zero gradient/momentum in every 4th entry
     (unused embedding rows; Lion's sign(0)). 100_003 crosses the kernels' parallel threshold."""
@@ -169,11 +207,15 @@ CASES = {
     "rms_norm_backward": _rms_norm_backward,
     "gelu_forward": _gelu_forward,
     "gelu_backward": _gelu_backward,
+    "relu2_forward": _relu2_forward,
+    "relu2_backward": _relu2_backward,
     "embedding_backward": _embedding_backward,
     "attention_forward": _attention_forward,
     "attention_backward": _attention_backward,
     "packed_attention_forward": _packed_attention_forward,
     "packed_attention_backward": _packed_attention_backward,
+    "packed_qk_norm_rope_forward": _packed_qk_norm_rope_forward,
+    "packed_qk_norm_rope_backward": _packed_qk_norm_rope_backward,
     "adam_update": _adam_update,
     "sgd_update": _sgd_update,
     "lion_update": _lion_update,
@@ -254,13 +296,13 @@ def _fresh(args):
 
 def _dispatchers():
     """The dispatching functions, by kernel name (what the ops call)."""
-    from tinygrad_llm.ops import activation, attention, embedding, norm, softmax
+    from tinygrad_llm.ops import activation, attention, embedding, norm, rope, softmax
     from tinygrad_llm.optim import adam, lion, sgd
 
     class Table:
         pass
     table = Table()
-    for module in (activation, attention, embedding, norm, softmax, adam, lion, sgd):
+    for module in (activation, attention, embedding, norm, rope, softmax, adam, lion, sgd):
         for value in vars(module).values():
             if hasattr(value, "kernel_name"):
                 setattr(table, value.kernel_name, value)
@@ -298,8 +340,13 @@ def test_training_step_shapes_take_the_fast_path():
         x = F.layer_norm(x, ln_w, ln_b)
         qkv = x.reshape(b, t, h, c // h).transpose(0, 2, 1, 3)          # (B, H, T, D)
         y = F.scaled_dot_product_attention(qkv, qkv, qkv, is_causal=True)
-        y = F.rms_norm(F.gelu(y.transpose(0, 2, 1, 3).reshape(b, t, c)), rms_w)
-        packed = PackedAttentionOp.apply(x.reshape(b, t, 4, c // 4), n_head=2, n_kv_head=1)
+        y = y.transpose(0, 2, 1, 3).reshape(b, t, c)                    # (B, T, C)
+        y = F.rms_norm(F.gelu(y) + F.relu2(y), rms_w)
+        packed = x.reshape(b, t, 4, c // 4)                              # (B, T, S, D)
+        cos = np.cos(np.arange(t * c // 4) / t).reshape(t, c // 4)
+        packed = PackedQKNormRopeOp.apply(packed, rms_w[:c // 4], ln_w[:c // 4], cos=cos,
+                                          sin=np.sin(cos), n_head=2, n_kv_head=1)
+        packed = PackedAttentionOp.apply(packed, n_head=2, n_kv_head=1)
         loss = F.cross_entropy(y @ wte.T, ids) + (packed * packed).mean()
         loss.backward()
         params = [wte, ln_w, ln_b, rms_w]
@@ -345,6 +392,37 @@ def test_a_nan_input_gives_nan_where_the_reference_does(dtype):
         assert kernels.ran("attention_forward") == "cpu"
         np.testing.assert_array_equal(np.isnan(got), np.isnan(want))
         assert np.isnan(want).any() and not np.isnan(want[0, 1]).any()
+
+
+@pytest.mark.filterwarnings("ignore:invalid value:RuntimeWarning")   # 0 * inf = NaN, as meant
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["float32", "float64"])
+def test_relu2_kernel_is_exact_on_special_and_strided_inputs(dtype):
+    """The squared ReLU is a compare and exact doublings and products, so the kernel gives the
+    reference's values bit for bit: NaN in x or dy passes through (a diverging run shows NaN),
+    -inf gives 0 and +inf gives inf, 0 * inf in the gradient is NaN as in the reference; on
+    non-contiguous x and dy (transposed, strided views, as a model hands them over)."""
+    rng = np.random.default_rng(0)
+    base = _x(rng, (9, 34), dtype, 3.0)
+    base[0, :12:2] = [np.nan, np.inf, -np.inf, 0.0, -0.0, 1e-30]
+    x = base.T[::2]                                         # (17, 9): rows 0..5 hold the specials
+    dy = _x(rng, (17, 18), dtype)[:, ::2]                   # (17, 9)
+    dy[3, 0] = np.inf                                       # against x = 0: 0 * inf
+    dy[2, 0] = np.nan                                       # against x = -inf: NaN * 0
+    dy[6, 1] = np.nan
+    assert not x.flags.c_contiguous and not dy.flags.c_contiguous
+    act = _dispatchers()
+    want_y = kernels.reference("relu2_forward")(x)
+    want_dx = kernels.reference("relu2_backward")(dy, x)
+    with tl.use_kernels(True):
+        y = act.relu2_forward(x)
+        assert kernels.ran("relu2_forward") == "cpu"
+        dx = act.relu2_backward(dy, x)
+        assert kernels.ran("relu2_backward") == "cpu"
+    assert y.dtype == dx.dtype == dtype and y.shape == dx.shape == x.shape
+    np.testing.assert_array_equal(y, want_y)
+    np.testing.assert_array_equal(dx, want_dx)
+    assert np.isnan(y[0, 0]) and y[1, 0] == np.inf and (y[2:5, 0] == 0).all()
+    assert np.isnan(dx[[0, 2, 3, 6], [0, 0, 0, 1]]).all()
 
 
 @pytest.mark.parametrize("head_major", [True, False], ids=["head_major", "token_major"])

@@ -66,10 +66,10 @@ from tinygrad_llm import kernels
 from tinygrad_llm.models import GPT, GPTConfig
 from tinygrad_llm.optim import AdamW
 
-dtype = np.dtype(sys.argv[1])
+dtype, mlp = np.dtype(sys.argv[1]), sys.argv[2]
 tl.manual_seed(0)
 model = GPT(GPTConfig.preset("gpt2", vocab_size=11, n_layer=1, n_head=2, n_embd=16,
-                             block_size=8, dropout=0.0, bias=False)).to(dtype=dtype)
+                             block_size=8, dropout=0.0, bias=False, mlp=mlp)).to(dtype=dtype)
 optimizer = AdamW(model.parameters(), lr=1e-3, weight_decay=0.1)
 ids = np.random.default_rng(0).integers(0, 11, (2, 9))
 with kernels.trace() as ran:
@@ -121,18 +121,22 @@ def test_the_import_check_catches_an_eager_signature():
     assert "<lambda>" in compiled
 
 
-# the kernels of the main job's training step (a GPT-2 block, packed qkv attention, AdamW)
+# the kernels of the main job's training step (a GPT-2 block, packed qkv attention, AdamW), with
+# the baseline's GELU or the speedrun recipe's squared ReLU
 MAIN_JOB_KERNELS = {"packed_attention_forward", "packed_attention_backward", "layer_norm_forward",
                     "layer_norm_backward", "cross_entropy_forward", "cross_entropy_backward",
-                    "gelu_forward", "gelu_backward", "embedding_backward", "adam_update"}
+                    "embedding_backward", "adam_update"}
+ACTIVATION_KERNELS = {"gelu_tanh": {"gelu_forward", "gelu_backward"},
+                      "relu2": {"relu2_forward", "relu2_backward"}}
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("mlp", sorted(ACTIVATION_KERNELS))
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
-def test_a_training_step_specialises_only_its_own_dtype(dtype):
-    out = _child(TRAIN_STEP, dtype)
+def test_a_training_step_specialises_only_its_own_dtype(dtype, mlp):
+    out = _child(TRAIN_STEP, dtype, mlp)
     # the step took the fast paths, so its loops were specialised in this process
-    assert MAIN_JOB_KERNELS <= set(out["fast"]), out["fast"]
+    assert MAIN_JOB_KERNELS | ACTIVATION_KERNELS[mlp] <= set(out["fast"]), out["fast"]
     used = {name: sigs for name, sigs in out["specialisations"].items() if sigs}
     assert {name.split(".")[0] for name in used} >= {"attention", "norm", "softmax",
                                                      "activation", "embedding", "optim"}, used
@@ -143,7 +147,7 @@ def test_a_training_step_specialises_only_its_own_dtype(dtype):
 def test_the_dtype_check_catches_a_stray_specialisation():
     # a float32 step that also runs GELU on float64 activations specialises GELU's float64 loop
     stray = "tl.nn.functional.gelu(tl.Tensor(np.ones(5)), approximate='tanh')"
-    out = _child(TRAIN_STEP, "float32", plant=stray)
+    out = _child(TRAIN_STEP, "float32", "gelu_tanh", plant=stray)
     wrong = {name: sigs for name, sigs in out["specialisations"].items()
              if sigs and set(sigs) != {"float32"}}
     assert set(wrong) == {"activation._gelu_forward_f64"}, wrong

@@ -29,7 +29,8 @@
 
 Two paths compute the same attention, and tests/nn/test_layers.py compares them (outputs and every
 gradient): the packed one attends inside the (B, T, H + 2 Hkv, D) projection (PackedAttentionOp:
-no split, no transposes), and the general one splits q, k, v into heads and calls
+no split, no transposes; QK-norm and RoPE in one pass over it, PackedQKNormRopeOp, or RoPE alone),
+and the general one splits q, k, v into heads, normalises and rotates them apart and calls
 scaled_dot_product_attention. `_packed_path_applies` names when the first one may run.
 
 A decoder's cache either appends K/V and returns everything to attend over (`update`, the dense
@@ -45,6 +46,7 @@ import numpy as np
 from .. import backend
 from ..ops import CatOp
 from ..ops.attention import PackedAttentionOp
+from ..ops.rope import PackedQKNormRopeOp
 from ..tensor import Tensor
 from . import functional as F
 from .layers import Dropout, Linear, RMSNorm
@@ -132,14 +134,15 @@ class MultiHeadAttention(Module):
         b, t, _ = x.shape
         h, hkv, d = self.n_head, self.n_kv_head, self.head_dim
         qkv = self.qkv(x).reshape(b, t, h + 2 * hkv, d)
-        if self.q_norm is not None or value_embed is not None:   # rebuild the slots that change
-            q, k, v = qkv[:, :, :h], qkv[:, :, h:h + hkv], qkv[:, :, h + hkv:]
-            if self.q_norm is not None:
-                q, k = self.q_norm(q), self.k_norm(k)
-            if value_embed is not None:
-                v = v + value_embed.reshape(b, t, hkv, d)
-            qkv = CatOp.apply(q, k, v, axis=2)    # the slices' gradients fill one buffer
-        if self.rotary is not None:
+        if value_embed is not None:               # rebuild the value slots
+            qk, v = qkv[:, :, :h + hkv], qkv[:, :, h + hkv:]
+            qkv = CatOp.apply(qk, v + value_embed.reshape(b, t, hkv, d), axis=2)
+        if self.q_norm is not None:               # normalise (and rotate) q and k in one pass
+            cos, sin = self.rotary.tables(t, offset) if self.rotary is not None else (None, None)
+            qkv = PackedQKNormRopeOp.apply(qkv, self.q_norm.weight, self.k_norm.weight, cos=cos,
+                                           sin=sin, n_head=h, n_kv_head=hkv,
+                                           eps=self.q_norm.eps)
+        elif self.rotary is not None:
             qkv = self.rotary.rotate_packed(qkv, h + hkv, offset)
         o = PackedAttentionOp.apply(qkv, n_head=h, n_kv_head=hkv, causal=self.causal,
                                     window=self.window or 0)          # (B, T, H, D)

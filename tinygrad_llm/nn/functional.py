@@ -1,13 +1,15 @@
 """The functional API, with PyTorch's names: thin wrappers that validate arguments and apply ops.
 
 Composites that are not hot (linear, masked_fill) stay compositions here and autograd derives
-their gradients; hot ones (cross_entropy, the norms, gelu, attention) are single ops with kernels.
+their gradients; hot ones (cross_entropy, the norms, gelu, relu2, attention) are single ops with
+kernels.
 """
 import numpy as np
 
 from .. import backend
 from ..ops import (AttentionOp, CrossEntropyOp, DropoutOp, EmbeddingOp, GeluOp, LayerNormOp,
                    LinearOp, LogSoftmaxOp, RMSNormOp, SoftmaxOp, WhereOp)
+from ..ops.activation import Relu2Op
 from ..ops.linear_attention import linear_attention
 from ..ops.softmax import REDUCTIONS
 from ..random import Generator
@@ -52,10 +54,9 @@ def relu(x):
 
 
 def relu2(x):
-    """max(x, 0)^2, Primer's squared ReLU (So et al., 2021). A composition: autograd derives
-    d/dx = 2 max(x, 0)."""
-    r = x.relu()
-    return r * r
+    """max(x, 0)^2, Primer's squared ReLU (So et al., 2021): one fused op (ops/activation.py,
+    d/dx = 2 max(x, 0)) with Numba and CUDA kernels. x: any shape -> same shape and dtype."""
+    return Relu2Op.apply(x)
 
 
 def gelu(x, approximate="none"):

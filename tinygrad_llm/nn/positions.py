@@ -302,14 +302,16 @@ class RotaryEmbedding(Module):
                              f"{x.device}; move the module with .to({x.device!r})")
         return RopeOp.apply(x, cos=cos[offset:offset + T], sin=sin[offset:offset + T])
 
+    def tables(self, T, offset=0):
+        """(cos, sin), each (T, D): the tables' rows for positions offset .. offset + T - 1."""
+        _check_span("RotaryEmbedding", T, offset, self.max_positions, "max_positions")
+        return self.cos[offset:offset + T], self.sin[offset:offset + T]
+
     def rotate_packed(self, qkv, n_rotated, offset=0):
         """qkv: (B, T, S, D), a packed projection: rotate its first n_rotated slots (the query
         and key heads), pass the rest through."""
-        T = qkv.shape[1]
-        _check_span("RotaryEmbedding", T, offset, self.max_positions, "max_positions")
-        cos, sin = self.cos, self.sin
-        return PackedRopeOp.apply(qkv, cos=cos[offset:offset + T], sin=sin[offset:offset + T],
-                                  n_rotated=n_rotated)
+        cos, sin = self.tables(qkv.shape[1], offset)
+        return PackedRopeOp.apply(qkv, cos=cos, sin=sin, n_rotated=n_rotated)
 
     def extra_repr(self):
         scaling = "" if self.scaling is None else f", scaling={self.scaling}"

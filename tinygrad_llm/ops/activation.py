@@ -1,5 +1,5 @@
 """GELU (Hendrycks & Gimpel, 2016), exact and tanh-approximated, with the erfc it needs; then
-SwiGLU's gated activation (Shazeer, 2020).
+Primer's squared ReLU (So et al., 2021) and SwiGLU's gated activation (Shazeer, 2020).
 
 NumPy has no erf, so `erfc` below builds it from array operations that run on NumPy and CuPy alike.
 On CuPy each operation is a kernel launch, so it is one short formula rather than a piecewise one:
@@ -25,8 +25,9 @@ from ..kernels import kernel
 from ..tensor import Function
 from .elementwise import sigmoid
 
-__all__ = ["GeluOp", "SwigluOp", "erf", "erfc", "gelu_forward", "gelu_backward", "swiglu_forward",
-           "swiglu_backward", "GELU_APPROXIMATIONS"]
+__all__ = ["GeluOp", "Relu2Op", "SwigluOp", "erf", "erfc", "gelu_forward", "gelu_backward",
+           "relu2_forward", "relu2_backward", "swiglu_forward", "swiglu_backward",
+           "GELU_APPROXIMATIONS"]
 
 GELU_APPROXIMATIONS = ("none", "tanh")
 _SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
@@ -115,6 +116,39 @@ class GeluOp(Function):
     @staticmethod
     def backward(ctx, dy):
         return gelu_backward(dy, ctx.saved[0], ctx.approximate)
+
+
+# ---- squared ReLU (So et al., 2021, Primer) ------------------------------------------------------
+#   x: (..., F), the up projection;  r = max(x, 0)
+#   forward:  y  = r^2
+#   backward: dx = 2 r dy          (0 for x <= 0: y is C^1, so the kink at 0 is in y'' only)
+# One pass each way instead of relu, a product and their two backwards over a (B, T, 4C)
+# activation. NaN in x or dy gives NaN in y and dx, as the composition did.
+@kernel("relu2_forward")             # fast versions: kernels/{cpu,cuda}/activation.py
+def relu2_forward(x):
+    """x: any shape -> y, same shape and dtype."""
+    r = array_module(x).maximum(x, 0)
+    return r * r
+
+
+@kernel("relu2_backward")
+def relu2_backward(dy, x):
+    """dy, x: same shape -> dx."""
+    r = array_module(x).maximum(x, 0)
+    return 2 * r * dy
+
+
+class Relu2Op(Function):
+    """Relu2Op.apply(x): max(x, 0)^2, the MLP activation of the speedrun recipe (mlp="relu2")."""
+
+    @staticmethod
+    def forward(ctx, x):
+        ctx.save(x)                  # r is recomputed from x in backward: forward writes y only
+        return relu2_forward(x)
+
+    @staticmethod
+    def backward(ctx, dy):
+        return relu2_backward(dy, ctx.saved[0])
 
 
 # ---- SwiGLU: silu(gate) * up ---------------------------------------------------------------------

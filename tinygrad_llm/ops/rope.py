@@ -17,14 +17,17 @@ the same rotation up to a fixed permutation of the q/k projection rows. The tabl
 they get no gradient. Only cos and sin are saved for backward; x is not needed.
 
 rope_forward / rope_backward and their packed versions are the references of the CUDA kernels in
-kernels/cuda/rope.py (one pass, no concatenation); there is no Numba kernel, so the CPU runs them.
+kernels/cuda/rope.py (one pass, no concatenation); there is no Numba kernel for them, so the CPU
+runs them. QK-norm with RoPE on a packed projection (the training recipe's attention, last below)
+has both: kernels/cpu/rope.py and kernels/cuda/rope.py.
 """
 from ..backend import array_module
 from ..kernels import kernel
 from ..tensor import Function
 
-__all__ = ["RopeOp", "PackedRopeOp", "rotate_half", "rotate_half_transpose", "rope_forward",
-           "rope_backward", "packed_rope_forward", "packed_rope_backward"]
+__all__ = ["RopeOp", "PackedRopeOp", "PackedQKNormRopeOp", "rotate_half", "rotate_half_transpose",
+           "rope_forward", "rope_backward", "packed_rope_forward", "packed_rope_backward",
+           "packed_qk_norm_rope_forward", "packed_qk_norm_rope_backward"]
 
 
 def rotate_half(x):
@@ -126,3 +129,84 @@ class PackedRopeOp(Function):
     def backward(ctx, dy):
         cos, sin = ctx.saved
         return packed_rope_backward(dy, cos, sin, ctx.n_rotated)
+
+
+# ---- QK-norm and RoPE on a packed projection ----------------------------------------------------
+#   qkv: (B, T, S, D): slots [0, H) are query heads, [H, H + Hkv) key heads, the rest value heads
+#   (passed through). w_q, w_k: (D,) gains, shared by the query heads and by the key heads.
+#   cos, sin: (T, D), or None for no rotation. r: (B, T, H + Hkv), each q/k row's 1 / rms.
+#   forward:  r = 1 / sqrt(mean(x^2) + eps),  n = x r w  (w = w_q or w_k by slot)
+#             y = rope(n) = n cos + rotate_half(n) sin
+#   backward: g = rope^T(dy) = dy cos + rotate_half^T(dy sin)     (dy on the q/k slots)
+#             xh = x r,  dw = sum over (B, T) and the slot's heads of g xh
+#             dx = r (g w - xh mean(g w xh))                         (RMSNorm's backward on g)
+# QK-norm and RoPE composed (ops/norm.py's RMSNorm, then the packed rotation above), in one pass
+# over the projection with no split of q, k and v and no concatenation after.
+def _slot_gains(w_q, w_k, n_head, n_kv_head):
+    """(H + Hkv, D): w_q repeated for the query slots, w_k for the key slots."""
+    xp = array_module(w_q)
+    return xp.concatenate((xp.broadcast_to(w_q, (n_head, w_q.shape[0])),
+                           xp.broadcast_to(w_k, (n_kv_head, w_k.shape[0]))))
+
+
+@kernel("packed_qk_norm_rope_forward")      # fast versions: kernels/{cpu,cuda}/rope.py
+def packed_qk_norm_rope_forward(qkv, w_q, w_k, cos, sin, n_head, n_kv_head, eps):
+    """qkv: (B, T, S, D), w_q, w_k: (D,), cos, sin: (T, D) or None, in qkv's dtype -> (y, r):
+    y like qkv, r (B, T, H + Hkv)."""
+    xp = array_module(qkv)
+    n_qk = n_head + n_kv_head
+    x = qkv[:, :, :n_qk]
+    r = (1.0 / xp.sqrt((x * x).mean(axis=-1) + eps)).astype(qkv.dtype, copy=False)
+    n = x * r[..., None] * _slot_gains(w_q, w_k, n_head, n_kv_head)
+    y = qkv.copy()
+    y[:, :, :n_qk] = n if cos is None else n * cos[:, None] + rotate_half(n) * sin[:, None]
+    return y, r
+
+
+@kernel("packed_qk_norm_rope_backward")
+def packed_qk_norm_rope_backward(dy, qkv, w_q, w_k, cos, sin, n_head, n_kv_head, r):
+    """dy: (B, T, S, D) -> (dqkv like dy, dw_q (D,), dw_k (D,))."""
+    n_qk = n_head + n_kv_head
+    g = dy[:, :, :n_qk]
+    if cos is not None:
+        g = g * cos[:, None] + rotate_half_transpose(g * sin[:, None])
+    r = r[..., None]
+    xh = qkv[:, :, :n_qk] * r
+    gw = g * _slot_gains(w_q, w_k, n_head, n_kv_head)
+    dx = dy.copy()
+    dx[:, :, :n_qk] = r * (gw - xh * (gw * xh).mean(axis=-1, keepdims=True))
+    dw = (g * xh).sum(axis=(0, 1))                                  # (H + Hkv, D)
+    return dx, dw[:n_head].sum(axis=0), dw[n_head:].sum(axis=0)
+
+
+class PackedQKNormRopeOp(Function):
+    """PackedQKNormRopeOp.apply(qkv, w_q, w_k, cos=None, sin=None, n_head=..., n_kv_head=...,
+    eps=1e-6): RMS-normalise each query and key head of the packed (B, T, S, D) projection with
+    its gain, then rotate it by the (T, D) tables (sliced to qkv's positions; None: no rotation).
+    The tables are cast to qkv's dtype."""
+
+    @staticmethod
+    def forward(ctx, qkv, w_q, w_k, cos=None, sin=None, n_head=0, n_kv_head=0, eps=1e-6):
+        if qkv.ndim != 4 or n_head < 1 or n_kv_head < 1 or n_head + n_kv_head > qkv.shape[2]:
+            raise ValueError(f"qk_norm: expected qkv (B, T, S, D) with n_head, n_kv_head >= 1 "
+                             f"and n_head + n_kv_head <= S, got shape {qkv.shape}, "
+                             f"n_head={n_head}, n_kv_head={n_kv_head}")
+        for name, w in (("w_q", w_q), ("w_k", w_k)):
+            if w.shape != qkv.shape[-1:]:
+                raise ValueError(f"qk_norm: {name} must be (D,) = {qkv.shape[-1:]}, got shape "
+                                 f"{w.shape}")
+        if (cos is None) != (sin is None):
+            raise ValueError("qk_norm: pass both RoPE tables cos and sin, or neither")
+        if cos is not None:
+            _check_tables(qkv[:, :, 0], cos, sin)
+            cos, sin = cos.astype(qkv.dtype, copy=False), sin.astype(qkv.dtype, copy=False)
+        y, r = packed_qk_norm_rope_forward(qkv, w_q, w_k, cos, sin, n_head, n_kv_head, eps)
+        ctx.save(qkv, w_q, w_k, cos, sin, r)
+        ctx.n_head, ctx.n_kv_head = n_head, n_kv_head
+        return y
+
+    @staticmethod
+    def backward(ctx, dy):
+        qkv, w_q, w_k, cos, sin, r = ctx.saved
+        return packed_qk_norm_rope_backward(dy, qkv, w_q, w_k, cos, sin, ctx.n_head,
+                                            ctx.n_kv_head, r)

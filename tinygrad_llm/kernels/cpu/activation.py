@@ -1,4 +1,5 @@
-"""GELU forward and backward in one pass each (reference: ops/activation.py).
+"""GELU and the squared ReLU, forward and backward in one pass each (reference:
+ops/activation.py).
 
 Speed: libm's tanh/erf/exp are scalar calls that stop LLVM from vectorising the loop. For float32
 the loop uses rational approximations instead (pure multiply-add-divide, so it vectorises):
@@ -153,4 +154,44 @@ def gelu_backward_cpu(dy, x, approximate):
         _gelu_tanh_backward_f32(*args)
     else:
         _gelu_erf_backward_f32(*args)
+    return dx
+
+
+# ---- squared ReLU: y = max(x, 0)^2,  dx = 2 max(x, 0) dy ----------------------------------------
+# One loop per direction serves both dtypes (Numba specialises each on first use): a compare, a
+# select and one rounded product, as in the reference, so the results equal it bit for bit (r + r
+# is 2 r exactly). `zero` comes in the array's dtype, so a float32 loop stays float32 (a literal
+# 0.0 would promote it to float64). `v < zero` is false for NaN, which passes through as in the
+# reference's maximum.
+@jit_parallel
+def _relu2_forward_loop(x, y, zero):
+    # x, y: (N,) flat
+    for i in prange(x.size):
+        v = x[i]
+        r = zero if v < zero else v
+        y[i] = r * r
+
+
+@jit_parallel
+def _relu2_backward_loop(dy, x, dx, zero):
+    # dy, x, dx: (N,) flat
+    for i in prange(x.size):
+        v = x[i]
+        r = zero if v < zero else v
+        dx[i] = (r + r) * dy[i]
+
+
+@implements("relu2_forward", device="cpu", supports=lambda x: floats(x))
+def relu2_forward_cpu(x):
+    x = np.ascontiguousarray(x)
+    y = np.empty_like(x)
+    _relu2_forward_loop(x.reshape(-1), y.reshape(-1), x.dtype.type(0))
+    return y
+
+
+@implements("relu2_backward", device="cpu", supports=lambda dy, x: floats(dy, x))
+def relu2_backward_cpu(dy, x):
+    dy, x = np.ascontiguousarray(dy), np.ascontiguousarray(x)
+    dx = np.empty_like(x)
+    _relu2_backward_loop(dy.reshape(-1), x.reshape(-1), dx.reshape(-1), x.dtype.type(0))
     return dx

@@ -1,4 +1,5 @@
-"""GELU (exact and tanh) and SwiGLU on the GPU, forward and backward, one pass each.
+"""GELU (exact and tanh), the squared ReLU and SwiGLU on the GPU, forward and backward, one pass
+each.
 
 References: ops/activation.py (same arguments, same results; the math is written there).
 Elementwise over the flattened arrays: one thread per element in a grid-stride loop (thread i
@@ -84,6 +85,50 @@ def gelu_backward(dy, x, approximate):
     if x.size:
         launch(_gelu_backward_kernel, grid_for(x.size), THREADS, dy.reshape(-1), x.reshape(-1),
                dx.reshape(-1), approximate == "tanh", _constants(x.dtype))
+    return dx
+
+
+# ---- squared ReLU: y = max(x, 0)^2,  dx = 2 max(x, 0) dy ----------------------------------------
+# `zero` in x's dtype keeps the float32 kernel in float32; `v < zero` is false for NaN, which
+# passes through as in the reference's maximum.
+@cuda.jit(cache=True)
+def _relu2_forward_kernel(x, y, zero):
+    # x, y: (N,) flat
+    for i in range(cuda.grid(1), x.shape[0], cuda.gridsize(1)):
+        v = x[i]
+        r = zero if v < zero else v
+        y[i] = r * r
+
+
+@cuda.jit(cache=True)
+def _relu2_backward_kernel(dy, x, dx, zero):
+    # dy, x, dx: (N,) flat
+    for i in range(cuda.grid(1), x.shape[0], cuda.gridsize(1)):
+        v = x[i]
+        r = zero if v < zero else v
+        dx[i] = (r + r) * dy[i]
+
+
+@implements("relu2_forward", device="cuda", supports=lambda x: floats(x))
+def relu2_forward(x):
+    cp = cupy()
+    x = cp.ascontiguousarray(x)
+    y = cp.empty_like(x)
+    if x.size:
+        launch(_relu2_forward_kernel, grid_for(x.size), THREADS, x.reshape(-1), y.reshape(-1),
+               x.dtype.type(0))
+    return y
+
+
+@implements("relu2_backward", device="cuda",
+            supports=lambda dy, x: floats(dy, x) and dy.shape == x.shape)
+def relu2_backward(dy, x):
+    cp = cupy()
+    dy, x = cp.ascontiguousarray(dy), cp.ascontiguousarray(x)
+    dx = cp.empty_like(x)
+    if x.size:
+        launch(_relu2_backward_kernel, grid_for(x.size), THREADS, dy.reshape(-1), x.reshape(-1),
+               dx.reshape(-1), x.dtype.type(0))
     return dx
 
 
