@@ -247,6 +247,7 @@ CONDITION = {  # float32 error grows with these; both implementations round diff
 TESTED_ELSEWHERE = {"bpe_learn_merges": "tests/tokenizers/test_bpe.py",
                     "decode_step": "tests/generate/test_decode_step.py",
                     "kv_quant_attention": "tests/generate/test_kv_quant_kernel.py",
+                    "minhash": "tests/data/test_dedup.py",
                     "quant_matmul": "tests/quant/test_linear.py",
                     "quant_pack": "tests/quant/test_linear.py",
                     "philox_uniform": "tests/test_random.py"}

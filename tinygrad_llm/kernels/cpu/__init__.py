@@ -4,7 +4,7 @@ kernel registry does so on the first dispatch to a CPU array, so `import tinygra
 One file per fused family, named as in ops/: softmax (cross-entropy), norm, activation (GELU,
 the squared ReLU), embedding, attention, rope (QK-norm with RoPE on a packed projection), and
 optim (the SGD, Adam/AdamW and Lion updates); kv_quant attends over a KIVI-quantized KV cache
-reading its packed codes.
+reading its packed codes; dedup computes MinHash signatures (data/dedup.py).
 
 Threads: NumPy's OpenBLAS and Numba's prange each keep a pool of worker threads, and both pools
 spin-wait after their work by default. On a 2-core machine a spinning pool steals the core the
@@ -32,5 +32,5 @@ import numba  # noqa: E402
 
 numba.config.THREADING_LAYER_PRIORITY = ["omp", "tbb", "workqueue"]
 
-from . import (activation, attention, bpe, decode, embedding, kv_quant,  # noqa: E402,F401
-               norm, optim, quant, random, rope, softmax)
+from . import (activation, attention, bpe, decode, dedup, embedding,  # noqa: E402,F401
+               kv_quant, norm, optim, quant, random, rope, softmax)
