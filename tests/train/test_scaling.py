@@ -28,8 +28,9 @@ def tiny(name, **overrides):
     tiny("gpt2", n_layer=3, kv_share=2, pos="t5", prenorm=False),   # shared K/V, T5 bias, post-LN
     tiny("gpt2", pos="sinusoidal", mlp="relu", ffn_hidden=24),
     tiny("llama", n_expert=3, n_expert_per_token=2),                # mixture of experts
+    tiny("gpt2", mlp="none"),                                       # attention only
 ], ids=["gpt2", "gpt2-untied", "llama-gqa", "llama-mqa-tied", "kv-share-t5-postln",
-        "sinusoidal", "moe"])
+        "sinusoidal", "moe", "attention-only"])
 def test_non_embedding_params_match_the_built_model(config):
     assert non_embedding_params(config) == GPT(config).num_parameters(non_embedding=True)
 

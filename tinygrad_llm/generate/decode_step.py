@@ -179,6 +179,7 @@ class DecodePlan:
             (c.n_expert > 0, "a mixture of experts"),
             (c.pos not in POSITIONS, f"{c.pos} position biases"),
             (c.norm not in NORMS, f"{c.norm} norms"),
+            (c.mlp == "none", "attention-only blocks (mlp='none')"),
             (c.mlp not in ACTIVATIONS, f"{c.mlp} feed-forward"),
             (c.qk_norm, "QK-norm"),
             (c.logit_softcap is not None, "logit soft-capping"),

@@ -30,7 +30,7 @@ from ..tensor import array_of, no_grad
 __all__ = ["GPTConfig", "GPT", "PRESETS", "init_gpt2_weights", "position_bias", "soft_cap"]
 
 NORMS = ("layernorm", "rmsnorm")
-MLPS = ("gelu", "gelu_tanh", "relu", "relu2", "swiglu")
+MLPS = ("gelu", "gelu_tanh", "relu", "relu2", "swiglu", "none")
 POSITIONS = ("learned", "sinusoidal", "rope", "alibi", "t5", "none")
 
 
@@ -42,7 +42,8 @@ class GPTConfig:
     rounded up to a multiple of 32 (SwiGLU has three matrices: 8/3 keeps the parameter count).
     window: sliding-window attention in every layer (None: full). kv_share: layers in groups of
     kv_share, each layer reusing the K/V of its group's first layer (1: no sharing).
-    n_expert > 0 replaces the feed-forward with a mixture of experts.
+    n_expert > 0 replaces the feed-forward with a mixture of experts. mlp="none": attention-only
+    blocks (Elhage et al., 2021), without the feed-forward or its norm (ffn_hidden is then 0).
     Pieces of the modded-nanogpt recipe (Jordan et al., 2024), all off by default: qk_norm
     (nn/attention.py), mlp="relu2" (Primer's squared ReLU, So et al., 2021), logit_softcap,
     zero_init_proj (init_gpt2_weights), unet_skips and value_embeds (GPT.hidden_states).
@@ -59,7 +60,7 @@ class GPTConfig:
     bias: bool = True                 # biases in the linear layers and norms
     norm: str = "layernorm"           # layernorm | rmsnorm
     norm_eps: float = 1e-5            # epsilon inside the norms
-    mlp: str = "gelu_tanh"            # gelu | gelu_tanh | relu | relu2 | swiglu
+    mlp: str = "gelu_tanh"            # gelu | gelu_tanh | relu | relu2 | swiglu | none
     pos: str = "learned"              # learned | sinusoidal | rope | alibi | t5 | none
     rope_theta: float = 10000.0       # RoPE base frequency
     rope_scaling: dict = None         # RoPE scaling as JSON, e.g. {"type": "linear", "factor": 2}
@@ -91,6 +92,14 @@ class GPTConfig:
         if self.n_kv_head < 1 or self.n_head % self.n_kv_head:
             raise ValueError(f"GPTConfig: n_head={self.n_head} is not divisible by "
                              f"n_kv_head={self.n_kv_head}")
+        if self.mlp == "none":
+            if self.ffn_hidden not in (None, 0):
+                raise ValueError(f"GPTConfig: mlp='none' has no feed-forward, so ffn_hidden must "
+                                 f"be None or 0, got {self.ffn_hidden}")
+            if self.n_expert:
+                raise ValueError(f"GPTConfig: mlp='none' has no feed-forward to make experts of, "
+                                 f"got n_expert={self.n_expert}")
+            self.ffn_hidden = 0
         if self.ffn_hidden is None:
             self.ffn_hidden = (32 * math.ceil(8 * self.n_embd / 3 / 32) if self.mlp == "swiglu"
                                else 4 * self.n_embd)
@@ -176,6 +185,9 @@ def make_norm(config):
 
 def make_ffn(config):
     c, hidden = config.n_embd, config.ffn_hidden
+    if config.mlp == "none":
+        raise ValueError("make_ffn: mlp='none' has no feed-forward network (attention-only "
+                         "blocks); this model needs one")
     if config.n_expert:
         kind = "swiglu" if config.mlp == "swiglu" else "mlp"
         return MoE(c, hidden, config.n_expert, config.n_expert_per_token, expert=kind,
@@ -265,9 +277,12 @@ class GPT(Module):
         self.config = config
         self.tok_emb = Embedding(config.vocab_size, config.n_embd)
         self.pos_emb, self.rotary, self.pos_bias = make_positions(config)
+        # attention-only blocks (mlp="none") have neither the feed-forward nor its norm
+        has_ffn = config.mlp != "none"
         self.blocks = ModuleList(
-            TransformerBlock(make_attention(config, layer, self.rotary), make_ffn(config),
-                             make_norm(config), make_norm(config), config.prenorm)
+            TransformerBlock(make_attention(config, layer, self.rotary),
+                             make_ffn(config) if has_ffn else None, make_norm(config),
+                             make_norm(config) if has_ffn else None, config.prenorm)
             for layer in range(config.n_layer))
         self.norm = make_norm(config) if config.prenorm else None
         self.head = Linear(config.n_embd, config.vocab_size, bias=False)

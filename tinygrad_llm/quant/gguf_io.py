@@ -91,6 +91,7 @@ def _architecture(config):
         (f"sliding-window attention (window={c.window})", c.window is not None),
         (f"cross-layer KV sharing (kv_share={c.kv_share})", c.kv_share != 1),
         (f"mixture of experts (n_expert={c.n_expert})", c.n_expert),
+        ("attention-only blocks (mlp='none')", c.mlp == "none"),
         ("QK-norm (qk_norm=True)", c.qk_norm),
         (f"logit soft-capping (logit_softcap={c.logit_softcap})", c.logit_softcap is not None),
         ("U-net skips (unet_skips=True)", c.unet_skips),

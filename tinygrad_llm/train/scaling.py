@@ -42,6 +42,8 @@ def _check_config(config, owner):
 
 def _ffn_params(config):
     c, f, bias = config.n_embd, config.ffn_hidden, config.bias
+    if config.mlp == "none":                         # attention-only blocks
+        return 0
     if config.mlp == "swiglu":                       # gate, up (C -> F) and down (F -> C)
         return 3 * c * f + (2 * f + c if bias else 0)
     return 2 * c * f + (f + c if bias else 0)        # up and down
@@ -63,7 +65,7 @@ def non_embedding_params(config):
         heads = h if layer % config.kv_share else h + 2 * hkv      # a sharing layer projects q
         total += c * heads * d + (heads * d if config.bias else 0)
         total += h * d * c + (c if config.bias else 0)             # output projection
-        total += 2 * norm + ffn
+        total += (2 * norm + ffn) if config.mlp != "none" else norm   # attention only: one norm
     total += norm if config.prenorm else 0                         # the final norm
     if config.pos == "t5":
         total += config.t5_num_buckets * h                         # one table for all layers
