@@ -15,6 +15,8 @@ import numpy as np
 
 from .. import backend
 from ..models.gpt import position_bias
+from ..nn import functional as F
+from ..ops.attention import attention_probabilities
 from ..tensor import Tensor, no_grad
 
 __all__ = ["attention_maps", "token_losses", "repeated_tokens", "prefix_matching_scores",
@@ -45,25 +47,6 @@ def _check_idx(model, idx, name="idx"):
     return idx
 
 
-def _probabilities(q, k, bias, causal, window):
-    """q: (B, H, T, D), k: (B, Hkv, T, D) arrays -> softmax(q k^T / sqrt(D) + bias + mask)
-    (B, H, T, T), computed in float64; query head h reads K/V head h // (H / Hkv)."""
-    xp = backend.array_module(q)
-    h, hkv, t, d = q.shape[1], k.shape[1], q.shape[2], q.shape[3]
-    k = xp.repeat(k, h // hkv, axis=1)                                  # (B, H, T, D)
-    scores = (q.astype(xp.float64) @ k.astype(xp.float64).transpose(0, 1, 3, 2)) / np.sqrt(d)
-    if bias is not None:
-        scores = scores + (bias.data if isinstance(bias, Tensor) else bias)
-    i, j = xp.arange(t)[:, None], xp.arange(t)[None, :]
-    hidden = (j > i) if causal else xp.zeros((t, t), bool)
-    if window:
-        hidden = hidden | (j <= i - window)
-    scores = xp.where(hidden, -xp.inf, scores)
-    scores = scores - scores.max(axis=-1, keepdims=True)
-    p = xp.exp(scores)
-    return p / p.sum(axis=-1, keepdims=True)
-
-
 def attention_maps(model, idx):
     """The attention probabilities of every head of a GPT on idx.
 
@@ -89,8 +72,10 @@ def attention_maps(model, idx):
             for block in model.blocks:
                 attn = block.attn
                 q, k, _ = attn._project(block.norm1(x) if block.prenorm else x, 0, None)
-                maps.append(backend.to_numpy(_probabilities(
-                    q.data, k.data, bias, attn.causal, attn.window)))
+                mask = None if bias is None else bias.data if isinstance(bias, Tensor) else bias
+                maps.append(backend.to_numpy(attention_probabilities(     # float64, as forward's
+                    q.data.astype(np.float64), k.data.astype(np.float64), mask, attn.causal,
+                    None, attn.window or 0)))
                 x, _ = block(x, bias=bias)
     finally:
         model.train(was_training)
@@ -109,11 +94,8 @@ def token_losses(model, idx):
             logits = model(backend.to_device(idx, model.device)).data       # (B, T, V)
     finally:
         model.train(was_training)
-    logits = backend.to_numpy(logits[:, :-1]).astype(np.float64)
-    top = logits.max(axis=-1, keepdims=True)
-    log_z = np.log(np.exp(logits - top).sum(axis=-1)) + top[..., 0]
-    chosen = np.take_along_axis(logits, idx[:, 1:, None], axis=-1)[..., 0]
-    return log_z - chosen
+    logits = Tensor(backend.to_numpy(logits[:, :-1]).astype(np.float64))
+    return F.cross_entropy(logits, idx[:, 1:], reduction="none").numpy()
 
 
 def repeated_tokens(batch, length, vocab_size, rng, low=0):

@@ -28,7 +28,8 @@ from ..backend import array_module
 from ..kernels import kernel, reference
 from ..tensor import Function
 
-__all__ = ["AttentionOp", "PackedAttentionOp", "attention_forward", "attention_backward",
+__all__ = ["AttentionOp", "PackedAttentionOp", "attention_probabilities", "attention_forward",
+           "attention_backward",
            "attention_score_grad", "packed_attention_forward", "packed_attention_backward"]
 
 
@@ -56,17 +57,31 @@ def _probabilities(s, lse):
     return xp.exp(s - lse[..., None])
 
 
+def _logsumexp(s):
+    """log sum_j e^(s_ij) over the last axis; 0 for a fully masked row (no NaN)."""
+    xp = array_module(s)
+    m = s.max(axis=-1)
+    m = xp.where(xp.isfinite(m), m, 0)
+    total = xp.exp(s - m[..., None]).sum(axis=-1)
+    return m + xp.log(xp.where(total > 0, total, 1))
+
+
+def attention_probabilities(q, k, mask=None, causal=False, scale=None, window=0):
+    """The weights attention_forward applies to v: q: (B, H, Tq, D), k: (B, Hkv, Tk, D) ->
+    softmax(scale q k^T + mask) (B, H, Tq, Tk) under the same causal and window masks (scale
+    None: D^-1/2); a fully masked row is all zeros. In q's dtype."""
+    b, h, tq, d = q.shape
+    s = _scores(q, k, mask, causal, d ** -0.5 if scale is None else scale, window)
+    return _probabilities(s, _logsumexp(s)).reshape(b, h, tq, k.shape[2])
+
+
 @kernel("attention_forward")         # fast version: kernels/cpu/attention.py
 def attention_forward(q, k, v, mask, causal, scale, window):
     """q: (B, H, Tq, D), k, v: (B, Hkv, Tk, D) -> o (B, H, Tq, D), lse (B, H, Tq).
     window: 0, or the number of most recent positions each query sees."""
-    xp = array_module(q)
     b, h, tq, d = q.shape
     s = _scores(q, k, mask, causal, scale, window)                      # (B, Hkv, G, Tq, Tk)
-    m = s.max(axis=-1)
-    m = xp.where(xp.isfinite(m), m, 0)                         # fully masked rows: no NaN
-    total = xp.exp(s - m[..., None]).sum(axis=-1)
-    lse = m + xp.log(xp.where(total > 0, total, 1))
+    lse = _logsumexp(s)
     o = _probabilities(s, lse) @ v[:, :, None]                  # (B, Hkv, G, Tq, D)
     return o.reshape(b, h, tq, d), lse.reshape(b, h, tq)
 
