@@ -294,13 +294,11 @@ class RotaryEmbedding(Module):
         if x.ndim < 2 or x.shape[-1] != self.head_dim:
             raise ValueError(f"RotaryEmbedding: x must be (B, H, T, D) with D = head_dim = "
                              f"{self.head_dim}, got shape {x.shape}")
-        T = x.shape[-2]
-        _check_span("RotaryEmbedding", T, offset, self.max_positions, "max_positions")
-        cos, sin = self.cos, self.sin
+        cos, sin = self.tables(x.shape[-2], offset)
         if backend.device_of(cos) != x.device:
             raise ValueError(f"RotaryEmbedding: tables are on {backend.device_of(cos)}, x is on "
                              f"{x.device}; move the module with .to({x.device!r})")
-        return RopeOp.apply(x, cos=cos[offset:offset + T], sin=sin[offset:offset + T])
+        return RopeOp.apply(x, cos=cos, sin=sin)
 
     def tables(self, T, offset=0):
         """(cos, sin), each (T, D): the tables' rows for positions offset .. offset + T - 1."""

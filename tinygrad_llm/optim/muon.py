@@ -89,6 +89,13 @@ def _newton_schulz_gram(x, steps):
     return poly @ x
 
 
+def _cheaper_form(m, n, steps):
+    """(the form newton_schulz runs on an (m, n) matrix, m <= n, its FLOPs): the Gram form when
+    it takes fewer, else the direct one."""
+    direct, gram = _direct_form_flops(m, n, steps), _gram_form_flops(m, n, steps)
+    return (_newton_schulz_gram, gram) if gram < direct else (_newton_schulz_direct, direct)
+
+
 def newton_schulz(g, steps=5):
     """The quintic Newton-Schulz iteration on g (rows, cols), in g's dtype: approximately U V^T
     for g = U S V^T, with singular values in [0.68, 1.21] (zero ones stay zero). Runs the Gram
@@ -97,9 +104,7 @@ def newton_schulz(g, steps=5):
     tall = g.shape[0] > g.shape[1]
     x = g.T if tall else g                        # (m, n), m <= n
     x = x / (xp.sqrt((x * x).sum()) + NS_EPS)
-    m, n = x.shape
-    gram_pays = _gram_form_flops(m, n, steps) < _direct_form_flops(m, n, steps)
-    form = _newton_schulz_gram if gram_pays else _newton_schulz_direct
+    form, _ = _cheaper_form(*x.shape, steps)
     x = form(x, steps)
     return x.T if tall else x
 
@@ -113,8 +118,7 @@ def newton_schulz_flops(shape, steps):
     if len(shape) != 2:
         raise ValueError(f"shape: expected a matrix shape (rows, cols), got {tuple(shape)!r}")
     steps = _check_steps(steps)
-    m, n = min(shape), max(shape)
-    return min(_direct_form_flops(m, n, steps), _gram_form_flops(m, n, steps))
+    return _cheaper_form(min(shape), max(shape), steps)[1]
 
 
 def _check_steps(steps):

@@ -65,7 +65,7 @@ def non_embedding_params(config):
         heads = h if layer % config.kv_share else h + 2 * hkv      # a sharing layer projects q
         total += c * heads * d + (heads * d if config.bias else 0)
         total += h * d * c + (c if config.bias else 0)             # output projection
-        total += (2 * norm + ffn) if config.mlp != "none" else norm   # attention only: one norm
+        total += (2 if config.mlp != "none" else 1) * norm + ffn      # attention only: one norm
     total += norm if config.prenorm else 0                         # the final norm
     if config.pos == "t5":
         total += config.t5_num_buckets * h                         # one table for all layers

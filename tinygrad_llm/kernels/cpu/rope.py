@@ -78,7 +78,7 @@ def _qk_norm_rope_backward_loop(lo, hi, dy, x, w, cos, sin, r, n_head, n_qk, bou
 
 def _supported(qkv, w_q, w_k, cos, sin, n_head, n_kv_head, *rest):
     return (qkv.ndim == 4 and qkv.shape[-1] % 2 == 0 and floats(qkv, w_q, w_k)
-            and (cos is None or floats(cos, sin)))
+            and (cos is None or floats(qkv, cos, sin)))
 
 
 def _rows_and_tables(a, w_q, w_k, cos, sin):
