@@ -8,6 +8,8 @@
     python examples/train_shakespeare.py --device=cuda --dtype=float16       # mixed precision
     python examples/train_shakespeare.py --device=cuda --tf32                # TF32 matmuls
     python examples/train_shakespeare.py --recipe=baseline --optimizer=muon  # one piece alone
+    mpiexec -n 2 python examples/train_shakespeare.py --ddp=true             # 2 ranks (the mpi extra)
+    mpiexec -n 2 python examples/train_shakespeare.py --ddp=true --zero=true # ZeRO-1 optimizer
 
 Follows nanoGPT's train.py order: configuration, data, model, optimizer, loop (with evaluation
 and checkpoints), sample, and a final JSON line with the headline numbers (train_flops: the
@@ -109,24 +111,30 @@ def main(argv):
     model_kw = {**model_kw, "block_size": train_config.block_size}
     config = GPTConfig.preset(run.preset, vocab_size=tokenizer.vocab_size, **model_kw)
     model = GPT(config).to(run.device)
-    print(f"{run.preset} model: {model.num_parameters() / 1e6:.2f}M parameters, "
-          f"vocab {tokenizer.vocab_size}, device {run.device}")
 
     # optimizer: AdamW with no decay on biases and norm weights (--optimizer=muon: Muon for the
     # blocks' matrices; --embed_lr / --head_lr: those groups' own peak learning rates)
     optimizer, lr_scales = train_config.optimizer_for(model)
+    # --ddp=true: the Trainer joins the mpiexec launch's ranks (rank 0's weights everywhere,
+    # each rank its rows of every batch); rank 0 alone prints, samples and writes checkpoints
     trainer = Trainer(model, optimizer, train_ids, val_ids, train_config, lr_scales=lr_scales,
                       record={"model_config": config.to_dict(),
                               "tokenizer": tokenizer.to_dict(), "preset": run.preset})
+    say = print if trainer.rank == 0 else (lambda *args: None)
+    say(f"{run.preset} model: {model.num_parameters() / 1e6:.2f}M parameters, "
+        f"vocab {tokenizer.vocab_size}, device {run.device}"
+        + (f", {trainer.world_size} ranks" if train_config.ddp else ""))
     if run.resume:
         _check_resume(trainer.ckpt_path, config)
         trainer.load(trainer.ckpt_path)
-        print(f"resumed from {trainer.ckpt_path} at step {trainer.step}")
+        say(f"resumed from {trainer.ckpt_path} at step {trainer.step}")
 
     # the loop
     start = time.perf_counter()
     last = trainer.fit()
     wall = time.perf_counter() - start
+    if trainer.rank != 0:
+        return None
 
     # a sample from the trained model
     prompt = tokenizer.encode("\n")[None]

@@ -11,7 +11,7 @@ import numpy as np
 
 __all__ = ["DeviceUnavailable", "DEVICES", "default_device", "check_device", "array_module",
            "device_of", "xp_for", "reads_are_free", "to_device", "to_numpy", "scatter_add", "rng",
-           "generator", "manual_seed", "get_rng_state", "set_rng_state", "allow_tf32",
+           "generator", "manual_seed", "get_rng_state", "set_rng_state", "nccl", "allow_tf32",
            "tf32_allowed"]
 
 DEVICES = ("cpu", "cuda")
@@ -172,6 +172,21 @@ def scatter_add(out, index, values):
     else:
         import cupyx
         cupyx.scatter_add(out, index, values)
+
+
+def nccl():
+    """CuPy's NCCL bindings (cupy.cuda.nccl), for data parallelism across GPUs
+    (distributed/comm.py); DeviceUnavailable when CuPy or its NCCL library is missing."""
+    _load_cupy()
+    try:
+        from cupy.cuda import nccl as module
+    except ImportError as e:
+        raise DeviceUnavailable(f"the nccl backend needs CuPy's NCCL bindings ({e}): pip install "
+                                "nvidia-nccl-cu12 (or -cu13) next to the cuda extra") from e
+    if not getattr(module, "available", True):
+        raise DeviceUnavailable("CuPy finds no NCCL library: pip install nvidia-nccl-cu12 (or "
+                                "-cu13) next to the cuda extra")
+    return module
 
 
 # ---- TF32: float32 matmuls on tensor cores ----------------------------------------------------

@@ -176,6 +176,17 @@ def _accumulate(t, g):
         t.grad._version[0] += 1
 
 
+class _HookHandle:
+    """What register_post_accumulate_grad_hook returns: remove() takes the hook off again."""
+
+    def __init__(self, tensor, hook):
+        self.tensor, self.hook = tensor, hook
+
+    def remove(self):
+        hooks = self.tensor._grad_hooks or ()
+        self.tensor._grad_hooks = tuple(h for h in hooks if h is not self.hook) or None
+
+
 # ---- Tensor -----------------------------------------------------------------------------------
 class Tensor:
     """An n-dimensional array with reverse-mode autograd, on "cpu" (NumPy) or "cuda" (CuPy).
@@ -185,7 +196,7 @@ class Tensor:
     $TINYGRAD_LLM_DEVICE, else "cpu".
     """
     __slots__ = ("data", "grad", "requires_grad", "_node", "_version", "_retains_grad",
-                 "__weakref__")
+                 "_grad_hooks", "__weakref__")
     __array_priority__ = 100        # numpy_array * tensor calls Tensor.__rmul__
 
     def __init__(self, data, requires_grad=False, device=None, dtype=None):
@@ -199,6 +210,7 @@ class Tensor:
         self._node = None
         self._version = [0]         # in-place edit counter, one list shared with views
         self._retains_grad = False
+        self._grad_hooks = None
         self.requires_grad = False
         if requires_grad:
             self.requires_grad_(True)
@@ -209,7 +221,7 @@ class Tensor:
         t = object.__new__(cls)
         t.data, t.grad, t._node = array, None, node
         t._version = [0] if version is None else version
-        t.requires_grad, t._retains_grad = requires_grad, False
+        t.requires_grad, t._retains_grad, t._grad_hooks = requires_grad, False, None
         return t
 
     def requires_grad_(self, requires_grad=True):
@@ -225,6 +237,21 @@ class Tensor:
         self._retains_grad = True
         return self
 
+    def register_post_accumulate_grad_hook(self, hook):
+        """Call hook(self) each time a backward() has added its gradient to this leaf's .grad
+        (every contribution of that backward is in it by then). Distributed data parallel starts
+        a bucket's allreduce from here while the rest of backward runs. Returns a handle whose
+        remove() unregisters the hook."""
+        if self._node is not None:
+            raise RuntimeError("register_post_accumulate_grad_hook: only a leaf tensor's .grad "
+                               "is accumulated; this tensor was computed by "
+                               f"{type(self._node).__name__}")
+        if not callable(hook):
+            raise TypeError(f"register_post_accumulate_grad_hook: hook must be callable, got "
+                            f"{type(hook).__name__}")
+        self._grad_hooks = (self._grad_hooks or ()) + (hook,)
+        return _HookHandle(self, hook)
+
     def backward(self, grad=None, retain_graph=False):
         """Accumulate d(self)/d(leaf) into every leaf's .grad that requires grad.
 
@@ -237,8 +264,10 @@ class Tensor:
             if g is None:                   # no gradient reached t (an op returned None)
                 continue
             node = t._node
-            if node is None:                # a leaf
-                _accumulate(t, grads.unshared(g))
+            if node is None:                # a leaf: every contribution is in g, so its .grad is
+                _accumulate(t, grads.unshared(g))     # final for this backward
+                for hook in t._grad_hooks or ():
+                    hook(t)
                 continue
             if t._retains_grad:
                 _accumulate(t, g.copy())    # g goes on to node's backward, which may return it

@@ -50,7 +50,7 @@ def _sums_dtype(device, grads):
     return np.result_type(np.float32, *[g.dtype for g in grads])
 
 
-def clip_grad_norm_(parameters, max_norm, error_if_nonfinite=False):
+def clip_grad_norm_(parameters, max_norm, error_if_nonfinite=False, reduce_sum_squares=None):
     """Scale the .grad of `parameters` (a Tensor or an iterable of them) in place so that their
     global L2 norm is at most max_norm; returns the norm before clipping, as a float.
 
@@ -58,7 +58,9 @@ def clip_grad_norm_(parameters, max_norm, error_if_nonfinite=False):
     ValueError when error_if_nonfinite; otherwise it is returned and the grads are left as they
     are (scaling by max_norm / inf would turn inf entries into NaN and zero the rest), so that a
     trainer can check math.isfinite(norm) and skip the step. One host sync per device holding
-    gradients (one, in practice)."""
+    gradients (one, in practice). reduce_sum_squares: a function of this process's sum of squares
+    returning the global one, for gradients sharded over processes (ZeRO-1: each rank holds its
+    own parameters' share)."""
     if isinstance(max_norm, bool) or not isinstance(max_norm, numbers.Real) or not max_norm > 0:
         raise ValueError(f"max_norm: expected a positive number, got {max_norm!r}")
     params = [parameters] if isinstance(parameters, Tensor) else list(parameters)
@@ -73,6 +75,8 @@ def clip_grad_norm_(parameters, max_norm, error_if_nonfinite=False):
         sums = xp.zeros((len(on_device), 2), dtype=_sums_dtype(device, on_device))  # (K, 2)
         sums = backend.to_numpy(grad_squared_norms(sums, on_device))      # the host sync
         total += float(np.sum(sums, dtype=np.float64))
+    if reduce_sum_squares is not None:
+        total = float(reduce_sum_squares(total))
     norm = math.sqrt(total)
     if not math.isfinite(norm) and error_if_nonfinite:
         raise ValueError(f"clip_grad_norm_: the total gradient norm is {norm}; pass "

@@ -38,6 +38,7 @@ import tokenize
 import typing
 
 from ..backend import DeviceUnavailable
+from ..distributed.comm import DistributedError
 from .scripts import ScriptError
 
 __all__ = ["run_main", "parse_args", "parse_overrides", "split_overrides", "help_text",
@@ -61,8 +62,9 @@ class HelpRequested(Exception):
 def run_main(main, argv=None):
     """Call main(argv) (default sys.argv[1:]) and return its result. --help prints the script's
     summary (its module docstring's first paragraph and usage lines) and the options, and
-    returns None (exit status 0). An OptionError, DeviceUnavailable or a failed child script
-    (ScriptError) becomes one line on stderr: exit status 2, or 1 for the child."""
+    returns None (exit status 0). An OptionError, DeviceUnavailable, DistributedError (no MPI,
+    ranks that disagree) or a failed child script (ScriptError) becomes one line on stderr: exit
+    status 2, or 1 for the child."""
     program = os.path.basename(sys.argv[0]) or "python"
     try:
         return main(sys.argv[1:] if argv is None else argv)
@@ -74,7 +76,7 @@ def run_main(main, argv=None):
         except BrokenPipeError:         # `--help | head`: the reader has what it wanted
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return None
-    except (OptionError, DeviceUnavailable, ScriptError) as e:
+    except (OptionError, DeviceUnavailable, DistributedError, ScriptError) as e:
         print(f"{program}: {e}", file=sys.stderr)
         raise SystemExit(1 if isinstance(e, ScriptError) else 2) from None
 

@@ -40,6 +40,7 @@ read, so a step still reads the device twice.
 Ctrl-C sets a flag that the loop reads between steps: the step in flight finishes, a checkpoint is
 written, and fit() returns. A second Ctrl-C interrupts at once.
 """
+import contextlib
 import dataclasses
 import json
 import math
@@ -105,6 +106,10 @@ class TrainConfig:
     on_nan: str = "stop"              # a non-finite loss: "stop" (raise) or "skip" the step
     progress: bool = True             # fit(): show a progress bar
     dtype: str = "float32"            # "float16" / "bfloat16": autocast (float16: loss scaling)
+    ddp: bool = False                 # data parallel over an mpiexec launch's ranks (MPI / NCCL)
+    zero: bool = False                # ddp: ZeRO-1, each rank keeps its parameters' optimizer state
+    bucket_mb: float = 25.0           # ddp: gradient megabytes per allreduce message
+    ddp_timeout_s: float = 300.0      # ddp: stop every rank when a collective waits this long
 
     def __post_init__(self):
         if self.lr_decay_iters is None:
@@ -139,6 +144,20 @@ class TrainConfig:
         if self.muon_lr is not None and self.optimizer != "muon":
             raise ValueError(f"TrainConfig: muon_lr={self.muon_lr} needs optimizer='muon', got "
                              f"optimizer={self.optimizer!r}")
+        if self.zero and not self.ddp:
+            raise ValueError("TrainConfig: zero=True shards the optimizer over the ranks of a "
+                             "ddp run; it needs ddp=True")
+        if self.ddp and self.batch_warmup_iters:
+            raise ValueError(f"TrainConfig: ddp splits every batch's rows over the ranks, so "
+                             f"batch_warmup_iters must be 0, got {self.batch_warmup_iters}")
+        if self.zero and self.dtype == "float16":
+            raise ValueError("TrainConfig: zero=True with dtype='float16' is not supported (the "
+                             "loss scaler's overflow check would need every rank's shard); use "
+                             "'bfloat16' or plain ddp")
+        for name in ("bucket_mb", "ddp_timeout_s"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+                raise ValueError(f"TrainConfig: {name} must be a positive number, got {value!r}")
         for iters, start, end in (("seq_warmup_iters", "seq_warmup_start", "block_size"),
                                   ("batch_warmup_iters", "batch_warmup_start", "batch_size")):
             if getattr(self, iters) < 0:
@@ -230,6 +249,44 @@ class Trainer:
         self._stop = False
         self.ckpt_path = os.path.join(config.out_dir, "ckpt.safetensors") if config.out_dir \
             else None
+        self.ddp = self._data_parallel(model, config) if config.ddp else None
+        self.rank = self.ddp.rank if self.ddp else 0
+        self.world_size = self.ddp.world_size if self.ddp else 1
+        if self.rank != 0:                    # rank 0 speaks for the run
+            self.log = lambda line: None
+
+    def _data_parallel(self, model, config):
+        """DistributedDataParallel over this launch's ranks, after checking that they agree."""
+        from ..distributed import DistributedDataParallel, DistributedError, init_process_group
+        from ..distributed.comm import check_same_everywhere
+        group = init_process_group(device=model.device, timeout_s=config.ddp_timeout_s)
+        if config.batch_size % group.size:
+            raise DistributedError(f"Trainer: ddp splits each batch's rows over the ranks, but "
+                                   f"batch_size={config.batch_size} is not divisible by the "
+                                   f"world size {group.size}")
+        shapes = [[name, list(p.shape), str(p.dtype)] for name, p in model.named_parameters()]
+        check_same_everywhere(group, "configuration", {
+            "train_config": dataclasses.asdict(config), "record": self.record,
+            "parameters": shapes})
+        return DistributedDataParallel(model, group, config.bucket_mb, config.zero)
+
+    def _rows(self, batch):
+        """This rank's rows of a batch: a tuple/list of arrays (or Tensors) sharing a leading
+        batch axis that the world size divides, or one such array."""
+        size, rank = self.world_size, self.rank
+
+        def part(a):
+            shape = getattr(a, "shape", ())
+            if not len(shape) or shape[0] % size:
+                from ..distributed import DistributedError
+                raise DistributedError(f"Trainer: ddp needs batches whose elements have a "
+                                       f"leading batch axis divisible by the world size {size}, "
+                                       f"got shape {tuple(shape)}")
+            n = shape[0] // size
+            return a[rank * n:(rank + 1) * n]
+
+        return type(batch)(part(a) for a in batch) if isinstance(batch, (tuple, list)) \
+            else part(batch)
 
     # ---- schedules ---------------------------------------------------------------------------
     def lr_at(self, step):
@@ -280,40 +337,60 @@ class Trainer:
         self.model.train()
         sizes = (self.batch_size_at(self.step), self.block_size_at(self.step))
         total = None
-        for _ in range(c.grad_accum):
+        for micro in range(c.grad_accum):
             if self.batch_fn == self.windows:     # the warmups shape the default batches only
                 batch = self.windows(self.train_data, self.data_rng, *sizes)
             else:
                 batch = self.batch_fn(self.train_data, self.data_rng)
+            if self.ddp is not None:              # every rank draws the batch, keeps its rows
+                batch = self._rows(batch)
             with amp.autocast(c.dtype):
                 loss = self.loss_fn(self.model, batch)
             if c.grad_accum > 1:
                 loss = loss / c.grad_accum
-            # a non-finite step's gradients are dropped below
-            (loss if self.scaler is None else self.scaler.scale(loss)).backward()
+            # a non-finite step's gradients are dropped below; with ddp, the gradients of all
+            # micro-steps but the last stay local (no_sync) and the last backward reduces them
+            accumulating = self.ddp is not None and micro < c.grad_accum - 1
+            with self.ddp.no_sync() if accumulating else contextlib.nullcontext():
+                (loss if self.scaler is None else self.scaler.scale(loss)).backward()
             total = loss.data if total is None else total + loss.data
         total = total.item()                  # the step's one read of the loss: on a GPU, a sync
+        if self.ddp is not None:              # the mean over ranks, and a Ctrl-C on any of them
+            self.ddp.finish_gradients()
+            total, stop = self.ddp.group.allreduce_scalars([total, float(self._stop)],
+                                                          "the loss allreduce")
+            total, self._stop = float(total) / self.world_size, self._stop or stop > 0
         if not math.isfinite(total):
-            self.optimizer.zero_grad()
-            if c.on_nan == "stop":
-                raise FloatingPointError(f"training loss is {total} at step {self.step}; the "
-                                         f"last good checkpoint is {self.ckpt_path} (pass "
-                                         "on_nan='skip' to drop such steps instead)")
-            self.skipped += 1
-            self.log(f"step {self.step}: loss is {total}, step skipped")
-            self.step += 1
-            return total
+            return self._skip_step("loss", total)
         if self.scaler is not None:           # the norm's read is also the overflow check
             self.scaler.unscale_(self.optimizer, c.grad_clip or None)
             self.scaler.step(self.optimizer)  # skipped (the scale shrinks) on an overflow
             self.scaler.update()
         else:
             if c.grad_clip:
-                clip_grad_norm_(self.model.parameters(), c.grad_clip)
+                norm = (self.ddp.clip_grad_norm_(c.grad_clip) if self.ddp is not None else
+                        clip_grad_norm_(self.model.parameters(), c.grad_clip))
+                if not math.isfinite(norm):   # a finite loss can still overflow a gradient
+                    return self._skip_step("gradient norm", norm)
             self.optimizer.step()
+            if self.ddp is not None:
+                self.ddp.gather_parameters()  # ZeRO-1: the owners' updates to every rank
         self.optimizer.zero_grad()
         self.step += 1
         return total
+
+    def _skip_step(self, what, value):
+        """A non-finite loss or gradient norm: raise (on_nan="stop") or drop the step's
+        gradients and count it skipped. Every rank of a ddp run sees the same value."""
+        self.optimizer.zero_grad()
+        if self.config.on_nan == "stop":
+            raise FloatingPointError(f"training {what} is {value} at step {self.step}; the last "
+                                     f"good checkpoint is {self.ckpt_path} (pass on_nan='skip' "
+                                     "to drop such steps instead)")
+        self.skipped += 1
+        self.log(f"step {self.step}: {what} is {value}, step skipped")
+        self.step += 1
+        return value
 
     # ---- evaluation -------------------------------------------------------------------------
     def evaluate(self):
@@ -328,8 +405,15 @@ class Trainer:
                 if data is None:
                     continue
                 rng = np.random.default_rng([self.config.seed, self.step, i])
-                losses = [self.eval_loss_fn(self.model, self.batch_fn(data, rng)).item()
-                          for _ in range(self.config.eval_iters)]
+                # with ddp, rank r evaluates batches r, r + world, ...; the others' slots stay
+                # 0 and the sum over ranks fills them, so every rank has the same losses
+                losses = np.zeros(self.config.eval_iters)
+                for k in range(self.config.eval_iters):
+                    batch = self.batch_fn(data, rng)
+                    if k % self.world_size == self.rank:
+                        losses[k] = self.eval_loss_fn(self.model, batch).item()
+                if self.ddp is not None:
+                    losses = self.ddp.group.allreduce_scalars(losses, "the evaluation")
                 out[split] = float(np.mean(losses))
         self.model.train()
         return out
@@ -342,7 +426,7 @@ class Trainer:
             raise ValueError("Trainer.fit: config.out_dir is needed (the log and checkpoints go "
                              f"there), got {c.out_dir!r}")
         os.makedirs(c.out_dir, exist_ok=True)
-        bar = _progress(c, self.step)
+        bar = _progress(c, self.step) if self.rank == 0 else None
         previous = signal.getsignal(signal.SIGINT)
         signal.signal(signal.SIGINT, self._on_interrupt)
         last = None
@@ -383,8 +467,9 @@ class Trainer:
                  "lr": self.lr_at(self.step), "tokens": self.tokens_seen(),
                  "time": time.time()}
         self.history.append(entry)
-        with open(os.path.join(self.config.out_dir, "log.jsonl"), "a") as f:
-            f.write(json.dumps(entry) + "\n")
+        if self.rank == 0:
+            with open(os.path.join(self.config.out_dir, "log.jsonl"), "a") as f:
+                f.write(json.dumps(entry) + "\n")
         self.log(f"step {self.step}: " + ", ".join(f"{k} loss {v:.4f}"
                                                    for k, v in losses.items()))
         if self.config.checkpoint:
@@ -400,7 +485,12 @@ class Trainer:
                       history=self.history, skipped=self.skipped)
         if self.scaler is not None:
             record["scaler"] = self.scaler.state_dict()
-        save_checkpoint(path, self.model, self.optimizer, record)
+        optimizer = self.optimizer
+        if self.ddp is not None:              # rank 0 writes (ZeRO-1: the owners' state first)
+            optimizer = _Saved(self.ddp.consolidated_state_dict(self.optimizer))
+            if self.rank != 0:
+                return
+        save_checkpoint(path, self.model, optimizer, record)
 
     def load(self, path):
         """Restore model, optimizer, step and RNG states from `path` (to resume training)."""
@@ -415,11 +505,16 @@ class Trainer:
         self.skipped = record.get("skipped", 0)
         if self.scaler is not None and "scaler" in record:
             self.scaler.load_state_dict(record["scaler"])
+        if self.ddp is not None:              # every rank read the same file: check, then shard
+            from ..distributed.comm import check_same_everywhere
+            check_same_everywhere(self.ddp.group, "checkpoint", {"path": os.path.abspath(path),
+                                                                 "step": self.step})
+            self.ddp.drop_foreign_state(self.optimizer)
         return record
 
     def plot(self):
-        """loss.png in out_dir when matplotlib is installed (the `plot` extra)."""
-        if not self.history:
+        """loss.png in out_dir when matplotlib is installed (the `plot` extra); rank 0's job."""
+        if not self.history or self.rank != 0:
             return None
         try:
             import matplotlib
@@ -439,6 +534,16 @@ class Trainer:
         fig.savefig(path, dpi=100)
         plt.close(fig)
         return path
+
+
+class _Saved:
+    """An optimizer state_dict already taken (ZeRO-1's consolidated one), for save_checkpoint."""
+
+    def __init__(self, state):
+        self.state = state
+
+    def state_dict(self):
+        return self.state
 
 
 def lm_loss(model, batch):
