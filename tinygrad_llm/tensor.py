@@ -163,6 +163,31 @@ def _check_saved(node, out):
                                f"(version {version} -> {t._version[0]})")
 
 
+def _hooked_leaf_edges(order):
+    """{id(leaf): number of graph edges into it} for the leaves in `order` that have
+    post-accumulate-grad hooks. A topological order may visit a leaf long after its last consumer
+    (a weight's gradient would wait for the whole rest of backward); backward() finishes a hooked
+    leaf as soon as its last consumer's backward has run, so a data-parallel bucket can start its
+    allreduce while backward goes on. The leaf's gradient is the same sum either way."""
+    hooked = {id(t) for t in order if t._node is None and t._grad_hooks}
+    if not hooked:
+        return None
+    edges = dict.fromkeys(hooked, 0)
+    for t in order:
+        if t._node is not None:
+            for p in t._node.parents:
+                if id(p) in hooked:
+                    edges[id(p)] += 1
+    return edges
+
+
+def _finish_leaf(t, g):
+    """Add a leaf's gradient for this backward into its .grad, then call its hooks."""
+    _accumulate(t, g)
+    for hook in t._grad_hooks or ():
+        hook(t)
+
+
 def _accumulate(t, g):
     if g.dtype != t.data.dtype:
         g = g.astype(t.data.dtype)
@@ -259,20 +284,26 @@ class Tensor:
         retain_graph: keep saved arrays so that the graph can be walked again.
         """
         grads = _Gradients(self, grad)
-        for t in reversed(_topological_order(self)):
+        order = _topological_order(self)
+        waiting = _hooked_leaf_edges(order)
+        for t in reversed(order):
             g = grads.pop(t)
             if g is None:                   # no gradient reached t (an op returned None)
                 continue
             node = t._node
-            if node is None:                # a leaf: every contribution is in g, so its .grad is
-                _accumulate(t, grads.unshared(g))     # final for this backward
-                for hook in t._grad_hooks or ():
-                    hook(t)
+            if node is None:                # a leaf: every contribution is in g
+                _finish_leaf(t, grads.unshared(g))
                 continue
             if t._retains_grad:
                 _accumulate(t, g.copy())    # g goes on to node's backward, which may return it
             _check_saved(node, t)
             grads.add(node, g, type(node).backward(node, g))
+            if waiting:                     # a hooked leaf whose last consumer this was: now
+                for p in node.parents:
+                    if waiting.get(id(p)) is not None:
+                        waiting[id(p)] -= 1
+                        if waiting[id(p)] == 0 and (leaf_g := grads.pop(p)) is not None:
+                            _finish_leaf(p, grads.unshared(leaf_g))
             if not retain_graph:
                 node.saved, node.parents, node.freed = None, (), True
 

@@ -31,6 +31,16 @@ def test_hook_fires_once_per_backward_with_every_contribution_in():
     np.testing.assert_allclose(seen[1], [7.0, 9.0])
 
 
+def test_hooked_leaf_finishes_before_backward_reaches_earlier_layers():
+    w1, w2 = Parameter(np.array([2.0])), Parameter(np.array([3.0]))
+    events = []
+    w2.register_post_accumulate_grad_hook(lambda p: events.append(("w2", p.grad.item())))
+    w1.register_post_accumulate_grad_hook(lambda p: events.append(("w1", p.grad.item())))
+    x = tl.Tensor(np.array([5.0]), requires_grad=True)
+    ((x * w1) * w2).sum().backward()                      # w2's consumer is the last op
+    assert events == [("w2", 10.0), ("w1", 15.0)]
+
+
 def test_hook_remove_and_bad_hooks():
     w = Parameter(np.ones(3))
     calls = []
@@ -159,3 +169,24 @@ def test_non_finite_gradient_norm_is_caught(tmp_path, on_nan):
         trainer.train_step()
         assert trainer.skipped == 1 and trainer.step == 1
     np.testing.assert_array_equal(weight.numpy(), before)
+
+
+@pytest.mark.skipif(not HAS_MPI, reason="needs mpi4py (the mpi extra)")
+def test_buckets_start_inside_backward_and_not_under_no_sync(tmp_path):
+    trainer = _trainer(tmp_path, ddp=True, bucket_mb=0.001)
+    ddp, x = trainer.ddp, tl.Tensor(DATA[:16].reshape(2, 8))
+    with ddp.no_sync():
+        trainer.model(x, x)[1].backward()
+    assert ddp._started == []                              # accumulation: nothing sent
+    trainer.model(x, x)[1].backward()
+    # every bucket's reduction was started by the hooks while backward ran, roughly in
+    # backward's order: the token table (the first op's weight, tied to the head) last, the
+    # layers' buckets before it (a hooked leaf finishes right after its last consumer, not
+    # where the topological order would reach it: for every weight, the very end)
+    assert len(ddp._started) == len(ddp.buckets) > 2
+    table = trainer.model.tok_emb.weight
+    last_two = ddp._started[-2].params + ddp._started[-1].params
+    assert any(p is table for p in last_two)
+    assert not any(p is table for p in ddp._started[0].params)
+    ddp.finish_gradients()
+    assert ddp._started == [] and all(b.handle is None for b in ddp.buckets)
