@@ -4,8 +4,9 @@ and a digest of its parameters written to <out>.rank<r>.json by every rank.
 
     mpiexec -n 2 python tests/distributed/ddp_worker.py '<JSON settings>'
 
-Settings: "train" (TrainConfig fields), "model" (GPTConfig fields), "float64", "steps" (train
-steps after any resume), "resume", "out", and "fault": "hang" (rank 1 stops answering at step 2)
+Settings: "train" (TrainConfig fields), "model" (GPTConfig fields), "float64", "device" ("cpu";
+"cuda": one GPU per rank, NCCL), "steps" (train steps after any resume), "resume", "out", and
+"fault": "hang" (rank 1 stops answering at step 2)
 or "differ" (rank 1 takes another learning rate).
 """
 import hashlib
@@ -35,6 +36,7 @@ def main(settings):
     model = GPT(GPTConfig(**model_kw))
     if settings.get("float64"):
         model.to(dtype=np.float64)
+    model.to(settings.get("device", "cpu"))
     data = np.random.default_rng(0).integers(0, model_kw["vocab_size"], 4000)
     optimizer, lr_scales = config.optimizer_for(model)
     trainer = Trainer(model, optimizer, data[:3500], data[3500:], config, lr_scales=lr_scales,

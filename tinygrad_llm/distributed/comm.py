@@ -124,7 +124,8 @@ class ProcessGroup:
             self._done(handles)
 
     def abort(self, message):
-        print(message, file=sys.stderr, flush=True)
+        sys.stderr.write(message + "\n")   # one write: ranks sharing stderr keep lines whole
+        sys.stderr.flush()
         self._abort()
 
     def allreduce_scalars(self, values, what="a scalar allreduce"):

@@ -77,7 +77,8 @@ def run_main(main, argv=None):
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return None
     except (OptionError, DeviceUnavailable, DistributedError, ScriptError) as e:
-        print(f"{program}: {e}", file=sys.stderr)
+        sys.stderr.write(f"{program}: {e}\n")     # one write: ranks sharing stderr stay whole
+        sys.stderr.flush()
         raise SystemExit(1 if isinstance(e, ScriptError) else 2) from None
 
 
