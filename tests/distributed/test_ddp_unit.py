@@ -151,6 +151,8 @@ def test_ddp_checks_bucket_size(tmp_path):
 
 
 # ---- a finite loss with a non-finite gradient -------------------------------------------------
+@pytest.mark.filterwarnings("ignore:invalid value:RuntimeWarning")   # the NaN made on purpose
+@pytest.mark.filterwarnings("ignore:divide by zero:RuntimeWarning")
 @pytest.mark.parametrize("on_nan", ["stop", "skip"])
 def test_non_finite_gradient_norm_is_caught(tmp_path, on_nan):
     trainer = _trainer(tmp_path, on_nan=on_nan)
