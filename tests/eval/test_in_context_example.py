@@ -34,9 +34,13 @@ def test_a_tiny_run_writes_its_report(in_context, shakespeare_text, tmp_path, ca
             assert point["prefix_max"] == pytest.approx(max(max(r) for r in grid), abs=1e-4)
             assert math.isfinite(point["icl_score"])
             assert point["icl_score"] == pytest.approx(point["loss_late"] - point["loss_early"])
+            assert math.isfinite(point["icl_score_mix"])
             assert 0 < point["first_copy_loss"] < 2 * math.log(58 + 32)
-        assert set(run["phase"]) == {"induction_step", "icl_drop_step", "together",
-                                     "icl_change_at_onset"}
+        for phase in (run["phase"], run["phase_mix"]):
+            assert set(phase) == {"induction_step", "icl_drop_step", "together",
+                                  "icl_change_at_onset"}
+        assert result[f"{run['model']}_icl_score_mix"] == pytest.approx(
+            run["final_icl_score_mix"], abs=1e-4)
         assert result[f"{run['model']}_prefix_max"] == pytest.approx(run["final_prefix_max"],
                                                                      abs=1e-4)
     assert report["shots"] == [0, 1, 2]
