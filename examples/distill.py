@@ -46,8 +46,9 @@ from tinygrad_llm.finetune import distillation_loss  # noqa: E402
 from tinygrad_llm.models import GPT, GPTConfig  # noqa: E402
 from tinygrad_llm.nn import functional as F  # noqa: E402
 from tinygrad_llm.optim import param_groups_for_weight_decay  # noqa: E402
-from tinygrad_llm.train import (TrainConfig, Trainer, ensure_checkpoint, load_model,  # noqa
-                                parse_overrides, run_main, save_checkpoint, split_overrides)
+from tinygrad_llm.train import (TrainConfig, Trainer, build_config, ensure_checkpoint,  # noqa
+                                load_model, parse_overrides, run_main, save_checkpoint,
+                                split_overrides)
 
 # trains a missing teacher: the main job's command line, without its sample
 TRAIN = [os.path.join(os.path.dirname(os.path.abspath(__file__)), "train_shakespeare.py"),
@@ -107,7 +108,7 @@ def main(argv):
     args_kw, train_kw, model_kw = split_overrides(
         parse_overrides(argv), DistillArgs, TrainConfig, GPTConfig,
         defaults={TrainConfig: TRAIN_DEFAULTS, GPTConfig: STUDENT})
-    args, train = DistillArgs(**args_kw), TrainConfig(**train_kw)
+    args, train = build_config(DistillArgs, **args_kw), build_config(TrainConfig, **train_kw)
     if not args.temperature > 0 or not 0.0 <= args.alpha <= 1.0:
         raise ValueError(f"--temperature must be > 0 and --alpha in [0, 1], got "
                          f"temperature={args.temperature!r}, alpha={args.alpha!r}")
@@ -121,8 +122,8 @@ def main(argv):
                          f"{teacher.config.block_size} (it must read the student's batches)")
     # the corpus split 90/10 as train_shakespeare.py split it: the teacher never saw val_ids
     train_ids, val_ids = split(tokenizer.encode(shakespeare()), 0.1)
-    config = GPTConfig.preset("gpt2", vocab_size=teacher.config.vocab_size,
-                              block_size=train.block_size, **model_kw)
+    config = build_config(GPTConfig.preset, "gpt2", vocab_size=teacher.config.vocab_size,
+                          block_size=train.block_size, **model_kw)
 
     def score(model):
         """Cross-entropy on eval_iters batches of each split, from a Trainer at step 0: the

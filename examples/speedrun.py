@@ -63,8 +63,8 @@ import tinygrad_llm as tl
 from tinygrad_llm.data import get_batch, shakespeare, split
 from tinygrad_llm.models import GPT, GPTConfig
 from tinygrad_llm.tokenizers import CharTokenizer
-from tinygrad_llm.train import (OptionError, TrainConfig, Trainer, parse_overrides, run_main,
-                                split_overrides)
+from tinygrad_llm.train import (OptionError, TrainConfig, Trainer, build_config, parse_overrides,
+                                run_main, split_overrides)
 from tinygrad_llm.train.recipes import SPEEDRUN_MODEL, SPEEDRUN_TRAIN
 from tinygrad_llm.train.report import append_run, print_table, read_runs, save_figure, write_json
 
@@ -176,7 +176,7 @@ def configs_for(piece, base_train, base_model, steps, warmup_frac, seed=None):
     train.update({k: ratio * train["learning_rate"] for k, ratio in piece.per_lr.items()})
     if seed is not None:
         train["seed"] = seed
-    return TrainConfig(**train), {**base_model, **piece.model}
+    return build_config(TrainConfig, **train), {**base_model, **piece.model}
 
 
 # ---- data ---------------------------------------------------------------------------------

@@ -29,7 +29,7 @@ from tinygrad_llm.data import shakespeare
 from tinygrad_llm.models import Encoder, GPTConfig, mask_tokens
 from tinygrad_llm.optim import param_groups_for_weight_decay
 from tinygrad_llm.tokenizers import WordPieceTokenizer
-from tinygrad_llm.train import (TrainConfig, Trainer, parse_overrides, run_main,
+from tinygrad_llm.train import (TrainConfig, Trainer, build_config, parse_overrides, run_main,
                                 save_checkpoint, split_overrides)
 
 
@@ -101,7 +101,7 @@ def main(argv):
     args_kw, train_kw, model_kw = split_overrides(
         parse_overrides(argv), MLMArgs, TrainConfig, GPTConfig,
         defaults={TrainConfig: TRAIN_DEFAULTS, GPTConfig: MODEL_DEFAULTS})
-    args, train = MLMArgs(**args_kw), TrainConfig(**train_kw)
+    args, train = build_config(MLMArgs, **args_kw), build_config(TrainConfig, **train_kw)
     tl.manual_seed(train.seed)
     start = time.perf_counter()
 
@@ -126,8 +126,8 @@ def main(argv):
           f"{tokenizer.tokenize(text[:60])}")
 
     # model: a small bidirectional encoder
-    config = GPTConfig.preset("gpt2", vocab_size=tokenizer.vocab_size,
-                              block_size=train.block_size, **model_kw)
+    config = build_config(GPTConfig.preset, "gpt2", vocab_size=tokenizer.vocab_size,
+                          block_size=train.block_size, **model_kw)
     model = Encoder(config).to(args.device)
     optimizer = train.adamw(param_groups_for_weight_decay(model, train.weight_decay))
     print(f"Encoder: {model.num_parameters() / 1e6:.2f}M parameters")

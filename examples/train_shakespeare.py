@@ -8,7 +8,7 @@
     python examples/train_shakespeare.py --device=cuda --dtype=float16       # mixed precision
     python examples/train_shakespeare.py --device=cuda --tf32                # TF32 matmuls
     python examples/train_shakespeare.py --recipe=baseline --optimizer=muon  # one piece alone
-    mpiexec -n 2 python examples/train_shakespeare.py --ddp=true             # 2 ranks (the mpi extra)
+    mpiexec -n 2 python examples/train_shakespeare.py --ddp=true             # 2 ranks (mpi extra)
     mpiexec -n 2 python examples/train_shakespeare.py --ddp=true --zero=true # ZeRO-1 optimizer
 
 Follows nanoGPT's train.py order: configuration, data, model, optimizer, loop (with evaluation
@@ -38,8 +38,8 @@ from tinygrad_llm.generate import generate
 from tinygrad_llm.models import GPT, GPTConfig
 from tinygrad_llm.optim import Muon
 from tinygrad_llm.tokenizers import CHAT_SPECIAL_TOKENS, BPETokenizer, CharTokenizer
-from tinygrad_llm.train import (OptionError, TrainConfig, Trainer, load_checkpoint,
-                                parse_overrides, run_main, split_overrides)
+from tinygrad_llm.train import (OptionError, TrainConfig, Trainer, build_config,
+                                load_checkpoint, parse_overrides, run_main, split_overrides)
 from tinygrad_llm.train.recipes import SPEEDRUN_MODEL, SPEEDRUN_TRAIN
 from tinygrad_llm.train.scaling import train_flops_per_token
 
@@ -83,7 +83,7 @@ def main(argv):
         defaults={TrainConfig: {**TRAIN_DEFAULTS, **recipe_train},
                   GPTConfig: {**MODEL_DEFAULTS, **recipe_model}})
     run = RunArgs(**run_kw)
-    train_config = TrainConfig(**train_kw)
+    train_config = build_config(TrainConfig, **train_kw)
     # --dtype=float16 / bfloat16: matmuls under tl.autocast, float32 master weights (GPU only)
     problem = tl.amp.dtype_problem(train_config.dtype, run.device)
     if problem:
@@ -109,7 +109,8 @@ def main(argv):
 
     # model
     model_kw = {**model_kw, "block_size": train_config.block_size}
-    config = GPTConfig.preset(run.preset, vocab_size=tokenizer.vocab_size, **model_kw)
+    config = build_config(GPTConfig.preset, run.preset, vocab_size=tokenizer.vocab_size,
+                          **model_kw)
     model = GPT(config).to(run.device)
 
     # optimizer: AdamW with no decay on biases and norm weights (--optimizer=muon: Muon for the

@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 
 from tinygrad_llm.models import GPTConfig
-from tinygrad_llm.train import (HelpRequested, OptionError, TrainConfig, help_text, parse_args,
-                                parse_overrides, run_main, split_overrides)
+from tinygrad_llm.train import (HelpRequested, OptionError, TrainConfig, build_config,
+                                help_text, parse_args, parse_overrides, run_main,
+                                split_overrides)
 from tinygrad_llm.train.cli import field_comments
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
@@ -113,6 +114,35 @@ def test_run_main_turns_a_bad_option_into_one_line_and_status_2(capsys, monkeypa
     assert exit_.value.code == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("prog.py: unknown option --stepz")
+
+
+def test_a_value_a_config_refuses_is_one_line_and_status_2(capsys, monkeypatch):
+    """A field's own check (TrainConfig: zero needs ddp; GPTConfig: heads divide the width)
+    answers as an unknown option does, through build_config, which parse_args uses."""
+    with pytest.raises(OptionError, match="lr_schedule must be one of"):
+        build_config(TrainConfig, lr_schedule="foo")
+    with pytest.raises(OptionError, match="n_embd=192 is not divisible by n_head=5"):
+        build_config(GPTConfig.preset, "gpt2", n_embd=192, n_head=5)
+    with pytest.raises(TypeError):                          # not a value check: not rewritten
+        build_config(TrainConfig, no_such_field=1)
+    monkeypatch.setattr(sys, "argv", ["prog.py"])
+    with pytest.raises(SystemExit) as exit_:
+        run_main(lambda argv: parse_args(argv, TrainConfig), ["--zero=true"])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "zero=True shards the optimizer" in err
+
+
+def test_the_main_example_answers_a_refused_value_in_one_line(load_example, capsys,
+                                                                shakespeare_text, monkeypatch):
+    main = load_example("train_shakespeare").main
+    monkeypatch.setattr(sys, "argv", ["train_shakespeare.py"])
+    for option, words in (("--zero=true", "zero=True shards the optimizer over the ranks"),
+                          ("--n_head=5", "n_embd=192 is not divisible by n_head=5")):
+        with pytest.raises(SystemExit) as exit_:
+            run_main(main, [option, "--max_iters=1"])
+        err = capsys.readouterr().err
+        assert exit_.value.code == 2 and err.count("\n") == 1 and words in err
 
 
 EXAMPLE_FILES = sorted(p.name for p in EXAMPLES.glob("*.py"))

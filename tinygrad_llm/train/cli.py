@@ -41,8 +41,8 @@ from ..backend import DeviceUnavailable
 from ..distributed.comm import DistributedError
 from .scripts import ScriptError
 
-__all__ = ["run_main", "parse_args", "parse_overrides", "split_overrides", "help_text",
-           "field_comments", "OptionError", "HelpRequested"]
+__all__ = ["run_main", "parse_args", "build_config", "parse_overrides", "split_overrides",
+           "help_text", "field_comments", "OptionError", "HelpRequested"]
 
 _TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
 
@@ -95,7 +95,20 @@ def parse_args(argv, *classes, defaults=None):
     """argv -> one instance of each dataclass in `classes` (see the module docstring);
     defaults: {class: {field: value}}, an example's own defaults for a class it shares."""
     kwargs = split_overrides(parse_overrides(argv), *classes, defaults=defaults)
-    return [cls(**kw) for cls, kw in zip(classes, kwargs)]
+    return [build_config(cls, **kw) for cls, kw in zip(classes, kwargs)]
+
+
+def build_config(make, *args, **kwargs):
+    """make(*args, **kwargs) (a config class, or a constructor such as GPTConfig.preset) with the
+    ValueError its checks raise for a value out of range turned into an OptionError, so that a
+    command line answers --lr_schedule=foo with one line and exit status 2, like an unknown
+    option, rather than a traceback."""
+    try:
+        return make(*args, **kwargs)
+    except OptionError:
+        raise
+    except ValueError as e:
+        raise OptionError(str(e)) from None
 
 
 def parse_overrides(argv):
