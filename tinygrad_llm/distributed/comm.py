@@ -101,6 +101,8 @@ class ProcessGroup:
         buf, which holds size * out.size elements.
     allgather(part, out): out <- every rank's part, in rank order (out.size = size * part.size).
     broadcast(buf, root): buf <- root's buf.
+    host: the MPI group that moves this group's host-side messages (scalars, JSON, checkpoint
+        state): the group itself for MPI, NCCL's MPI bootstrap for NCCL.
     """
     rank, size, timeout_s, device = 0, 1, DEFAULT_TIMEOUT_S, "cpu"
 
@@ -132,7 +134,7 @@ class ProcessGroup:
         """The sum over ranks of a few floats (host), as a float64 NumPy array."""
         buf = np.array(values, dtype=np.float64)
         if self.size > 1:
-            self.wait([self._host_allreduce(buf)], what)
+            self.host.wait([self.host.allreduce(buf)], what)
         return buf
 
     def barrier(self, what="a barrier"):
@@ -146,6 +148,7 @@ class MPIGroup(ProcessGroup):
         self.MPI, self.comm, self.timeout_s = MPI, comm, timeout_s
         self.rank, self.size = comm.Get_rank(), comm.Get_size()
         self.device = "cpu"
+        self.host = self
 
     def _check(self, *arrays):
         for a in arrays:
@@ -156,8 +159,6 @@ class MPIGroup(ProcessGroup):
     def allreduce(self, buf):
         self._check(buf)
         return self.comm.Iallreduce(self.MPI.IN_PLACE, buf, op=self.MPI.SUM)
-
-    _host_allreduce = allreduce
 
     def reduce_scatter(self, buf, out):
         self._check(buf, out)
@@ -188,7 +189,7 @@ class NCCLGroup(ProcessGroup):
 
     def __init__(self, mpi_group):
         cupy, nccl = backend.xp_for("cuda"), backend.nccl()
-        self.mpi, self.nccl, self.cupy = mpi_group, nccl, cupy
+        self.host, self.nccl, self.cupy = mpi_group, nccl, cupy
         self.rank, self.size, self.timeout_s = mpi_group.rank, mpi_group.size, mpi_group.timeout_s
         self.device = "cuda"
         local = mpi_group.comm.Split_type(mpi_group.MPI.COMM_TYPE_SHARED)
@@ -236,14 +237,7 @@ class NCCLGroup(ProcessGroup):
         return self._launch(lambda s: self.comm.bcast(
             buf.data.ptr, buf.size, self._type(buf), root, s))
 
-    def _host_allreduce(self, buf):
-        return self.mpi.allreduce(buf)
-
-    def _done(self, handles):
-        mpi = [h for h in handles if not isinstance(h, self.cupy.cuda.Event)]
-        events = [h for h in handles if isinstance(h, self.cupy.cuda.Event)]
-        if mpi and not self.mpi._done(mpi):
-            return False
+    def _done(self, events):
         if not all(e.done for e in events):
             return False
         for e in events:                  # later kernels on the current stream see the result
@@ -254,7 +248,7 @@ class NCCLGroup(ProcessGroup):
         try:
             self.comm.abort()
         finally:
-            self.mpi._abort()
+            self.host._abort()
 
 
 # ---- small host-side objects ------------------------------------------------------------------
@@ -264,7 +258,7 @@ def allgather_json(group, obj, what):
     data = np.frombuffer(json.dumps(obj, sort_keys=True).encode(), dtype=np.uint8)
     if group.size == 1:
         return [obj]
-    mpi = group.mpi if isinstance(group, NCCLGroup) else group
+    mpi = group.host
     lengths = np.zeros(group.size, dtype=np.int64)
     mpi.wait([mpi.comm.Iallgather(np.array([data.size], dtype=np.int64), lengths)], what)
     out = np.zeros(int(lengths.sum()), dtype=np.uint8)

@@ -99,13 +99,13 @@ class DistributedDataParallel:
             raise DistributedError(f"DistributedDataParallel: the parameters are on "
                                    f"{sorted(devices)}, the process group moves "
                                    f"{self.group.device} arrays")
-        self.shard_optimizer = bool(shard_optimizer)
         self.owners = _partition(self.params, self.group.size) if shard_optimizer else None
         self.buckets = self._make_buckets(self.params, bucket_cap_mb * 2 ** 20)
         self._bucket_of = {id(p): b for b in self.buckets for p in b.params}
         self._sync = True
         self._started = []
-        self._handles = [p.register_post_accumulate_grad_hook(self._ready) for p in self.params]
+        for p in self.params:
+            p.register_post_accumulate_grad_hook(self._ready)
         self.broadcast_from_rank0()
 
     def __call__(self, *args, **kwargs):
@@ -119,9 +119,14 @@ class DistributedDataParallel:
     def world_size(self):
         return self.group.size
 
+    def owner(self, p):
+        """The rank that updates `p` under ZeRO-1 (0 for a parameter outside the partition: a
+        frozen one in the optimizer)."""
+        return self.owners.get(id(p), 0)
+
     def owns(self, p):
         """Whether this rank updates `p` (always, without ZeRO-1)."""
-        return self.owners is None or self.owners.get(id(p), 0) == self.group.rank
+        return self.owners is None or self.owner(p) == self.group.rank
 
     def _make_buckets(self, params, cap_bytes):
         """Buckets of at most cap_bytes (a larger parameter alone), one dtype each, in reverse
@@ -279,7 +284,7 @@ def _gather_optimizer_state(ddp, optimizer):
     messages (state_dict's arrays are host arrays anyway). First a MAX-allreduce of the steps
     (-1: no state yet; each parameter has one owner, so the max is the owner's), then one message
     per state array from each owner other than rank 0."""
-    mpi = getattr(ddp.group, "mpi", ddp.group)      # NCCL's group keeps its MPI bootstrap
+    mpi = ddp.group.host
     MPI = mpi.MPI
     params = _optimizer_params(optimizer)
     names = [sorted(optimizer._state_names(group)) for group in optimizer.param_groups
@@ -292,7 +297,7 @@ def _gather_optimizer_state(ddp, optimizer):
     mpi.wait([mpi.comm.Iallreduce(MPI.IN_PLACE, steps, op=MPI.MAX)], what)
     requests, received = [], {}
     for i, p in enumerate(params):
-        owner = ddp.owners.get(id(p), 0)
+        owner = ddp.owner(p)
         if owner == 0 or steps[i] < 0:
             continue
         for j, name in enumerate(names[i]):
@@ -309,7 +314,7 @@ def _gather_optimizer_state(ddp, optimizer):
         return None
     full = optimizer.state_dict()
     for i, p in enumerate(params):
-        if ddp.owners.get(id(p), 0) != 0 and steps[i] >= 0:
+        if ddp.owner(p) != 0 and steps[i] >= 0:
             full["state"][i] = {"step": int(steps[i]),
                                 **{name: received[(i, name)] for name in names[i]}}
     full["state"] = dict(sorted(full["state"].items()))

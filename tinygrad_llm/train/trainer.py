@@ -52,6 +52,8 @@ import numpy as np
 
 from .. import amp, backend
 from ..data import get_batch, get_rng_state, set_rng_state
+from ..distributed import DistributedDataParallel, DistributedError, init_process_group
+from ..distributed.comm import check_same_everywhere
 from ..nn import functional as F
 from ..optim import (AdamW, GradScaler, Muon, clip_grad_norm_, muon_param_groups,
                      param_groups_for_weight_decay, unflatten_state_dict)
@@ -257,8 +259,6 @@ class Trainer:
 
     def _data_parallel(self, model, config):
         """DistributedDataParallel over this launch's ranks, after checking that they agree."""
-        from ..distributed import DistributedDataParallel, DistributedError, init_process_group
-        from ..distributed.comm import check_same_everywhere
         group = init_process_group(device=model.device, timeout_s=config.ddp_timeout_s)
         if config.batch_size % group.size:
             raise DistributedError(f"Trainer: ddp splits each batch's rows over the ranks, but "
@@ -278,7 +278,6 @@ class Trainer:
         def part(a):
             shape = getattr(a, "shape", ())
             if not len(shape) or shape[0] % size:
-                from ..distributed import DistributedError
                 raise DistributedError(f"Trainer: ddp needs batches whose elements have a "
                                        f"leading batch axis divisible by the world size {size}, "
                                        f"got shape {tuple(shape)}")
@@ -506,7 +505,6 @@ class Trainer:
         if self.scaler is not None and "scaler" in record:
             self.scaler.load_state_dict(record["scaler"])
         if self.ddp is not None:              # every rank read the same file: check, then shard
-            from ..distributed.comm import check_same_everywhere
             check_same_everywhere(self.ddp.group, "checkpoint", {"path": os.path.abspath(path),
                                                                  "step": self.step})
             self.ddp.drop_foreign_state(self.optimizer)
