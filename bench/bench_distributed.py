@@ -97,6 +97,11 @@ def _nbytes(arrays):
     return int(sum(a.nbytes for a in arrays if hasattr(a, "nbytes")))
 
 
+def _state_bytes(optimizer):
+    """Bytes of this rank's optimizer state arrays (the moments; "step" is a count)."""
+    return _nbytes([a for s in optimizer.state.values() for a in s.values()])
+
+
 def _per_rank(group, value):
     """[value on rank 0, value on rank 1, ...]: a vector with one slot per rank, summed."""
     slots = np.zeros(group.size)
@@ -156,13 +161,11 @@ def step_worker(opts):
             out["bytes"]["grads"] = out["bytes"]["params"]        # one .grad per parameter
             out["bytes"]["ddp_buckets"] = _per_rank(group, _nbytes(
                 [b.flat for b in t.ddp.buckets]))
-            out["bytes"]["optimizer_state"] = _per_rank(group, _nbytes(
-                [a for s in t.optimizer.state.values() for a in s.values()]))
+            out["bytes"]["optimizer_state"] = _per_rank(group, _state_bytes(t.optimizer))
     t = trainer(batch, zero=True)             # ZeRO-1: state appears at the first step
     for _ in range(2):
         t.train_step()
-    out["bytes"]["optimizer_state_zero1"] = _per_rank(group, _nbytes(
-        [a for s in t.optimizer.state.values() for a in s.values()]))
+    out["bytes"]["optimizer_state_zero1"] = _per_rank(group, _state_bytes(t.optimizer))
     out["flops_per_token"] = flops_per_token
     return out if group.rank == 0 else None
 
