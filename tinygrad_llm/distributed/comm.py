@@ -37,6 +37,7 @@ __all__ = ["DistributedError", "ProcessGroup", "MPIGroup", "NCCLGroup", "init_pr
 MPI_HINT = ("pip install -e '.[mpi]' (mpi4py and the MPICH wheels: no system MPI needed), then "
             "launch with: mpiexec -n 2 python <script> ... --ddp=true")
 DEFAULT_TIMEOUT_S = 300.0
+ABORT_FLUSH_S = 1.0            # seconds a rank waits after its last line before MPI_Abort
 _group = None                     # the process group init_process_group made
 
 
@@ -79,6 +80,16 @@ def get_group():
     return _group
 
 
+def _flush_before_abort():
+    """Flush stderr and give the launcher a moment to forward it: MPICH's mpiexec stops every
+    process as soon as one calls MPI_Abort and can exit before it has read the aborting rank's
+    last lines from the pipe (seen once in CI as an empty stderr), which are the lines that say
+    why the job stopped."""
+    sys.stderr.flush()
+    sys.stdout.flush()
+    time.sleep(ABORT_FLUSH_S)
+
+
 def _abort_on_uncaught_exception(MPI):
     """An exception nobody caught on one rank prints its traceback and stops every rank, so the
     others do not wait for it in their next collective."""
@@ -86,7 +97,7 @@ def _abort_on_uncaught_exception(MPI):
 
     def hook(kind, value, tb):
         previous(kind, value, tb)
-        sys.stderr.flush()
+        _flush_before_abort()
         MPI.COMM_WORLD.Abort(1)
 
     sys.excepthook = hook
@@ -127,7 +138,7 @@ class ProcessGroup:
 
     def abort(self, message):
         sys.stderr.write(message + "\n")   # one write: ranks sharing stderr keep lines whole
-        sys.stderr.flush()
+        _flush_before_abort()
         self._abort()
 
     def allreduce_scalars(self, values, what="a scalar allreduce"):
