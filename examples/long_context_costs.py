@@ -142,15 +142,17 @@ def _peak_rss():
 
 def _count_reused_memory():
     """From now on give every block of 64 KiB or more its own pages, returned when freed, and
-    hand the free pages of the heap back (glibc's mallopt(M_MMAP_THRESHOLD) and malloc_trim):
+    hand the free pages of the heap back (glibc's mallopt(M_MMAP_MAX, M_MMAP_THRESHOLD) and
+    malloc_trim):
     otherwise a run can reuse memory freed by an earlier one without the resident size
     growing. Returns whether it could (False off glibc)."""
     try:
         libc = ctypes.CDLL("libc.so.6")
     except OSError:
         return False
-    m_mmap_threshold = -3
-    if not libc.mallopt(m_mmap_threshold, 64 * 1024):
+    m_mmap_threshold, m_mmap_max = -3, -4
+    # tinygrad_llm turned mmap off at import (M_MMAP_MAX 0); glibc's default maximum is 65536
+    if not (libc.mallopt(m_mmap_max, 65536) and libc.mallopt(m_mmap_threshold, 64 * 1024)):
         return False
     libc.malloc_trim(0)
     return True

@@ -21,20 +21,23 @@ os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
 def _keep_freed_memory():
     """glibc serves each allocation above 128 KiB with a fresh mmap and unmaps it when freed, so
     every activation and gradient array of every step page-faults its memory in again (the kernel
-    zero-fills each 4 KiB page): a quarter or more of a small GPT's training step went there.
-    Arrays up to 32 MiB (the largest mmap threshold glibc accepts) now come from the heap, which
-    is trimmed only when 64 MiB lie free at its top, so the next step reuses the memory. Left alone
-    where the user tuned malloc (MALLOC_MMAP_THRESHOLD_ / MALLOC_TRIM_THRESHOLD_), and off glibc."""
-    if any(k in os.environ for k in ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_")):
+    zero-fills each 4 KiB page): a quarter or more of a small GPT's training step went there, and
+    in bench_train's config b (arrays of 25-100 MB) a GELU call spent 45 ms faulting its output in
+    against 6 ms of arithmetic. Every block now comes from the heap (M_MMAP_MAX 0), which is
+    trimmed only when 1 GiB lies free at its top, so the next step reuses the memory: a process
+    keeps up to its peak plus 1 GiB, as a caching allocator would. Left alone where the user tuned
+    malloc (MALLOC_MMAP_THRESHOLD_ / MALLOC_MMAP_MAX_ / MALLOC_TRIM_THRESHOLD_), and off glibc."""
+    if any(k in os.environ for k in ("MALLOC_MMAP_THRESHOLD_", "MALLOC_MMAP_MAX_",
+                                     "MALLOC_TRIM_THRESHOLD_")):
         return
     try:
         import ctypes
         libc = ctypes.CDLL("libc.so.6")
     except OSError:
         return
-    m_trim_threshold, m_mmap_threshold = -1, -3
-    libc.mallopt(m_mmap_threshold, 32 << 20)
-    libc.mallopt(m_trim_threshold, 64 << 20)
+    m_trim_threshold, m_mmap_max = -1, -4
+    libc.mallopt(m_mmap_max, 0)
+    libc.mallopt(m_trim_threshold, 1 << 30)
 
 
 _keep_freed_memory()
