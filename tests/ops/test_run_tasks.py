@@ -14,8 +14,8 @@ import numba
 import numpy as np
 import pytest
 
-from tinygrad_llm.kernels.cpu import attention, norm, softmax
-from tinygrad_llm.kernels.cpu._common import run_tasks, task_bounds
+from tinygrad_llm.kernels.cpu import _common, attention, norm, softmax
+from tinygrad_llm.kernels.cpu._common import SERIAL_BELOW, run_tasks, task_bounds
 
 two_threads = pytest.mark.skipif(numba.config.NUMBA_NUM_THREADS < 2,
                                  reason="Numba has a single thread here (NUMBA_NUM_THREADS)")
@@ -72,6 +72,19 @@ def test_run_tasks_on_one_thread_is_one_call(threads):
     kernel, ran = _recording_kernel()
     run_tasks(kernel, 7, np.zeros(7, np.int64))
     assert ran == [(0, 7, threading.get_ident())]
+
+
+@two_threads
+@pytest.mark.parametrize("work, calls", [(SERIAL_BELOW - 1, 1), (SERIAL_BELOW, 2), (None, 2)])
+def test_small_work_runs_in_the_caller_alone(threads, work, calls):
+    """A loop touching fewer than SERIAL_BELOW elements is not worth a worker's wake-up."""
+    threads(2)
+    kernel, ran = _recording_kernel()
+    out = np.zeros(7, np.int64)
+    run_tasks(kernel, 7, out, work=work)
+    np.testing.assert_array_equal(out, np.arange(1, 8))
+    assert len(ran) == calls
+    assert (0, 7 if calls == 1 else 3, threading.get_ident()) in ran
 
 
 @two_threads
@@ -185,7 +198,9 @@ def _bits(result):
 
 @two_threads
 @pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["float32", "float64"])
-def test_converted_kernels_give_the_same_bits_on_one_and_two_threads(threads, dtype):
+def test_converted_kernels_give_the_same_bits_on_one_and_two_threads(threads, dtype,
+                                                                      monkeypatch):
+    monkeypatch.setattr(_common, "SERIAL_BELOW", 0)     # these small loops would run serially
     names = set()
     for name, call in _cases(np.random.default_rng(0), dtype):
         threads(1)

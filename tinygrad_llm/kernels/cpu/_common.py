@@ -85,13 +85,24 @@ def task_bounds(n_tasks, n_threads):
     return [k * n_tasks // n for k in range(n + 1)] if n > 0 else [0]
 
 
-def run_tasks(kernel, n_tasks, *args):
+# A call whose loop touches fewer elements than this runs in the calling thread: waking a worker
+# and waiting for it cost ~50-75 us here (bench_ops' thread figures), more than the half of such
+# a loop it would take. A layer norm over bench_train's config a (768 x 128) took 66 us forward
+# and 102 us backward in one thread against 123 and 153 us on two; at 2048 x 192 (the main job)
+# the two were even forward and two threads won backward (224 against 333 us).
+SERIAL_BELOW = 1 << 18
+
+
+def run_tasks(kernel, n_tasks, *args, work=None):
     """kernel(lo, hi, *args) over the tasks 0..n_tasks-1, split into numba.get_num_threads()
     contiguous ranges (fewer when there are fewer tasks): the first runs in this thread, the
     others on worker threads. Returns when all are done; a worker's exception is raised here.
 
-    kernel: a jit_tasks loop (nogil: a loop holding the GIL would run the ranges one by one)."""
-    bounds = task_bounds(n_tasks, numba.get_num_threads())
+    kernel: a jit_tasks loop (nogil: a loop holding the GIL would run the ranges one by one).
+    work: about how many elements the loop touches; below SERIAL_BELOW every task runs in this
+        thread (the same arithmetic either way). None: as many threads as there are."""
+    threads = 1 if work is not None and work < SERIAL_BELOW else numba.get_num_threads()
+    bounds = task_bounds(n_tasks, threads)
     if len(bounds) <= 2:                          # one range or none: no thread to wake
         if n_tasks > 0:
             kernel(0, n_tasks, *args)

@@ -347,7 +347,8 @@ def _forward(q, q0, k, k0, v, v0, n_h, n_hkv, head_major, causal, scale, window,
     run_tasks(_attention_forward_loop, tasks, q, q0, k, k0, v, v0, n_h, n_hkv, head_major, causal,
               int(window), q.dtype.type(scale), q.dtype.type(0), o, lse,
               np.empty((tasks, 2, 4, _TILE), q.dtype), np.empty((tasks, 4, d), q.dtype),
-              np.empty((tasks, 4), q.dtype), np.empty((tasks, 4)))
+              np.empty((tasks, 4), q.dtype), np.empty((tasks, 4)),
+              work=tasks * tq * _length(k, head_major) * d)
     return o, lse
 
 
@@ -358,7 +359,7 @@ def _backward(do, o, q, q0, k, k0, v, v0, n_h, n_hkv, head_major, lse, causal, s
     run_tasks(_attention_backward_loop, tasks, do, o, q, q0, k, k0, v, v0, n_h, n_hkv, head_major,
               np.ascontiguousarray(lse), causal, int(window), q.dtype.type(scale),
               q.dtype.type(0), dq, dk, dv, np.empty((tasks, 3, 4, _TILE), q.dtype),
-              np.empty((tasks, 4), q.dtype))
+              np.empty((tasks, 4), q.dtype), work=do.size * _length(k, head_major))
 
 
 @implements("attention_forward", device="cpu", supports=_supported)

@@ -72,7 +72,8 @@ def layer_norm_forward_cpu(x, w, b, eps):
     y = np.empty_like(x)
     mu, r = np.empty(n, x.dtype), np.empty(n, x.dtype)
     bias = np.zeros_like(w) if b is None else np.ascontiguousarray(b)
-    run_tasks(_layer_norm_forward_loop, n, x, np.ascontiguousarray(w), bias, eps, y, mu, r)
+    run_tasks(_layer_norm_forward_loop, n, x, np.ascontiguousarray(w), bias, eps, y, mu, r,
+              work=x.size)
     return y, mu, r
 
 
@@ -84,7 +85,7 @@ def layer_norm_backward_cpu(dy, x, w, mu, r, has_bias):
     db_part = np.zeros((N_CHUNKS, x.shape[1]))
     bounds = chunk_bounds(x.shape[0])
     run_tasks(_layer_norm_backward_loop, N_CHUNKS, dy, x, np.ascontiguousarray(w), mu, r, bounds,
-              dx, dw_part, db_part)
+              dx, dw_part, db_part, work=x.size)
     db = db_part.sum(axis=0).astype(x.dtype) if has_bias else None
     return dx, dw_part.sum(axis=0).astype(x.dtype), db
 
@@ -126,7 +127,8 @@ def _rms_norm_backward_loop(lo, hi, dy, x, w, r, bounds, dx, dw_part):
 def rms_norm_forward_cpu(x, w, eps):
     x = np.ascontiguousarray(x)
     y, r = np.empty_like(x), np.empty(x.shape[0], x.dtype)
-    run_tasks(_rms_norm_forward_loop, x.shape[0], x, np.ascontiguousarray(w), eps, y, r)
+    run_tasks(_rms_norm_forward_loop, x.shape[0], x, np.ascontiguousarray(w), eps, y, r,
+              work=x.size)
     return y, r
 
 
@@ -137,5 +139,5 @@ def rms_norm_backward_cpu(dy, x, w, r):
     dw_part = np.zeros((N_CHUNKS, x.shape[1]))
     bounds = chunk_bounds(x.shape[0])
     run_tasks(_rms_norm_backward_loop, N_CHUNKS, dy, x, np.ascontiguousarray(w), r, bounds, dx,
-              dw_part)
+              dw_part, work=x.size)
     return dx, dw_part.sum(axis=0).astype(x.dtype)

@@ -99,7 +99,7 @@ def packed_qk_norm_rope_forward_cpu(qkv, w_q, w_k, cos, sin, n_head, n_kv_head, 
     y = np.empty_like(x)
     r = np.empty((b * t, n_head + n_kv_head), qkv.dtype)
     run_tasks(_qk_norm_rope_forward_loop, b * t, x, w, cos, sin, n_head, n_head + n_kv_head,
-              eps, y, r)
+              eps, y, r, work=x.size)
     return y.reshape(qkv.shape), r.reshape(b, t, n_head + n_kv_head)
 
 
@@ -113,6 +113,6 @@ def packed_qk_norm_rope_backward_cpu(dy, qkv, w_q, w_k, cos, sin, n_head, n_kv_h
     dw_part = np.zeros((N_CHUNKS, 2, d))
     run_tasks(_qk_norm_rope_backward_loop, N_CHUNKS, g, x, w, cos, sin,
               np.ascontiguousarray(r).reshape(b * t, -1), n_head, n_head + n_kv_head,
-              chunk_bounds(b * t), dx, dw_part)
+              chunk_bounds(b * t), dx, dw_part, work=x.size)
     dw = dw_part.sum(axis=0).astype(qkv.dtype)
     return dx.reshape(qkv.shape), dw[0], dw[1]

@@ -71,7 +71,7 @@ def cross_entropy_forward_cpu(logits, targets, ignore_index, label_smoothing):
     loss, lse = np.empty(n, logits.dtype), np.empty(n, logits.dtype)
     scratch = np.empty((N_CHUNKS, v), logits.dtype)
     run_tasks(_cross_entropy_forward_loop, N_CHUNKS, logits, targets, ignore_index,
-              float(label_smoothing), chunk_bounds(n), scratch, loss, lse)
+              float(label_smoothing), chunk_bounds(n), scratch, loss, lse, work=logits.size)
     return loss, lse
 
 
@@ -84,5 +84,6 @@ def cross_entropy_backward_cpu(dloss, logits, targets, lse, ignore_index, label_
     run_tasks(_cross_entropy_backward_loop, logits.shape[0],
               np.ascontiguousarray(dloss, dtype=logits.dtype), logits,
               np.ascontiguousarray(targets), lse, ignore_index,
-              dtype(label_smoothing / logits.shape[1]), dtype(1.0 - label_smoothing), dlogits)
+              dtype(label_smoothing / logits.shape[1]), dtype(1.0 - label_smoothing), dlogits,
+              work=logits.size)
     return dlogits
