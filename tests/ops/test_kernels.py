@@ -198,7 +198,24 @@ def _lion_update(rng, dtype):
             yield p, g, m, 1e-3, 0.9, 0.99, weight_decay
 
 
+def _add_bias(rng, dtype):
+    for m in SIZES + [768]:
+        for n in SIZES + [384]:                   # 768 x 384 is past run_tasks' serial cut-off
+            for scale in (1.0, 1e4):
+                yield _x(rng, (m, n), dtype, scale), _x(rng, (n,), dtype, scale)
+
+
+def _bias_grad(rng, dtype):
+    for m in SIZES + [768, 4096]:
+        for n in SIZES + [384]:
+            for scale in (1.0, 1e4):
+                yield (_x(rng, (m, n), dtype, scale),)
+    yield (_x(rng, (384, 96), dtype).T,)          # a transposed (strided) view
+
+
 CASES = {
+    "add_bias": _add_bias,
+    "bias_grad": _bias_grad,
     "cross_entropy_forward": _cross_entropy_forward,
     "cross_entropy_backward": _cross_entropy_backward,
     "layer_norm_forward": _layer_norm_forward,
@@ -297,13 +314,14 @@ def _fresh(args):
 
 def _dispatchers():
     """The dispatching functions, by kernel name (what the ops call)."""
-    from tinygrad_llm.ops import activation, attention, embedding, norm, rope, softmax
+    from tinygrad_llm.ops import activation, attention, embedding, linalg, norm, rope, softmax
     from tinygrad_llm.optim import adam, lion, sgd
 
     class Table:
         pass
     table = Table()
-    for module in (activation, attention, embedding, norm, rope, softmax, adam, lion, sgd):
+    for module in (activation, attention, embedding, linalg, norm, rope, softmax, adam, lion,
+                   sgd):
         for value in vars(module).values():
             if hasattr(value, "kernel_name"):
                 setattr(table, value.kernel_name, value)
@@ -348,7 +366,7 @@ def test_training_step_shapes_take_the_fast_path():
         packed = PackedQKNormRopeOp.apply(packed, rms_w[:c // 4], ln_w[:c // 4], cos=cos,
                                           sin=np.sin(cos), n_head=2, n_kv_head=1)
         packed = PackedAttentionOp.apply(packed, n_head=2, n_kv_head=1)
-        loss = F.cross_entropy(y @ wte.T, ids) + (packed * packed).mean()
+        loss = F.cross_entropy(F.linear(y, wte, ln_b[:v]), ids) + (packed * packed).mean()
         loss.backward()
         params = [wte, ln_w, ln_b, rms_w]
         for opt in (AdamW(params), SGD(params, lr=0.1, momentum=0.9), Lion(params)):

@@ -4,9 +4,10 @@ Speed: BLAS does the work, and it is fastest on one large 2-D GEMM. So `(..., K)
 shape of every Linear layer) is computed as one `(M, K) @ (K, N)` product with M the flattened
 leading dims, and its weight gradient as one `x2d.T @ dy2d`, never as a stack of small products.
 """
+from ..kernels import kernel
 from ..tensor import Function
 
-__all__ = ["MatMulOp", "LinearOp"]
+__all__ = ["MatMulOp", "LinearOp", "add_bias", "bias_grad"]
 
 #   y = a @ b      da = dy @ b^T      db = a^T @ dy   (summed over broadcast batch dims)
 
@@ -76,6 +77,19 @@ class MatMulOp(Function):
 #   dx = dy W        dW = dy2^T x2  (N, K), already in W's layout    db = sum over M of dy2
 # As three ops (transpose, matmul, add) this would copy W^T's gradient back into W's layout and
 # allocate the sum y + b; as one it is one GEMM each way and an in-place bias add.
+@kernel("add_bias")                   # fast version: kernels/cpu/linear.py
+def add_bias(y, b):
+    """y (M, N) += b (N,) on every row, in place; returns y."""
+    y += b
+    return y
+
+
+@kernel("bias_grad")                  # fast version: kernels/cpu/linear.py
+def bias_grad(dy):
+    """The gradient of a bias added to every row of y: dy (M, N) summed over its M rows."""
+    return dy.sum(axis=0)
+
+
 class LinearOp(Function):
     @staticmethod
     def forward(ctx, x, w, b=None):
@@ -86,7 +100,7 @@ class LinearOp(Function):
         x2 = x.reshape(-1, x.shape[-1])
         y = x2 @ w.T
         if b is not None:
-            y += b
+            y = add_bias(y, b)
         return y.reshape(x.shape[:-1] + (w.shape[0],))
 
     @staticmethod
@@ -95,5 +109,5 @@ class LinearOp(Function):
         dy2 = dy.reshape(-1, dy.shape[-1])
         dx = (dy2 @ w).reshape(x.shape) if ctx.needs_grad[0] else None
         dw = dy2.T @ x.reshape(-1, x.shape[-1]) if ctx.needs_grad[1] else None
-        db = dy2.sum(axis=0) if len(ctx.needs_grad) > 2 and ctx.needs_grad[2] else None
+        db = bias_grad(dy2) if len(ctx.needs_grad) > 2 and ctx.needs_grad[2] else None
         return dx, dw, db

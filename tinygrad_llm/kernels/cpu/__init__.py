@@ -3,7 +3,8 @@ kernel registry does so on the first dispatch to a CPU array, so `import tinygra
 
 One file per fused family, named as in ops/: softmax (cross-entropy), norm, activation (GELU,
 the squared ReLU), embedding, attention, rope (QK-norm with RoPE on a packed projection), and
-optim (the SGD, Adam/AdamW and Lion updates); kv_quant attends over a KIVI-quantized KV cache
+optim (the SGD, Adam/AdamW and Lion updates), linear (a Linear layer's bias, forward and
+backward; its GEMMs stay with BLAS); kv_quant attends over a KIVI-quantized KV cache
 reading its packed codes; dedup computes MinHash signatures (data/dedup.py).
 
 Threads: NumPy's OpenBLAS and Numba's prange each keep a pool of worker threads, and both pools
@@ -18,10 +19,11 @@ that follows another within that time finds its worker awake (2.5 us per launch 
 measured), while a GEMM that follows has its core back almost at once. Both the training step
 and quantized decoding (~60 parallel loops per token) gain over the passive policy alone; fewer
 spins catch too few launches, many more tax the GEMMs.
-The attention, norm and cross-entropy loops are not prange loops but serial task loops that
+The attention, norm, cross-entropy and bias loops are not prange loops but serial task loops that
 run_tasks (_common.py) spreads over a third pool, of Python threads that release the GIL inside the
 loop: prange's parallel lowering tripled their compile time. Those workers never spin; they sleep
-between calls, and a wake-up costs about 30 us.
+between calls, and a wake-up costs about 30-75 us, so a loop over fewer than 2^18 elements runs in
+the calling thread alone (run_tasks' `work`).
 """
 import os
 
@@ -33,4 +35,4 @@ import numba  # noqa: E402
 numba.config.THREADING_LAYER_PRIORITY = ["omp", "tbb", "workqueue"]
 
 from . import (activation, attention, bpe, decode, dedup, embedding,  # noqa: E402,F401
-               kv_quant, norm, optim, quant, random, rope, softmax)
+               kv_quant, linear, norm, optim, quant, random, rope, softmax)
