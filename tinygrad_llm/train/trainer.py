@@ -61,6 +61,7 @@ from ..optim.schedule import (WSD_DECAYS, linear_decay, size_warmup, warmup_cosi
                               warmup_stable_decay)
 from ..tensor import no_grad
 from .checkpoint import load_checkpoint, save_checkpoint
+from .warmup import backward_compiled_ahead
 
 __all__ = ["TrainConfig", "Trainer", "lm_loss"]
 
@@ -249,6 +250,7 @@ class Trainer:
         amp.resolve_dtype(config.dtype, model.device)     # fails now, not mid-step, if it can't
         self.scaler = GradScaler() if config.dtype == "float16" else None
         self._stop = False
+        self._compiled_ahead = False
         self.ckpt_path = os.path.join(config.out_dir, "ckpt.safetensors") if config.out_dir \
             else None
         self.ddp = self._data_parallel(model, config) if config.ddp else None
@@ -329,6 +331,13 @@ class Trainer:
 
     def train_step(self):
         """One optimizer step over grad_accum micro-batches; returns the mean loss (float)."""
+        if self._compiled_ahead or self.ddp is not None:
+            return self._train_step()
+        self._compiled_ahead = True           # the first step: its backward kernels compile in
+        with backward_compiled_ahead(self.model):     # a helper process (train/warmup.py)
+            return self._train_step()
+
+    def _train_step(self):
         c = self.config
         lr = self.lr_at(self.step)
         for group, scale in zip(self.optimizer.param_groups, self.lr_scales):
