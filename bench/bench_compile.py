@@ -18,6 +18,10 @@ then), with its own compile seconds per family. `float64_compiles` counts specia
 leading float array is float64: a float32 run should compile none. Each figure is the min over
 --repeats cold/warm pairs; `load_avg` is read before them, since other processes on a 2-core
 machine inflate every figure.
+The Trainer's first step compiles its backward kernels in a helper process (train/warmup.py)
+while it compiles the forward's: the compile seconds per family are this process's, the first
+step is the wall time the user waits. TINYGRAD_LLM_COMPILE_AHEAD=0 in the environment measures
+the step without the helper.
 --parallel=false compiles every loop without parallel=True (numba.njit wrapped before the
 kernels load; prange then runs as range): what Numba's parallel lowering costs the first step.
 An experiment, not a mode of the library: the loops' results are the same except where LLVM
