@@ -13,6 +13,11 @@ import numpy as np
 from .. import implements
 from ._common import N_CHUNKS, chunk_bounds, floats, jit_tasks, run_tasks
 
+# One add per element: a worker's wake-up pays off only from about a million elements (768 x 384:
+# 31 us in one thread against 160 us on two; 4096 x 768: 273 against 226; 16384 x 1536: 4.8 ms
+# against 3.8), so run_tasks counts these loops' elements at a quarter.
+_CHEAP = 4
+
 
 @jit_tasks
 def _add_bias_loop(lo, hi, y, b):
@@ -34,7 +39,7 @@ def _bias_grad_loop(lo, hi, dy, bounds, part):
 @implements("add_bias", device="cpu", supports=lambda y, b: y.ndim == 2 and b.ndim == 1
             and floats(y, b) and y.flags.c_contiguous)
 def add_bias_cpu(y, b):
-    run_tasks(_add_bias_loop, y.shape[0], y, np.ascontiguousarray(b), work=y.size)
+    run_tasks(_add_bias_loop, y.shape[0], y, np.ascontiguousarray(b), work=y.size // _CHEAP)
     return y
 
 
@@ -42,5 +47,6 @@ def add_bias_cpu(y, b):
 def bias_grad_cpu(dy):
     dy = np.ascontiguousarray(dy)
     part = np.zeros((N_CHUNKS, dy.shape[1]))
-    run_tasks(_bias_grad_loop, N_CHUNKS, dy, chunk_bounds(dy.shape[0]), part, work=dy.size)
+    run_tasks(_bias_grad_loop, N_CHUNKS, dy, chunk_bounds(dy.shape[0]), part,
+              work=dy.size // _CHEAP)
     return part.sum(axis=0).astype(dy.dtype)
