@@ -13,7 +13,7 @@ import tinygrad_llm.nn.functional as F
 from tinygrad_llm import kernels
 from tinygrad_llm.ops.attention import PackedAttentionOp, attention_forward
 from tinygrad_llm.ops.rope import PackedQKNormRopeOp
-from tinygrad_llm.optim import SGD, AdamW, Lion
+from tinygrad_llm.optim import SGD, AdamW, Lion, clip_grad_norm_
 
 SIZES = [1, 3, 17, 65]
 
@@ -213,7 +213,16 @@ def _bias_grad(rng, dtype):
     yield (_x(rng, (384, 96), dtype).T,)          # a transposed (strided) view
 
 
+def _grad_squared_norms(rng, dtype):
+    for shapes in [[(1,)], [(3,), (17, 65)], [(65, 3, 17), (1, 1), (768, 128)]]:
+        for scale in (1.0, 1e4):
+            grads = [_x(rng, shape, dtype, scale) for shape in shapes]
+            grads[-1] = grads[-1].T if grads[-1].ndim == 2 else grads[-1]      # a strided one
+            yield np.zeros((len(grads), 2)), grads
+
+
 CASES = {
+    "grad_squared_norms": _grad_squared_norms,
     "add_bias": _add_bias,
     "bias_grad": _bias_grad,
     "cross_entropy_forward": _cross_entropy_forward,
@@ -315,13 +324,13 @@ def _fresh(args):
 def _dispatchers():
     """The dispatching functions, by kernel name (what the ops call)."""
     from tinygrad_llm.ops import activation, attention, embedding, linalg, norm, rope, softmax
-    from tinygrad_llm.optim import adam, lion, sgd
+    from tinygrad_llm.optim import adam, clip, lion, sgd
 
     class Table:
         pass
     table = Table()
-    for module in (activation, attention, embedding, linalg, norm, rope, softmax, adam, lion,
-                   sgd):
+    for module in (activation, attention, embedding, linalg, norm, rope, softmax, adam, clip,
+                   lion, sgd):
         for value in vars(module).values():
             if hasattr(value, "kernel_name"):
                 setattr(table, value.kernel_name, value)
@@ -369,6 +378,7 @@ def test_training_step_shapes_take_the_fast_path():
         loss = F.cross_entropy(F.linear(y, wte, ln_b[:v]), ids) + (packed * packed).mean()
         loss.backward()
         params = [wte, ln_w, ln_b, rms_w]
+        clip_grad_norm_(params, 1.0)
         for opt in (AdamW(params), SGD(params, lr=0.1, momentum=0.9), Lion(params)):
             opt.step()
     assert loss.dtype == np.float32 and wte.grad.dtype == np.float32

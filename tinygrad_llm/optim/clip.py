@@ -4,14 +4,14 @@ All gradients are treated as one vector: with n = ||(g_1, ..., g_k)||_2, every g
 by max_norm / (n + 1e-6) when that factor is below 1, which keeps the update's direction and
 bounds its length.
 
-Reading order: the reference kernel `grad_squared_norms` (fast version: kernels/cuda/optim.py),
-then clip_grad_norm_. Each gradient's sum of squares stays on its device, in one (K, 2) array; the
-only transfer is that array, read once (a GPU training step's non-finite check is this read), and
-the sums are added on the host in float64.
+Reading order: the reference kernel `grad_squared_norms` (fast versions:
+kernels/{cpu,cuda}/optim.py), then clip_grad_norm_. Each gradient's sum of squares stays on its
+device, in one (K, 2) array; the only transfer is that array, read once (a GPU training step's
+non-finite check is this read), and the sums are added on the host in float64.
 
 Precision. The norm is accumulated in float64: a float32 sum over millions of entries loses
-digits, and overflows for gradients above ~1e19. On the host a float64 copy of each gradient does
-it cheaply. On a GPU a float64 array doubles the traffic of what it touches (the budgets allow
+digits, and overflows for gradients above ~1e19. On the host the reference dots a float64 copy
+of each gradient; the CPU kernel adds each square in float64 without the copy. On a GPU a float64 array doubles the traffic of what it touches (the budgets allow
 none), so the (K, 2) array keeps the gradients' dtype (at least float32) and holds each sum as an
 unevaluated pair hi + lo, the float32 form of a float64 (Dekker, 1971): the CUDA kernel squares
 and adds in float64 registers and writes the pair, good to ~48 bits. The reference, when kernels
@@ -32,7 +32,7 @@ from ..tensor import Tensor
 __all__ = ["clip_grad_norm_", "grad_squared_norms"]
 
 
-@kernel("grad_squared_norms")   # fast: kernels/cuda/optim.py
+@kernel("grad_squared_norms")   # fast: kernels/{cpu,cuda}/optim.py
 def grad_squared_norms(out, grads):
     """out[k, 0] + out[k, 1] = sum of grads[k]^2; returns out. out: (K, 2) zeros on the
     gradients' device, written in place: a pair (hi, lo) per gradient, whose lo this readable
