@@ -11,8 +11,8 @@ non-finite check is this read), and the sums are added on the host in float64.
 
 Precision. The norm is accumulated in float64: a float32 sum over millions of entries loses
 digits, and overflows for gradients above ~1e19. On the host the reference dots a float64 copy
-of each gradient; the CPU kernel adds each square in float64 without the copy. On a GPU a float64 array doubles the traffic of what it touches (the budgets allow
-none), so the (K, 2) array keeps the gradients' dtype (at least float32) and holds each sum as an
+of each gradient; the CPU kernel adds each square in float64 without the copy. On a GPU a
+float64 array doubles the traffic of what it touches (the budgets allow none), so the (K, 2) array keeps the gradients' dtype (at least float32) and holds each sum as an
 unevaluated pair hi + lo, the float32 form of a float64 (Dekker, 1971): the CUDA kernel squares
 and adds in float64 registers and writes the pair, good to ~48 bits. The reference, when kernels
 are off, writes hi only, summed in float32 by CuPy's tree reductions (error ~log2(n) * 2^-24,
