@@ -9,16 +9,17 @@ kernels/{cpu,cuda}/optim.py), then clip_grad_norm_. Each gradient's sum of squar
 device, in one (K, 2) array; the only transfer is that array, read once (a GPU training step's
 non-finite check is this read), and the sums are added on the host in float64.
 
-Precision. The norm is accumulated in float64: a float32 sum over millions of entries loses
-digits, and overflows for gradients above ~1e19. On the host the reference dots a float64 copy
-of each gradient; the CPU kernel adds each square in float64 without the copy. On a GPU a
-float64 array doubles the traffic of what it touches (the budgets allow none), so the (K, 2) array keeps the gradients' dtype (at least float32) and holds each sum as an
-unevaluated pair hi + lo, the float32 form of a float64 (Dekker, 1971): the CUDA kernel squares
-and adds in float64 registers and writes the pair, good to ~48 bits. The reference, when kernels
-are off, writes hi only, summed in float32 by CuPy's tree reductions (error ~log2(n) * 2^-24,
-1e-6 at 1e8 entries, which moves a clipping factor by as little). On a GPU a float32 sum still
-overflows above ~3.4e38 (a norm of ~1.8e19): such a step reads as non-finite (skipped, or an
-error) instead of clipped; the run has diverged either way.
+Precision. The norm is accumulated in float64: a float32 sum over millions of entries loses digits,
+and overflows for gradients above ~1e19. On the host the reference dots a float64 copy of each
+gradient; the CPU kernel adds each square in float64 without the copy. On a GPU a float64 array
+doubles the traffic of what it touches (the budgets allow none), so the (K, 2) array keeps the
+gradients' dtype (at least float32) and holds each sum as an unevaluated pair hi + lo, the float32
+form of a float64 (Dekker, 1971): the CUDA kernel squares and adds in float64 registers and writes
+the pair, good to ~48 bits. The reference, when kernels are off, writes hi only, summed in float32
+by CuPy's tree reductions (error ~log2(n) * 2^-24, 1e-6 at 1e8 entries, which moves a clipping
+factor by as little). On a GPU a float32 sum still overflows above ~3.4e38 (a norm of ~1.8e19):
+such a step reads as non-finite (skipped, or an error) instead of clipped; the run has diverged
+either way.
 """
 import math
 import numbers
