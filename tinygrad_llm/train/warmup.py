@@ -59,7 +59,7 @@ def backward_compiled_ahead(model):
     if spec is None:
         yield
         return
-    from ..kernels.cpu.compile_events import on_first_compile
+    from ..kernels.cpu._common import on_first_compile
     helpers = []
 
     def start():

@@ -1,7 +1,8 @@
 """Shared pieces of the Numba kernels: the jit decorators, the task-range threads (jit_tasks,
 run_tasks), the `supports` predicate `floats`, the fixed row chunking for column reductions, a
 vectorisable float32 exp (exp_f32) and the row primitives built on it (exp_shifted,
-exp_shifted_affine), and row_max.
+exp_shifted_affine), row_max, and on_first_compile (a hook on Numba's compile events that
+train/warmup.py starts its compile-ahead helper from).
 
 Every loop is compiled with `cache=True` (the first call's compile is paid once per machine) and
 fastmath limited to {'contract', 'reassoc'}: fused multiply-adds and reassociated reductions let
@@ -10,6 +11,7 @@ gives IEEE division (x/0 is inf, as in NumPy) instead of Python's ZeroDivisionEr
 branch on every division stops vectorisation.
 """
 import concurrent.futures
+import contextlib
 import functools
 import math
 import os
@@ -19,6 +21,7 @@ import numba
 import numpy as np
 from llvmlite import ir
 from numba import njit, types
+from numba.core import event
 from numba.extending import intrinsic, overload
 
 FASTMATH = {"contract", "reassoc"}
@@ -86,8 +89,8 @@ def task_bounds(n_tasks, n_threads):
 
 
 # A call whose loop touches fewer elements than this runs in the calling thread: waking a worker
-# and waiting for it cost ~50-75 us here (bench_ops' thread figures), more than the half of such
-# a loop it would take. A layer norm over bench_train's config a (768 x 128) took 66 us forward
+# and waiting for it cost ~50-75 us here (an empty task loop took 74 us through run_tasks against
+# 0.2 us called directly), more than the half of such a loop it would take. A layer norm over bench_train's config a (768 x 128) took 66 us forward
 # and 102 us backward in one thread against 123 and 153 us on two; at 2048 x 192 (the main job)
 # the two were even forward and two threads won backward (224 against 333 us).
 SERIAL_BELOW = 1 << 18
@@ -116,6 +119,32 @@ def run_tasks(kernel, n_tasks, *args, work=None):
         concurrent.futures.wait(futures)
     for future in futures:
         future.result()
+
+
+class _FirstCompile(event.Listener):
+    def __init__(self, callback):
+        self.callback, self.fired = callback, False
+
+    def on_start(self, ev):
+        if not self.fired:
+            self.fired = True
+            self.callback()
+
+    def on_end(self, ev):
+        pass
+
+
+@contextlib.contextmanager
+def on_first_compile(callback):
+    """Within the block, call callback() once, as the block's first Numba compile starts (in
+    the compiling thread, before the compile; a run whose kernels all come from the cache never
+    calls it). callback must not raise."""
+    listener = _FirstCompile(callback)
+    event.register("numba:compile", listener)
+    try:
+        yield
+    finally:
+        event.unregister("numba:compile", listener)
 
 
 def floats(*arrays):
